@@ -1,0 +1,56 @@
+"""Which shards of a store are complete: one small marker file per finished (array, shard).
+
+A marker is written only after the shard's bytes are in the file system, and removed before a shard
+is rewritten, so a writer killed at any instant leaves markers only for shards that are whole. Markers
+are separate files (never one shared JSON), so writers in different processes that own disjoint shards
+never race on the manifest.
+
+    <store>/<group>/<array>/_manifest/000003.json   {"rows": [49152, 65536], "file": true}
+
+`rows` is the row range the shard held when it was written: after an append grows the array, the last
+shard's range changes and its old marker stops counting. `file` says whether Zarr wrote a shard file at
+all (it writes none for a shard that is entirely the fill value), so `verify` can tell a shard that was
+legitimately empty from one whose file was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MANIFEST_DIR = "_manifest"
+
+
+def marker_path(array_dir: Path, shard: int) -> Path:
+    return array_dir / MANIFEST_DIR / f"{shard:06d}.json"
+
+
+def write_marker(array_dir: Path, shard: int, rows: tuple[int, int], has_file: bool) -> None:
+    """Record shard `shard` of the array at `array_dir` as complete (atomically: temp file + rename)."""
+    path = marker_path(array_dir, shard)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"rows": list(rows), "file": has_file}))
+    os.replace(tmp, path)
+
+
+def remove_marker(array_dir: Path, shard: int) -> None:
+    marker_path(array_dir, shard).unlink(missing_ok=True)
+
+
+def read_markers(array_dir: Path) -> dict[int, dict]:
+    """All markers of one array: shard index -> {"rows": [start, stop], "file": bool}."""
+    folder = array_dir / MANIFEST_DIR
+    if not folder.is_dir():
+        return {}
+    markers = {}
+    for entry in os.scandir(folder):
+        name = entry.name
+        if not name.endswith(".json"):
+            continue  # a temp file left by a writer killed mid-rename
+        try:
+            markers[int(name[:-5])] = json.loads(Path(entry.path).read_text())
+        except (ValueError, json.JSONDecodeError):
+            continue  # unreadable marker: treat the shard as not done; resume rewrites it
+    return markers

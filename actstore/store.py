@@ -1,0 +1,616 @@
+"""The activation store: residual-stream activations and row metadata in sharded, checksummed Zarr v3.
+
+One store holds one model (at one revision) run on one prompt template:
+
+    store.zarr/                       attrs: format_version, model, revision, tokenizer, d_model, layers,
+                                             hook, prompt_template, dtype, shard_rows, chunk_rows, codec
+      vocab/                          attrs: kind="rows", rows, columns
+        layer_05    [rows, d_model]   bfloat16 as uint16 bits (attr logical_dtype), or float16 / float32
+        token_id    [rows] int32      ... one 1-D array per metadata column
+        <array>/_manifest/000003.json one marker per completed shard (see manifest.py)
+      context/                        the same for natural-text tokens
+
+Activation arrays are sharded: `shard_rows` rows per file, cut into `chunk_rows`-row chunks that each
+carry a crc32c; the shard index carries its own crc32c. Metadata arrays keep one chunk of `shard_rows`
+per file, so a shard index means the same rows in every array of a group.
+
+Writes are shard-aligned (a region starts on a shard boundary and ends on one or at the last row), so
+any two writers that own different shards, in one process or several, never touch the same file.
+Reading requires every shard to be marked complete; a half-written store tells how to resume.
+
+    store = ActivationStore.create("s.zarr", StoreSpec(model="google/gemma-2-2b", d_model=2304,
+                                                       layers=[0, 12]))
+    store.add_group("vocab", rows=n)
+    store.write("vocab", 0, {0: acts0, 12: acts12, "token_id": ids, ...})   # shard-aligned
+    x = ActivationStore.open("s.zarr").read("vocab", 12)                    # (n, 2304) bfloat16
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from actstore import manifest
+
+FORMAT_VERSION = 1
+
+# logical dtype -> (torch dtype, numpy dtype Zarr stores). Zarr has no bfloat16 (zarr-python issues 2656,
+# 711): its bits go in as uint16 and are viewed back, which is bit-exact.
+DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+    "bfloat16": (torch.bfloat16, np.dtype(np.uint16)),
+    "float16": (torch.float16, np.dtype(np.float16)),
+    "float32": (torch.float32, np.dtype(np.float32)),
+}
+
+# Chunk codecs after the bytes serializer. crc32c is always last, so every chunk is checked on read.
+CODECS = {
+    "none": lambda: [Crc32cCodec()],
+    "zstd": lambda: [ZstdCodec(level=1), Crc32cCodec()],
+}
+
+# The metadata columns of the two standard groups (DESIGN.md, "The store").
+STANDARD_COLUMNS: dict[str, dict[str, str]] = {
+    "vocab": {"token_id": "int32", "label": "int8", "split": "int8", "position": "int16", "text": "str"},
+    "context": {"token_id": "int32", "doc": "int32", "pos": "int32", "label": "int8"},
+}
+
+
+class StoreError(Exception):
+    """A store that is missing, not a store, half-written or damaged; the message says what to do."""
+
+
+class IncompleteStoreError(StoreError):
+    """Some shards were never finished (a killed or still-running write)."""
+
+
+class CorruptShardError(StoreError):
+    """A shard whose bytes fail their checksum or cannot be decoded."""
+
+    def __init__(self, array: str, shard: int, rows: tuple[int, int], file: str, reason: str):
+        self.array, self.shard, self.rows, self.file, self.reason = array, shard, rows, file, reason
+        super().__init__(
+            f"{array} shard {shard} (rows {rows[0]}-{rows[1] - 1}, file {file}) is corrupt: {reason}. "
+            f"Delete that file and its marker {array}/_manifest/{shard:06d}.json, then resume the write "
+            f"that made the store to rewrite it."
+        )
+
+
+@dataclass
+class StoreSpec:
+    """What a store holds; written to its root attributes at creation."""
+
+    model: str
+    """Hugging Face model id or local path the activations came from."""
+    d_model: int
+    """Width of the residual stream."""
+    layers: list[int]
+    """Blocks whose output (resid_post) is stored."""
+    dtype: str = "bfloat16"
+    """Logical dtype of activations: bfloat16, float16 or float32 (kept bit-exact)."""
+    revision: str | None = None
+    """Model revision (commit or tag), when known."""
+    tokenizer: str | None = None
+    """Tokenizer id, when it differs from the model's."""
+    hook: str = "resid_post"
+    """Where in the block activations are taken."""
+    prompt_template: str = ""
+    """The vocabulary task's prompt template."""
+    shard_rows: int = 16384
+    """Rows per shard file: the unit of writing, of the manifest and of concurrency."""
+    chunk_rows: int = 1024
+    """Rows per checksummed chunk inside a shard; must divide shard_rows."""
+    codec: str = "none"
+    """Chunk compression: none or zstd (benchmarks/NOTES.md has the measurement behind the default)."""
+    resume_command: str | None = None
+    """The command that resumes the write that makes this store; quoted when it is found incomplete."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else the creator records (for example dropped-row counts)."""
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {sorted(CODECS)}; got {self.codec!r}")
+        if self.d_model <= 0:
+            raise ValueError(f"d_model must be positive; got {self.d_model}")
+        if not self.layers or any(not isinstance(l, int) or l < 0 for l in self.layers):
+            raise ValueError(f"layers must be a non-empty list of block indices >= 0; got {self.layers!r}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers must not repeat; got {self.layers!r}")
+        if self.shard_rows <= 0 or self.chunk_rows <= 0 or self.shard_rows % self.chunk_rows:
+            raise ValueError(
+                f"chunk_rows must be positive and divide shard_rows; got shard_rows={self.shard_rows}, "
+                f"chunk_rows={self.chunk_rows}"
+            )
+
+
+class Block(NamedTuple):
+    """Rows [start, stop) of one layer, as read by `ActivationStore.blocks`."""
+
+    start: int
+    stop: int
+    acts: torch.Tensor
+    """(stop - start, d_model) in the store's dtype."""
+
+
+class Problem(NamedTuple):
+    """One finding of `ActivationStore.verify`."""
+
+    array: str
+    """`group/array`, for example `vocab/layer_05`."""
+    shard: int
+    rows: tuple[int, int]
+    kind: str
+    """`incomplete` (never finished), `missing` (marked done, file gone) or `corrupt`."""
+    detail: str
+
+
+def layer_name(layer: int) -> str:
+    return f"layer_{layer:02d}"
+
+
+class ActivationStore:
+    """A store on the local (or a shared) file system. Use `create` or `open`, not the constructor."""
+
+    def __init__(self, path: Path, root: zarr.Group, mode: str, writers: int):
+        self.path, self._root, self.mode = path, root, mode
+        self.spec = StoreSpec(**{k: v for k, v in root.attrs.items() if k in StoreSpec.__dataclass_fields__})
+        self._storage_dtype = DTYPES[self.spec.dtype][1]
+        self._pool = ThreadPoolExecutor(max(1, writers), thread_name_prefix="actstore-io")
+        self._known_complete = False  # set by open() after checking; reads then skip the manifest
+
+    # ------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, spec: StoreSpec, overwrite: bool = False,
+               writers: int = 2) -> ActivationStore:
+        """Create an empty store. `writers` is the number of shards written in parallel."""
+        spec.validate()
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise StoreError(f"{path} already exists; open it with mode='a' to resume, or pass overwrite=True")
+        from actstore import __version__
+
+        root = zarr.open_group(path, mode="w")
+        root.attrs.update({"format_version": FORMAT_VERSION, "actstore_version": __version__, **asdict(spec)})
+        return cls(path, root, "a", writers)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r", writers: int = 2,
+             require_complete: bool | None = None) -> ActivationStore:
+        """Open a store: mode 'r' to read, 'a' to write (resume) as well.
+
+        By default mode 'r' requires the store complete and raises IncompleteStoreError, saying how to
+        resume, if it is not; `require_complete=False` opens it anyway (to inspect or verify it), and then
+        every read checks that the shards it touches are complete.
+        """
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' (read a complete store) or 'a' (resume writing); got {mode!r}")
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"{path} does not exist: expected an actstore store (a Zarr v3 directory)")
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"{path} is not an actstore store: it has no zarr.json (not a Zarr v3 group)")
+        try:
+            root = zarr.open_group(path, mode="r" if mode == "r" else "r+")
+        except Exception as err:  # zarr raises several types for a node that is not a group
+            raise StoreError(f"{path} is not an actstore store: {err}") from err
+        version = root.attrs.get("format_version")
+        if version is None:
+            raise StoreError(f"{path} is a Zarr group but not an actstore store (no 'format_version' attribute)")
+        if version > FORMAT_VERSION:
+            raise StoreError(f"{path} has store format {version}; this actstore reads up to {FORMAT_VERSION}: "
+                             f"upgrade actstore")
+        store = cls(path, root, mode, writers)
+        if require_complete if require_complete is not None else mode == "r":
+            missing = store.missing()
+            if missing:
+                raise IncompleteStoreError(store._incomplete_message(missing))
+            store._known_complete = True
+        return store
+
+    def _incomplete_message(self, missing: dict[str, list[int]]) -> str:
+        total = sum(len(v) for v in missing.values())
+        shown = ", ".join(f"{name} ({_ranges(shards)})" for name, shards in list(missing.items())[:4])
+        more = f" and {len(missing) - 4} more arrays" if len(missing) > 4 else ""
+        how = (f"resume it with `{self.spec.resume_command}`" if self.spec.resume_command
+               else "rerun the command that wrote it with --resume (or open it with mode='a' and write the "
+                    "missing shards)")
+        return (f"{self.path} is incomplete: {total} shards were never finished, in {shown}{more}. "
+                f"It was probably killed mid-write; {how}. Only the missing shards are rewritten.")
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.spec.layers)
+
+    @property
+    def groups(self) -> dict[str, int]:
+        """Row group name -> number of rows."""
+        return {name: g.attrs["rows"] for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
+
+    def columns(self, group: str) -> dict[str, str]:
+        return dict(self._group(group).attrs["columns"])
+
+    def arrays(self, group: str) -> list[str]:
+        """Every array of a row group: the layer arrays, then the metadata columns."""
+        return [layer_name(l) for l in self.spec.layers] + list(self.columns(group))
+
+    def add_group(self, name: str, rows: int, columns: Mapping[str, str] | None = None) -> None:
+        """Create a row group of `rows` rows with one array per layer and per metadata column.
+
+        `columns` maps column name to a numpy dtype name or "str"; the default is the standard set
+        for `vocab` and `context` (STANDARD_COLUMNS).
+        """
+        self._require_writable()
+        if not name.isidentifier():
+            raise ValueError(f"group name must be a Python identifier such as 'vocab'; got {name!r}")
+        if name in self._root:
+            raise StoreError(f"{self.path} already has a group {name!r}")
+        if columns is None:
+            if name not in STANDARD_COLUMNS:
+                raise ValueError(f"group {name!r} is not standard ({sorted(STANDARD_COLUMNS)}); pass its columns")
+            columns = STANDARD_COLUMNS[name]
+        for col in columns:
+            if col.startswith("layer_"):
+                raise ValueError(f"column names must not start with 'layer_' (reserved for activations): {col!r}")
+        if rows < 0:
+            raise ValueError(f"rows must be >= 0; got {rows}")
+        spec = self.spec
+        group = self._root.create_group(name, attributes={"kind": "rows", "rows": rows, "columns": dict(columns)})
+        for layer in spec.layers:
+            group.create_array(
+                layer_name(layer), shape=(rows, spec.d_model), dtype=self._storage_dtype,
+                chunks=(spec.chunk_rows, spec.d_model), shards=(spec.shard_rows, spec.d_model),
+                compressors=CODECS[spec.codec](), fill_value=0,
+                attributes={"logical_dtype": spec.dtype, "layer": layer},
+            )
+        for col, dtype in columns.items():
+            group.create_array(
+                col, shape=(rows,), dtype=str if dtype == "str" else np.dtype(dtype),
+                chunks=(spec.shard_rows,), compressors=CODECS[spec.codec](),
+            )
+
+    def _group(self, group: str) -> zarr.Group:
+        groups = self.groups
+        if group not in groups:
+            raise KeyError(f"{self.path} has no row group {group!r}; it has {sorted(groups) or 'none'}")
+        return self._root[group]
+
+    def _array_name(self, group: str, key: str | int) -> str:
+        if isinstance(key, (int, np.integer)):
+            if key not in self.spec.layers:
+                raise KeyError(
+                    f"{self.path} has layers {_ranges(self.spec.layers)}; layer {key} was not extracted. "
+                    f"Extract it into a store with `actstore extract --layers {key} ...`"
+                )
+            return layer_name(int(key))
+        if key not in self.arrays(group):
+            raise KeyError(f"{group} has no array {key!r}; it has {self.arrays(group)}")
+        return key
+
+    def num_shards(self, group: str) -> int:
+        return -(-self._group(group).attrs["rows"] // self.spec.shard_rows)
+
+    def shard_rows(self, group: str, shard: int) -> tuple[int, int]:
+        """Row range [start, stop) of a shard of a group."""
+        rows, size = self._group(group).attrs["rows"], self.spec.shard_rows
+        return shard * size, min((shard + 1) * size, rows)
+
+    def shard_file(self, group: str, array: str, shard: int) -> Path:
+        arr = self._group(group)[array]
+        coords = (shard, 0) if arr.ndim == 2 else (shard,)
+        return self.path / group / array / arr.metadata.encode_chunk_key(coords)
+
+    # ------------------------------------------------------------------ manifest
+
+    def missing(self, group: str | None = None) -> dict[str, list[int]]:
+        """`group/array` -> indices of shards not yet complete (only arrays that miss some)."""
+        out = {}
+        for g in [group] if group else sorted(self.groups):
+            for array in self.arrays(g):
+                markers = manifest.read_markers(self.path / g / array)
+                todo = [k for k in range(self.num_shards(g))
+                        if markers.get(k, {}).get("rows") != list(self.shard_rows(g, k))]
+                if todo:
+                    out[f"{g}/{array}"] = todo
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing()
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, group: str, start: int, data: Mapping[str | int, Any]) -> None:
+        """Write rows [start, start + n) of some arrays of a group, and mark their shards complete.
+
+        `data` maps a layer index (or `layer_LL`) to activations `(n, d_model)` in the store's dtype (a
+        torch tensor; numpy works for float16/float32), and a column name to `(n,)` values. The region
+        must be shard-aligned: `start` a multiple of shard_rows, `start + n` one too or the group's end.
+        Shards are written in parallel; each is marked complete only once its bytes are written.
+        """
+        self._require_writable()
+        if not data:
+            raise ValueError("nothing to write: data is empty")
+        rows, size = self._group(group).attrs["rows"], self.spec.shard_rows
+        arrays = {self._array_name(group, key): value for key, value in data.items()}
+        prepared = {name: self._prepare(group, name, value) for name, value in arrays.items()}
+        lengths = {name: len(v) for name, v in prepared.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"all arrays of one write must have the same number of rows; got {lengths}")
+        self._write_prepared(group, start, prepared)
+
+    def _write_prepared(self, group: str, start: int, prepared: dict[str, np.ndarray]) -> None:
+        rows, size = self._group(group).attrs["rows"], self.spec.shard_rows
+        stop = start + len(next(iter(prepared.values())))
+        if start < 0 or stop > rows or stop == start:
+            raise ValueError(f"rows [{start}, {stop}) are outside {group}'s {rows} rows (or empty)")
+        if start % size or (stop % size and stop != rows):
+            raise ValueError(
+                f"writes must be shard-aligned: rows [{start}, {stop}) of {group} do not start and end on "
+                f"multiples of shard_rows={size} (the end may also be the last row, {rows}). Buffer rows "
+                f"until a shard is full: two writers of one shard lose data."
+            )
+        jobs = [self._pool.submit(self._write_shard, group, name, k, values[lo - start:hi - start])
+                for name, values in prepared.items()
+                for k in range(start // size, -(-stop // size))
+                for lo, hi in [self.shard_rows(group, k)]]
+        for job in jobs:
+            job.result()
+
+    def _write_shard(self, group: str, array: str, shard: int, values: np.ndarray) -> None:
+        array_dir = self.path / group / array
+        lo, hi = self.shard_rows(group, shard)
+        manifest.remove_marker(array_dir, shard)
+        # Zarr reads an existing edge shard back before updating it; a torn file from a killed writer
+        # would make that fail, and its content is never needed: remove it first.
+        self.shard_file(group, array, shard).unlink(missing_ok=True)
+        self._root[group][array][lo:hi] = values
+        has_file = self.shard_file(group, array, shard).exists()
+        manifest.write_marker(array_dir, shard, (lo, hi), has_file)
+
+    def _prepare(self, group: str, name: str, value: Any) -> np.ndarray:
+        """Check one input against its array and return it as the numpy array Zarr stores."""
+        where = f"{group}/{name}"
+        if name.startswith("layer_"):
+            torch_dtype = DTYPES[self.spec.dtype][0]
+            if isinstance(value, np.ndarray):
+                if self.spec.dtype == "bfloat16":
+                    raise TypeError(f"{where} holds bfloat16, which numpy cannot represent; pass a torch "
+                                    f"tensor of dtype torch.bfloat16 (got a numpy {value.dtype} array)")
+                value = torch.from_numpy(value)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{where} expects a torch tensor; got {type(value).__name__}")
+            if value.dtype != torch_dtype:
+                raise TypeError(f"{where} holds {self.spec.dtype}; got {value.dtype}. The store keeps the "
+                                f"model's dtype bit-exact and does not round: cast with .to({torch_dtype}) first")
+            if value.ndim != 2 or value.shape[1] != self.spec.d_model:
+                raise ValueError(f"{where} expects shape (rows, {self.spec.d_model}); got {tuple(value.shape)}")
+            value = value.detach().cpu().contiguous()
+            if torch_dtype == torch.bfloat16:
+                return value.view(torch.int16).numpy().view(np.uint16)
+            return value.numpy()
+        dtype = self.columns(group)[name]
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        value = np.asarray(value)
+        if value.ndim != 1:
+            raise ValueError(f"{where} is a column and expects shape (rows,); got {value.shape}")
+        if dtype == "str":
+            if value.size and value.dtype.kind not in "UTO":
+                raise TypeError(f"{where} holds strings; got {value.dtype}")
+            return value.astype(str)
+        target = np.dtype(dtype)
+        if target.kind in "iu":
+            if value.size and value.dtype.kind not in "iu":
+                raise TypeError(f"{where} holds {target}; got {value.dtype} (integers expected)")
+            info = np.iinfo(target)
+            if value.size and (value.min() < info.min or value.max() > info.max):
+                raise ValueError(f"{where} holds {target} ({info.min}..{info.max}); got values in "
+                                 f"{value.min()}..{value.max()}")
+            return value.astype(target)
+        if value.dtype != target:
+            raise TypeError(f"{where} holds {target}; got {value.dtype}")
+        return value
+
+    def append(self, group: str, data: Mapping[str | int, Any]) -> None:
+        """Grow a group by n rows, writing every one of its arrays (all layers and columns).
+
+        One process (the coordinator) appends: growing an array rewrites its metadata. The last shard,
+        if partial, is rewritten with the new rows after it; until that finishes it counts as incomplete.
+        """
+        self._require_writable()
+        given = {self._array_name(group, key) for key in data}
+        absent = [a for a in self.arrays(group) if a not in given]
+        if absent:
+            raise ValueError(f"append writes every array of {group}; missing {absent}")
+        new_rows = {name: self._prepare(group, name, value) for name, value in
+                    ((self._array_name(group, key), value) for key, value in data.items())}
+        lengths = {len(v) for v in new_rows.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"all arrays of one append must have the same number of rows; got {sorted(lengths)}")
+        old = self._group(group).attrs["rows"]
+        new = old + lengths.pop()
+        head = old - old % self.spec.shard_rows  # first row of the partial last shard
+        merged = {name: np.concatenate([self._read_raw(group, name, head, old), values])
+                  for name, values in new_rows.items()}
+        g = self._root[group]
+        for name in self.arrays(group):
+            g[name].resize((new, *g[name].shape[1:]))
+        g.attrs["rows"] = new
+        self._write_prepared(group, head, merged)
+
+    def _require_writable(self) -> None:
+        if self.mode != "a":
+            raise StoreError(f"{self.path} was opened for reading; open it with mode='a' to write")
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, group: str, layer: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Activations of rows [start, stop) of one layer: `(stop - start, d_model)` in the store's dtype."""
+        return self._read_array(group, self._array_name(group, layer), start, stop)
+
+    def column(self, group: str, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Values of rows [start, stop) of one metadata column."""
+        if name.startswith("layer_") or name not in self.columns(group):
+            raise KeyError(f"{group} has no column {name!r}; it has {sorted(self.columns(group))}")
+        return self._read_array(group, name, start, stop)
+
+    def _read_array(self, group: str, array: str, start: int, stop: int | None):
+        values = self._read_raw(group, array, start, stop)
+        if not array.startswith("layer_"):
+            return values
+        if self.spec.dtype == "bfloat16":
+            return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(values)
+
+    def _read_raw(self, group: str, array: str, start: int, stop: int | None) -> np.ndarray:
+        """Rows [start, stop) of an array as Zarr stores them (bfloat16 as uint16 bits)."""
+        rows = self._group(group).attrs["rows"]
+        stop = rows if stop is None else stop
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows [{start}, {stop}) are outside {group}'s {rows} rows")
+        size = self.spec.shard_rows
+        shards = range(start // size, -(-stop // size))
+        if not self._known_complete or self.mode == "a":
+            markers = manifest.read_markers(self.path / group / array)
+            todo = [k for k in shards if markers.get(k, {}).get("rows") != list(self.shard_rows(group, k))]
+            if todo:
+                raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
+        arr = self._root[group][array]
+        parts = []
+        for k in shards:
+            lo, hi = self.shard_rows(group, k)
+            try:
+                parts.append(arr[max(lo, start):min(hi, stop)])
+            except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
+                raise CorruptShardError(f"{group}/{array}", k, (lo, hi),
+                                        str(self.shard_file(group, array, k)), str(err)) from err
+        if not parts:
+            return arr[start:stop]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def blocks(self, group: str, layer: int, block_rows: int | None = None, prefetch: int = 2,
+               start: int = 0, stop: int | None = None) -> Iterator[Block]:
+        """Stream one layer in blocks of `block_rows` rows (default: one shard), reading up to `prefetch`
+        blocks ahead on a background thread, so a layer larger than memory is processed at disk speed."""
+        rows = self._group(group).attrs["rows"]
+        stop = rows if stop is None else stop
+        block_rows = block_rows or self.spec.shard_rows
+        if block_rows <= 0 or prefetch < 1:
+            raise ValueError(f"block_rows and prefetch must be positive; got {block_rows}, {prefetch}")
+        self._array_name(group, layer)
+        bounds = [(lo, min(lo + block_rows, stop)) for lo in range(start, stop, block_rows)]
+        ahead: queue.Queue = queue.Queue(maxsize=prefetch)
+        done = threading.Event()
+
+        def produce():
+            for lo, hi in bounds:
+                try:
+                    item = Block(lo, hi, self.read(group, layer, lo, hi))
+                except Exception as err:  # handed to the consumer, raised there
+                    item = err
+                while not done.is_set():
+                    try:
+                        ahead.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set() or isinstance(item, Exception):
+                    return
+
+        reader = threading.Thread(target=produce, name="actstore-prefetch", daemon=True)
+        reader.start()
+        try:
+            for _ in bounds:
+                item = ahead.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            done.set()
+            reader.join()
+
+    # ------------------------------------------------------------------ checking
+
+    def verify(self, progress: bool = False) -> list[Problem]:
+        """Read every shard of every array and check it: the manifest, the files and every checksum."""
+        from tqdm.auto import tqdm
+
+        units = [(g, a, k) for g in sorted(self.groups) for a in self.arrays(g) for k in range(self.num_shards(g))]
+        problems = []
+        markers = {}
+        for group, array, shard in tqdm(units, desc="verify", unit="shard", disable=not progress):
+            name, rows = f"{group}/{array}", self.shard_rows(group, shard)
+            if name not in markers:
+                markers[name] = manifest.read_markers(self.path / group / array)
+            marker = markers[name].get(shard)
+            path = self.shard_file(group, array, shard)
+            if marker is None or marker.get("rows") != list(rows):
+                problems.append(Problem(name, shard, rows, "incomplete", "never finished (no manifest marker)"))
+                continue
+            if marker.get("file") and not path.exists():
+                problems.append(Problem(name, shard, rows, "missing", f"marked complete but {path} is gone"))
+                continue
+            try:
+                self._root[group][array][rows[0]:rows[1]]
+            except Exception as err:
+                problems.append(Problem(name, shard, rows, "corrupt", f"{path}: {err}"))
+        return problems
+
+    def bytes_on_disk(self) -> int:
+        return sum(entry.stat().st_size for entry in self.path.rglob("*") if entry.is_file())
+
+    def info(self) -> dict[str, Any]:
+        """A summary for `actstore info`."""
+        missing = self.missing()
+        spec = asdict(self.spec)
+        return {
+            "path": str(self.path),
+            "format_version": self._root.attrs["format_version"],
+            **{k: spec[k] for k in ("model", "revision", "tokenizer", "layers", "d_model", "dtype", "hook",
+                                    "prompt_template", "shard_rows", "chunk_rows", "codec")},
+            "groups": self.groups,
+            "complete": not missing,
+            "missing_shards": {name: len(shards) for name, shards in missing.items()},
+            "bytes_on_disk": self.bytes_on_disk(),
+            "actstore_version": self._root.attrs.get("actstore_version"),
+            "extra": spec["extra"],
+        }
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ActivationStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ActivationStore({str(self.path)!r}, model={self.spec.model!r}, groups={self.groups})"
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    values, out, i = sorted(values), [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ", ".join(out)
