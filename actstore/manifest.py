@@ -27,12 +27,14 @@ def marker_path(array_dir: Path, shard: int) -> Path:
 
 
 def write_marker(array_dir: Path, shard: int, rows: tuple[int, int], has_file: bool) -> None:
-    """Record shard `shard` of the array at `array_dir` as complete (atomically: temp file + rename)."""
+    """Record shard `shard` of the array at `array_dir` as complete.
+
+    Written in place, not through a temp file: a marker is one short JSON object, and every strict
+    prefix of a JSON object is invalid JSON, so a write cut short reads as "not done".
+    """
     path = marker_path(array_dir, shard)
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"rows": list(rows), "file": has_file}))
-    os.replace(tmp, path)
+    path.write_text(json.dumps({"rows": list(rows), "file": has_file}))
 
 
 def remove_marker(array_dir: Path, shard: int) -> None:
@@ -48,9 +50,9 @@ def read_markers(array_dir: Path) -> dict[int, dict]:
     for entry in os.scandir(folder):
         name = entry.name
         if not name.endswith(".json"):
-            continue  # a temp file left by a writer killed mid-rename
+            continue
         try:
             markers[int(name[:-5])] = json.loads(Path(entry.path).read_text())
         except (ValueError, json.JSONDecodeError):
-            continue  # unreadable marker: treat the shard as not done; resume rewrites it
+            continue  # cut short by a kill: the shard counts as not done, and resume rewrites it
     return markers

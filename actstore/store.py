@@ -374,12 +374,16 @@ class ActivationStore:
     def _write_shard(self, group: str, array: str, shard: int, values: np.ndarray) -> None:
         array_dir = self.path / group / array
         lo, hi = self.shard_rows(group, shard)
+        path = self.shard_file(group, array, shard)
         manifest.remove_marker(array_dir, shard)
-        # Zarr reads an existing edge shard back before updating it; a torn file from a killed writer
-        # would make that fail, and its content is never needed: remove it first.
-        self.shard_file(group, array, shard).unlink(missing_ok=True)
+        # Zarr writes a file as `<name>.<uuid>.partial` and renames it; a writer killed mid-write leaves
+        # that behind. And Zarr reads an existing edge shard back before updating it, which is never
+        # needed here. So clear both first; this writer owns this shard, so nobody else is writing them.
+        for stale in path.parent.glob(f"{path.name}.*.partial"):
+            stale.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         self._root[group][array][lo:hi] = values
-        has_file = self.shard_file(group, array, shard).exists()
+        has_file = path.exists()
         manifest.write_marker(array_dir, shard, (lo, hi), has_file)
 
     def _prepare(self, group: str, name: str, value: Any) -> np.ndarray:

@@ -1,0 +1,106 @@
+"""The command line, the demo, the README's promises and the package layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import storeworld
+from actstore.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "store.zarr"
+    storeworld.build(path).close()
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_json_describes_a_complete_store(capsys, world):
+    code, out, _ = run_cli(capsys, "info", str(world), "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert info["format_version"] == 1 and info["model"] == "world/tiny"
+    assert info["layers"] == [0, 3, 7] and info["d_model"] == 1024 and info["dtype"] == "bfloat16"
+    assert info["groups"] == {"vocab": storeworld.ROWS} and info["complete"] is True
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(world) for f in files)
+    assert info["bytes_on_disk"] == on_disk
+    # bf16 activations dominate: 3 layers x rows x 1024 x 2 bytes, plus chunk checksums and metadata.
+    assert 3 * storeworld.ROWS * 1024 * 2 < on_disk < 3 * 12 * 1024 * 1024 * 2 * 1.01
+
+
+def test_info_reports_an_incomplete_store_instead_of_failing(capsys, tmp_path):
+    path = tmp_path / "s.zarr"
+    storeworld.build(path, shards=[0, 1]).close()
+    code, out, _ = run_cli(capsys, "info", str(path), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["complete"] is False
+    assert info["missing_shards"]["vocab/layer_03"] == 10 and len(info["missing_shards"]) == 8
+    code, out, _ = run_cli(capsys, "info", str(path))
+    assert "NO: 80 shards missing" in out
+
+
+def test_verify_exit_codes_and_report(capsys, tmp_path, world):
+    assert run_cli(capsys, "verify", str(world))[0] == 0
+    path = tmp_path / "s.zarr"
+    storeworld.build(path).close()
+    shard = path / "vocab" / "layer_07" / "c" / "5" / "0"
+    data = bytearray(shard.read_bytes())
+    data[123] ^= 1
+    shard.write_bytes(bytes(data))
+    code, out, _ = run_cli(capsys, "verify", str(path))
+    assert code == 1
+    assert re.search(r"corrupt\s+vocab/layer_07 shard 5 \(rows 5120-6143\)", out)
+    code, out, _ = run_cli(capsys, "verify", str(path), "--json")
+    assert [(p["array"], p["shard"], p["kind"]) for p in json.loads(out)] == [("vocab/layer_07", 5, "corrupt")]
+
+
+def test_errors_are_one_clear_line_and_exit_2(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "info", str(tmp_path))
+    assert code == 2 and err.strip() == f"actstore info: error: {tmp_path} is not an actstore store: " \
+                                        "it has no zarr.json (not a Zarr v3 group)"
+
+
+def test_demo_runs_and_checks_itself(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
+    assert code == 0
+    assert "refused for reading" in out and "bit-exact" in out and "checksum: ok" in out
+
+
+def test_readme_names_only_commands_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    code = "\n".join(re.findall(r"^```[a-z]*\n(.*?)^```", readme, flags=re.M | re.S))
+    named = set(re.findall(r"^actstore ([a-z-]+)", code, flags=re.M))
+    assert named, "the README shows no actstore command"
+    assert named <= set(COMMANDS), f"README names commands that do not exist: {named - set(COMMANDS)}"
+    for command in COMMANDS:
+        assert f"actstore {command}" in readme, f"README does not document `actstore {command}`"
+
+
+def test_kernels_install_as_actstore_kernels_never_top_level(tmp_path):
+    code = ("import importlib.util, actstore.kernels; "
+            "print(importlib.util.find_spec('kernels') is None, actstore.kernels.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.stdout.split() == ["True", "actstore.kernels"], result.stderr
+
+
+def test_core_imports_without_ray_transformers_or_sae_lens(tmp_path):
+    code = ("import sys, actstore.store, actstore.kernels, actstore.cli; "
+            "print(sorted(m for m in ('ray', 'transformers', 'sae_lens') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
