@@ -27,11 +27,11 @@ Reading requires every shard to be marked complete; a half-written store tells h
 
 from __future__ import annotations
 
+import json
 import os
-import queue
-import threading
+from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,7 +41,7 @@ import torch
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from actstore import manifest
+from actstore import manifest, shardio
 
 FORMAT_VERSION = 1
 
@@ -163,19 +163,20 @@ def layer_name(layer: int) -> str:
 class ActivationStore:
     """A store on the local (or a shared) file system. Use `create` or `open`, not the constructor."""
 
-    def __init__(self, path: Path, root: zarr.Group, mode: str, writers: int):
+    def __init__(self, path: Path, root: zarr.Group, mode: str, io_threads: int):
         self.path, self._root, self.mode = path, root, mode
         self.spec = StoreSpec(**{k: v for k, v in root.attrs.items() if k in StoreSpec.__dataclass_fields__})
         self._storage_dtype = DTYPES[self.spec.dtype][1]
-        self._pool = ThreadPoolExecutor(max(1, writers), thread_name_prefix="actstore-io")
+        self._pool = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="actstore-io")
         self._known_complete = False  # set by open() after checking; reads then skip the manifest
+        self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio reads
 
     # ------------------------------------------------------------------ create / open
 
     @classmethod
     def create(cls, path: str | os.PathLike, spec: StoreSpec, overwrite: bool = False,
-               writers: int = 2) -> ActivationStore:
-        """Create an empty store. `writers` is the number of shards written in parallel."""
+               io_threads: int = 2) -> ActivationStore:
+        """Create an empty store. `io_threads` shards are written (and read ahead) in parallel."""
         spec.validate()
         path = Path(path)
         if path.exists() and any(path.iterdir()) and not overwrite:
@@ -184,10 +185,10 @@ class ActivationStore:
 
         root = zarr.open_group(path, mode="w")
         root.attrs.update({"format_version": FORMAT_VERSION, "actstore_version": __version__, **asdict(spec)})
-        return cls(path, root, "a", writers)
+        return cls(path, root, "a", io_threads)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r", writers: int = 2,
+    def open(cls, path: str | os.PathLike, mode: str = "r", io_threads: int = 2,
              require_complete: bool | None = None) -> ActivationStore:
         """Open a store: mode 'r' to read, 'a' to write (resume) as well.
 
@@ -212,7 +213,7 @@ class ActivationStore:
         if version > FORMAT_VERSION:
             raise StoreError(f"{path} has store format {version}; this actstore reads up to {FORMAT_VERSION}: "
                              f"upgrade actstore")
-        store = cls(path, root, mode, writers)
+        store = cls(path, root, mode, io_threads)
         if require_complete if require_complete is not None else mode == "r":
             missing = store.missing()
             if missing:
@@ -495,58 +496,71 @@ class ActivationStore:
             if todo:
                 raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
         arr = self._root[group][array]
-        parts = []
+        chunk_shape = self._direct_read(group, array)
+        if chunk_shape is None:
+            parts = [self._read_shard(group, array, k, max(lo, start), min(hi, stop))
+                     for k in shards for lo, hi in [self.shard_rows(group, k)]]
+            return arr[start:stop] if not parts else np.concatenate(parts) if len(parts) > 1 else parts[0]
+        out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
         for k in shards:
             lo, hi = self.shard_rows(group, k)
+            a, b = max(lo, start), min(hi, stop)
             try:
-                parts.append(arr[max(lo, start):min(hi, stop)])
-            except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
+                shardio.read_rows(str(self.shard_file(group, array, k)), out[a - start:b - start], a - lo, b - lo,
+                                  chunk_rows=chunk_shape[0], chunks_per_shard=size // chunk_shape[0])
+            except FileNotFoundError:
+                out[a - start:b - start] = self._read_shard(group, array, k, a, b)  # decides: fill or lost
+            except (shardio.ShardFormatError, OSError) as err:  # not programming errors: those propagate
                 raise CorruptShardError(f"{group}/{array}", k, (lo, hi),
                                         str(self.shard_file(group, array, k)), str(err)) from err
-        if not parts:
-            return arr[start:stop]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return out
+
+    def _read_shard(self, group: str, array: str, shard: int, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) (inside one shard) through Zarr, with its failures named by shard."""
+        lo, hi = self.shard_rows(group, shard)
+        path = self.shard_file(group, array, shard)
+        if not path.exists():  # Zarr would silently return the fill value
+            marker = manifest.read_markers(self.path / group / array).get(shard, {})
+            if marker.get("file", True):
+                raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path),
+                                        "the file is missing although the shard was written")
+        try:
+            return self._root[group][array][start:stop]
+        except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
+            raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path), str(err)) from err
+
+    def _direct_read(self, group: str, array: str) -> tuple[int, ...] | None:
+        """The inner chunk shape if `shardio` can read this array's shards directly, else None."""
+        key = f"{group}/{array}"
+        if key not in self._direct:
+            meta = json.loads((self.path / group / array / "zarr.json").read_text())
+            self._direct[key] = shardio.direct_read_supported(meta) if array.startswith("layer_") else None
+        return self._direct[key]
 
     def blocks(self, group: str, layer: int, block_rows: int | None = None, prefetch: int = 2,
                start: int = 0, stop: int | None = None) -> Iterator[Block]:
-        """Stream one layer in blocks of `block_rows` rows (default: one shard), reading up to `prefetch`
-        blocks ahead on a background thread, so a layer larger than memory is processed at disk speed."""
+        """Stream one layer in blocks of `block_rows` rows (default: one shard), with up to `prefetch`
+        blocks read ahead in parallel on the store's I/O threads, so a layer larger than memory is
+        processed at disk speed while the consumer computes."""
         rows = self._group(group).attrs["rows"]
         stop = rows if stop is None else stop
         block_rows = block_rows or self.spec.shard_rows
         if block_rows <= 0 or prefetch < 1:
             raise ValueError(f"block_rows and prefetch must be positive; got {block_rows}, {prefetch}")
         self._array_name(group, layer)
-        bounds = [(lo, min(lo + block_rows, stop)) for lo in range(start, stop, block_rows)]
-        ahead: queue.Queue = queue.Queue(maxsize=prefetch)
-        done = threading.Event()
-
-        def produce():
-            for lo, hi in bounds:
-                try:
-                    item = Block(lo, hi, self.read(group, layer, lo, hi))
-                except Exception as err:  # handed to the consumer, raised there
-                    item = err
-                while not done.is_set():
-                    try:
-                        ahead.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if done.is_set() or isinstance(item, Exception):
-                    return
-
-        reader = threading.Thread(target=produce, name="actstore-prefetch", daemon=True)
-        reader.start()
+        bounds = iter([(lo, min(lo + block_rows, stop)) for lo in range(start, stop, block_rows)])
+        ahead: deque[tuple[int, int, Future]] = deque()
         try:
-            for _ in bounds:
-                item = ahead.get()
-                if isinstance(item, Exception):
-                    raise item
-                yield item
+            while True:
+                while len(ahead) < prefetch and (bound := next(bounds, None)):
+                    ahead.append((*bound, self._pool.submit(self.read, group, layer, *bound)))
+                if not ahead:
+                    return
+                lo, hi, job = ahead.popleft()
+                yield Block(lo, hi, job.result())
         finally:
-            done.set()
-            reader.join()
+            for *_, job in ahead:
+                job.cancel()
 
     # ------------------------------------------------------------------ checking
 

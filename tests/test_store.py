@@ -386,3 +386,47 @@ def test_create_refuses_to_overwrite_and_reading_store_refuses_writes(tmp_path, 
         ActivationStore.create(reference, storeworld.spec())
     with pytest.raises(StoreError, match="opened for reading"):
         ActivationStore.open(reference).write("vocab", 0, {0: torch.zeros(1024, 1024, dtype=torch.bfloat16)})
+
+
+# ---------------------------------------------------------------------------- direct shard reads
+
+
+def test_direct_reads_match_zarr_bit_for_bit_on_any_row_range(reference):
+    store = ActivationStore.open(reference)
+    assert store._direct_read("vocab", "layer_03") == (256, 1024)  # the shardio path is taken
+    raw = zarr.open_array(reference / "vocab" / "layer_03", mode="r")
+    rng = np.random.default_rng(0)
+    ranges = [(0, storeworld.ROWS), (0, 1), (255, 257), (1000, 3100), (11264, 11564), (11563, 11564)]
+    ranges += [tuple(sorted(rng.integers(0, storeworld.ROWS + 1, 2))) for _ in range(20)]
+    for lo, hi in ranges:
+        np.testing.assert_array_equal(store.read("vocab", 3, lo, hi).view(torch.int16).numpy().view(np.uint16),
+                                      raw[lo:hi], err_msg=f"rows {lo}-{hi}")
+
+
+def test_direct_reads_return_fill_for_chunks_zarr_left_out(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = ActivationStore.create(path, StoreSpec(model="m", d_model=64, layers=[0], shard_rows=256, chunk_rows=32))
+    store.add_group("vocab", rows=600, columns={})
+    acts = torch.randn(600, 64).to(torch.bfloat16)
+    acts[32:64] = 0  # an all-zero chunk: Zarr writes no bytes for it (index entry "empty")
+    acts[256:512] = 0  # an all-zero shard: no file at all
+    store.write("vocab", 0, {0: acts})
+    assert not store.shard_file("vocab", "layer_00", 1).exists()
+    store = ActivationStore.open(path)
+    assert store._direct_read("vocab", "layer_00") is not None
+    assert torch.equal(bits(store.read("vocab", 0)), bits(acts))
+    assert store.verify() == []
+    store.shard_file("vocab", "layer_00", 2).unlink()  # a shard that had a file and lost it
+    with pytest.raises(CorruptShardError, match="shard 2 .*missing"):
+        store.read("vocab", 0, 500, 600)
+
+
+def test_compressed_stores_read_through_zarr(tmp_path):
+    path = tmp_path / "s.zarr"
+    storeworld.build(path, codec="zstd").close()
+    store = ActivationStore.open(path)
+    assert store._direct_read("vocab", "layer_00") is None
+    assert torch.equal(bits(store.read("vocab", 0, 1000, 2100)),
+                       bits(torch.cat([storeworld.shard_values("vocab", "layer_00", 0, 1024)[1000:],
+                                       storeworld.shard_values("vocab", "layer_00", 1024, 2048),
+                                       storeworld.shard_values("vocab", "layer_00", 2048, 3072)[:52]])))
