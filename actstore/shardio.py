@@ -1,4 +1,4 @@
-"""Direct reads of uncompressed shards: one `preadv` from the shard file into the caller's memory.
+"""Direct shard I/O for uncompressed activations: one `preadv` into the caller's memory, Zarr's bytes out.
 
 Zarr's `sharding_indexed` codec, with chunk codecs `[bytes (little endian), crc32c]` and the index at
 the end (what the store writes when codec="none"), lays a shard file out as
@@ -13,12 +13,16 @@ asyncio round trip per chunk; here the kernel copies each chunk straight into it
 is checked in place. Tests check this reader against Zarr's on the same files, bit for bit, and on
 damaged files. Anything this reader does not expect (another codec chain, a chunk of the wrong size)
 raises ShardFormatError, and the store falls back to Zarr.
+
+Writing is the mirror image: `write_shard` produces the file Zarr would write, byte for byte, from the
+caller's array without Zarr's intermediate copies.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import uuid
 
 import google_crc32c
 import numpy as np
@@ -113,3 +117,61 @@ def _read_index(fd: int, size: int, chunks_per_shard: int) -> np.ndarray:
     if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
         raise ShardFormatError("shard index: stored and computed crc32c do not match")
     return np.frombuffer(raw[:-4], dtype="<u8").reshape(chunks_per_shard, 2)
+
+
+def write_shard(path: str, values: np.ndarray, chunk_rows: int, chunks_per_shard: int) -> bool:
+    """Write one shard file exactly as Zarr's sharding codec would, straight from `values`.
+
+    `values` (rows, width) C-contiguous, rows <= chunk_rows * chunks_per_shard (fewer for the last
+    shard of an array). The bytes are Zarr's, byte for byte (tests compare): chunks in C order, each
+    followed by its crc32c; a chunk whose bytes are all zero (the fill value) is left out with an empty
+    index entry, as Zarr does with write_empty_chunks=False; the index and its crc32c at the end. The
+    file is written to `<path>.<hex>.partial` and renamed, as Zarr does. A shard with nothing but zeros
+    gets no file. Returns whether a file was written.
+    """
+    rows, row_bytes = values.shape[0], values.strides[0]
+    if not values.flags.c_contiguous or rows > chunk_rows * chunks_per_shard:
+        raise ValueError(f"values must be C-contiguous with at most {chunk_rows * chunks_per_shard} rows; "
+                         f"got {values.shape}")
+    flat = values.reshape(-1).view(np.uint8)
+    index = np.full((chunks_per_shard, 2), EMPTY, dtype="<u8")
+    buffers: list = []
+    offset = 0
+    for c in range(-(-rows // chunk_rows)):
+        chunk = flat[c * chunk_rows * row_bytes:min((c + 1) * chunk_rows, rows) * row_bytes]
+        if not chunk.any():
+            continue
+        if len(chunk) < chunk_rows * row_bytes:  # the array's last chunk: Zarr pads it with the fill value
+            padded = np.zeros(chunk_rows * row_bytes, dtype=np.uint8)
+            padded[:len(chunk)] = chunk
+            chunk = padded
+        buffers += [chunk, google_crc32c.value(chunk).to_bytes(4, "little")]
+        index[c] = (offset, len(chunk) + 4)
+        offset += len(chunk) + 4
+    if not buffers:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return False
+    index_bytes = index.tobytes()
+    buffers += [index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")]
+    _write_file(path, buffers)
+    return True
+
+
+def _write_file(path: str, buffers: list) -> None:
+    """Write buffers to a temp file beside `path`, then rename it over `path` (Zarr's LocalStore does the same)."""
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            for buffer in buffers:
+                f.write(buffer)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

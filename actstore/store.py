@@ -169,7 +169,7 @@ class ActivationStore:
         self._storage_dtype = DTYPES[self.spec.dtype][1]
         self._pool = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="actstore-io")
         self._known_complete = False  # set by open() after checking; reads then skip the manifest
-        self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio reads
+        self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio I/O
 
     # ------------------------------------------------------------------ create / open
 
@@ -383,8 +383,13 @@ class ActivationStore:
         for stale in path.parent.glob(f"{path.name}.*.partial"):
             stale.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
-        self._root[group][array][lo:hi] = values
-        has_file = path.exists()
+        chunk_shape = self._direct_io(group, array)
+        if chunk_shape is None:
+            self._root[group][array][lo:hi] = values
+            has_file = path.exists()
+        else:
+            has_file = shardio.write_shard(str(path), np.ascontiguousarray(values), chunk_shape[0],
+                                           self.spec.shard_rows // chunk_shape[0])
         manifest.write_marker(array_dir, shard, (lo, hi), has_file)
 
     def _prepare(self, group: str, name: str, value: Any) -> np.ndarray:
@@ -496,7 +501,7 @@ class ActivationStore:
             if todo:
                 raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
         arr = self._root[group][array]
-        chunk_shape = self._direct_read(group, array)
+        chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
             parts = [self._read_shard(group, array, k, max(lo, start), min(hi, stop))
                      for k in shards for lo, hi in [self.shard_rows(group, k)]]
@@ -529,8 +534,8 @@ class ActivationStore:
         except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
             raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path), str(err)) from err
 
-    def _direct_read(self, group: str, array: str) -> tuple[int, ...] | None:
-        """The inner chunk shape if `shardio` can read this array's shards directly, else None."""
+    def _direct_io(self, group: str, array: str) -> tuple[int, ...] | None:
+        """The inner chunk shape if `shardio` can read and write this array's shards directly, else None."""
         key = f"{group}/{array}"
         if key not in self._direct:
             meta = json.loads((self.path / group / array / "zarr.json").read_text())

@@ -81,7 +81,7 @@ def die_at(where: str, n: int) -> None:
     """Patch the write path so that the n-th write of kind `where` kills this process midway."""
     import zarr.storage._local as local
 
-    from actstore import manifest
+    from actstore import manifest, shardio
 
     calls, lock = [0], threading.Lock()
 
@@ -105,7 +105,19 @@ def die_at(where: str, n: int) -> None:
                 die()
             return real_put(path, value, exclusive)
 
+        real_write_file = shardio._write_file
+
+        def write_file(path, buffers):  # activation shards bypass Zarr's _put: die halfway there too
+            if nth():
+                data = b"".join(bytes(b) for b in buffers)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(f"{path}.0123abcd.partial", "wb") as f:
+                    f.write(data[: len(data) // 2])
+                die()
+            return real_write_file(path, buffers)
+
         local._put = put
+        shardio._write_file = write_file
     else:
         real_marker = manifest.write_marker
 

@@ -393,7 +393,7 @@ def test_create_refuses_to_overwrite_and_reading_store_refuses_writes(tmp_path, 
 
 def test_direct_reads_match_zarr_bit_for_bit_on_any_row_range(reference):
     store = ActivationStore.open(reference)
-    assert store._direct_read("vocab", "layer_03") == (256, 1024)  # the shardio path is taken
+    assert store._direct_io("vocab", "layer_03") == (256, 1024)  # the shardio path is taken
     raw = zarr.open_array(reference / "vocab" / "layer_03", mode="r")
     rng = np.random.default_rng(0)
     ranges = [(0, storeworld.ROWS), (0, 1), (255, 257), (1000, 3100), (11264, 11564), (11563, 11564)]
@@ -413,7 +413,7 @@ def test_direct_reads_return_fill_for_chunks_zarr_left_out(tmp_path):
     store.write("vocab", 0, {0: acts})
     assert not store.shard_file("vocab", "layer_00", 1).exists()
     store = ActivationStore.open(path)
-    assert store._direct_read("vocab", "layer_00") is not None
+    assert store._direct_io("vocab", "layer_00") is not None
     assert torch.equal(bits(store.read("vocab", 0)), bits(acts))
     assert store.verify() == []
     store.shard_file("vocab", "layer_00", 2).unlink()  # a shard that had a file and lost it
@@ -425,8 +425,38 @@ def test_compressed_stores_read_through_zarr(tmp_path):
     path = tmp_path / "s.zarr"
     storeworld.build(path, codec="zstd").close()
     store = ActivationStore.open(path)
-    assert store._direct_read("vocab", "layer_00") is None
+    assert store._direct_io("vocab", "layer_00") is None
     assert torch.equal(bits(store.read("vocab", 0, 1000, 2100)),
                        bits(torch.cat([storeworld.shard_values("vocab", "layer_00", 0, 1024)[1000:],
                                        storeworld.shard_values("vocab", "layer_00", 1024, 2048),
                                        storeworld.shard_values("vocab", "layer_00", 2048, 3072)[:52]])))
+
+
+@pytest.mark.parametrize("case", ["full", "last shard", "zero chunk", "zero shard", "negative zeros"])
+def test_direct_writes_are_byte_identical_to_zarrs_own(tmp_path, case):
+    """The shard files `shardio.write_shard` makes are the files Zarr makes from the same rows."""
+    rows, shard = (700, 1) if case == "last shard" else (1024, 0)
+    acts = storeworld.shard_values("vocab", "layer_00", 0, 1024, d_model=96)
+    if case == "zero chunk":
+        acts[256:512] = 0
+    if case == "zero shard":
+        acts[:] = 0
+    if case == "negative zeros":  # -0.0 is not the fill value: Zarr compares bits, and so must we
+        acts[:] = -0.0
+    ours = ActivationStore.create(tmp_path / "ours.zarr", StoreSpec(model="m", d_model=96, layers=[0],
+                                                                    shard_rows=512, chunk_rows=128))
+    ours.add_group("vocab", rows=rows, columns={})
+    assert ours._direct_io("vocab", "layer_00") == (128, 96)
+    ours.write("vocab", 0, {0: acts[:rows]})
+    theirs = zarr.open_array(tmp_path / "ours.zarr" / "vocab" / "layer_00", mode="r")
+    zarr_copy = zarr.create_array(tmp_path / "theirs.zarr", shape=theirs.shape, chunks=theirs.chunks,
+                                  shards=theirs.shards, dtype=theirs.dtype, compressors=theirs.compressors,
+                                  fill_value=0)
+    zarr_copy[:] = acts[:rows].view(torch.int16).numpy().view(np.uint16)
+    for k in range(-(-rows // 512)):
+        mine, zarrs = (tmp_path / "ours.zarr" / "vocab" / "layer_00" / "c" / str(k) / "0",
+                       tmp_path / "theirs.zarr" / "c" / str(k) / "0")
+        assert mine.exists() == zarrs.exists() == (case != "zero shard")
+        if zarrs.exists():
+            assert mine.read_bytes() == zarrs.read_bytes(), f"shard {k} differs from Zarr's encoding"
+    np.testing.assert_array_equal(theirs[:], zarr_copy[:])
