@@ -170,6 +170,8 @@ class ActivationStore:
         self._pool = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="actstore-io")
         self._known_complete = False  # set by open() after checking; reads then skip the manifest
         self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio I/O
+        self._groups: dict[str, dict] | None = None  # see _group_meta
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
 
     # ------------------------------------------------------------------ create / open
 
@@ -240,10 +242,22 @@ class ActivationStore:
     @property
     def groups(self) -> dict[str, int]:
         """Row group name -> number of rows."""
-        return {name: g.attrs["rows"] for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
+        return {name: meta["rows"] for name, meta in self._group_meta().items()}
+
+    def _group_meta(self) -> dict[str, dict]:
+        """Row group name -> {"rows", "columns"}, read from Zarr once: it changes only through this object
+        (add_group, append; one coordinator grows a store), and re-reading it per call cost more than
+        copying a shard."""
+        if self._groups is None:
+            self._groups = {name: {"rows": g.attrs["rows"], "columns": dict(g.attrs["columns"])}
+                            for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
+        return self._groups
+
+    def _rows(self, group: str) -> int:
+        return self._meta(group)["rows"]
 
     def columns(self, group: str) -> dict[str, str]:
-        return dict(self._group(group).attrs["columns"])
+        return dict(self._meta(group)["columns"])
 
     def arrays(self, group: str) -> list[str]:
         """Every array of a row group: the layer arrays, then the metadata columns."""
@@ -271,6 +285,7 @@ class ActivationStore:
             raise ValueError(f"rows must be >= 0; got {rows}")
         spec = self.spec
         group = self._root.create_group(name, attributes={"kind": "rows", "rows": rows, "columns": dict(columns)})
+        self._group_meta()[name] = {"rows": rows, "columns": dict(columns)}
         for layer in spec.layers:
             group.create_array(
                 layer_name(layer), shape=(rows, spec.d_model), dtype=self._storage_dtype,
@@ -284,11 +299,16 @@ class ActivationStore:
                 chunks=(spec.shard_rows,), compressors=CODECS[spec.codec](),
             )
 
-    def _group(self, group: str) -> zarr.Group:
-        groups = self.groups
+    def _meta(self, group: str) -> dict:
+        groups = self._group_meta()
         if group not in groups:
             raise KeyError(f"{self.path} has no row group {group!r}; it has {sorted(groups) or 'none'}")
-        return self._root[group]
+        return groups[group]
+
+    def _array(self, group: str, array: str) -> zarr.Array:
+        if (group, array) not in self._arrays:
+            self._arrays[group, array] = self._root[group][array]
+        return self._arrays[group, array]
 
     def _array_name(self, group: str, key: str | int) -> str:
         if isinstance(key, (int, np.integer)):
@@ -303,15 +323,15 @@ class ActivationStore:
         return key
 
     def num_shards(self, group: str) -> int:
-        return -(-self._group(group).attrs["rows"] // self.spec.shard_rows)
+        return -(-self._rows(group) // self.spec.shard_rows)
 
     def shard_rows(self, group: str, shard: int) -> tuple[int, int]:
         """Row range [start, stop) of a shard of a group."""
-        rows, size = self._group(group).attrs["rows"], self.spec.shard_rows
+        rows, size = self._rows(group), self.spec.shard_rows
         return shard * size, min((shard + 1) * size, rows)
 
     def shard_file(self, group: str, array: str, shard: int) -> Path:
-        arr = self._group(group)[array]
+        arr = self._array(group, array)
         coords = (shard, 0) if arr.ndim == 2 else (shard,)
         return self.path / group / array / arr.metadata.encode_chunk_key(coords)
 
@@ -346,7 +366,7 @@ class ActivationStore:
         self._require_writable()
         if not data:
             raise ValueError("nothing to write: data is empty")
-        rows, size = self._group(group).attrs["rows"], self.spec.shard_rows
+        rows, size = self._rows(group), self.spec.shard_rows
         arrays = {self._array_name(group, key): value for key, value in data.items()}
         prepared = {name: self._prepare(group, name, value) for name, value in arrays.items()}
         lengths = {name: len(v) for name, v in prepared.items()}
@@ -355,7 +375,7 @@ class ActivationStore:
         self._write_prepared(group, start, prepared)
 
     def _write_prepared(self, group: str, start: int, prepared: dict[str, np.ndarray]) -> None:
-        rows, size = self._group(group).attrs["rows"], self.spec.shard_rows
+        rows, size = self._rows(group), self.spec.shard_rows
         stop = start + len(next(iter(prepared.values())))
         if start < 0 or stop > rows or stop == start:
             raise ValueError(f"rows [{start}, {stop}) are outside {group}'s {rows} rows (or empty)")
@@ -385,7 +405,7 @@ class ActivationStore:
         path.unlink(missing_ok=True)
         chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
-            self._root[group][array][lo:hi] = values
+            self._array(group, array)[lo:hi] = values
             has_file = path.exists()
         else:
             has_file = shardio.write_shard(str(path), np.ascontiguousarray(values), chunk_shape[0],
@@ -452,15 +472,16 @@ class ActivationStore:
         lengths = {len(v) for v in new_rows.values()}
         if len(lengths) != 1:
             raise ValueError(f"all arrays of one append must have the same number of rows; got {sorted(lengths)}")
-        old = self._group(group).attrs["rows"]
+        old = self._rows(group)
         new = old + lengths.pop()
         head = old - old % self.spec.shard_rows  # first row of the partial last shard
         merged = {name: np.concatenate([self._read_raw(group, name, head, old), values])
                   for name, values in new_rows.items()}
-        g = self._root[group]
         for name in self.arrays(group):
-            g[name].resize((new, *g[name].shape[1:]))
-        g.attrs["rows"] = new
+            arr = self._array(group, name)
+            arr.resize((new, *arr.shape[1:]))
+        self._root[group].attrs["rows"] = new
+        self._meta(group)["rows"] = new
         self._write_prepared(group, head, merged)
 
     def _require_writable(self) -> None:
@@ -489,7 +510,7 @@ class ActivationStore:
 
     def _read_raw(self, group: str, array: str, start: int, stop: int | None) -> np.ndarray:
         """Rows [start, stop) of an array as Zarr stores them (bfloat16 as uint16 bits)."""
-        rows = self._group(group).attrs["rows"]
+        rows = self._rows(group)
         stop = rows if stop is None else stop
         if not 0 <= start <= stop <= rows:
             raise IndexError(f"rows [{start}, {stop}) are outside {group}'s {rows} rows")
@@ -500,7 +521,7 @@ class ActivationStore:
             todo = [k for k in shards if markers.get(k, {}).get("rows") != list(self.shard_rows(group, k))]
             if todo:
                 raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
-        arr = self._root[group][array]
+        arr = self._array(group, array)
         chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
             parts = [self._read_shard(group, array, k, max(lo, start), min(hi, stop))
@@ -530,7 +551,7 @@ class ActivationStore:
                 raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path),
                                         "the file is missing although the shard was written")
         try:
-            return self._root[group][array][start:stop]
+            return self._array(group, array)[start:stop]
         except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
             raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path), str(err)) from err
 
@@ -547,7 +568,7 @@ class ActivationStore:
         """Stream one layer in blocks of `block_rows` rows (default: one shard), with up to `prefetch`
         blocks read ahead in parallel on the store's I/O threads, so a layer larger than memory is
         processed at disk speed while the consumer computes."""
-        rows = self._group(group).attrs["rows"]
+        rows = self._rows(group)
         stop = rows if stop is None else stop
         block_rows = block_rows or self.spec.shard_rows
         if block_rows <= 0 or prefetch < 1:
@@ -589,7 +610,7 @@ class ActivationStore:
                 problems.append(Problem(name, shard, rows, "missing", f"marked complete but {path} is gone"))
                 continue
             try:
-                self._root[group][array][rows[0]:rows[1]]
+                self._array(group, array)[rows[0]:rows[1]]
             except Exception as err:
                 problems.append(Problem(name, shard, rows, "corrupt", f"{path}: {err}"))
         return problems

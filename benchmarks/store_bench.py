@@ -3,9 +3,11 @@
     python benchmarks/store_bench.py [--gb 1.2] [--repeats 3] [--codecs none,zstd] [--dir DIR]
 
 One run writes and reads the same activation-like bf16 rows (d_model 2304, Gemma-2-2b's width) three
-ways, interleaved `--repeats` times, and reports medians:
+ways, interleaved `--repeats` times (rotating the order), and reports medians:
 
-- raw:        numpy.lib.format.open_memmap, block assignment, flush, fsync   (the floor: the disk)
+- raw:        numpy.lib.format.open_memmap, block assignment, flush, fsync   (the floor the issue names)
+- files:      one flat file per 16384-row block, written / read by `--threads` threads, fsync
+              (the store's layout and parallelism without its format: what the format itself costs)
 - store/none: ActivationStore, shards of 16384 x 2304, chunks of 1024 rows, crc32c, no compression
 - store/zstd: the same with zstd level 1 before the crc32c
 
@@ -29,6 +31,7 @@ import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +108,46 @@ def bench_raw(folder: Path, acts: torch.Tensor) -> dict:
     return {"write_s": write, "read_cold_s": cold, "read_warm_s": warm, "bytes_on_disk": path.stat().st_size}
 
 
+def bench_files(folder: Path, acts: torch.Tensor, threads: int) -> dict:
+    """One flat file per shard-sized block, written and read by `threads` threads: the store's layout and
+    parallelism without its format (no chunks, index, checksums or manifest)."""
+    path = folder / "flat"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    bits = acts.view(torch.int16).numpy().view(np.uint16)
+    rows = len(bits)
+    blocks = range(0, rows, SHARD_ROWS)
+    t0 = time.perf_counter()
+
+    def write(lo: int) -> None:
+        with open(path / str(lo), "wb") as f:
+            f.write(bits[lo:lo + SHARD_ROWS])
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(write, blocks))
+    fsync_all(path)
+    write_s = time.perf_counter() - t0
+
+    def read() -> float:
+        t = time.perf_counter()
+
+        def read_block(lo: int) -> np.ndarray:
+            block = np.empty((min(SHARD_ROWS, rows - lo), D_MODEL), dtype=np.uint16)
+            with open(path / str(lo), "rb", buffering=0) as f:
+                f.readinto(block)
+            return block
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(read_block, blocks))
+        return time.perf_counter() - t
+
+    sync_and_drop(path)
+    cold = read()
+    warm = read()
+    shutil.rmtree(path)
+    return {"write_s": write_s, "read_cold_s": cold, "read_warm_s": warm, "bytes_on_disk": rows * D_MODEL * 2}
+
+
 def bench_store(folder: Path, acts: torch.Tensor, codec: str, threads: int) -> dict:
     path = folder / f"store_{codec}.zarr"
     shutil.rmtree(path, ignore_errors=True)
@@ -137,6 +180,19 @@ def bench_store(folder: Path, acts: torch.Tensor, codec: str, threads: int) -> d
     return {"write_s": write, "read_cold_s": cold, "read_warm_s": warm, "bytes_on_disk": size}
 
 
+def warm_up_page_cache(folder: Path, acts: torch.Tensor) -> None:
+    """Write and delete twice the data once, untimed. On this VM the first write into never-used page
+    cache runs up to 10x slower than later ones (the guest's memory is touched for the first time):
+    without this, whichever method runs first looks slow (benchmarks/NOTES.md)."""
+    bits = acts.view(torch.int16).numpy()
+    for _ in range(2):
+        path = folder / "warm_up.bin"
+        with open(path, "wb") as f:
+            f.write(bits)
+        fsync_all(path)
+        path.unlink()
+
+
 def environment() -> dict:
     import zarr
 
@@ -152,8 +208,9 @@ def environment() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gb", type=float, default=1.2, help="raw activation bytes to write (GB)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
     parser.add_argument("--codecs", default="none,zstd", help="store codecs to measure")
+    parser.add_argument("--baselines", default="raw,files", help="baselines to measure (raw is required for ratios)")
     parser.add_argument("--threads", type=int, default=2, help="store I/O threads")
     parser.add_argument("--dir", default=str(HERE / "scratch"), help="scratch folder on the disk to measure")
     parser.add_argument("--out", default=str(HERE / "results" / "store_bench.json"))
@@ -166,12 +223,15 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"generating {rows} x {D_MODEL} bf16 rows ({mb:.0f} MB) ...", file=sys.stderr)
     acts = activation_like(rows, seed=0)
-    methods = ["raw"] + [f"store/{c}" for c in args.codecs.split(",")]
+    methods = args.baselines.split(",") + [f"store/{c}" for c in args.codecs.split(",")]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
+    warm_up_page_cache(folder, acts)
     for rep in range(args.repeats):
-        for method in methods:
+        for method in methods[rep % len(methods):] + methods[:rep % len(methods)]:  # rotate the order
             if method == "raw":
                 result = bench_raw(folder, acts)
+            elif method == "files":
+                result = bench_files(folder, acts, args.threads)
             else:
                 result = bench_store(folder, acts, method.split("/")[1], args.threads)
             runs[method].append(result)
@@ -192,15 +252,18 @@ def main() -> int:
     raw = summary["raw"]
     ratios = {}
     for method in methods[1:]:
-        s = summary[method]
+        s, f = summary[method], summary["files"]
         ratios[method] = {"write_vs_raw": s["write_MBps"] / raw["write_MBps"],
                           "read_vs_raw": s["read_cold_MBps"] / raw["read_cold_MBps"],
-                          "read_warm_vs_raw": s["read_warm_MBps"] / raw["read_warm_MBps"]}
+                          "read_warm_vs_raw": s["read_warm_MBps"] / raw["read_warm_MBps"],
+                          "write_vs_files": s["write_MBps"] / f["write_MBps"],
+                          "read_vs_files": s["read_cold_MBps"] / f["read_cold_MBps"],
+                          "read_warm_vs_files": s["read_warm_MBps"] / f["read_warm_MBps"]}
     default = "store/none"
     result = {"benchmark": "store_bench", **environment(), "rows": rows, "d_model": D_MODEL, "dtype": "bfloat16",
               "raw_MB": mb, "shard_rows": SHARD_ROWS, "chunk_rows": CHUNK_ROWS, "io_threads": args.threads,
               "repeats": args.repeats, "methods": summary,
-              "ratios": {**ratios.get(default, {}), "by_codec": ratios},
+              "ratios": {**ratios.get(default, {}), "by_method": ratios},
               "targets": {"write_vs_raw": 0.7, "read_vs_raw": 0.8}}
 
     print(f"\nstore_bench: {rows} x {D_MODEL} bf16 = {mb:.0f} MB, medians of {args.repeats}, {result['device']}")
