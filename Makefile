@@ -14,16 +14,16 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq "$(TORCH)"
+	$(BIN)/python -m pip install -qq -e ".[test]"
 	touch $@
 
 demo: setup
 	$(BIN)/actstore demo --out $(DEMO)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/store_bench.py

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -181,8 +182,10 @@ class ActivationStore:
         """Create an empty store. `io_threads` shards are written (and read ahead) in parallel."""
         spec.validate()
         path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise StoreError(f"{path} already exists; open it with mode='a' to resume, or pass overwrite=True")
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise StoreError(f"{path} already exists; open it with mode='a' to resume, or pass overwrite=True")
+            shutil.rmtree(path)  # markers and stray .partial files too, not only what Zarr knows about
         from actstore import __version__
 
         root = zarr.open_group(path, mode="w")

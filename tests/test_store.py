@@ -460,3 +460,11 @@ def test_direct_writes_are_byte_identical_to_zarrs_own(tmp_path, case):
         if zarrs.exists():
             assert mine.read_bytes() == zarrs.read_bytes(), f"shard {k} differs from Zarr's encoding"
     np.testing.assert_array_equal(theirs[:], zarr_copy[:])
+
+
+def test_overwrite_starts_from_nothing(tmp_path):
+    path = tmp_path / "s.zarr"
+    storeworld.build(path, shards=[0, 1]).close()
+    store = ActivationStore.create(path, storeworld.spec(layers=[1]), overwrite=True)
+    assert store.groups == {} and store.layers == [1]
+    assert not list(path.rglob("_manifest")) and not (path / "vocab").exists()
