@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
     try:
         return run(cfg)
+    except BrokenPipeError:  # `actstore info ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (StoreError, KeyError, ValueError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"actstore {args.command}: error: {message}", file=sys.stderr)

@@ -75,10 +75,16 @@ def test_errors_are_one_clear_line_and_exit_2(capsys, tmp_path):
                                         "it has no zarr.json (not a Zarr v3 group)"
 
 
-def test_demo_runs_and_checks_itself(capsys, tmp_path):
+def test_demo_runs_checks_itself_and_resumes(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
     assert code == 0
     assert "refused for reading" in out and "bit-exact" in out and "checksum: ok" in out
+    # vocab: 5 shards x 8 arrays, half of them (2 shards) written first; context: 12 x 7, none written
+    assert "wrote the 108 missing of 124 shards" in out
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
+    assert code == 0 and "wrote the 0 missing of 124 shards" in out and "refused" not in out
+    code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), "--seed", "1")
+    assert code == 2 and "holds the demo for seed 0" in err
 
 
 def test_readme_names_only_commands_that_exist():
