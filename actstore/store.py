@@ -317,8 +317,7 @@ class ActivationStore:
         if isinstance(key, (int, np.integer)):
             if key not in self.spec.layers:
                 raise KeyError(
-                    f"{self.path} has layers {_ranges(self.spec.layers)}; layer {key} was not extracted. "
-                    f"Extract it into a store with `actstore extract --layers {key} ...`"
+                    f"{self.path} has layers {_ranges(self.spec.layers)}; layer {key} was not extracted into it"
                 )
             return layer_name(int(key))
         if key not in self.arrays(group):
@@ -369,7 +368,6 @@ class ActivationStore:
         self._require_writable()
         if not data:
             raise ValueError("nothing to write: data is empty")
-        rows, size = self._rows(group), self.spec.shard_rows
         arrays = {self._array_name(group, key): value for key, value in data.items()}
         prepared = {name: self._prepare(group, name, value) for name, value in arrays.items()}
         lengths = {name: len(v) for name, v in prepared.items()}
