@@ -1,48 +1,106 @@
-"""The `actstore` command line. One config dataclass per command; each field's help text is its CLI help.
+"""The `actstore` command line. One config dataclass per command; the docstring under each field is its
+--help text (read from the source, so the two cannot drift).
 
-    actstore info STORE [--json]      what a store holds, whether it is complete, its size
-    actstore verify STORE             read every shard and check every checksum
-    actstore demo --out DIR           the end-to-end chain on the built-in synthetic world
+    actstore extract --model M --layers SPEC --out STORE [...]   run a model once, store its activations
+    actstore synth-model --out DIR [--layers N] [--seed S]       the synthetic world's model
+    actstore info STORE [--json]                                 what a store holds, complete or not, size
+    actstore verify STORE                                        read every shard, check every checksum
+    actstore demo --out DIR                                      the chain end to end on synthetic data
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+import textwrap
+import typing
+from dataclasses import dataclass
 
-
-def arg(help: str, default: Any = dataclasses.MISSING, positional: bool = False, **kwargs) -> Any:
-    """A dataclass field that carries its CLI help text (and whether it is positional)."""
-    return field(default=default, metadata={"help": help, "positional": positional, **kwargs})
+from actstore.extract import ExtractConfig
 
 
 @dataclass
 class InfoConfig:
     """Show what a store holds: model, layers, groups and rows, completeness, bytes on disk."""
 
-    store: str = arg("path of the store (a .zarr directory)", positional=True)
-    json: bool = arg("print machine-readable JSON instead of a table", default=False)
+    store: str
+    """path of the store (a .zarr directory)"""
+    json: bool = False
+    """print machine-readable JSON instead of a table"""
 
 
 @dataclass
 class VerifyConfig:
     """Read every shard of a store and check its manifest, files and checksums; exit 1 on any problem."""
 
-    store: str = arg("path of the store (a .zarr directory)", positional=True)
-    json: bool = arg("print the problems as JSON", default=False)
+    store: str
+    """path of the store (a .zarr directory)"""
+    json: bool = False
+    """print the problems as JSON"""
 
 
 @dataclass
 class DemoConfig:
     """Run the pipeline end to end on the built-in synthetic world and check what it produced."""
 
-    out: str = arg("directory for the demo's outputs (created; reused when it exists)", default="demo_out")
-    seed: int = arg("random seed of the synthetic world", default=0)
+    out: str = "demo_out"
+    """directory for the demo's outputs (created; a rerun resumes or rechecks)"""
+    seed: int = 0
+    """random seed of the synthetic world"""
+
+
+@dataclass
+class SynthModelConfig:
+    """Write the synthetic world's model: a tiny Gemma2 with planted first-letter directions and an
+    offline word-level tokenizer, as a normal Hugging Face model directory."""
+
+    out: str
+    """directory to write the model into"""
+    layers: int = 4
+    """number of transformer blocks"""
+    seed: int = 0
+    """random seed (pseudo-words, weights, planted directions)"""
+
+
+POSITIONAL = {"store"}
+HIDDEN = {"worker_env"}  # fault injection for tests, not a CLI option
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Field name -> the docstring written under it in the class body."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config) -> None:
+    docs, hints = field_docs(config), typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if f.name in HIDDEN:
+            continue
+        kind = hints[f.name]
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # X | None -> X
+        flag = f"--{f.name.replace('_', '-')}"
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name in POSITIONAL:
+            parser.add_argument(f.name, help=docs[f.name])
+        elif base is bool:
+            parser.add_argument(flag, action="store_true", help=docs[f.name])
+        elif required:
+            parser.add_argument(flag, type=base, required=True, help=docs[f.name])
+        else:
+            shown = "" if "default" in docs[f.name] else f" (default: {f.default})"
+            parser.add_argument(flag, type=base, default=f.default, help=docs[f.name] + shown)
 
 
 def cmd_info(cfg: InfoConfig) -> int:
@@ -85,7 +143,26 @@ def cmd_demo(cfg: DemoConfig) -> int:
     return run_demo(cfg.out, seed=cfg.seed)
 
 
+def cmd_extract(cfg: ExtractConfig) -> int:
+    from actstore.extract import extract
+
+    summary = extract(cfg, progress=sys.stderr.isatty())
+    print(f"{summary['store']}: computed {summary['rows_computed']} rows (vocab {summary['vocab_rows']}, context "
+          f"{summary['context_rows']}) for layers {summary['layers']} in {summary['seconds']:.1f}s")
+    return 0
+
+
+def cmd_synth_model(cfg: SynthModelConfig) -> int:
+    from actstore.synth import write_synthetic_model
+
+    path = write_synthetic_model(cfg.out, n_layers=cfg.layers, seed=cfg.seed)
+    print(f"wrote a {cfg.layers}-layer synthetic Gemma2 and its tokenizer to {path}")
+    return 0
+
+
 COMMANDS = {
+    "extract": (ExtractConfig, cmd_extract),
+    "synth-model": (SynthModelConfig, cmd_synth_model),
     "info": (InfoConfig, cmd_info),
     "verify": (VerifyConfig, cmd_verify),
     "demo": (DemoConfig, cmd_demo),
@@ -96,32 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="actstore", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (config, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=config.__doc__.split("\n")[0], description=config.__doc__)
-        for f in dataclasses.fields(config):
-            meta = f.metadata
-            if meta.get("positional"):
-                p.add_argument(f.name, help=meta["help"])
-            elif f.type in (bool, "bool"):
-                p.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help=meta["help"])
-            else:
-                kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-                p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
-                               help=f"{meta['help']} (default: {f.default})")
+        doc = " ".join(config.__doc__.split())
+        add_config_arguments(sub.add_parser(name, help=doc.split(";")[0], description=doc), config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from actstore.model import ModelLoadError
     from actstore.store import StoreError
 
     args = build_parser().parse_args(argv)
     config_cls, run = COMMANDS[args.command]
-    cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+    cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if f.name not in HIDDEN})
     try:
         return run(cfg)
     except BrokenPipeError:  # `actstore info ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (StoreError, KeyError, ValueError, TypeError) as err:
+    except (StoreError, ModelLoadError, KeyError, ValueError, TypeError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"actstore {args.command}: error: {message}", file=sys.stderr)
         return 2

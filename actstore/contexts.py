@@ -1,0 +1,94 @@
+"""Natural-text contexts: documents tokenized into fixed-length windows, every token a row.
+
+Sources: local `.txt` files (one document each), `.jsonl` files (one document per line, its "text"
+field), a folder of those, or a Hugging Face dataset name (`hf:NAME[:SPLIT]`) where one is reachable.
+Each document is tokenized with the tokenizer's own special tokens and cut into windows of
+`context_length` tokens (a shorter tail is dropped); windows are taken in order until `max_rows` tokens.
+Row metadata: token id, window (`doc`), position in the window (`pos`), first-letter label of alphabetic
+tokens and -1 for the rest (the vocabulary task's rule: one optional leading space, then ASCII letters).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from actstore.vocab import first_letter_label, token_text
+
+
+@dataclass
+class Contexts:
+    """Windows of token ids, `context_length` each, and their rows' metadata."""
+
+    windows: list[list[int]]
+    token_id: np.ndarray
+    """(rows,) every token of every window, window after window."""
+    doc: np.ndarray
+    """(rows,) the window index."""
+    pos: np.ndarray
+    """(rows,) the position in the window."""
+    label: np.ndarray
+    """(rows,) 0..25 for alphabetic tokens, -1 for the rest."""
+
+
+def read_documents(source: str) -> Iterator[str]:
+    """Documents from a file, a folder of .txt/.jsonl files, or `hf:NAME[:SPLIT]`."""
+    if source.startswith("hf:"):
+        from datasets import load_dataset
+
+        name, _, split = source[3:].partition(":")
+        try:
+            dataset = load_dataset(name, split=split or "train", streaming=True)
+        except Exception as err:
+            raise ValueError(f"cannot load dataset {name!r}: {err}. Offline, pass local .txt or .jsonl files") from err
+        for record in dataset:
+            yield record["text"]
+        return
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"contexts source {source} does not exist; expected a .txt or .jsonl file, a "
+                                f"folder of them, or hf:DATASET")
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{source} holds no .txt or .jsonl files")
+    for file in files:
+        if file.suffix == ".jsonl":
+            for n, line in enumerate(file.read_text().splitlines()):
+                if line.strip():
+                    try:
+                        yield json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as err:
+                        raise ValueError(f"{file}:{n + 1}: expected a JSON object with a 'text' field") from err
+        else:
+            yield file.read_text()
+
+
+def build_contexts(tokenizer, source: str, context_length: int, max_rows: int) -> Contexts:
+    """Tokenize documents into windows until `max_rows` tokens (rounded down to whole windows)."""
+    if context_length < 2 or max_rows < context_length:
+        raise ValueError(f"need context_length >= 2 and max_rows >= context_length; got {context_length}, {max_rows}")
+    windows: list[list[int]] = []
+    budget = max_rows // context_length
+    for text in read_documents(source):
+        ids = tokenizer(text)["input_ids"]
+        for lo in range(0, len(ids) - context_length + 1, context_length):
+            windows.append(ids[lo:lo + context_length])
+            if len(windows) == budget:
+                break
+        if len(windows) == budget:
+            break
+    if not windows:
+        raise ValueError(f"{source} has no document of at least {context_length} tokens")
+    token_id = np.array(windows, dtype=np.int64).reshape(-1)
+    labels = {}
+    for t in np.unique(token_id):
+        label = first_letter_label(token_text(tokenizer.convert_ids_to_tokens(int(t))))
+        labels[t] = -1 if label is None or t in tokenizer.all_special_ids else label
+    return Contexts(windows=windows, token_id=token_id,
+                    doc=np.repeat(np.arange(len(windows)), context_length),
+                    pos=np.tile(np.arange(context_length), len(windows)),
+                    label=np.array([labels[t] for t in token_id]))

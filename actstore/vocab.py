@@ -1,0 +1,119 @@
+"""The vocabulary task (DESIGN.md, "Vocabulary task"; matches SAEBench's absorption eval).
+
+For any Hugging Face tokenizer:
+- tokens: every vocabulary entry whose string, after removing one optional leading space, is non-empty
+  and only ASCII letters; special tokens and byte tokens (`<0x41>`) never qualify. Label: the index of
+  the lowercased first letter (a=0 .. z=25).
+- split: a seeded shuffle, 80% train (0), 20% test (1).
+- prompt: "\\n" + ten lines "{example} has the first letter: {FIRST_LETTER_UPPER}" joined by "\\n", then
+  "\\n{word} has the first letter:". Examples come from the query's split and never include the query.
+- position: the query token's index in the tokenized prompt, computed from the tokenization of the
+  prompt's prefix and checked to hold the vocabulary token; rows where tokenization merges differently
+  are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TEMPLATE = "{word} has the first letter:"
+N_EXAMPLES = 10
+TEST_FRACTION = 0.2
+# How tokenizers spell a leading space inside a token: SentencePiece and GPT-2 byte-level BPE.
+SPACE_MARKERS = ("\u2581", "\u0120")
+
+
+@dataclass
+class VocabTask:
+    """The rows of the vocabulary task, in vocabulary order, after dropping misaligned prompts."""
+
+    token_id: np.ndarray
+    """(n,) int: the query token."""
+    text: np.ndarray
+    """(n,) str: the token's string (with its leading space, if any)."""
+    label: np.ndarray
+    """(n,) int: first letter, 0..25."""
+    split: np.ndarray
+    """(n,) int: 0 train, 1 test."""
+    prompts: list[str]
+    """The prompt of each row."""
+    input_ids: list[list[int]]
+    """The tokenized prompt of each row."""
+    position: np.ndarray
+    """(n,) int: index of the query token in input_ids."""
+    dropped: int
+    """Tokens whose prompt did not tokenize with the query token at the computed position."""
+
+
+def token_text(raw: str) -> str:
+    """A vocabulary entry as text: tokenizer-specific space markers become spaces."""
+    for marker in SPACE_MARKERS:
+        raw = raw.replace(marker, " ")
+    return raw
+
+
+def first_letter_label(text: str) -> int | None:
+    """The label of a token string, or None if it is not alphabetic (one optional leading space)."""
+    word = text[1:] if text.startswith(" ") else text
+    if not word or not word.isascii() or not word.isalpha():
+        return None
+    return ord(word[0].lower()) - ord("a")
+
+
+def alphabetic_tokens(tokenizer) -> list[tuple[int, str, int]]:
+    """(token id, text, label) for every alphabetic vocabulary entry, sorted by token id."""
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for raw, token_id in tokenizer.get_vocab().items():
+        if token_id in special:
+            continue
+        text = token_text(raw)
+        label = first_letter_label(text)
+        if label is not None:
+            out.append((token_id, text, label))
+    return sorted(out)
+
+
+def build_prompt(word: str, examples: list[str]) -> str:
+    lines = [f"{ex} has the first letter: {ex.strip()[0].upper()}" for ex in examples]
+    return "\n" + "\n".join(lines) + "\n" + TEMPLATE.format(word=word)
+
+
+def build_vocab_task(tokenizer, seed: int = 42, max_tokens: int | None = None) -> VocabTask:
+    """The whole task for one tokenizer. `max_tokens` keeps a seeded sample (for tests and quick runs)."""
+    tokens = alphabetic_tokens(tokenizer)
+    if len(tokens) < N_EXAMPLES + 2:
+        raise ValueError(f"the tokenizer has only {len(tokens)} alphabetic tokens; the task needs at least "
+                         f"{N_EXAMPLES + 2}")
+    rng = np.random.default_rng(seed)
+    if max_tokens is not None and max_tokens < len(tokens):
+        keep = np.sort(rng.choice(len(tokens), size=max_tokens, replace=False))
+        tokens = [tokens[i] for i in keep]
+    ids = np.array([t[0] for t in tokens])
+    texts = np.array([t[1] for t in tokens])
+    labels = np.array([t[2] for t in tokens])
+    order = rng.permutation(len(tokens))
+    split = np.zeros(len(tokens), dtype=np.int8)
+    split[order[round(len(tokens) * (1 - TEST_FRACTION)):]] = 1
+    members = {s: np.flatnonzero(split == s) for s in (0, 1)}
+
+    keep_rows, prompts, input_ids, positions = [], [], [], []
+    for row in range(len(tokens)):
+        pool = members[int(split[row])]
+        pool = pool[pool != row]
+        picks = np.random.default_rng([seed, int(ids[row])]).choice(pool, size=min(N_EXAMPLES, len(pool)),
+                                                                     replace=False)
+        prompt = build_prompt(texts[row], [texts[i] for i in picks])
+        encoded = tokenizer(prompt)["input_ids"]
+        head = tokenizer(prompt[: len(prompt) - len(TEMPLATE.format(word=texts[row]))] + texts[row])["input_ids"]
+        position = len(head) - 1
+        if encoded[: position + 1] == head and head[-1] == ids[row]:
+            keep_rows.append(row)
+            prompts.append(prompt)
+            input_ids.append(encoded)
+            positions.append(position)
+    keep = np.array(keep_rows, dtype=np.int64)
+    return VocabTask(token_id=ids[keep], text=texts[keep], label=labels[keep], split=split[keep], prompts=prompts,
+                     input_ids=input_ids, position=np.array(positions), dropped=len(tokens) - len(keep))

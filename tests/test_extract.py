@@ -1,0 +1,155 @@
+"""The Ray extraction pipeline on the synthetic model: content, resume after SIGKILL, worker crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from actstore.extract import ExtractConfig, extract, parse_layers
+from actstore.model import ResidualReader, load_model, pad
+from actstore.store import ActivationStore, IncompleteStoreError
+from test_store import tree
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = dict(max_vocab=600, context_rows=2048, context_length=64, shard_rows=256, batch_size=8, layers="0,1,3")
+
+
+def store_bytes(path: Path) -> dict[str, bytes]:
+    """Every file of a store, byte for byte; the store's own path (quoted in its resume command) masked."""
+    files = tree(path)
+    files["zarr.json"] = files["zarr.json"].replace(str(path).encode(), b"<STORE>")
+    return files
+
+
+def config(model, corpus, out, **kw) -> ExtractConfig:
+    return ExtractConfig(model=str(model), out=str(out), contexts=str(corpus), **{**ARGS, **kw})
+
+
+def cli_args(model, corpus, out) -> list[str]:
+    args = ["--model", str(model), "--out", str(out), "--contexts", str(corpus)]
+    for key, value in ARGS.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def reference(synth_model, corpus, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("extract") / "ref.zarr"
+    summary = extract(config(synth_model, corpus, out), progress=False)
+    assert summary["rows_computed"] == 600 + 2048
+    return out
+
+
+def test_parse_layers():
+    assert parse_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_layers("0-2", 26) == [0, 1, 2] and parse_layers("12,0,5", 26) == [0, 5, 12]
+    assert parse_layers("0-1,3", 4) == [0, 1, 3]
+    with pytest.raises(ValueError, match=r"blocks 0-3; --layers '2-5' asks for \[4, 5\]"):
+        parse_layers("2-5", 4)
+    with pytest.raises(ValueError, match="a list"):
+        parse_layers("first", 4)
+
+
+def test_store_holds_what_the_model_computes_row_by_row(reference, synth_model):
+    store = ActivationStore.open(reference)
+    assert store.layers == [0, 1, 3] and store.groups == {"vocab": 600, "context": 2048}
+    assert store.spec.dtype == "float32" and store.spec.d_model == 64
+    model = load_model(str(synth_model))
+    reader = ResidualReader(model, [0, 1, 3])
+    from actstore.model import load_config_and_tokenizer
+    tokenizer = load_config_and_tokenizer(str(synth_model))[1]
+    token_id, text, position = (store.column("vocab", c) for c in ("token_id", "text", "position"))
+    for row in (0, 7, 255, 256, 599):  # vocabulary rows: the query token of each prompt, run alone
+        from actstore.vocab import build_vocab_task
+        task = build_vocab_task(tokenizer, seed=42, max_tokens=600)
+        ids = task.input_ids[row]
+        assert ids[position[row]] == token_id[row] and task.text[row] == text[row]
+        alone = reader(pad([ids], 0)[0])
+        for layer in (0, 1, 3):
+            torch.testing.assert_close(store.read("vocab", layer, row, row + 1)[0], alone[layer][0, position[row]],
+                                       rtol=1e-5, atol=2e-5)  # fp32, batch of 8 vs 1 (see the padding test)
+    window = store.column("context", "token_id", 64 * 5, 64 * 6)  # context rows: window 5, every position
+    assert (store.column("context", "doc", 64 * 5, 64 * 6) == 5).all()
+    alone = reader(pad([window.tolist()], 0)[0])
+    for layer in (0, 1, 3):
+        torch.testing.assert_close(store.read("context", layer, 320, 384), alone[layer][0], rtol=1e-5, atol=2e-5)
+    assert store.spec.extra["vocab_dropped"] == 0 and store.spec.extra["context_rows"] == 2048
+
+
+def test_a_probe_finds_the_planted_letters_on_layer_0(reference):
+    """A plain multinomial logistic regression on layer-0 vocabulary activations: test F1 >= 0.9; with the
+    labels shuffled (the negative control) it must fall to chance (1/26 = 0.04)."""
+    from actstore.demo import probe_f1
+
+    store = ActivationStore.open(reference)
+    x, labels, split = store.read("vocab", 0), store.column("vocab", "label"), store.column("vocab", "split")
+    assert probe_f1(x, labels, split) >= 0.9
+    assert probe_f1(x, np.random.default_rng(0).permutation(labels), split) < 0.15
+
+
+def test_a_crashed_worker_is_restarted_and_its_batch_retried(synth_model, corpus, tmp_path, reference, ray_session):
+    flag = tmp_path / "crashed"
+    cfg = config(synth_model, corpus, tmp_path / "s.zarr", worker_env={"ACTSTORE_FAULT_CRASH_ONCE": f"{flag}:16"})
+    summary = extract(cfg, progress=False)
+    assert flag.exists(), "the worker should have crashed once"
+    assert summary["rows_computed"] == 600 + 2048
+    assert store_bytes(tmp_path / "s.zarr") == store_bytes(reference)
+
+
+def test_resume_on_a_complete_store_computes_nothing_and_a_different_run_is_refused(
+        synth_model, corpus, reference, ray_session):
+    before = tree(reference)
+    assert extract(config(synth_model, corpus, reference, resume=True), progress=False)["rows_computed"] == 0
+    assert tree(reference) == before
+    with pytest.raises(ValueError, match="already exists: pass --resume"):
+        extract(config(synth_model, corpus, reference), progress=False)
+    with pytest.raises(ValueError, match=r"different run.*'layers': \(\[0, 1, 3\], \[0, 1\]\)"):
+        extract(config(synth_model, corpus, reference, resume=True, layers="0-1"), progress=False)
+
+
+def test_sigkill_then_resume_gives_a_byte_identical_store(synth_model, corpus, tmp_path, reference):
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out)]
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a few shards are done: mid-run, mid-shard
+        markers = list(out.glob("*/layer_01/_manifest/*.json"))
+        if len(markers) >= 3:
+            break
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    try:  # the killed driver's own Ray processes (agents) would linger: end its whole process group
+        os.killpg(run.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    with pytest.raises(IncompleteStoreError, match="--resume"):
+        ActivationStore.open(out)
+    # Ray's own processes die with their driver's session; resume in a fresh process, as a user would.
+    result = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "computed" in result.stdout
+    computed = int(result.stdout.split("computed ")[1].split()[0])
+    assert 0 < computed < 600 + 2048
+    assert store_bytes(out) == store_bytes(reference)
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
+    broken = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    broken["available_node_types"]["head"]["resourcez"] = {}
+    with pytest.raises(Exception, match="resourcez"):
+        validate_config(prepare_config(broken))
