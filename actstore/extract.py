@@ -190,7 +190,7 @@ class ModelWorker:
             length = self.task.context_length
             batch, _ = pad(self.task.windows[start // length:stop // length], self.task.pad_id)
             acts = {l: x.reshape(-1, x.shape[-1]) for l, x in self.reader(batch).items()}
-        return {l: _to_numpy(x.to(self.dtype)) for l, x in acts.items()}
+        return {l: to_numpy(x.to(self.dtype)) for l, x in acts.items()}
 
     def _maybe_crash(self, start: int) -> None:
         if self.crash:
@@ -229,7 +229,7 @@ class StoreWriter:
             n = len(x)
         entry["filled"] += n
         if entry["filled"] == hi - lo:
-            data = {layer: _from_numpy(buf, self.store.spec.dtype) for layer, buf in entry["layers"].items()}
+            data = {layer: from_numpy(buf, self.store.spec.dtype) for layer, buf in entry["layers"].items()}
             data.update({name: values[lo:hi] for name, values in self.columns[group].items()})
             self.store.write(group, lo, data)
             del self.pending[group, shard]
@@ -241,12 +241,14 @@ class StoreWriter:
         return not self.pending, self.busy
 
 
-def _to_numpy(x: torch.Tensor) -> np.ndarray:
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    """Activations as host numpy for Ray to move: bfloat16 as its int16 bits (numpy has no bfloat16)."""
     x = x.detach().cpu().contiguous()
     return x.view(torch.int16).numpy() if x.dtype == torch.bfloat16 else x.numpy()
 
 
-def _from_numpy(x: np.ndarray, dtype: str) -> torch.Tensor:
+def from_numpy(x: np.ndarray, dtype: str) -> torch.Tensor:
+    """The inverse of to_numpy, given the logical dtype."""
     return torch.from_numpy(x).view(torch.bfloat16) if dtype == "bfloat16" else torch.from_numpy(x)
 
 

@@ -14,7 +14,12 @@ padding included) and `ratios.pipeline_vs_bare` = pipeline seconds / bare second
 Both pay for one fresh process (imports, first use of every tensor shape), so the ratio is what Ray,
 the writer and the store add.
 Without --model the synthetic world's model is written to a scratch folder (4 layers, d_model 64).
-Writes benchmarks/results/extract_bench.json.
+With --full-size (for a GPU): a randomly initialized Gemma2 of `Gemma2Config()`'s full size (26 layers,
+d_model 2304, 256k vocabulary; `--full-size-layers` shrinks only the depth, for a smoke test) in bf16
+with the synthetic tokenizer, on prompts of the real task's length; the JSON then also reports model
+FLOP utilization: forward FLOPs (2 x parameters touched per token, embeddings excluded, plus attention)
+per second over the bf16 GEMM peak measured in the same run.
+Writes benchmarks/results/extract_bench.json (extract_bench_full_size.json with --full-size).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_bench import environment  # noqa: E402
 
-from actstore.extract import ExtractConfig, build_task, extract, parse_layers  # noqa: E402
+from actstore.extract import ExtractConfig, build_task, extract, parse_layers, to_numpy  # noqa: E402
 from actstore.model import ResidualReader, load_config_and_tokenizer, load_model, pad  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -54,16 +59,61 @@ def bare(cfg: ExtractConfig) -> dict:
         cols = offsets + torch.as_tensor(task.vocab_positions[start:start + cfg.batch_size])
         rows = torch.arange(len(cols))
         for x in reader(batch).values():
-            x[rows, cols.to(x.device)].cpu().numpy()
+            to_numpy(x[rows, cols.to(x.device)])
         tokens += batch.input_ids.numel()
         first = first or time.perf_counter() - t0
     for start in range(0, len(task.windows), cfg.batch_size):
         batch, _ = pad(task.windows[start:start + cfg.batch_size], task.pad_id)
         for x in reader(batch).values():
-            x.reshape(-1, x.shape[-1]).cpu().numpy()
+            to_numpy(x.reshape(-1, x.shape[-1]))
         tokens += batch.input_ids.numel()
     rows = len(task.vocab_ids) + len(task.windows) * cfg.context_length
     return {"seconds": time.perf_counter() - t0, "startup_seconds": first, "rows": rows, "tokens": tokens}
+
+
+def write_full_size_model(folder: Path, layers: int) -> Path:
+    """A random Gemma2Config() model (bf16) with the synthetic world's word-level tokenizer."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from actstore.synth import write_synthetic_model
+
+    write_synthetic_model(folder / "tokenizer_source", n_layers=1)
+    config = Gemma2Config(num_hidden_layers=layers, attn_implementation="eager", pad_token_id=0, eos_token_id=1,
+                          bos_token_id=2)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Gemma2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder / "full_size")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / "tokenizer_source" / name).exists():
+            shutil.copy(folder / "tokenizer_source" / name, folder / "full_size" / name)
+    return folder / "full_size"
+
+
+def flops_per_token(model_dir: str, layers: list[int], tokens_per_row: float) -> float:
+    """Forward FLOPs per token up to the deepest stored block: 2 x block parameters + attention scores."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    depth = max(layers) + 1
+    attn = c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+    mlp = 3 * c.hidden_size * c.intermediate_size
+    scores = 2 * c.num_attention_heads * c.head_dim * tokens_per_row  # QK^T and AV, average context
+    return depth * (2 * (attn + mlp) + 2 * scores)
+
+
+def gemm_peak_tflops() -> float:
+    """Measured bf16 matmul throughput (8192^3) on this GPU: the floor MFU is quoted against."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    return 20 * 2 * 8192 ** 3 / (time.perf_counter() - t0) / 1e12
 
 
 def bare_in_fresh_process(cfg: ExtractConfig) -> dict:
@@ -96,8 +146,11 @@ def main() -> int:
     parser.add_argument("--context-rows", type=int, default=65536)
     parser.add_argument("--context-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-vocab", type=int, default=None, help="vocabulary prompts (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(HERE / "results" / "extract_bench.json"))
+    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/extract_bench[_full_size].json)")
+    parser.add_argument("--full-size", action="store_true", help="a random full-size Gemma2 in bf16 (for a GPU)")
+    parser.add_argument("--full-size-layers", type=int, default=26, help="depth of the --full-size model")
     parser.add_argument("--bare-config", default=None, help=argparse.SUPPRESS)  # the child of bare_in_fresh_process
     args = parser.parse_args()
     if args.bare_config:
@@ -109,14 +162,19 @@ def main() -> int:
         from actstore.demo import write_corpus
         from actstore.synth import write_synthetic_model
 
-        model = args.model or str(write_synthetic_model(scratch / "model", n_layers=4, seed=0))
+        if args.full_size:
+            model = str(write_full_size_model(scratch, args.full_size_layers))
+        else:
+            model = args.model or str(write_synthetic_model(scratch / "model", n_layers=4, seed=0))
         corpus = scratch / "corpus.jsonl"
         write_corpus(corpus, seed=0, docs=args.context_rows // 150 + 1, words_per_doc=300)
         cfg = ExtractConfig(model=model, out=str(scratch / "store.zarr"), layers=args.layers, contexts=str(corpus),
                             context_rows=args.context_rows, context_length=args.context_length,
-                            batch_size=args.batch_size, shard_rows=args.context_length * 64)
+                            batch_size=args.batch_size, shard_rows=args.context_length * 64, max_vocab=args.max_vocab)
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-        cfg.dtype = "bfloat16" if cfg.device == "cuda" else "float32"
+        cfg.dtype = "bfloat16" if cfg.device == "cuda" or args.full_size else "float32"
+        layers = parse_layers(args.layers, load_config_and_tokenizer(model)[0].num_hidden_layers)
+        fpt = flops_per_token(model, layers, tokens_per_row=args.context_length / 2)
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         runs = {"bare": [], "pipeline": []}
         for rep in range(args.repeats):
@@ -138,7 +196,16 @@ def main() -> int:
         summary[name] = {"seconds": seconds, "rows_per_s": results[0]["rows"] / seconds,
                          "tokens_per_s": results[0]["tokens"] / seconds, "runs": results}
     ratio = summary["pipeline"]["seconds"] / summary["bare"]["seconds"]
-    result = {"benchmark": "extract_bench", **environment(), "model": args.model or "synthetic (4 layers, d 64)",
+    for s in summary.values():
+        s["model_tflops"] = s["tokens_per_s"] * fpt / 1e12
+    peak = gemm_peak_tflops() if torch.cuda.is_available() else None
+    if peak:
+        for s in summary.values():
+            s["mfu_vs_measured_gemm_peak"] = s["model_tflops"] / peak
+    model_name = (f"random Gemma2Config() (bf16, {args.full_size_layers} layers)" if args.full_size
+                  else args.model or "synthetic (4 layers, d 64)")
+    result = {"benchmark": "extract_bench", **environment(), "model": model_name, "flops_per_token": fpt,
+              "gemm_peak_tflops": peak,
               "layers": args.layers, "batch_size": args.batch_size, "context_rows": args.context_rows,
               "context_length": args.context_length, "rows": runs["bare"][0]["rows"],
               "tokens": runs["bare"][0]["tokens"], "repeats": args.repeats, "methods": summary,
@@ -146,13 +213,16 @@ def main() -> int:
               "targets": {"pipeline_vs_bare": 1.15}}
     print(f"\nextract_bench: {result['rows']} rows, {result['tokens']} tokens, medians of {args.repeats}, "
           f"{result['device']}")
-    print(f"{'method':10s} {'seconds':>8s} {'rows/s':>9s} {'tokens/s':>10s}")
+    print(f"{'method':10s} {'seconds':>8s} {'rows/s':>9s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s}")
     for name, s in summary.items():
-        print(f"{name:10s} {s['seconds']:8.2f} {s['rows_per_s']:9.0f} {s['tokens_per_s']:10.0f}")
+        mfu = f"{s['mfu_vs_measured_gemm_peak']:.3f}" if peak else "-"
+        print(f"{name:10s} {s['seconds']:8.2f} {s['rows_per_s']:9.0f} {s['tokens_per_s']:10.0f}"
+              f" {s['model_tflops']:8.3f} {mfu:>6s}")
     print(f"pipeline / bare time: {ratio:.3f} (target <= 1.15)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out = Path(args.out or HERE / "results" / f"extract_bench{'_full_size' if args.full_size else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

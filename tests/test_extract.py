@@ -98,7 +98,7 @@ def test_a_probe_finds_the_planted_letters_on_layer_0(reference):
 
 def test_a_crashed_worker_is_restarted_and_its_batch_retried(synth_model, corpus, tmp_path, reference, ray_session):
     flag = tmp_path / "crashed"
-    cfg = config(synth_model, corpus, tmp_path / "s.zarr", worker_env={"ACTSTORE_FAULT_CRASH_ONCE": f"{flag}:16"})
+    cfg = config(synth_model, corpus, tmp_path / "s.zarr", worker_env={"ACTSTORE_FAULT_CRASH_ONCE": f"{flag}:256"})
     summary = extract(cfg, progress=False)
     assert flag.exists(), "the worker should have crashed once"
     assert summary["rows_computed"] == 600 + 2048
