@@ -184,8 +184,7 @@ class ModelWorker:
             batch, offsets = pad(self.task.vocab_ids[start:stop], self.task.pad_id)
             rows = torch.arange(stop - start)
             cols = offsets + torch.as_tensor(self.task.vocab_positions[start:stop])
-            captured = self.reader(batch)
-            acts = {l: x[rows, cols.to(x.device)] for l, x in captured.items()}
+            acts = {l: x[rows.to(x.device), cols.to(x.device)] for l, x in self.reader(batch).items()}
         else:
             length = self.task.context_length
             batch, _ = pad(self.task.windows[start // length:stop // length], self.task.pad_id)

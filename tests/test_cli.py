@@ -107,3 +107,25 @@ def test_core_imports_without_ray_transformers_or_sae_lens(tmp_path):
             "print(sorted(m for m in ('ray', 'transformers', 'sae_lens') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_synth_model_writes_a_loadable_hugging_face_directory(capsys, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    code, out, _ = run_cli(capsys, "synth-model", "--out", str(tmp_path / "m"), "--layers", "2", "--seed", "3")
+    assert code == 0 and "2-layer synthetic Gemma2" in out
+    config = AutoConfig.from_pretrained(tmp_path / "m")
+    assert config.model_type == "gemma2" and config.num_hidden_layers == 2
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert tokenizer.convert_ids_to_tokens(tokenizer(" has")["input_ids"]) == ["<bos>", "\u2581has"]
+
+
+def test_extract_cli_reports_an_unreachable_model_clearly(tmp_path):
+    # A fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is first imported.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "actstore.cli", "extract", "--model", "google/gemma-2-2b",
+                             "--out", str(tmp_path / "s.zarr")], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("actstore extract: error: could not load model 'google/gemma-2-2b'")
+    assert "pass its directory as --model" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s.zarr").exists()
