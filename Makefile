@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/store_bench.py
+	$(BIN)/python benchmarks/extract_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) benchmarks/scratch
