@@ -1,0 +1,160 @@
+"""The metrics of DESIGN.md ("Metrics"), as pure functions of tensors: no I/O, no global state.
+
+Constants are SAEBench's defaults (the absorption eval of SAEBench, Karvonen et al. 2025, and
+"A is for Absorption", Chanin et al. 2024) and every function takes them as arguments. Shapes are
+written next to each argument; N is tokens (the true positives of one letter, for absorption).
+
+This module is the scorer's arithmetic. Scheduling, SAE loading and the probes that produce its inputs
+come with the scoring issue; each function here is tested against hand-computed cases.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+# SAEBench defaults
+ABSORPTION_MIN_COS = 0.1  # a non-main latent counts towards absorption only if cos(W_dec[i], p_c) >= this
+ABSORPTION_TOP_K = 3  # ... and only the 3 largest projections among those
+ABSORPTION_MIN_RATIO = 0.4  # T / act below this: no absorption
+FULL_ABSORPTION_MAIN_EPS = 1e-8  # a main latent is off when its activation is below this
+FULL_ABSORPTION_MIN_COS = 0.025
+FULL_ABSORPTION_MIN_RATIO = 0.4
+SPLIT_MIN_F1_GAIN = 0.03  # k-sparse probing: keep k + 1 only if F1 improves by more than this
+SPLIT_MAX_K = 10
+
+
+class PRF(NamedTuple):
+    precision: float
+    recall: float
+    f1: float
+
+
+def precision_recall_f1(predicted: torch.Tensor, truth: torch.Tensor) -> PRF:
+    """Precision tp / (tp + fp), recall tp / (tp + fn), F1 2 tp / (2 tp + fp + fn); 0 where undefined.
+
+    predicted, truth: (N,) bool.
+    """
+    predicted, truth = predicted.bool(), truth.bool()
+    tp = int((predicted & truth).sum())
+    fp = int((predicted & ~truth).sum())
+    fn = int((~predicted & truth).sum())
+    return PRF(tp / (tp + fp) if tp + fp else 0.0, tp / (tp + fn) if tp + fn else 0.0,
+               2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+
+
+def jumprelu(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """JumpReLU encoding as Gemma Scope and sae-lens define it: pre = x @ W_enc + b_enc (b_dec is not
+    subtracted), f = ReLU(pre) * (pre > threshold), strict. For threshold >= 0 (Gemma Scope) this is
+    pre * (pre > threshold).
+
+    x (N, d), w_enc (d, m), b_enc (m,), threshold (m,) -> (N, m).
+    """
+    pre = x @ w_enc + b_enc
+    return torch.relu(pre) * (pre > threshold)
+
+
+class Folded(NamedTuple):
+    w_enc: torch.Tensor
+    """(d, m) columns scaled by the decoder row norms."""
+    b_enc: torch.Tensor
+    """(m,)"""
+    threshold: torch.Tensor
+    """(m,)"""
+    w_dec: torch.Tensor
+    """(m, d) unit rows."""
+
+
+def fold_decoder_norms(w_enc: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor,
+                       w_dec: torch.Tensor) -> Folded:
+    """Scale every latent so its decoder row has unit norm, keeping reconstructions and firing decisions.
+
+    With n_i = |W_dec[i]|: W_dec[i] / n_i, W_enc[:, i] * n_i, b_enc[i] * n_i, threshold[i] * n_i. Then
+    pre_i and threshold_i both scale by n_i > 0 (same decisions), f_i scales by n_i, and f_i W_dec[i] is
+    unchanged; f_i * cos(W_dec[i], p) is the projection of latent i's reconstruction on a unit p.
+    A latent with a zero decoder row keeps its weights (nothing to fold).
+    """
+    norms = w_dec.norm(dim=1)  # (m,)
+    scale = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return Folded(w_enc * scale, b_enc * scale, threshold * scale, w_dec / scale[:, None])
+
+
+def choose_split_k(f1_by_k: list[float], min_gain: float = SPLIT_MIN_F1_GAIN) -> int:
+    """k-sparse probing's number of split features: walk k = 1, 2, ... and keep k while its F1 beats the
+    best so far by more than `min_gain`; stop at the first k that does not.
+
+    f1_by_k: F1 of the k-latent probe for k = 1..K (index 0 is k = 1). Returns the last kept k (>= 1).
+    """
+    if not f1_by_k:
+        raise ValueError("f1_by_k is empty: need the F1 of at least the 1-latent probe")
+    best, kept = f1_by_k[0], 1
+    for k, f1 in enumerate(f1_by_k[1:], start=2):
+        if f1 <= best + min_gain:
+            break
+        best, kept = f1, k
+    return kept
+
+
+class AbsorptionTerms(NamedTuple):
+    main: torch.Tensor
+    """(N,) sum of proj_i over the main latents."""
+    top: torch.Tensor
+    """(N,) T: the sum of the `top_k` largest positive proj_i among non-main latents with cos_i >= min_cos."""
+    top_proj: torch.Tensor
+    """(N,) the largest proj_i over all latents given."""
+    top_cos: torch.Tensor
+    """(N,) cos_i of that latent."""
+    main_max_act: torch.Tensor
+    """(N,) the largest main-latent activation s_i (-inf without main latents)."""
+
+
+def absorption_terms(acts: torch.Tensor, cos: torch.Tensor, is_main: torch.Tensor,
+                     min_cos: float = ABSORPTION_MIN_COS, top_k: int = ABSORPTION_TOP_K) -> AbsorptionTerms:
+    """The per-token sums the absorption rules need, from the SAE activations of candidate latents.
+
+    acts (N, m) SAE activations s_i (folded), cos (m,) cos(W_dec[i], p_c), is_main (m,) bool.
+    proj_i = s_i * cos_i. Latents absent from `acts` have s_i = 0, so they never add to T (proj_i > 0 is
+    required) and, since absorption needs proj_i > 0 somewhere, passing only latents with cos_i > 0 and
+    any activity loses nothing.
+    """
+    proj = acts * cos  # (N, m)
+    main = (proj * is_main).sum(dim=1)
+    eligible = (~is_main) & (cos >= min_cos)  # (m,)
+    candidates = torch.where(eligible & (proj > 0), proj, torch.zeros_like(proj))
+    k = min(top_k, proj.shape[1])
+    top = candidates.topk(k, dim=1).values.sum(dim=1) if k else torch.zeros(proj.shape[0], dtype=proj.dtype)
+    best = proj.argmax(dim=1)
+    main_acts = torch.where(is_main, acts, torch.full_like(acts, float("-inf")))
+    return AbsorptionTerms(main, top, proj.gather(1, best[:, None])[:, 0], cos[best], main_acts.max(dim=1).values)
+
+
+def absorption_fraction(act: torch.Tensor, main: torch.Tensor, top: torch.Tensor,
+                        min_ratio: float = ABSORPTION_MIN_RATIO) -> torch.Tensor:
+    """Per token, with act = a . p_c, main and T from `absorption_terms`:
+
+        0                          if main >= act or T / act < min_ratio
+        1                          else, if main <= 0
+        clip(A / (A + main), 0, 1) else, with A = min(T, act - main)
+
+    Tokens with act <= 0 get 0 (there is no probe direction to absorb; T / act would be <= 0 < min_ratio
+    for act < 0, and act = 0 would divide by zero). act, main, top: (N,) -> (N,).
+    """
+    positive = act > 0
+    safe_act = torch.where(positive, act, torch.ones_like(act))
+    none = (main >= act) | (top / safe_act < min_ratio) | ~positive
+    a = torch.minimum(top, act - main)
+    partial = (a / (a + main)).clamp(0, 1)
+    out = torch.where(main <= 0, torch.ones_like(act), partial)
+    return torch.where(none, torch.zeros_like(act), out)
+
+
+def full_absorption(act: torch.Tensor, main_max_act: torch.Tensor, top_proj: torch.Tensor, top_cos: torch.Tensor,
+                    main_eps: float = FULL_ABSORPTION_MAIN_EPS, min_cos: float = FULL_ABSORPTION_MIN_COS,
+                    min_ratio: float = FULL_ABSORPTION_MIN_RATIO) -> torch.Tensor:
+    """Per token, True when every main latent is off (s_i < main_eps) and the latent with the largest
+    proj_i has cos >= min_cos, act >= 0 and proj / act >= min_ratio. act = 0 exactly counts as False
+    (proj / act is undefined there). (N,) each -> (N,) bool."""
+    positive = act > 0
+    ratio = top_proj / torch.where(positive, act, torch.ones_like(act))
+    return (main_max_act < main_eps) & (top_cos >= min_cos) & (act >= 0) & positive & (ratio >= min_ratio)
