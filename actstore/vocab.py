@@ -76,6 +76,14 @@ def alphabetic_tokens(tokenizer) -> list[tuple[int, str, int]]:
     return sorted(out)
 
 
+def _tokenize(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
+    """Token ids of many texts: one batched call per chunk (a fast tokenizer runs it in parallel)."""
+    out: list[list[int]] = []
+    for lo in range(0, len(texts), chunk):
+        out += tokenizer(texts[lo:lo + chunk])["input_ids"]
+    return out
+
+
 def build_prompt(word: str, examples: list[str]) -> str:
     lines = [f"{ex} has the first letter: {ex.strip()[0].upper()}" for ex in examples]
     return "\n" + "\n".join(lines) + "\n" + TEMPLATE.format(word=word)
@@ -99,19 +107,22 @@ def build_vocab_task(tokenizer, seed: int = 42, max_tokens: int | None = None) -
     split[order[round(len(tokens) * (1 - TEST_FRACTION)):]] = 1
     members = {s: np.flatnonzero(split == s) for s in (0, 1)}
 
-    keep_rows, prompts, input_ids, positions = [], [], [], []
+    all_prompts, heads = [], []
     for row in range(len(tokens)):
         pool = members[int(split[row])]
         pool = pool[pool != row]
         picks = np.random.default_rng([seed, int(ids[row])]).choice(pool, size=min(N_EXAMPLES, len(pool)),
                                                                      replace=False)
         prompt = build_prompt(texts[row], [texts[i] for i in picks])
-        encoded = tokenizer(prompt)["input_ids"]
-        head = tokenizer(prompt[: len(prompt) - len(TEMPLATE.format(word=texts[row]))] + texts[row])["input_ids"]
+        all_prompts.append(prompt)
+        heads.append(prompt[: len(prompt) - len(TEMPLATE.format(word=texts[row]))] + texts[row])
+    encoded_all, heads_all = _tokenize(tokenizer, all_prompts), _tokenize(tokenizer, heads)
+    keep_rows, prompts, input_ids, positions = [], [], [], []
+    for row, (encoded, head) in enumerate(zip(encoded_all, heads_all)):
         position = len(head) - 1
         if encoded[: position + 1] == head and head[-1] == ids[row]:
             keep_rows.append(row)
-            prompts.append(prompt)
+            prompts.append(all_prompts[row])
             input_ids.append(encoded)
             positions.append(position)
     keep = np.array(keep_rows, dtype=np.int64)

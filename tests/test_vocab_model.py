@@ -82,6 +82,8 @@ class MergingTokenizer:
         return self._vocab
 
     def __call__(self, text):
+        if isinstance(text, list):
+            return {"input_ids": [self(t)["input_ids"] for t in text]}
         ids = self.inner(text.replace("zzmerge has", "a has").replace("zzmerge", "b"))["input_ids"]
         if "zzmerge" in text and not text.endswith("zzmerge"):
             return {"input_ids": ids}
