@@ -3,6 +3,7 @@
 
     actstore extract --model M --layers SPEC --out STORE [...]   run a model once, store its activations
     actstore synth-model --out DIR [--layers N] [--seed S]       the synthetic world's model
+    actstore probe STORE [--layers SPEC]                         ground-truth first-letter probes
     actstore info STORE [--json]                                 what a store holds, complete or not, size
     actstore verify STORE                                        read every shard, check every checksum
     actstore demo --out DIR                                      the chain end to end on synthetic data
@@ -20,6 +21,8 @@ import sys
 import textwrap
 import typing
 from dataclasses import dataclass
+
+import numpy as np
 
 from actstore.extract import ExtractConfig
 
@@ -65,6 +68,21 @@ class SynthModelConfig:
     """number of transformer blocks"""
     seed: int = 0
     """random seed (pseudo-words, weights, planted directions)"""
+
+
+@dataclass
+class ProbeCommandConfig:
+    """Train the ground-truth first-letter probe of each layer on the store's vocabulary task (one-vs-rest,
+    SAEBench's settings) and save it in the store with per-letter train/test precision, recall and F1."""
+
+    store: str
+    """path of the store (a .zarr directory)"""
+    layers: str = "all"
+    """layers to probe: a list (0,5,12), a range (0-25) or all (the store's layers)"""
+    epochs: int = 50
+    """training epochs (SAEBench: 50)"""
+    seed: int = 0
+    """random seed of initialization and batch order"""
 
 
 POSITIONAL = {"store"}
@@ -143,6 +161,27 @@ def cmd_demo(cfg: DemoConfig) -> int:
     return run_demo(cfg.out, seed=cfg.seed)
 
 
+def cmd_probe(cfg: ProbeCommandConfig) -> int:
+    from actstore import probes
+    from actstore.extract import parse_layers
+    from actstore.store import ActivationStore
+
+    with ActivationStore.open(cfg.store) as store:
+        have = store.layers
+    layers = have if cfg.layers == "all" else parse_layers(cfg.layers, max(have) + 1)
+    absent = [l for l in layers if l not in have]
+    if absent:
+        raise ValueError(f"{cfg.store} has layers {have}; --layers {cfg.layers} asks for {absent}")
+    trained = probes.probe_store(cfg.store, layers, probes.ProbeConfig(epochs=cfg.epochs, seed=cfg.seed),
+                                 progress=sys.stderr.isatty())
+    print(f"{'layer':>5s} {'test F1 mean':>12s} {'min':>6s} {'letters evaluated (F1 >= 0.6)':>30s}")
+    for layer, probe in trained.items():
+        f1 = probe.metrics["test"]["f1"]
+        print(f"{layer:5d} {np.mean(f1):12.3f} {min(f1):6.3f} {len(probe.evaluated_letters()):30d}")
+    print(f"saved in {cfg.store}/probes/")
+    return 0
+
+
 def cmd_extract(cfg: ExtractConfig) -> int:
     from actstore.extract import extract
 
@@ -163,6 +202,7 @@ def cmd_synth_model(cfg: SynthModelConfig) -> int:
 COMMANDS = {
     "extract": (ExtractConfig, cmd_extract),
     "synth-model": (SynthModelConfig, cmd_synth_model),
+    "probe": (ProbeCommandConfig, cmd_probe),
     "info": (InfoConfig, cmd_info),
     "verify": (VerifyConfig, cmd_verify),
     "demo": (DemoConfig, cmd_demo),

@@ -589,6 +589,31 @@ class ActivationStore:
             for *_, job in ahead:
                 job.cancel()
 
+    # ------------------------------------------------------------------ probes
+
+    def save_probe(self, layer: int, weight: np.ndarray, bias: np.ndarray, attrs: dict[str, Any]) -> None:
+        """Store a layer's ground-truth probe (weight (26, d_model), bias (26,)) under probes/layer_LL,
+        replacing an earlier one; `attrs` (JSON) holds its metrics and training settings."""
+        self._require_writable()
+        name = self._array_name("vocab", layer) if "vocab" in self.groups else layer_name(layer)
+        if weight.shape != (26, self.spec.d_model) or bias.shape != (26,):
+            raise ValueError(f"a probe is weight (26, {self.spec.d_model}) and bias (26,); got {weight.shape}, "
+                             f"{bias.shape}")
+        probes = self._root.require_group("probes")
+        group = probes.create_group(name, overwrite=True, attributes=attrs)
+        for key, values in (("weight", weight), ("bias", bias)):
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            group.create_array(key, data=values, chunks=values.shape, compressors=CODECS["none"]())
+
+    def load_probe(self, layer: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(weight, bias, attrs) of a layer's saved probe."""
+        name = layer_name(layer)
+        if "probes" not in self._root or name not in self._root["probes"]:
+            raise KeyError(f"{self.path} has no probe for layer {layer}; train it with "
+                           f"`actstore probe {self.path} --layers {layer}`")
+        group = self._root["probes"][name]
+        return group["weight"][:], group["bias"][:], dict(group.attrs)
+
     # ------------------------------------------------------------------ checking
 
     def verify(self, progress: bool = False) -> list[Problem]:

@@ -1,0 +1,118 @@
+"""Ground-truth first-letter probes, one per stored layer (DESIGN.md, "Metrics", item 1).
+
+    actstore probe STORE [--layers SPEC]
+
+Per layer: `Linear(d_model, 26)` trained one-vs-rest on the vocabulary task's train split with
+BCEWithLogits and pos_weight = n_neg / n_pos per letter, Adam (lr 1e-2, weight decay 1e-4), 50 epochs of
+batches of 64, the learning rate decayed exponentially to 1e-5 over the epochs (SAEBench's schedule:
+gamma = (1e-5 / 1e-2) ** (1 / epochs), stepped after each epoch). A probe fires when its logit > 0; the
+direction of letter c is row c normalized. Letters whose test F1 is below 0.6 are not evaluated.
+
+Weights and per-letter train/test precision, recall and F1 go into the store (`probes/layer_LL`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from actstore.metrics import precision_recall_f1
+
+MIN_PROBE_F1 = 0.6  # letters below this test F1 are not evaluated (SAEBench)
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class ProbeConfig:
+    """Training constants; defaults are SAEBench's."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-2
+    end_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class Probe:
+    weight: torch.Tensor
+    """(26, d_model)"""
+    bias: torch.Tensor
+    """(26,)"""
+    metrics: dict[str, dict[str, list[float]]]
+    """split ("train", "test") -> "precision" | "recall" | "f1" -> 26 values, a to z."""
+
+    def directions(self) -> torch.Tensor:
+        """(26, d_model) unit probe directions p_c."""
+        return torch.nn.functional.normalize(self.weight, dim=1)
+
+    def evaluated_letters(self, min_f1: float = MIN_PROBE_F1) -> list[int]:
+        """Letters whose test F1 reaches min_f1: the only ones the scorer evaluates."""
+        return [c for c, f1 in enumerate(self.metrics["test"]["f1"]) if f1 >= min_f1]
+
+
+def pos_weights(labels: torch.Tensor, n_classes: int = 26) -> torch.Tensor:
+    """n_neg / n_pos per class (labels (N,) int); a class with no positives gets 1 (it never fires anyway)."""
+    n_pos = torch.bincount(labels, minlength=n_classes).float()
+    return torch.where(n_pos > 0, (len(labels) - n_pos) / n_pos.clamp(min=1), torch.ones_like(n_pos))
+
+
+def train_probe(x: torch.Tensor, labels: torch.Tensor, split: torch.Tensor, cfg: ProbeConfig = ProbeConfig()
+                ) -> tuple[Probe, list[float]]:
+    """Train one layer's probe. x (N, d) activations, labels (N,) 0..25, split (N,) 0 train / 1 test.
+
+    Returns the probe and the learning rate used in each epoch.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    x, labels, split = x.float(), labels.long(), split.long()
+    train = split == 0
+    xt, yt = x[train], torch.nn.functional.one_hot(labels[train], 26).float()
+    probe = torch.nn.Linear(x.shape[1], 26)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weights(labels[train]))
+    opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(cfg.end_lr / cfg.lr) ** (1 / cfg.epochs))
+    lrs = []
+    for _ in range(cfg.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        for batch in torch.randperm(len(xt), generator=gen).split(cfg.batch_size):
+            opt.zero_grad()
+            loss_fn(probe(xt[batch]), yt[batch]).backward()
+            opt.step()
+        schedule.step()
+    with torch.no_grad():
+        fires = probe(x) > 0  # (N, 26)
+    metrics = {}
+    for name, rows in (("train", train), ("test", ~train)):
+        per = [precision_recall_f1(fires[rows, c], labels[rows] == c) for c in range(26)]
+        metrics[name] = {k: [float(getattr(p, k)) for p in per] for k in ("precision", "recall", "f1")}
+    return Probe(probe.weight.detach().clone(), probe.bias.detach().clone(), metrics), lrs
+
+
+def probe_store(path: str, layers: list[int] | None = None, cfg: ProbeConfig = ProbeConfig(),
+                progress: bool = False) -> dict[int, Probe]:
+    """Train and save the probes of `layers` (default: all) of a store's vocabulary group."""
+    from tqdm.auto import tqdm
+
+    from actstore.store import ActivationStore
+
+    store = ActivationStore.open(path, mode="a", require_complete=True)
+    labels = torch.as_tensor(store.column("vocab", "label")).long()
+    split = torch.as_tensor(store.column("vocab", "split")).long()
+    out = {}
+    for layer in tqdm(layers or store.layers, desc="probe", unit="layer", disable=not progress):
+        probe, _ = train_probe(store.read("vocab", layer), labels, split, cfg)
+        store.save_probe(layer, probe.weight.numpy(), probe.bias.numpy(),
+                         {"metrics": probe.metrics, "config": asdict(cfg), "min_f1": MIN_PROBE_F1})
+        out[layer] = probe
+    store.close()
+    return out
+
+
+def load_probe(store, layer: int) -> Probe:
+    """The saved probe of one layer of an open ActivationStore."""
+    weight, bias, attrs = store.load_probe(layer)
+    return Probe(torch.from_numpy(np.asarray(weight)), torch.from_numpy(np.asarray(bias)), attrs["metrics"])
