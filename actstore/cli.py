@@ -4,6 +4,7 @@
     actstore extract --model M --layers SPEC --out STORE [...]   run a model once, store its activations
     actstore synth-model --out DIR [--layers N] [--seed S]       the synthetic world's model
     actstore probe STORE [--layers SPEC]                         ground-truth first-letter probes
+    actstore saes list [--release R] [--layer L] [--width W]     the SAEs of a release (sae-lens catalog)
     actstore info STORE [--json]                                 what a store holds, complete or not, size
     actstore verify STORE                                        read every shard, check every checksum
     actstore demo --out DIR                                      the chain end to end on synthetic data
@@ -85,7 +86,23 @@ class ProbeCommandConfig:
     """random seed of initialization and batch order"""
 
 
-POSITIONAL = {"store"}
+@dataclass
+class SaesConfig:
+    """List the SAEs of a release from sae-lens's catalog (pretrained_saes.yaml)."""
+
+    action: str
+    """what to do: list"""
+    release: str = "gemma-scope-2b-pt-res"
+    """the release, as sae-lens names it"""
+    layer: int | None = None
+    """only SAEs reading this layer"""
+    width: str | None = None
+    """only SAEs of this width (16k, 65k, 1m, ...)"""
+    json: bool = False
+    """print JSON instead of a table"""
+
+
+POSITIONAL = {"store", "action"}
 HIDDEN = {"worker_env"}  # fault injection for tests, not a CLI option
 
 
@@ -182,6 +199,22 @@ def cmd_probe(cfg: ProbeCommandConfig) -> int:
     return 0
 
 
+def cmd_saes(cfg: SaesConfig) -> int:
+    from actstore.saes import gemma_scope_catalog, parse_width
+
+    if cfg.action != "list":
+        raise ValueError(f"actstore saes knows one action, list; got {cfg.action!r}")
+    entries = gemma_scope_catalog(cfg.release, cfg.layer, parse_width(cfg.width) if cfg.width else None)
+    if cfg.json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return 0
+    print(f"{'id':42s} {'layer':>5s} {'width':>8s} {'L0':>6s}")
+    for e in entries:
+        print(f"{e.id:42s} {'emb' if e.layer is None else e.layer:>5} {e.width:8d} {e.l0 if e.l0 else '-':>6}")
+    print(f"{len(entries)} SAEs in {cfg.release}")
+    return 0
+
+
 def cmd_extract(cfg: ExtractConfig) -> int:
     from actstore.extract import extract
 
@@ -203,6 +236,7 @@ COMMANDS = {
     "extract": (ExtractConfig, cmd_extract),
     "synth-model": (SynthModelConfig, cmd_synth_model),
     "probe": (ProbeCommandConfig, cmd_probe),
+    "saes": (SaesConfig, cmd_saes),
     "info": (InfoConfig, cmd_info),
     "verify": (VerifyConfig, cmd_verify),
     "demo": (DemoConfig, cmd_demo),

@@ -1,0 +1,256 @@
+"""SAE sources behind one interface: weights, biases, threshold, layer, width, L0 and id.
+
+Sources:
+- the Gemma Scope catalog, read once from sae-lens's `pretrained_saes.yaml` (`gemma_scope_catalog`);
+  an entry loads from a Hugging Face cache's `params.npz` when present, else through sae-lens;
+- a local directory of `params.npz` files laid out like Gemma Scope (`local_saes`);
+- sae-lens SAE objects and saved sae-lens directories (`from_sae_lens`, `load_sae_lens_dir`).
+
+Architectures come from a registry (`ENCODERS`): JumpReLU, ReLU and TopK. A bad file (missing keys,
+wrong shapes, NaN or inf, a d_model that is not the store's) raises SAEError naming that SAE only.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actstore.metrics import jumprelu
+
+GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+WIDTH_SUFFIX = {"k": 1000, "m": 1000 * 1000}
+
+
+class SAEError(ValueError):
+    """One SAE cannot be used; the message names it and says what to do. Other SAEs are unaffected."""
+
+
+@dataclass
+class SAEWeights:
+    """One SAE, its weights already in their final dtype and device."""
+
+    id: str
+    w_enc: torch.Tensor
+    """(d_model, width)"""
+    b_enc: torch.Tensor
+    """(width,)"""
+    w_dec: torch.Tensor
+    """(width, d_model)"""
+    b_dec: torch.Tensor
+    """(d_model,)"""
+    architecture: str = "jumprelu"
+    """A key of ENCODERS."""
+    threshold: torch.Tensor | None = None
+    """(width,) JumpReLU thresholds."""
+    k: int | None = None
+    """TopK's k."""
+    layer: int | None = None
+    hook: str = "resid_post"
+    l0: float | None = None
+    """The L0 the release reports (Gemma Scope's average_l0)."""
+    apply_b_dec_to_input: bool = False
+    """Subtract b_dec before encoding (sae-lens's option; Gemma Scope does not)."""
+
+    @property
+    def width(self) -> int:
+        return self.w_enc.shape[1]
+
+    @property
+    def d_model(self) -> int:
+        return self.w_enc.shape[0]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d_model) -> (N, width) latent activations."""
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return ENCODERS[self.architecture](self, x)
+
+
+def _topk(sae: SAEWeights, x: torch.Tensor) -> torch.Tensor:
+    pre = x @ sae.w_enc + sae.b_enc
+    values, indices = pre.topk(sae.k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, values.relu())
+
+
+ENCODERS: dict[str, Callable[[SAEWeights, torch.Tensor], torch.Tensor]] = {
+    "jumprelu": lambda sae, x: jumprelu(x, sae.w_enc, sae.b_enc, sae.threshold),
+    "relu": lambda sae, x: torch.relu(x @ sae.w_enc + sae.b_enc),
+    "topk": _topk,
+}
+
+
+# ---------------------------------------------------------------------------- params.npz (Gemma Scope)
+
+
+def load_params_npz(path: str | Path, sae_id: str, layer: int | None = None, l0: float | None = None,
+                    d_model: int | None = None, dtype: torch.dtype = torch.float32,
+                    device: str = "cpu") -> SAEWeights:
+    """A Gemma Scope `params.npz`, checked, each array converted once into `dtype` on `device`."""
+    try:
+        params = np.load(path)
+    except (OSError, ValueError) as err:
+        raise SAEError(f"SAE {sae_id}: cannot read {path} as an .npz file ({err})") from err
+    with params:
+        missing = [k for k in GEMMA_SCOPE_KEYS if k not in params.files]
+        if missing:
+            raise SAEError(f"SAE {sae_id}: {path} lacks {missing}; a Gemma Scope params.npz has {list(GEMMA_SCOPE_KEYS)}")
+        arrays = {k: params[k] for k in GEMMA_SCOPE_KEYS}
+    d, m = arrays["W_enc"].shape if arrays["W_enc"].ndim == 2 else (None, None)
+    expected = {"W_enc": (d, m), "W_dec": (m, d), "b_enc": (m,), "b_dec": (d,), "threshold": (m,)}
+    wrong = {k: a.shape for k, a in arrays.items() if d is None or a.shape != expected[k]}
+    if wrong:
+        raise SAEError(f"SAE {sae_id}: inconsistent shapes in {path}: {wrong}; expected W_enc (d, m), W_dec (m, d), "
+                       f"b_enc (m,), b_dec (d,), threshold (m,)")
+    if d_model is not None and d != d_model:
+        raise SAEError(f"SAE {sae_id}: reads d_model {d}, the store holds d_model {d_model}: it belongs to another model")
+    bad = [k for k, a in arrays.items() if not np.isfinite(a).all()]
+    if bad:
+        raise SAEError(f"SAE {sae_id}: {path} has NaN or inf in {bad}")
+    t = {k: torch.from_numpy(a).to(device=device, dtype=dtype) for k, a in arrays.items()}
+    return SAEWeights(sae_id, t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], "jumprelu", t["threshold"],
+                      layer=layer, l0=l0)
+
+
+# ---------------------------------------------------------------------------- the Gemma Scope catalog
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    release: str
+    id: str
+    """The sae-lens id, for example layer_12/width_16k/average_l0_82."""
+    repo_id: str
+    path: str
+    """The folder of params.npz inside repo_id."""
+    layer: int | None
+    """None for embedding SAEs."""
+    width: int
+    l0: float | None
+
+
+def parse_width(text: str) -> int:
+    """Gemma Scope's width names are rounded powers of two: '16k' -> 16384, '65k' -> 65536,
+    '1m' -> 1048576; a plain number is taken as it is."""
+    match = re.fullmatch(r"(\d+)([km]?)", text)
+    if not match:
+        raise ValueError(f"a width looks like 16k, 65k or 1m; got {text!r}")
+    if not match[2]:
+        return int(match[1])
+    approx = int(match[1]) * WIDTH_SUFFIX[match[2]]
+    return 2 ** round(np.log2(approx))
+
+
+@functools.lru_cache(maxsize=None)
+def _pretrained_yaml() -> dict:
+    import yaml
+
+    import sae_lens
+
+    return yaml.safe_load((Path(sae_lens.__file__).parent / "pretrained_saes.yaml").read_text())
+
+
+def releases() -> list[str]:
+    return sorted(_pretrained_yaml())
+
+
+def gemma_scope_catalog(release: str = "gemma-scope-2b-pt-res", layer: int | None = None,
+                        width: int | None = None) -> list[CatalogEntry]:
+    """The release's SAEs from sae-lens's catalog, optionally filtered by layer and width."""
+    catalog = _pretrained_yaml()
+    if release not in catalog:
+        near = [r for r in catalog if r.startswith(release.split("-")[0])][:12] or sorted(catalog)[:12]
+        raise KeyError(f"unknown release {release!r}; for example: {near} ({len(catalog)} in all)")
+    entries = []
+    for sae in catalog[release]["saes"]:
+        parts = sae["path"].split("/")
+        sae_layer = int(parts[0].split("_")[1]) if parts[0].startswith("layer_") else None
+        sae_width = parse_width(parts[1].split("_")[1])
+        entry = CatalogEntry(release, sae["id"], catalog[release]["repo_id"], sae["path"], sae_layer, sae_width,
+                             sae.get("l0"))
+        if (layer is None or entry.layer == layer) and (width is None or entry.width == width):
+            entries.append(entry)
+    return entries
+
+
+def load_catalog_entry(entry: CatalogEntry, d_model: int | None = None, dtype: torch.dtype = torch.float32,
+                       device: str = "cpu") -> SAEWeights:
+    """From a Hugging Face cache's params.npz when it is there; otherwise through sae-lens (network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(entry.repo_id, f"{entry.path}/params.npz")
+    if isinstance(cached, str):
+        return load_params_npz(cached, entry.id, entry.layer, entry.l0, d_model, dtype, device)
+    try:
+        from sae_lens import SAE
+
+        sae = SAE.from_pretrained(entry.release, entry.id, device=device)
+    except Exception as err:  # offline: LocalEntryNotFoundError; gated or missing: other hub errors
+        raise SAEError(
+            f"SAE {entry.release}/{entry.id} is not in the Hugging Face cache and could not be downloaded "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Supply it locally: fetch "
+            f"{entry.repo_id}/{entry.path}/params.npz where there is network, put it at "
+            f"DIR/{entry.path}/params.npz, and pass DIR as a local source"
+        ) from err
+    weights = from_sae_lens(sae, entry.id, dtype=dtype, device=device)
+    weights.layer, weights.l0 = entry.layer, entry.l0
+    return weights
+
+
+# ---------------------------------------------------------------------------- local folders and sae-lens
+
+
+def local_saes(root: str | Path) -> list[tuple[str, Path]]:
+    """(id, params.npz path) of every params.npz under root; the id is its folder relative to root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of params.npz files (laid out like Gemma Scope: "
+                                f"layer_12/width_16k/average_l0_82/params.npz)")
+    return [(str(p.parent.relative_to(root)), p) for p in sorted(root.rglob("params.npz"))]
+
+
+def layer_and_l0_from_id(sae_id: str) -> tuple[int | None, float | None]:
+    """Gemma Scope ids carry both: layer_12/width_16k/average_l0_82 -> (12, 82.0)."""
+    layer = re.search(r"layer_(\d+)", sae_id)
+    l0 = re.search(r"average_l0_(\d+(?:\.\d+)?)", sae_id)
+    return (int(layer[1]) if layer else None), (float(l0[1]) if l0 else None)
+
+
+def from_sae_lens(sae, sae_id: str | None = None, dtype: torch.dtype = torch.float32,
+                  device: str = "cpu") -> SAEWeights:
+    """An sae-lens SAE object (JumpReLU, Standard or TopK) as SAEWeights."""
+    kind = type(sae).__name__
+    architecture = {"JumpReLUSAE": "jumprelu", "StandardSAE": "relu", "TopKSAE": "topk"}.get(kind)
+    if architecture is None:
+        raise SAEError(f"SAE {sae_id or kind}: sae-lens class {kind} is not supported; supported: JumpReLUSAE, "
+                       f"StandardSAE, TopKSAE")
+    if architecture == "topk" and getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        raise SAEError(f"SAE {sae_id or kind}: TopK with rescale_acts_by_decoder_norm is not supported")
+
+    def move(t):
+        return None if t is None else t.detach().to(device=device, dtype=dtype)
+
+    metadata = getattr(sae.cfg, "metadata", None)
+    hook = getattr(metadata, "hook_name", None) or ""
+    layer = re.search(r"blocks\.(\d+)\.", hook)
+    return SAEWeights(
+        sae_id or getattr(metadata, "sae_lens_id", None) or kind, move(sae.W_enc), move(sae.b_enc), move(sae.W_dec),
+        move(sae.b_dec), architecture, move(getattr(sae, "threshold", None)) if architecture == "jumprelu" else None,
+        k=getattr(sae.cfg, "k", None) if architecture == "topk" else None,
+        layer=int(layer[1]) if layer else None, apply_b_dec_to_input=bool(sae.cfg.apply_b_dec_to_input))
+
+
+def load_sae_lens_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> SAEWeights:
+    """A directory saved by sae-lens (`sae.save_model(path)`)."""
+    from sae_lens import SAE
+
+    try:
+        sae = SAE.load_from_disk(str(path), device=device)
+    except Exception as err:
+        raise SAEError(f"SAE {path}: not a saved sae-lens directory ({type(err).__name__}: {err})") from err
+    return from_sae_lens(sae, Path(path).name, dtype=dtype, device=device)
