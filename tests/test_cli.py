@@ -105,7 +105,8 @@ def test_kernels_install_as_actstore_kernels_never_top_level(tmp_path):
 
 
 def test_core_imports_without_ray_transformers_or_sae_lens(tmp_path):
-    code = ("import sys, actstore.store, actstore.metrics, actstore.saes, actstore.probes, actstore.kernels, actstore.cli; "
+    code = ("import sys, actstore.store, actstore.metrics, actstore.saes, actstore.probes, actstore.kernels, "
+            "actstore.cli; "
             "print(sorted(m for m in ('ray', 'transformers', 'sae_lens') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
