@@ -34,7 +34,7 @@ class ShardFormatError(ValueError):
     """The shard file is damaged or not laid out as this reader expects."""
 
 
-def direct_read_supported(array_metadata: dict) -> tuple[int, ...] | None:
+def direct_io_chunk_shape(array_metadata: dict) -> tuple[int, ...] | None:
     """The inner chunk shape if an array's codecs are exactly what `read_rows` handles, else None."""
     codecs = array_metadata.get("codecs", [])
     if sys.byteorder != "little" or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
@@ -68,6 +68,7 @@ def read_rows(path: str, out: np.ndarray, lo: int, hi: int, chunk_rows: int, chu
         size = os.fstat(fd).st_size
         index = _read_index(fd, size, chunks_per_shard)
         runs: list[tuple[int, list]] = []  # (file offset, buffers) per run of contiguous chunks
+        run_end = -1  # file offset just past the last run
         checks: list[tuple[np.ndarray, np.ndarray, int]] = []  # (chunk bytes, stored crc, chunk index)
         bounce: list[tuple[np.ndarray, int, int, int]] = []  # partial chunks: (buffer, src row, dst row, rows)
         flat = out.reshape(-1).view(np.uint8)
@@ -88,10 +89,11 @@ def read_rows(path: str, out: np.ndarray, lo: int, hi: int, chunk_rows: int, chu
                 bounce.append((target, a - c_lo, a - lo, b - a))
             crc = np.empty(4, dtype=np.uint8)
             checks.append((target, crc, c))
-            if runs and runs[-1][0] + sum(len(buf) for buf in runs[-1][1]) == offset:
+            if offset == run_end:
                 runs[-1][1].extend([target, crc])
             else:
                 runs.append((offset, [target, crc]))
+            run_end = offset + nbytes
         for offset, buffers in runs:
             for start in range(0, len(buffers), 512):  # stay under IOV_MAX (1024)
                 part = buffers[start:start + 512]

@@ -27,7 +27,6 @@ Reading requires every shard to be marked complete; a half-written store tells h
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import deque
@@ -313,13 +312,15 @@ class ActivationStore:
             self._arrays[group, array] = self._root[group][array]
         return self._arrays[group, array]
 
+    def _layer_array(self, layer: int) -> str:
+        """`layer_LL`, checked against the store's layers."""
+        if layer not in self.spec.layers:
+            raise KeyError(f"{self.path} has layers {_ranges(self.spec.layers)}; layer {layer} was not extracted into it")
+        return layer_name(int(layer))
+
     def _array_name(self, group: str, key: str | int) -> str:
         if isinstance(key, (int, np.integer)):
-            if key not in self.spec.layers:
-                raise KeyError(
-                    f"{self.path} has layers {_ranges(self.spec.layers)}; layer {key} was not extracted into it"
-                )
-            return layer_name(int(key))
+            return self._layer_array(key)
         if key not in self.arrays(group):
             raise KeyError(f"{group} has no array {key!r}; it has {self.arrays(group)}")
         return key
@@ -345,11 +346,14 @@ class ActivationStore:
         for g in [group] if group else sorted(self.groups):
             for array in self.arrays(g):
                 markers = manifest.read_markers(self.path / g / array)
-                todo = [k for k in range(self.num_shards(g))
-                        if markers.get(k, {}).get("rows") != list(self.shard_rows(g, k))]
+                todo = [k for k in range(self.num_shards(g)) if not self._done(markers, g, k)]
                 if todo:
                     out[f"{g}/{array}"] = todo
         return out
+
+    def _done(self, markers: dict[int, dict], group: str, shard: int) -> bool:
+        """A shard is complete when its marker covers the rows the shard has now (an append moves them)."""
+        return markers.get(shard, {}).get("rows") == list(self.shard_rows(group, shard))
 
     @property
     def complete(self) -> bool:
@@ -519,7 +523,7 @@ class ActivationStore:
         shards = range(start // size, -(-stop // size))
         if not self._known_complete or self.mode == "a":
             markers = manifest.read_markers(self.path / group / array)
-            todo = [k for k in shards if markers.get(k, {}).get("rows") != list(self.shard_rows(group, k))]
+            todo = [k for k in shards if not self._done(markers, group, k)]
             if todo:
                 raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
         arr = self._array(group, array)
@@ -560,8 +564,8 @@ class ActivationStore:
         """The inner chunk shape if `shardio` can read and write this array's shards directly, else None."""
         key = f"{group}/{array}"
         if key not in self._direct:
-            meta = json.loads((self.path / group / array / "zarr.json").read_text())
-            self._direct[key] = shardio.direct_read_supported(meta) if array.startswith("layer_") else None
+            self._direct[key] = (shardio.direct_io_chunk_shape(self._array(group, array).metadata.to_dict())
+                                 if array.startswith("layer_") else None)
         return self._direct[key]
 
     def blocks(self, group: str, layer: int, block_rows: int | None = None, prefetch: int = 2,
@@ -595,7 +599,7 @@ class ActivationStore:
         """Store a layer's ground-truth probe (weight (26, d_model), bias (26,)) under probes/layer_LL,
         replacing an earlier one; `attrs` (JSON) holds its metrics and training settings."""
         self._require_writable()
-        name = self._array_name("vocab", layer) if "vocab" in self.groups else layer_name(layer)
+        name = self._layer_array(layer)
         if weight.shape != (26, self.spec.d_model) or bias.shape != (26,):
             raise ValueError(f"a probe is weight (26, {self.spec.d_model}) and bias (26,); got {weight.shape}, "
                              f"{bias.shape}")
@@ -629,7 +633,7 @@ class ActivationStore:
                 markers[name] = manifest.read_markers(self.path / group / array)
             marker = markers[name].get(shard)
             path = self.shard_file(group, array, shard)
-            if marker is None or marker.get("rows") != list(rows):
+            if not self._done(markers[name], group, shard):
                 problems.append(Problem(name, shard, rows, "incomplete", "never finished (no manifest marker)"))
                 continue
             if marker.get("file") and not path.exists():

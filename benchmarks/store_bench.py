@@ -60,24 +60,20 @@ def files_under(path: Path) -> list[Path]:
     return [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
 
 
+def fsync_all(path: Path, drop: bool = False) -> None:
+    """fsync every file under `path`; with drop, then ask the kernel to evict them from the page cache."""
+    for file in files_under(path):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            if drop:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def sync_and_drop(path: Path) -> None:
-    """fsync every file under `path`, then ask the kernel to drop them from the page cache."""
-    for file in files_under(path):
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def fsync_all(path: Path) -> None:
-    for file in files_under(path):
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_all(path, drop=True)
 
 
 def bench_raw(folder: Path, acts: torch.Tensor) -> dict:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 import pytest
 
 
@@ -19,15 +17,11 @@ def synth_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    """40 documents of 200 words of the synthetic vocabulary (plus numbers), as JSONL."""
-    from actstore.synth import pseudo_words
+    """40 documents of 200 words of the synthetic vocabulary (plus numbers), as JSONL: the demo's corpus."""
+    from actstore.demo import write_corpus
 
-    words = pseudo_words(40, 0) + ["has", "the", "first", "letter", "123", "A"]
-    rng = np.random.default_rng(1)
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    with open(path, "w") as f:
-        for _ in range(40):
-            f.write(json.dumps({"text": " ".join(rng.choice(words, size=200))}) + "\n")
+    write_corpus(path, seed=0, docs=40, words_per_doc=200)
     return path
 
 

@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from actstore.extract import ExtractConfig, extract, parse_layers
-from actstore.model import ResidualReader, load_model, pad
+from actstore.model import ResidualReader, load_config_and_tokenizer, load_model, pad
 from actstore.store import ActivationStore, IncompleteStoreError
+from actstore.vocab import build_vocab_task
 from test_store import tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,23 +66,20 @@ def test_store_holds_what_the_model_computes_row_by_row(reference, synth_model):
     assert store.spec.dtype == "float32" and store.spec.d_model == 64
     model = load_model(str(synth_model))
     reader = ResidualReader(model, [0, 1, 3])
-    from actstore.model import load_config_and_tokenizer
-    tokenizer = load_config_and_tokenizer(str(synth_model))[1]
+    task = build_vocab_task(load_config_and_tokenizer(str(synth_model))[1], seed=42, max_tokens=600)
     token_id, text, position = (store.column("vocab", c) for c in ("token_id", "text", "position"))
     for row in (0, 7, 255, 256, 599):  # vocabulary rows: the query token of each prompt, run alone
-        from actstore.vocab import build_vocab_task
-        task = build_vocab_task(tokenizer, seed=42, max_tokens=600)
         ids = task.input_ids[row]
         assert ids[position[row]] == token_id[row] and task.text[row] == text[row]
         alone = reader(pad([ids], 0)[0])
         for layer in (0, 1, 3):
             torch.testing.assert_close(store.read("vocab", layer, row, row + 1)[0], alone[layer][0, position[row]],
-                                       rtol=1e-5, atol=2e-5)  # fp32, batch of 8 vs 1 (see the padding test)
+                                       rtol=0, atol=1e-5)  # fp32, batch of 8 vs 1 (see the padding test)
     window = store.column("context", "token_id", 64 * 5, 64 * 6)  # context rows: window 5, every position
     assert (store.column("context", "doc", 64 * 5, 64 * 6) == 5).all()
     alone = reader(pad([window.tolist()], 0)[0])
     for layer in (0, 1, 3):
-        torch.testing.assert_close(store.read("context", layer, 320, 384), alone[layer][0], rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(store.read("context", layer, 320, 384), alone[layer][0], rtol=0, atol=1e-5)
     assert store.spec.extra["vocab_dropped"] == 0 and store.spec.extra["context_rows"] == 2048
 
 
