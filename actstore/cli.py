@@ -5,6 +5,8 @@
     actstore synth-model --out DIR [--layers N] [--seed S]       the synthetic world's model
     actstore probe STORE [--layers SPEC]                         ground-truth first-letter probes
     actstore saes list [--release R] [--layer L] [--width W]     the SAEs of a release (sae-lens catalog)
+    actstore synth-saes --store STORE --layer L --out DIR        synthetic SAEs with planted absorption
+    actstore score STORE --saes SPEC... --out RESULTS            absorption, splits, precision/recall per SAE
     actstore info STORE [--json]                                 what a store holds, complete or not, size
     actstore verify STORE                                        read every shard, check every checksum
     actstore demo --out DIR                                      the chain end to end on synthetic data
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from actstore.extract import ExtractConfig
+from actstore.runner import ScoreCommandConfig
+from actstore.synth_saes import SynthSAEConfig
 
 
 @dataclass
@@ -102,19 +106,33 @@ class SaesConfig:
     """print JSON instead of a table"""
 
 
+@dataclass(kw_only=True)
+class SynthSAEsCommandConfig(SynthSAEConfig):
+    """Write synthetic JumpReLU SAEs in Gemma Scope's params.npz layout, built against a store's probes, with
+    planted letter latents, splits and absorbing latents; the planted truth goes beside each as truth.json."""
+
+    positional: typing.ClassVar[set[str]] = set()  # `--store STORE`, as the other synth command reads
+    store: str
+    """path of the store (with probes: run `actstore probe` first)"""
+    layer: int
+    """the layer the SAEs read"""
+    out: str
+    """folder to write layer_L/width_W/absorption_F/params.npz into"""
+
+
 POSITIONAL = {"store", "action"}
 HIDDEN = {"worker_env"}  # fault injection for tests, not a CLI option
 
 
 def field_docs(cls) -> dict[str, str]:
-    """Field name -> the docstring written under it in the class body."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    """Field name -> the docstring written under it in the class body (or a dataclass base's)."""
     docs = {}
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
-            docs[node.target.id] = " ".join(following.value.value.split())
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, following in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
+                    and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+                docs[node.target.id] = " ".join(following.value.value.split())
     return docs
 
 
@@ -124,13 +142,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, config) -> None:
         if f.name in HIDDEN:
             continue
         kind = hints[f.name]
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # X | None -> X
+        optional = type(None) in typing.get_args(kind)
+        base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind  # X | None -> X
         flag = f"--{f.name.replace('_', '-')}"
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if f.name in POSITIONAL:
+        if f.name in getattr(config, "positional", POSITIONAL):
             parser.add_argument(f.name, help=docs[f.name])
         elif base is bool:
             parser.add_argument(flag, action="store_true", help=docs[f.name])
+        elif typing.get_origin(base) in (list, tuple):
+            item = typing.get_args(base)[0]
+            parser.add_argument(flag, type=item, nargs="+", required=required,
+                                default=None if required else list(f.default), help=docs[f.name])
         elif required:
             parser.add_argument(flag, type=base, required=True, help=docs[f.name])
         else:
@@ -224,6 +247,27 @@ def cmd_extract(cfg: ExtractConfig) -> int:
     return 0
 
 
+def cmd_synth_saes(cfg: SynthSAEsCommandConfig) -> int:
+    from actstore.synth_saes import write_synthetic_saes
+
+    base = SynthSAEConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SynthSAEConfig)})
+    for folder in write_synthetic_saes(cfg.store, cfg.layer, cfg.out, base):
+        truth = json.loads((folder / "truth.json").read_text())["summary"]
+        print(f"{folder}: planted absorption fraction {truth['absorption_fraction']:.3f}, full absorption "
+              f"{truth['full_absorption_rate']:.3f}, split features {truth['num_split_features']:.3f}")
+    return 0
+
+
+def cmd_score(cfg: ScoreCommandConfig) -> int:
+    from actstore.runner import run_score
+
+    summary = run_score(cfg, progress=sys.stderr.isatty())
+    print(f"{summary['out']}: {summary['scored']} SAEs scored, {summary['failed']} failed; computed "
+          f"{summary['computed']} of {summary['named']} in {summary['seconds']:.1f}s "
+          f"({summary['saes_per_minute']:.1f} SAEs/min)")
+    return 1 if summary["failed"] else 0
+
+
 def cmd_synth_model(cfg: SynthModelConfig) -> int:
     from actstore.synth import write_synthetic_model
 
@@ -237,6 +281,8 @@ COMMANDS = {
     "synth-model": (SynthModelConfig, cmd_synth_model),
     "probe": (ProbeCommandConfig, cmd_probe),
     "saes": (SaesConfig, cmd_saes),
+    "synth-saes": (SynthSAEsCommandConfig, cmd_synth_saes),
+    "score": (ScoreCommandConfig, cmd_score),
     "info": (InfoConfig, cmd_info),
     "verify": (VerifyConfig, cmd_verify),
     "demo": (DemoConfig, cmd_demo),

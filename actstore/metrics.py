@@ -4,8 +4,8 @@ Constants are SAEBench's defaults (the absorption eval of SAEBench, Karvonen et 
 "A is for Absorption", Chanin et al. 2024) and every function takes them as arguments. Shapes are
 written next to each argument; N is tokens (the true positives of one letter, for absorption).
 
-This module is the scorer's arithmetic. Scheduling, SAE loading and the probes that produce its inputs
-come with the scoring issue; each function here is tested against hand-computed cases.
+This module is the scorer's arithmetic (`actstore.scoring` feeds it); each function here is tested
+against hand-computed cases.
 """
 
 from __future__ import annotations
@@ -113,20 +113,23 @@ def absorption_terms(acts: torch.Tensor, cos: torch.Tensor, is_main: torch.Tenso
                      min_cos: float = ABSORPTION_MIN_COS, top_k: int = ABSORPTION_TOP_K) -> AbsorptionTerms:
     """The per-token sums the absorption rules need, from the SAE activations of candidate latents.
 
-    acts (N, m) SAE activations s_i (folded), cos (m,) cos(W_dec[i], p_c), is_main (m,) bool.
-    proj_i = s_i * cos_i. Latents absent from `acts` have s_i = 0, so they never add to T (proj_i > 0 is
-    required) and, since absorption needs proj_i > 0 somewhere, passing only latents with cos_i > 0 and
-    any activity loses nothing.
+    acts (N, m) SAE activations s_i (folded); cos cos(W_dec[i], p_c) and is_main (bool), each either (m,),
+    the same latents for every token, or (N, m), a different list of latents per token (the scorer passes each
+    token's active latents, padded with s = 0, cos = 0, is_main = False). proj_i = s_i * cos_i.
+    Latents absent from `acts` have s_i = 0: they never add to T (proj_i > 0 is required) nor to main, and a
+    main latent that is absent is off (s_i = 0 < eps), so passing only the active latents loses nothing.
     """
+    cos, is_main = cos.expand_as(acts), is_main.expand_as(acts)
     proj = acts * cos  # (N, m)
     main = (proj * is_main).sum(dim=1)
-    eligible = (~is_main) & (cos >= min_cos)  # (m,)
+    eligible = (~is_main) & (cos >= min_cos)  # (N, m)
     candidates = torch.where(eligible & (proj > 0), proj, torch.zeros_like(proj))
     k = min(top_k, proj.shape[1])
     top = candidates.topk(k, dim=1).values.sum(dim=1) if k else torch.zeros(proj.shape[0], dtype=proj.dtype)
-    best = proj.argmax(dim=1)
+    best = proj.argmax(dim=1, keepdim=True)  # (N, 1)
     main_acts = torch.where(is_main, acts, torch.full_like(acts, float("-inf")))
-    return AbsorptionTerms(main, top, proj.gather(1, best[:, None])[:, 0], cos[best], main_acts.max(dim=1).values)
+    return AbsorptionTerms(main, top, proj.gather(1, best)[:, 0], cos.gather(1, best)[:, 0],
+                           main_acts.max(dim=1).values)
 
 
 def absorption_fraction(act: torch.Tensor, main: torch.Tensor, top: torch.Tensor,

@@ -60,29 +60,46 @@ def pos_weights(labels: torch.Tensor, n_classes: int = 26) -> torch.Tensor:
     return torch.where(n_pos > 0, (len(labels) - n_pos) / n_pos.clamp(min=1), torch.ones_like(n_pos))
 
 
+def fit_one_vs_rest(params: list[torch.Tensor], logits, labels: torch.Tensor, cfg: ProbeConfig,
+                    extra_loss=None) -> list[float]:
+    """SAEBench's one-vs-rest training loop, shared by the ground-truth probe and the sparse L1 probe.
+
+    `logits(rows)` maps a (B,) tensor of row indices to (B, 26) logits; labels (N,) 0..25. Loss: BCEWithLogits
+    against one-hot targets with pos_weight = n_neg / n_pos per letter, plus `extra_loss()` when given; Adam
+    with cfg.weight_decay; batches of cfg.batch_size rows in a seeded random order; the learning rate decayed
+    exponentially from cfg.lr to cfg.end_lr over cfg.epochs. Returns the learning rate of each epoch.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    targets = torch.nn.functional.one_hot(labels, 26).float()
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weights(labels).to(targets.device))
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(cfg.end_lr / cfg.lr) ** (1 / cfg.epochs))
+    lrs = []
+    for _ in range(cfg.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        for batch in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
+            opt.zero_grad()
+            loss = loss_fn(logits(batch), targets[batch.to(targets.device)])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            loss.backward()
+            opt.step()
+        schedule.step()
+    return lrs
+
+
 def train_probe(x: torch.Tensor, labels: torch.Tensor, split: torch.Tensor, cfg: ProbeConfig = ProbeConfig()
                 ) -> tuple[Probe, list[float]]:
     """Train one layer's probe. x (N, d) activations, labels (N,) 0..25, split (N,) 0 train / 1 test.
 
     Returns the probe and the learning rate used in each epoch.
     """
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the Linear's initialization
     x, labels, split = x.float(), labels.long(), split.long()
     train = split == 0
-    xt, yt = x[train], torch.nn.functional.one_hot(labels[train], 26).float()
+    xt = x[train]
     probe = torch.nn.Linear(x.shape[1], 26)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weights(labels[train]))
-    opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(cfg.end_lr / cfg.lr) ** (1 / cfg.epochs))
-    lrs = []
-    for _ in range(cfg.epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        for batch in torch.randperm(len(xt), generator=gen).split(cfg.batch_size):
-            opt.zero_grad()
-            loss_fn(probe(xt[batch]), yt[batch]).backward()
-            opt.step()
-        schedule.step()
+    lrs = fit_one_vs_rest(list(probe.parameters()), lambda rows: probe(xt[rows]), labels[train], cfg)
     with torch.no_grad():
         fires = probe(x) > 0  # (N, 26)
     metrics = {}

@@ -12,6 +12,7 @@ wrong shapes, NaN or inf, a d_model that is not the store's) raises SAEError nam
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable
@@ -64,6 +65,21 @@ class SAEWeights:
     @property
     def d_model(self) -> int:
         return self.w_enc.shape[0]
+
+    def latents(self, lo: int, hi: int) -> SAEWeights:
+        """The SAE restricted to latents lo:hi (views, no copy). TopK has no meaning restricted (its k-th
+        largest is over the whole row), so for TopK only the whole range is allowed."""
+        return self if (lo, hi) == (0, self.width) else self._restricted(slice(lo, hi))
+
+    def select(self, latents: torch.Tensor) -> SAEWeights:
+        """The SAE restricted to the given latent ids (copies of those columns only)."""
+        return self._restricted(latents)
+
+    def _restricted(self, which) -> SAEWeights:
+        if self.architecture == "topk":
+            raise ValueError(f"SAE {self.id}: a TopK SAE encodes whole rows; it cannot be restricted to some latents")
+        return dataclasses.replace(self, w_enc=self.w_enc[:, which], b_enc=self.b_enc[which], w_dec=self.w_dec[which],
+                                   threshold=None if self.threshold is None else self.threshold[which])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d_model) -> (N, width) latent activations."""

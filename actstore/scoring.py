@@ -1,0 +1,363 @@
+"""Score one SAE on the first-letter task: the torch reference (CPU or GPU) of DESIGN.md's "Metrics".
+
+    score_sae(sae, layer_data, probe, ScoreConfig()) -> SAEScore (one row per evaluated letter + a summary)
+
+Steps, for one SAE reading one layer:
+1. fold: with n_i = |W_dec[i]|, latent i's activation is reported as s_i * n_i and its decoder as
+   W_dec[i] / n_i (reconstructions unchanged). The encoder runs on the weights as loaded, so firing decisions
+   are exactly the SAE's own, and no folded copy of W_enc is ever built (a 1M-latent W_enc is 9.7 GB);
+2. encode the vocabulary rows into sparse activations (`encode_sparse`: CSR rows of (latent, value)),
+   chunked over tokens and latents so memory stays at `token_chunk x latent_chunk` however wide the SAE;
+3. k-sparse probing: a 26-output L1 probe on the sparse train activations (`train_sparse_probe`); for each
+   letter and k = 1..max_k, a balanced logistic regression on the k latents with the largest signed L1
+   weight (`fit_balanced_logistic`), F1 on the test split; `metrics.choose_split_k` picks the main latents;
+4. single latent: the latent with the highest encoder cosine with p_c, fires when its activation > 0;
+5. absorption over the probe's true positives of letter c on the test split (`metrics.absorption_*`);
+6. in context: the single latent's and the main latents' precision and recall on alphabetic context tokens.
+
+Letters whose probe test F1 is below `min_probe_f1` are not evaluated; fewer than `min_letters` evaluated
+letters raise NotScorable (the runner writes a row saying so). Formulas live in `actstore.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from actstore import metrics
+from actstore.metrics import precision_recall_f1
+from actstore.probes import LETTERS, Probe, ProbeConfig, fit_one_vs_rest
+from actstore.saes import SAEWeights
+
+
+class NotScorable(ValueError):
+    """This SAE (or its layer) cannot be scored; the message says why. Other SAEs are unaffected."""
+
+
+@dataclass
+class ScoreConfig:
+    """Scoring constants; defaults are SAEBench's absorption eval."""
+
+    sparse_probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(batch_size=4096, weight_decay=1e-6))
+    """the L1 probe's training recipe (SAEBench: batch 4096, weight decay 1e-6, lr 1e-2 to 1e-5, 50 epochs)"""
+    l1: float = 1e-2
+    """L1 coefficient: times the mean over letters of the summed absolute weights"""
+    max_k: int = metrics.SPLIT_MAX_K
+    """largest k tried in k-sparse probing"""
+    split_min_f1_gain: float = metrics.SPLIT_MIN_F1_GAIN
+    """keep k + 1 latents only if test F1 improves by more than this"""
+    min_probe_f1: float = 0.6
+    """letters whose ground-truth probe has a lower test F1 are not evaluated"""
+    min_letters: int = 2
+    """an SAE with fewer evaluated letters is not scored (its standard deviations need two)"""
+    token_chunk: int = 4096
+    """rows encoded at once"""
+    latent_chunk: int = 16384
+    """latents encoded at once; token_chunk x latent_chunk fp32 values is the encoder's working memory"""
+    device: str = "cpu"
+
+
+class SparseActs(NamedTuple):
+    """Sparse SAE activations in CSR form: row r's active latents are index[offsets[r]:offsets[r + 1]]."""
+
+    offsets: torch.Tensor
+    """(N + 1,) int64"""
+    index: torch.Tensor
+    """(nnz,) int64 latent ids, increasing within a row"""
+    value: torch.Tensor
+    """(nnz,) float32 folded activations (> 0 for JumpReLU and ReLU)"""
+    width: int
+
+    @property
+    def l0(self) -> torch.Tensor:
+        """(N,) active latents per row."""
+        return self.offsets.diff()
+
+    def rows(self, rows: torch.Tensor) -> SparseActs:
+        """The given rows (an index tensor or a bool mask), in that order."""
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero()[:, 0]
+        rows = rows.to(self.offsets.device)
+        starts, counts = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.int64, device=rows.device)
+        offsets[1:] = counts.cumsum(0)
+        # entry j of the new CSR comes from starts[row of j] + (j - offsets[row of j])
+        owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
+        take = starts[owner] + torch.arange(int(offsets[-1]), device=rows.device) - offsets[owner]
+        return SparseActs(offsets, self.index[take], self.value[take], self.width)
+
+    def dense_columns(self, latents: torch.Tensor) -> torch.Tensor:
+        """(N, len(latents)) activations of the given latents (distinct ids)."""
+        column = torch.full((self.width,), -1, dtype=torch.int64, device=self.index.device)
+        column[latents] = torch.arange(len(latents), device=self.index.device)
+        out = torch.zeros(len(self.offsets) - 1, len(latents), device=self.value.device)
+        hit = column[self.index] >= 0
+        owner = torch.repeat_interleave(torch.arange(len(self.offsets) - 1, device=self.index.device), self.l0)
+        out[owner[hit], column[self.index[hit]]] = self.value[hit]
+        return out
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row's entries padded to the longest row (at least 1): index, value (0 where padding) and a
+        validity mask, each (N, L)."""
+        n, width = len(self.offsets) - 1, max(1, int(self.l0.max())) if len(self.offsets) > 1 else 1
+        slot = torch.arange(len(self.index), device=self.index.device)
+        owner = torch.repeat_interleave(torch.arange(n, device=self.index.device), self.l0)
+        slot = slot - self.offsets[owner]
+        index = torch.zeros(n, width, dtype=torch.int64, device=self.index.device)
+        value = torch.zeros(n, width, device=self.value.device)
+        valid = torch.zeros(n, width, dtype=torch.bool, device=self.index.device)
+        index[owner, slot], value[owner, slot], valid[owner, slot] = self.index, self.value, True
+        return index, value, valid
+
+
+def decoder_scale(sae: SAEWeights) -> torch.Tensor:
+    """(m,) decoder row norms, 1 where a row is zero (nothing to fold)."""
+    norms = sae.w_dec.float().norm(dim=1)
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def encode_sparse(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, token_chunk: int = 4096,
+                  latent_chunk: int = 16384, progress=None) -> SparseActs:
+    """Sparse folded activations of rows x (N, d): the scorer's encoder (and the fused kernel's oracle).
+
+    Elementwise architectures (JumpReLU, ReLU) are encoded in tiles of token_chunk x latent_chunk; TopK needs
+    a whole row of pre-activations, so its token chunk shrinks to keep the same number of values.
+    scale (m,): the decoder norms multiplied into the values (`decoder_scale`).
+    """
+    m, device = sae.width, sae.w_enc.device
+    whole_rows = sae.architecture == "topk"
+    if whole_rows:
+        token_chunk, latent_chunk = max(1, token_chunk * latent_chunk // m), m
+    rows, cols, vals = [], [], []
+    for start in range(0, len(x), token_chunk):
+        xb = x[start:start + token_chunk].to(device=device, dtype=sae.w_enc.dtype)  # (n, d)
+        for lo in range(0, m, latent_chunk):
+            acts = sae.latents(lo, min(m, lo + latent_chunk)).encode(xb)  # (n, chunk)
+            r, c = acts.nonzero(as_tuple=True)
+            rows.append(r + start)
+            cols.append(c + lo)
+            vals.append(acts[r, c].float() * scale[c + lo])
+        if progress is not None:
+            progress(len(xb))
+    row, col, val = (torch.cat(t) if t else torch.zeros(0, device=device) for t in (rows, cols, vals))
+    order = torch.argsort(row.long() * m + col.long())
+    counts = torch.bincount(row.long(), minlength=len(x))
+    offsets = torch.zeros(len(x) + 1, dtype=torch.int64, device=device)
+    offsets[1:] = counts.cumsum(0)
+    return SparseActs(offsets, col.long()[order], val.float()[order], m)
+
+
+def train_sparse_probe(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
+    """SAEBench's L1 probe on sparse activations: one-vs-rest BCE with pos_weight (the ground-truth probe's
+    loop, `fit_one_vs_rest`) plus cfg.l1 * mean over letters of sum_i |w_ci|, trained on rows of `acts`.
+
+    The logits of a batch are an embedding bag (sum of value * weight row over each row's active latents),
+    so the cost is the number of active entries, not rows x width. Returns the weight, (m, 26).
+    Initialization is torch.nn.Linear's: uniform in +-1/sqrt(m), seeded.
+    """
+    m, device = acts.width, acts.value.device
+    gen = torch.Generator().manual_seed(cfg.sparse_probe.seed)
+    bound = 1 / math.sqrt(m)
+    weight = ((torch.rand(m, 26, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()  # (m, 26)
+    bias = ((torch.rand(26, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()
+
+    def logits(rows: torch.Tensor) -> torch.Tensor:
+        batch = acts.rows(rows)
+        out = torch.nn.functional.embedding_bag(batch.index, weight, batch.offsets[:-1], mode="sum",
+                                                per_sample_weights=batch.value)  # (B, 26)
+        return out + bias
+
+    fit_one_vs_rest([weight, bias], logits, labels.to(device), cfg.sparse_probe,
+                    extra_loss=lambda: cfg.l1 * weight.abs().sum(dim=0).mean())
+    return weight.detach()
+
+
+def fit_balanced_logistic(x: torch.Tensor, y: torch.Tensor, c: float = 1.0, max_iter: int = 500
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary logistic regression with balanced class weights, as scikit-learn's
+    `LogisticRegression(class_weight="balanced", C=c)` (SAEBench's k-sparse probe):
+
+        minimize 0.5 |w|^2 + c * sum_i s_i * log(1 + exp(-t_i (x_i . w + b))),  t_i = +-1,
+        s_i = N / (2 * count of row i's class); the intercept b is not penalized.
+
+    Solved with L-BFGS in float64. x (N, k), y (N,) bool -> w (k,), b ().
+    """
+    x, t = x.double(), y.double() * 2 - 1
+    counts = torch.stack([(~y).sum(), y.sum()]).double()
+    s = len(y) / (2 * counts.clamp(min=1))[y.long()]
+    params = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([params], max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        margin = t * (x @ params[:-1] + params[-1])
+        loss = 0.5 * params[:-1].square().sum() + c * (s * torch.nn.functional.softplus(-margin)).sum()
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    return params[:-1].detach(), params[-1].detach()
+
+
+@dataclass
+class LayerData:
+    """One layer's rows of a store, as the scorer needs them."""
+
+    x: torch.Tensor
+    """(N, d) vocabulary-task activations"""
+    labels: torch.Tensor
+    """(N,) 0..25"""
+    split: torch.Tensor
+    """(N,) 0 train, 1 test"""
+    context_x: torch.Tensor | None = None
+    """(M, d) natural-text activations, or None when the store has no contexts"""
+    context_labels: torch.Tensor | None = None
+    """(M,) 0..25 for alphabetic tokens, -1 elsewhere"""
+
+
+class SAEScore(NamedTuple):
+    letters: list[dict]
+    """One row per evaluated letter."""
+    summary: dict
+    """The SAE's row: means and standard deviations over evaluated letters."""
+
+
+def latent_cosines(sae: SAEWeights, directions: torch.Tensor, scale: torch.Tensor, chunk: int = 65536
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(W_dec[i], p_c) and cos(W_enc[:, i], p_c), each (m, 26), computed a block of latents at a time."""
+    p = directions.to(device=sae.w_enc.device, dtype=torch.float32)  # (26, d)
+    dec, enc = [], []
+    for lo in range(0, sae.width, chunk):
+        hi = min(sae.width, lo + chunk)
+        dec.append((sae.w_dec[lo:hi].float() @ p.T) / scale[lo:hi, None])
+        w = sae.w_enc[:, lo:hi].float()  # (d, chunk)
+        enc.append((p @ w).T / w.norm(dim=0).clamp(min=1e-30)[:, None])
+    return torch.cat(dec), torch.cat(enc)
+
+
+def _dense_latents(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, latents: torch.Tensor,
+                   cfg: ScoreConfig) -> torch.Tensor:
+    """(N, len(latents)) folded activations of a few latents: direct for elementwise encoders, through the
+    whole row for TopK."""
+    if sae.architecture == "topk":
+        return encode_sparse(x, sae, scale, cfg.token_chunk, cfg.latent_chunk).dense_columns(latents)
+    picked = sae.select(latents)
+    out = [picked.encode(x[s:s + cfg.token_chunk].to(sae.w_enc.device, sae.w_enc.dtype)).float()
+           for s in range(0, len(x), cfg.token_chunk)]
+    return torch.cat(out) * scale[latents]
+
+
+def _k_sparse(dense: torch.Tensor, candidates: list[int], column: dict[int, int], truth: torch.Tensor,
+              train: torch.Tensor, cfg: ScoreConfig) -> tuple[list[float], int]:
+    """F1 on the test split of the balanced probe on the top-k candidates, k = 1, 2, ... until
+    `choose_split_k` stops; returns the F1s computed and the kept k."""
+    f1s: list[float] = []
+    for k in range(1, len(candidates) + 1):
+        feats = dense[:, [column[i] for i in candidates[:k]]]  # (N, k)
+        w, b = fit_balanced_logistic(feats[train], truth[train])
+        fires = (feats[~train].double() @ w + b) > 0
+        f1s.append(precision_recall_f1(fires, truth[~train]).f1)
+        kept = metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
+        if kept < k:
+            return f1s, kept
+    return f1s, metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig = ScoreConfig(),
+              progress=None) -> SAEScore:
+    """Every metric of one SAE against one layer's probe. `progress(rows)` is called as rows are encoded."""
+    letters = probe.evaluated_letters(cfg.min_probe_f1)
+    if len(letters) < cfg.min_letters:
+        raise NotScorable(f"only {len(letters)} letters have a probe test F1 >= {cfg.min_probe_f1} at layer "
+                          f"{sae.layer} (needs {cfg.min_letters}); nothing to measure this SAE against")
+    device = sae.w_enc.device
+    x, labels, split = data.x, data.labels.to(device).long(), data.split.to(device).long()
+    train = split == 0
+    directions = probe.directions()  # (26, d)
+    scale = decoder_scale(sae)
+    dec_cos, enc_cos = latent_cosines(sae, directions, scale)  # (m, 26) each
+
+    acts = encode_sparse(x, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress)
+    l1_weight = train_sparse_probe(acts.rows(train), labels[train], cfg)  # (m, 26)
+    k = min(cfg.max_k, sae.width)
+    candidates = l1_weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first
+    singles = enc_cos.argmax(dim=0).tolist()  # (26,)
+    wanted = sorted({i for c in letters for i in candidates[c]} | {singles[c] for c in letters})
+    column = {latent: j for j, latent in enumerate(wanted)}
+    dense = acts.dense_columns(torch.tensor(wanted, device=device))  # (N, U)
+
+    with torch.no_grad():
+        probe_fires = (x.float() @ probe.weight.T.float() + probe.bias.float()).to(device) > 0  # (N, 26)
+        act_all = (x.float() @ directions.T.float()).to(device)  # (N, 26) a . p_c
+    rows, mains = [], {}
+    for c in letters:
+        truth = labels == c
+        f1s, kept = _k_sparse(dense, candidates[c], column, truth, train, cfg)
+        main = candidates[c][:kept]
+        mains[c] = main
+        single = singles[c]
+        single_prf = precision_recall_f1(dense[~train, column[single]] > 0, truth[~train])
+
+        tp = (~train) & truth & probe_fires[:, c]  # the probe's true positives on the test split
+        index, value, valid = acts.rows(tp).padded()  # (R, L)
+        cos = torch.where(valid, dec_cos[index, c], torch.zeros_like(value))
+        is_main = torch.isin(index, torch.tensor(main, device=device)) & valid
+        terms = metrics.absorption_terms(value, cos, is_main)
+        act = act_all[tp, c]
+        fraction = metrics.absorption_fraction(act, terms.main, terms.top)
+        full = metrics.full_absorption(act, terms.main_max_act, terms.top_proj, terms.top_cos)
+        n_tp = int(tp.sum())
+        rows.append({
+            "letter": LETTERS[c], "probe_test_f1": float(probe.metrics["test"]["f1"][c]),
+            "num_probe_true_positives": n_tp,
+            "mean_absorption_fraction": float(fraction.mean()) if n_tp else 0.0,
+            "full_absorption_rate": float(full.float().mean()) if n_tp else 0.0,
+            "num_full_absorption": int(full.sum()),
+            "num_split_features": kept, "split_latents": main, "k_sparse_f1": f1s,
+            "split_cos_dec": [float(dec_cos[i, c]) for i in main],
+            "single_latent": single, "single_latent_enc_cos": float(enc_cos[single, c]),
+            "single_precision": single_prf.precision, "single_recall": single_prf.recall,
+            "single_f1": single_prf.f1,
+        })
+    if data.context_x is not None and len(data.context_x):
+        _in_context(rows, letters, mains, singles, sae, scale, data, cfg)
+    return SAEScore(rows, _summary(rows, acts))
+
+
+def _in_context(rows: list[dict], letters: list[int], mains: dict[int, list[int]], singles: list[int],
+                sae: SAEWeights, scale: torch.Tensor, data: LayerData, cfg: ScoreConfig) -> None:
+    """Adds each letter's single-latent and main-latent precision/recall on alphabetic context tokens."""
+    alpha = data.context_labels >= 0
+    x, labels = data.context_x[alpha], data.context_labels[alpha].to(sae.w_enc.device).long()
+    wanted = sorted({singles[c] for c in letters} | {i for c in letters for i in mains[c]})
+    column = {latent: j for j, latent in enumerate(wanted)}
+    dense = _dense_latents(x, sae, scale, torch.tensor(wanted, device=sae.w_enc.device), cfg)  # (M', U)
+    for row, c in zip(rows, letters):
+        truth = labels == c
+        single = precision_recall_f1(dense[:, column[singles[c]]] > 0, truth)
+        main = precision_recall_f1((dense[:, [column[i] for i in mains[c]]] > 0).any(dim=1), truth)
+        row.update(context_tokens=len(labels), context_positives=int(truth.sum()),
+                   context_single_precision=single.precision, context_single_recall=single.recall,
+                   context_main_precision=main.precision, context_main_recall=main.recall)
+
+
+def _summary(rows: list[dict], acts: SparseActs) -> dict:
+    summary = {"status": "ok", "reason": "", "letters_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean())}
+    for key, name in (("mean_absorption_fraction", "absorption_fraction"), ("full_absorption_rate", "full_absorption"),
+                      ("num_split_features", "num_split_features"), ("single_f1", "single_f1"),
+                      ("single_precision", "single_precision"), ("single_recall", "single_recall")):
+        summary[f"mean_{name}"], summary[f"std_{name}"] = _mean_std([float(r[key]) for r in rows])
+    for key in ("context_single_precision", "context_single_recall", "context_main_precision",
+                "context_main_recall"):
+        if rows and key in rows[0]:
+            summary[f"mean_{key}"] = statistics.fmean(r[key] for r in rows)
+    return summary
