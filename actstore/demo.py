@@ -6,9 +6,14 @@
    demo resumes a killed run, or finds the store complete and computes nothing);
 4. verify every shard and checksum;
 5. probe: train the ground-truth probe of every layer (SAEBench's recipe) and save it in the store; on
-   layer 0 it must find the planted letters (mean test F1 >= 0.9).
+   layer 0 it must find the planted letters (mean test F1 >= 0.9);
+6. synth-saes: four SAEs on layer 0 with planted absorption 0%, 10%, 30%, 50% of each letter's true
+   positives, and two letters split into 2 and 3 latents (truth.json beside each);
+7. score them (`actstore score`, results in DIR/results) and print planted against measured values: every
+   evaluated letter's absorption fraction, full-absorption rate, number of split features and (unsplit
+   letters) single-latent F1, and their means, within `synth_saes.TOLERANCE`.
 
-Later issues add synthetic SAEs and scoring to this same command. Exit status 1 if a check fails.
+Exit status 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -66,7 +71,49 @@ def run_demo(out: str, seed: int = 0) -> int:
           + ", ".join(f"{layer}: {value:.3f}" for layer, value in f1.items())
           + f" (layer 0 needs >= {MIN_PROBE_F1})")
     f1 = f1[0]
+
+    from actstore.runner import ScoreCommandConfig, run_score
+    from actstore.synth_saes import SynthSAEConfig, compare_with_truth, write_synthetic_saes
+
+    folders = write_synthetic_saes(str(store_path), 0, out_dir / "saes", SynthSAEConfig(seed=seed))
+    print(f"5. wrote {len(folders)} synthetic SAEs (layer 0, planted absorption 0/10/30/50%, splits into 2 and 3) "
+          f"to {out_dir / 'saes'}")
+    summary = run_score(ScoreCommandConfig(store=str(store_path), saes=[str(out_dir / "saes")],
+                                           out=str(out_dir / "results"), device="cpu"), progress=True,
+                        log=lambda line: print("   " + line))
+    print(f"6. scored: {summary['scored']} SAEs ({summary['computed']} computed now) in {summary['seconds']:.1f}s")
+    ok = print_truth_table(folders, out_dir / "results") and summary["failed"] == 0
+
     info = store.info()
     print(f"store: {info['groups']}, {info['bytes_on_disk'] / 1e6:.1f} MB; demo took {time.perf_counter() - t0:.1f}s")
-    print("next: SAE sources and absorption scoring (later issues extend this demo)")
-    return 0 if not problems and f1 >= MIN_PROBE_F1 else 1
+    return 0 if not problems and f1 >= MIN_PROBE_F1 and ok else 1
+
+
+def print_truth_table(folders: list[Path], results: Path) -> bool:
+    """Planted against measured for each synthetic SAE; True when every value is within tolerance."""
+    import pyarrow.parquet as pq
+
+    from actstore.synth_saes import TOLERANCE, compare_with_truth
+
+    letters = pq.read_table(results / "letters.parquet").to_pylist()
+    metrics = list(TOLERANCE)
+    print(f"   {'planted / measured':16s} " + " ".join(f"{m:>26s}" for m in metrics))
+    all_ok, misses = True, []
+    for folder in folders:
+        truth = json.loads((folder / "truth.json").read_text())
+        rows = [r for r in letters if r["sae_key"] == str(folder.resolve())]
+        checks = compare_with_truth(truth, rows)
+        means = {c["metric"]: c for c in checks if c["scope"] == "mean"}
+        cells = [f"{means[m]['planted']:.4f} / {means[m]['measured']:.4f} {'ok' if means[m]['ok'] else 'MISS':>4s}"
+                 for m in metrics]
+        print(f"   {folder.name:16s} " + " ".join(f"{c:>26s}" for c in cells))
+        splits = [c for c in checks if c["metric"] == "num_split_features" and c["scope"] != "mean" and c["planted"] > 1]
+        print(f"   {'':16s} split letters: " + ", ".join(f"{c['scope']} {c['planted']:.0f} / {c['measured']:.0f}"
+                                                   for c in splits)
+              + f"; letters checked: {sum(c['metric'] == 'absorption_fraction' and c['scope'] != 'mean' for c in checks)}")
+        misses += [(folder.name, c) for c in checks if not c["ok"]]
+        all_ok &= all(c["ok"] for c in checks)
+    for name, c in misses:
+        print(f"   MISS {name} letter {c['scope']} {c['metric']}: planted {c['planted']:.4f}, measured {c['measured']:.4f}")
+    print(f"7. planted vs measured, per letter and mean, tolerances {TOLERANCE}: {'all within' if all_ok else 'MISSED'}")
+    return all_ok

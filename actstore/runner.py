@@ -15,8 +15,9 @@ RESULTS:
     letters.parquet                         one row per (SAE, evaluated letter)
     saebench/<release>_<id>_eval_results.json   SAEBench's absorption output format, one per scored SAE
 
-A rerun skips every SAE with a finished part and retries failed ones; the tables are rebuilt from the
-parts, so a run killed at any point loses at most the SAE it was computing.
+A rerun skips every SAE with a finished part (for a local file: the same size and modification time) and
+retries failed ones; the tables are rebuilt from the parts, so a run killed at any point loses at most the
+SAE it was computing.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class SAESource:
     load: Callable[[int | None, str], SAEWeights] = field(repr=False)
     """(d_model, device) -> weights; raises SAEError for a bad file"""
     layer: int | None = None
+    fingerprint: str = ""
+    """size and modification time of a local file: a rewritten SAE is scored again"""
+
+
+def fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
@@ -87,7 +95,7 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
         elif path.is_dir() and (path / "cfg.json").exists():
             out.append(SAESource(str(path.resolve()), path.resolve().parent.name, path.name,
                                  lambda d_model, device, p=path: _checked(saes.load_sae_lens_dir(p, device=device), d_model),
-                                 layer))
+                                 layer, fingerprint(path / "cfg.json")))
             continue
         elif path.is_dir():
             found, root = saes.local_saes(path), path
@@ -117,7 +125,7 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
             out.append(SAESource(str(npz.parent.resolve()), root.resolve().name, sae_id,
                                  lambda d_model, device, npz=npz, sae_id=sae_id, lay=id_layer, l0=l0:
                                  saes.load_params_npz(npz, sae_id, lay, l0, d_model, device=device),
-                                 id_layer if id_layer is not None else layer))
+                                 id_layer if id_layer is not None else layer, fingerprint(npz)))
     keys = [s.key for s in out]
     return [s for i, s in enumerate(out) if s.key not in keys[:i]]  # the same SAE named twice: once
 
@@ -222,8 +230,8 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     for part in (out / "parts").glob("*.json"):
         record = json.loads(part.read_text())
         if record["summary"]["status"] == "ok":
-            done.add(record["sae_key"])
-    todo = [s for s in sources if s.key not in done]
+            done.add((record["sae_key"], record.get("fingerprint", "")))
+    todo = [s for s in sources if (s.key, s.fingerprint) not in done]
     todo.sort(key=lambda s: (s.layer is None, s.layer or 0))  # one layer's rows are loaded once
     log(f"{len(sources)} SAEs named, {len(sources) - len(todo)} already in {out}, {len(todo)} to score on {device}")
     layer_cache: dict[int, LayerData] = {}
@@ -231,7 +239,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     for source in bar:
         t = time.perf_counter()
         record = {"sae_key": source.key, "release": source.release, "sae_id": source.name, "layer": source.layer,
-                  "width": None, "letters": []}
+                  "width": None, "fingerprint": source.fingerprint, "letters": []}
         try:
             sae = source.load(store.spec.d_model, device)
             layer = sae.layer if sae.layer is not None else source.layer if source.layer is not None else cfg.layer

@@ -1,11 +1,13 @@
-"""Shared fixtures: the synthetic world's model and corpus, and one Ray instance for the whole run
-(ray.init costs about 3 s and 0.75 GiB, so tests share it)."""
+"""Shared fixtures: the synthetic world's model and corpus, a planted store with synthetic SAEs, and one
+Ray instance for the whole run (ray.init costs about 3 s and 0.75 GiB, so tests share it)."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +25,43 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     write_corpus(path, seed=0, docs=40, words_per_doc=200)
     return path
+
+
+@pytest.fixture(scope="session")
+def planted_store(tmp_path_factory):
+    """A store of a planted world without a model: each row is 3 x its letter's direction plus noise
+    (d 64), a context group of the same kind, and trained ground-truth probes."""
+    from actstore.probes import probe_store
+    from actstore.store import ActivationStore, StoreSpec
+
+    path = tmp_path_factory.mktemp("planted") / "s.zarr"
+    gen = torch.Generator().manual_seed(0)
+    d, n, m = 64, 2080, 3000
+    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=gen), dim=1)
+    labels = torch.arange(n) % 26
+    x = 3 * directions[labels] + 0.5 * torch.randn(n, d, generator=gen)
+    split = (torch.rand(n, generator=gen) < 0.2).long()
+    ctx_labels = torch.randint(-1, 26, (m,), generator=gen)
+    ctx = torch.where(ctx_labels[:, None] >= 0, 3 * directions[ctx_labels.clamp(min=0)], 0) + 0.5 * torch.randn(m, d, generator=gen)
+    store = ActivationStore.create(path, StoreSpec(model="planted", d_model=d, layers=[0], dtype="float32",
+                                                   shard_rows=1024, chunk_rows=256))
+    store.add_group("vocab", rows=n)
+    store.write("vocab", 0, {0: x, "label": labels.numpy(), "split": split.numpy(), "token_id": np.arange(n),
+                             "position": np.zeros(n, int), "text": np.array(["w"] * n)})
+    store.add_group("context", rows=m)
+    store.write("context", 0, {0: ctx, "label": ctx_labels.numpy(), "token_id": np.arange(m), "doc": np.zeros(m, int),
+                               "pos": np.arange(m)})
+    store.close()
+    probe_store(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def planted_saes(planted_store, tmp_path_factory):
+    from actstore.synth_saes import SynthSAEConfig, write_synthetic_saes
+
+    out = tmp_path_factory.mktemp("saes")
+    return write_synthetic_saes(str(planted_store), 0, out, SynthSAEConfig(absorption=(0.0, 0.3, 0.5), width=1500))
 
 
 @pytest.fixture(scope="session")

@@ -82,8 +82,11 @@ def test_demo_runs_checks_itself_and_resumes(capsys, tmp_path, ray_session):
     assert "checksum: ok" in out and "ground-truth probes saved in the store" in out
     layer0 = float(out.split("mean test F1 by layer: 0: ")[1].split(",")[0])
     assert layer0 >= 0.9
+    assert "6. scored: 4 SAEs (4 computed now)" in out and "planted vs measured" in out and "all within" in out
+    assert out.count("split letters: ") == 4 and "MISS" not in out
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
     assert code == 0 and "computed 0 rows" in out and "(resumed)" in out
+    assert "4 already in" in out and "all within" in out
 
 
 def test_readme_names_only_commands_that_exist():

@@ -1,0 +1,137 @@
+"""`actstore score`: tables, SAEBench JSON, per-SAE failures, and resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from actstore.cli import main
+from actstore.runner import ScoreCommandConfig, resolve_saes, run_score
+
+VOLATILE = {"seconds"}  # what may differ between two runs of the same SAE
+
+
+def rows(path):
+    return sorted((({k: v for k, v in r.items() if k not in VOLATILE}) for r in pq.read_table(path).to_pylist()),
+                  key=lambda r: (r["sae_id"], r.get("letter", "")))
+
+
+@pytest.fixture(scope="module")
+def suite(planted_saes, tmp_path_factory):
+    """The planted SAEs plus a corrupt file, a file with NaN, and one of another model's width."""
+    root = tmp_path_factory.mktemp("suite")
+    for folder in planted_saes:
+        shutil.copytree(folder, root / folder.relative_to(folder.parents[2]))
+    bad = root / "layer_0" / "bad"
+    (bad / "garbage").mkdir(parents=True)
+    (bad / "garbage" / "params.npz").write_bytes(b"not a zip file")
+    with np.load(planted_saes[0] / "params.npz") as p:
+        arrays = dict(p)
+    arrays["threshold"][5] = np.nan
+    (bad / "nan").mkdir()
+    np.savez(bad / "nan" / "params.npz", **arrays)
+    (bad / "wide").mkdir()
+    np.savez(bad / "wide" / "params.npz", W_enc=np.zeros((128, 8), np.float32), W_dec=np.zeros((8, 128), np.float32),
+             b_enc=np.zeros(8, np.float32), b_dec=np.zeros(128, np.float32), threshold=np.zeros(8, np.float32))
+    return root
+
+
+def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main(["score", str(planted_store), "--saes", str(suite), str(suite / "missing.npz"), "--out", str(out)])
+    assert code == 1  # some SAEs failed; the others are scored
+    saes = {r["sae_id"]: r for r in pq.read_table(out / "saes.parquet").to_pylist()}
+    assert len(saes) == 7
+    assert {k for k, r in saes.items() if r["status"] == "ok"} == {f"layer_0/width_1500/absorption_{p}" for p in ("00", "30", "50")}
+    assert "cannot read" in saes["layer_0/bad/garbage"]["reason"]
+    assert "NaN or inf in ['threshold']" in saes["layer_0/bad/nan"]["reason"]
+    assert "reads d_model 128, the store holds d_model 64" in saes["layer_0/bad/wide"]["reason"]
+    assert "missing.npz: no such file or folder" in saes["missing.npz"]["reason"]
+    assert "3 SAEs scored, 4 failed" in capsys.readouterr().out
+
+    letters = pq.read_table(out / "letters.parquet").to_pylist()
+    truth = json.loads((suite / "layer_0/width_1500/absorption_30/truth.json").read_text())
+    mine = [r for r in letters if r["sae_id"] == "layer_0/width_1500/absorption_30"]
+    assert [r["letter"] for r in mine] == truth["evaluated_letters"]
+    summary = saes["layer_0/width_1500/absorption_30"]
+    assert summary["mean_absorption_fraction"] == pytest.approx(np.mean([r["mean_absorption_fraction"] for r in mine]))
+    assert summary["mean_absorption_fraction"] == pytest.approx(truth["summary"]["absorption_fraction"], abs=1e-6)
+
+    report = json.loads((out / "saebench" / f"{suite.name}_layer_0_width_1500_absorption_30_eval_results.json").read_text())
+    assert report["eval_type_id"] == "absorption_first_letter"
+    mean = report["eval_result_metrics"]["mean"]
+    assert set(mean) == {"mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features",
+                         "std_dev_absorption_fraction_score", "std_dev_full_absorption_score",
+                         "std_dev_num_split_features"}
+    assert mean["mean_absorption_fraction_score"] == summary["mean_absorption_fraction"]
+    assert mean["std_dev_num_split_features"] == pytest.approx(np.std([r["num_split_features"] for r in mine], ddof=1))
+    detail = report["eval_result_details"][0]
+    assert set(detail) == {"first_letter", "mean_absorption_fraction", "full_absorption_rate", "num_full_absorption",
+                           "num_probe_true_positives", "num_split_features"}
+    assert report["sae_lens_id"] == "layer_0/width_1500/absorption_30" and report["sae_cfg_dict"]["d_sae"] == 1500
+
+
+def test_a_killed_score_resumes_with_identical_results(planted_store, planted_saes, tmp_path):
+    root = planted_saes[0].parents[2]
+    reference = tmp_path / "reference"
+    run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(reference)), log=lambda _: None)
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(root), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "parts").glob("*.json")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list((out / "parts").glob("*.json")))
+    assert 1 <= finished < 3, "the kill should land after the first SAE and before the last"
+    assert not (out / "saes.parquet").exists()  # the tables are written at the end
+
+    summary = run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(out)), log=lambda _: None)
+    assert (summary["computed"], summary["scored"]) == (3 - finished, 3)
+    assert rows(out / "saes.parquet") == rows(reference / "saes.parquet")
+    assert rows(out / "letters.parquet") == rows(reference / "letters.parquet")
+
+    again = run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(out)), log=lambda _: None)
+    assert again["computed"] == 0  # everything is there: nothing recomputed
+    params = planted_saes[1] / "params.npz"
+    os.utime(params, ns=(time.time_ns(), time.time_ns()))  # a rewritten SAE file is scored again
+    assert run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(out)), log=lambda _: None)["computed"] == 1
+
+
+def test_spec_forms(planted_saes, tmp_path):
+    root = planted_saes[0].parents[2]
+    found = resolve_saes([str(root), str(planted_saes[0] / "params.npz")])
+    assert [s.name for s in found] == [f"layer_0/width_1500/absorption_{p}" for p in ("00", "30", "50")]
+    assert all(s.layer == 0 for s in found)  # the same file named twice is scored once
+    catalog = resolve_saes(["gemma-scope-2b-pt-res/layer_12/width_16k"])
+    assert len(catalog) == 5 and all(s.layer == 12 and s.key.startswith("gemma-scope-2b-pt-res/layer_12/width_16k/")
+                                     for s in catalog)
+
+
+def test_the_demo_table_fails_on_a_value_off_by_more_than_its_tolerance(planted_store, planted_saes, tmp_path, capsys):
+    from actstore.demo import print_truth_table
+
+    root = tmp_path / "saes"
+    shutil.copytree(planted_saes[0].parents[2], root)
+    folders = sorted((root / "layer_0" / "width_1500").iterdir())
+    run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(tmp_path / "out")), log=lambda _: None)
+    assert print_truth_table(folders, tmp_path / "out")
+    truth = json.loads((folders[1] / "truth.json").read_text())
+    letter = truth["evaluated_letters"][0]
+    truth["letters"][letter]["absorption_fraction"] += 0.021  # just outside the 0.02 tolerance
+    (folders[1] / "truth.json").write_text(json.dumps(truth))
+    capsys.readouterr()
+    assert not print_truth_table(folders, tmp_path / "out")
+    out = capsys.readouterr().out
+    assert f"MISS absorption_30 letter {letter} absorption_fraction" in out and "MISSED" in out

@@ -1,0 +1,182 @@
+"""The scorer: sparse encoding against dense encoding, the L1 probe against a dense twin, the balanced
+logistic regression against scikit-learn, and planted-truth recovery on synthetic SAEs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from actstore import metrics
+from actstore.probes import ProbeConfig, fit_one_vs_rest
+from actstore.saes import SAEWeights, load_params_npz
+from actstore.scoring import (LayerData, NotScorable, ScoreConfig, SparseActs, decoder_scale, encode_sparse,
+                              fit_balanced_logistic, score_sae, train_sparse_probe)
+from actstore.store import ActivationStore
+from actstore.synth_saes import compare_with_truth
+
+
+def random_sae(d: int, m: int, architecture: str = "jumprelu", seed: int = 0) -> SAEWeights:
+    gen = torch.Generator().manual_seed(seed)
+    w_dec = torch.randn(m, d, generator=gen) * torch.rand(m, 1, generator=gen) * 3  # rows of varied norms
+    w_dec[3] = 0  # a dead latent: nothing to fold
+    return SAEWeights("rand", torch.randn(d, m, generator=gen) / d ** 0.5, torch.randn(m, generator=gen) * 0.1,
+                      w_dec, torch.zeros(d), architecture, torch.rand(m, generator=gen) * 0.5, k=7, layer=0)
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "relu", "topk"])
+def test_sparse_encoding_equals_dense_encoding_times_decoder_norms(architecture):
+    sae = random_sae(24, 333, architecture)
+    x = torch.randn(101, 24, generator=torch.Generator().manual_seed(1))
+    dense = sae.encode(x) * decoder_scale(sae)  # (101, 333) the folded activations, computed whole
+    assert decoder_scale(sae)[3] == 1 and decoder_scale(sae)[0] == pytest.approx(float(sae.w_dec[0].norm()))
+    for token_chunk, latent_chunk in ((7, 50), (101, 333), (64, 1000)):  # ragged tiles, whole, oversize
+        acts = encode_sparse(x, sae, decoder_scale(sae), token_chunk, latent_chunk)
+        assert torch.equal(acts.l0, (dense != 0).sum(dim=1))
+        rebuilt = torch.zeros_like(dense)
+        rows = torch.repeat_interleave(torch.arange(101), acts.l0)
+        rebuilt[rows, acts.index] = acts.value
+        # a tile's GEMM blocks its sums differently from the whole matmul: fp32 rounding, values of order 1
+        torch.testing.assert_close(rebuilt, dense, rtol=0, atol=2e-5)
+        for r in (0, 50, 100):  # latent ids increase within a row
+            ids = acts.index[acts.offsets[r]:acts.offsets[r + 1]]
+            assert torch.all(ids[1:] > ids[:-1])
+    if architecture == "topk":
+        assert acts.l0.max() <= 7
+
+
+def test_sparse_rows_columns_and_padding():
+    # rows: 0 -> {2: 1.0, 5: 2.0}; 1 -> {}; 2 -> {0: 3.0}; 3 -> {1: 4.0, 2: 5.0, 6: 6.0}
+    acts = SparseActs(torch.tensor([0, 2, 2, 3, 6]), torch.tensor([2, 5, 0, 1, 2, 6]),
+                      torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), width=7)
+    picked = acts.rows(torch.tensor([3, 1, 0]))
+    assert picked.offsets.tolist() == [0, 3, 3, 5] and picked.index.tolist() == [1, 2, 6, 2, 5]
+    assert acts.rows(torch.tensor([False, True, True, False])).index.tolist() == [0]
+    assert acts.dense_columns(torch.tensor([2, 0])).tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 3.0], [5.0, 0.0]]
+    index, value, valid = acts.padded()
+    assert index.shape == (4, 3) and valid.sum(dim=1).tolist() == [2, 0, 1, 3]
+    assert value.tolist() == [[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [4.0, 5.0, 6.0]]
+
+
+def test_per_token_latent_lists_give_the_same_absorption_terms_as_one_shared_list():
+    gen = torch.Generator().manual_seed(3)
+    acts = torch.relu(torch.randn(9, 12, generator=gen))
+    cos = torch.rand(12, generator=gen) - 0.3
+    is_main = torch.zeros(12, dtype=torch.bool)
+    is_main[[1, 4]] = True
+    shared = metrics.absorption_terms(acts, cos, is_main)
+    # the same rows, each listing only its active latents (padding s = 0, cos = 0, not main)
+    sparse = SparseActs(torch.cat([torch.zeros(1, dtype=torch.int64), (acts > 0).sum(1).cumsum(0)]),
+                        (acts > 0).nonzero()[:, 1], acts[acts > 0], 12)
+    index, value, valid = sparse.padded()
+    per_row = metrics.absorption_terms(value, torch.where(valid, cos[index], 0.0), is_main[index] & valid)
+    torch.testing.assert_close(per_row.main, shared.main, rtol=0, atol=1e-6)
+    torch.testing.assert_close(per_row.top, shared.top, rtol=0, atol=1e-6)
+    # an inactive main latent is absent from a row's list: its largest main activation is -inf, not 0;
+    # both are below the 1e-8 "off" bound, and the rules' decisions are the same
+    torch.testing.assert_close(per_row.main_max_act.clamp(min=0), shared.main_max_act, rtol=0, atol=0)
+    assert bool((per_row.main_max_act == float("-inf")).any())
+    act = shared.main + torch.linspace(-0.5, 2.0, 9)  # tokens on both sides of every rule
+    torch.testing.assert_close(metrics.absorption_fraction(act, per_row.main, per_row.top),
+                               metrics.absorption_fraction(act, shared.main, shared.top), rtol=0, atol=1e-6)
+    assert torch.equal(metrics.full_absorption(act, *per_row[4:], *per_row[2:4]),
+                       metrics.full_absorption(act, *shared[4:], *shared[2:4]))
+
+
+def test_balanced_logistic_regression_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=gen) * torch.tensor([1.0, 5.0, 0.2])
+    y = (x[:, 0] + 0.3 * x[:, 1] + torch.randn(400, generator=gen) > 1.5)  # imbalanced: about 20% positive
+    w, b = fit_balanced_logistic(x, y)
+    ref = LogisticRegression(class_weight="balanced", max_iter=10000, tol=1e-10).fit(x.numpy(), y.numpy())
+    np.testing.assert_allclose(w.numpy(), ref.coef_[0], rtol=0, atol=1e-4)
+    assert float(b) == pytest.approx(float(ref.intercept_[0]), abs=1e-4)
+
+
+def test_sparse_l1_probe_equals_the_same_probe_trained_on_dense_activations():
+    sae = random_sae(16, 90)
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(300) % 26
+    acts = encode_sparse(x, sae, decoder_scale(sae))
+    cfg = ScoreConfig(sparse_probe=ProbeConfig(epochs=6, batch_size=64, weight_decay=1e-6))
+    sparse = train_sparse_probe(acts, labels, cfg)  # (90, 26)
+
+    dense = (sae.encode(x) * decoder_scale(sae))  # (300, 90)
+    gen = torch.Generator().manual_seed(0)  # nn.Linear's initialization, drawn as the scorer draws it
+    weight = ((torch.rand(90, 26, generator=gen) * 2 - 1) / 90 ** 0.5).requires_grad_()
+    bias = ((torch.rand(26, generator=gen) * 2 - 1) / 90 ** 0.5).requires_grad_()
+    fit_one_vs_rest([weight, bias], lambda rows: dense[rows] @ weight + bias, labels, cfg.sparse_probe,
+                    extra_loss=lambda: 1e-2 * weight.abs().sum(dim=0).mean())
+    torch.testing.assert_close(sparse, weight.detach(), rtol=0, atol=2e-6)
+
+
+# ---------------------------------------------------------------------------- planted truth
+
+
+def test_planted_values_are_what_the_construction_says(planted_saes):
+    for folder, rate in zip(planted_saes, (0.0, 0.3, 0.5)):
+        truth = json.loads((folder / "truth.json").read_text())
+        splits = {c: e for c, e in truth["letters"].items() if e["role"].startswith("split")}
+        assert sorted(e["num_split_features"] for e in splits.values()) == [2, 3]
+        for letter, entry in truth["letters"].items():
+            if letter in splits:
+                assert entry["absorption_fraction"] == 0 and len(entry["main_latents"]) == entry["num_split_features"]
+                continue
+            n = entry["num_probe_true_positives"]
+            if letter not in truth["evaluated_letters"]:  # probe test F1 < 0.6: planted clean, never scored
+                assert entry["main_off_test_true_positives"] == 0 and entry["absorption_fraction"] == 0
+                continue
+            # round(f n) of the n test-split true positives lose the main latent, and each has an absorber
+            assert entry["main_off_test_true_positives"] == round(rate * n)
+            assert entry["absorption_fraction"] == pytest.approx(round(rate * n) / n, abs=1e-12)
+        with np.load(folder / "params.npz") as params:
+            assert params["W_enc"].shape == (64, 1500) and params["threshold"].shape == (1500,)
+
+
+def test_scorer_recovers_every_planted_value(planted_store, planted_saes):
+    store = ActivationStore.open(planted_store)
+    from actstore.probes import load_probe
+    from actstore.runner import load_layer
+
+    data, probe = load_layer(store, 0), load_probe(store, 0)
+    for folder in planted_saes:
+        truth = json.loads((folder / "truth.json").read_text())
+        sae = load_params_npz(folder / "params.npz", folder.name, layer=0)
+        result = score_sae(sae, data, probe)
+        checks = compare_with_truth(truth, result.letters)
+        assert checks and all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
+        for c in checks:  # the construction is exact: measured equals planted to float32 rounding
+            assert c["measured"] == pytest.approx(c["planted"], abs=1e-6)
+        by_letter = {r["letter"]: r for r in result.letters}
+        for letter in truth["evaluated_letters"]:
+            assert sorted(by_letter[letter]["split_latents"]) == sorted(truth["letters"][letter]["main_latents"])
+        # in context: the single latent's firing, computed here from the dense encoding of the context rows
+        alpha = data.context_labels >= 0
+        dense = sae.encode(data.context_x[alpha])
+        for letter in truth["evaluated_letters"][:3]:
+            row = by_letter[letter]
+            fires, truth_c = dense[:, row["single_latent"]] > 0, data.context_labels[alpha] == ord(letter) - 97
+            p, r, _ = metrics.precision_recall_f1(fires, truth_c)
+            assert (row["context_single_precision"], row["context_single_recall"]) == (pytest.approx(p), pytest.approx(r))
+            assert p > 0 and r > 0  # the main latent fires on context tokens of its letter too
+        # noise 0.5 x sqrt(64) against signal 3: some probes miss 0.6 test F1, and their letters are skipped
+        assert 5 < len(truth["evaluated_letters"]) < 26
+        assert [r["letter"] for r in result.letters] == truth["evaluated_letters"]
+        assert all(r["probe_test_f1"] >= 0.6 for r in result.letters)
+        assert result.summary["mean_absorption_fraction"] == pytest.approx(truth["summary"]["absorption_fraction"], abs=1e-6)
+
+
+def test_too_few_evaluated_letters_is_not_scorable(planted_store, planted_saes):
+    from actstore.probes import load_probe
+    from actstore.runner import load_layer
+
+    store = ActivationStore.open(planted_store)
+    probe = load_probe(store, 0)
+    probe.metrics["test"]["f1"] = [0.9] + [0.1] * 25
+    sae = load_params_npz(planted_saes[0] / "params.npz", "x", layer=0)
+    with pytest.raises(NotScorable, match="only 1 letters have a probe test F1 >= 0.6 at layer 0 .needs 2."):
+        score_sae(sae, load_layer(store, 0), probe)
