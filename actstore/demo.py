@@ -73,10 +73,13 @@ def run_demo(out: str, seed: int = 0) -> int:
     f1 = f1[0]
 
     from actstore.runner import ScoreCommandConfig, run_score
-    from actstore.synth_saes import SynthSAEConfig, compare_with_truth, write_synthetic_saes
+    from actstore.synth_saes import SynthSAEConfig, sae_folders, write_synthetic_saes
 
-    folders = write_synthetic_saes(str(store_path), 0, out_dir / "saes", SynthSAEConfig(seed=seed))
-    print(f"5. wrote {len(folders)} synthetic SAEs (layer 0, planted absorption 0/10/30/50%, splits into 2 and 3) "
+    synth_cfg = SynthSAEConfig(seed=seed)
+    folders = sae_folders(out_dir / "saes", 0, synth_cfg)
+    if not all((folder / "truth.json").exists() for folder in folders):  # truth.json is written last
+        folders = write_synthetic_saes(str(store_path), 0, out_dir / "saes", synth_cfg)
+    print(f"5. {len(folders)} synthetic SAEs (layer 0, planted absorption 0/10/30/50%, splits into 2 and 3) "
           f"to {out_dir / 'saes'}")
     summary = run_score(ScoreCommandConfig(store=str(store_path), saes=[str(out_dir / "saes")],
                                            out=str(out_dir / "results"), device="cpu"), progress=True,

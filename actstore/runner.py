@@ -220,7 +220,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, device=device)
+    score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1)
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ Steps, for one SAE reading one layer:
 
 Letters whose probe test F1 is below `min_probe_f1` are not evaluated; fewer than `min_letters` evaluated
 letters raise NotScorable (the runner writes a row saying so). Formulas live in `actstore.metrics`.
+Everything runs on the device the SAE's weights are on; the layer's rows move there a tile at a time.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ class ScoreConfig:
     """rows encoded at once"""
     latent_chunk: int = 16384
     """latents encoded at once; token_chunk x latent_chunk fp32 values is the encoder's working memory"""
-    device: str = "cpu"
 
 
 class SparseActs(NamedTuple):

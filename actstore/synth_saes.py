@@ -293,6 +293,13 @@ def load_world(store_path: str, layer: int) -> LayerWorld:
     return LayerWorld(x, labels, test, fires, probe.directions().double(), probe.evaluated_letters())
 
 
+def sae_folders(out: str | Path, layer: int, cfg: SynthSAEConfig) -> list[Path]:
+    """Where write_synthetic_saes puts each SAE: OUT/layer_L/width_W/absorption_PP (Gemma Scope's nesting)."""
+    width_name = f"{cfg.width // 1024}k" if cfg.width % 1024 == 0 else str(cfg.width)
+    return [Path(out) / f"layer_{layer}" / f"width_{width_name}" / f"absorption_{round(rate * 100):02d}"
+            for rate in cfg.absorption]
+
+
 def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: SynthSAEConfig = SynthSAEConfig()
                          ) -> list[Path]:
     """Write one SAE per absorption rate; returns their folders."""
@@ -309,10 +316,8 @@ def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: Synt
         else:
             raise ValueError(f"no letter of layer {layer} splits into {k} latents with shares >= {cfg.min_split_share}")
     folders = []
-    width_name = f"{cfg.width // 1024}k" if cfg.width % 1024 == 0 else str(cfg.width)
-    for i, rate in enumerate(cfg.absorption):
+    for i, (rate, folder) in enumerate(zip(cfg.absorption, sae_folders(out, layer, cfg))):
         params, truth = plant_sae(world, rate, split_letters, cfg, seed=cfg.seed * 1000 + i)
-        folder = Path(out) / f"layer_{layer}" / f"width_{width_name}" / f"absorption_{round(rate * 100):02d}"
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "params.npz", **params)
         truth.update(layer=layer, store=str(store_path), config=asdict(cfg))
