@@ -204,9 +204,13 @@ def write_tables(out: Path) -> tuple[int, int]:
             for p in parts]
     letters = [{"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"], "layer": p["layer"], **row}
                for p in parts for row in p["letters"]]
-    pq.write_table(pa.Table.from_pylist(saes), out / "saes.parquet")
+    def table(rows: list[dict]):  # the union of the rows' keys (Table.from_pylist takes the first row's only)
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
+
+    pq.write_table(table(saes), out / "saes.parquet")
     if letters:
-        pq.write_table(pa.Table.from_pylist(letters), out / "letters.parquet")
+        pq.write_table(table(letters), out / "letters.parquet")
     ok = sum(p["summary"]["status"] == "ok" for p in parts)
     return ok, len(parts) - ok
 

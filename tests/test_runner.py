@@ -135,3 +135,32 @@ def test_the_demo_table_fails_on_a_value_off_by_more_than_its_tolerance(planted_
     assert not print_truth_table(folders, tmp_path / "out")
     out = capsys.readouterr().out
     assert f"MISS absorption_30 letter {letter} absorption_fraction" in out and "MISSED" in out
+
+
+def test_synth_saes_command(planted_store, tmp_path, capsys):
+    code = main(["synth-saes", "--store", str(planted_store), "--layer", "0", "--out", str(tmp_path / "s"),
+                 "--absorption", "0.2", "--splits", "2", "--width", "1200"])
+    out = capsys.readouterr().out
+    assert code == 0 and "layer_0/width_1200/absorption_20: planted absorption fraction" in out
+    truth = json.loads((tmp_path / "s/layer_0/width_1200/absorption_20/truth.json").read_text())
+    assert truth["config"]["splits"] == [2] and truth["width"] == 1200
+    assert sum(e["role"].startswith("split") for e in truth["letters"].values()) == 1
+    assert main(["synth-saes", "--store", str(planted_store), "--layer", "3", "--out", str(tmp_path / "t")]) == 2
+    assert "has no probe for layer 3: run `actstore probe" in capsys.readouterr().err
+
+
+def test_tables_hold_every_column_whatever_row_comes_first(tmp_path):
+    from actstore.runner import write_tables
+
+    (tmp_path / "parts").mkdir()
+    base = {"release": "r", "layer": 0, "width": 8, "seconds": 0.1}
+    failed = {**base, "sae_key": "a", "sae_id": "a", "summary": {"status": "failed", "reason": "bad"}, "letters": []}
+    scored = {**base, "sae_key": "b", "sae_id": "b", "summary": {"status": "ok", "reason": "", "mean_x": 0.5},
+              "letters": [{"letter": "a", "v": 1.0}, {"letter": "b", "v": 2.0, "context_p": 0.3}]}
+    (tmp_path / "parts" / "0.json").write_text(json.dumps(failed))  # parts are read in name order
+    (tmp_path / "parts" / "1.json").write_text(json.dumps(scored))
+    assert write_tables(tmp_path) == (1, 1)
+    saes = pq.read_table(tmp_path / "saes.parquet").to_pylist()
+    assert [r["mean_x"] for r in saes] == [None, 0.5] and [r["reason"] for r in saes] == ["bad", ""]
+    letters = pq.read_table(tmp_path / "letters.parquet").to_pylist()
+    assert [r["context_p"] for r in letters] == [None, 0.3]
