@@ -1,17 +1,18 @@
-"""`actstore demo`: the pipeline as it exists today, end to end on the synthetic world, checked as it goes.
+"""`actstore demo`: the pipeline end to end on the synthetic world, checked as it goes.
 
-1. synth-model: a tiny Gemma2 with planted first-letter directions and its offline tokenizer;
-2. a corpus of the synthetic vocabulary, as JSONL;
-3. extract: Ray actors run the model on the vocabulary task and the corpus into a store (rerunning the
+1. synth-model: a tiny Gemma2 with planted first-letter directions and its offline tokenizer, and a
+   corpus of the synthetic vocabulary, as JSONL;
+2. extract: Ray actors run the model on the vocabulary task and the corpus into a store (rerunning the
    demo resumes a killed run, or finds the store complete and computes nothing);
-4. verify every shard and checksum;
-5. probe: train the ground-truth probe of every layer (SAEBench's recipe) and save it in the store; on
+3. verify every shard and checksum;
+4. probe: train the ground-truth probe of every layer (SAEBench's recipe) and save it in the store; on
    layer 0 it must find the planted letters (mean test F1 >= 0.9);
-6. synth-saes: four SAEs on layer 0 with planted absorption 0%, 10%, 30%, 50% of each letter's true
-   positives, and two letters split into 2 and 3 latents (truth.json beside each);
-7. score them (`actstore score`, results in DIR/results) and print planted against measured values: every
-   evaluated letter's absorption fraction, full-absorption rate, number of split features and (unsplit
-   letters) single-latent F1, and their means, within `synth_saes.TOLERANCE`.
+5. synth-saes: four SAEs on layer 0 with planted absorption 0%, 10%, 30%, 50% of each letter's true
+   positives, and two letters split into 2 and 3 latents (truth.json beside each; kept on a rerun);
+6. score them (`actstore score`, results in DIR/results; a rerun skips what is scored);
+7. print planted against measured values: every evaluated letter's absorption fraction, full-absorption
+   rate, number of split features and (unsplit letters) single-latent F1, and their means, within
+   `synth_saes.TOLERANCE`.
 
 Exit status 1 if a check fails.
 """
@@ -67,7 +68,7 @@ def run_demo(out: str, seed: int = 0) -> int:
     store.close()
     trained = probe_store(str(store_path))
     f1 = {layer: float(np.mean(probe.metrics["test"]["f1"])) for layer, probe in trained.items()}
-    print(f"4. ground-truth probes saved in the store; mean test F1 by layer: "
+    print("4. ground-truth probes saved in the store; mean test F1 by layer: "
           + ", ".join(f"{layer}: {value:.3f}" for layer, value in f1.items())
           + f" (layer 0 needs >= {MIN_PROBE_F1})")
     f1 = f1[0]

@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -126,8 +126,8 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
                                  lambda d_model, device, npz=npz, sae_id=sae_id, lay=id_layer, l0=l0:
                                  saes.load_params_npz(npz, sae_id, lay, l0, d_model, device=device),
                                  id_layer if id_layer is not None else layer, fingerprint(npz)))
-    keys = [s.key for s in out]
-    return [s for i, s in enumerate(out) if s.key not in keys[:i]]  # the same SAE named twice: once
+    unique = {s.key: s for s in reversed(out)}  # the same SAE named twice is scored once, first naming kept
+    return [s for s in out if unique.get(s.key) is s]
 
 
 def _checked(sae: SAEWeights, d_model: int | None) -> SAEWeights:

@@ -12,7 +12,7 @@ import torch
 from actstore import metrics
 from actstore.probes import ProbeConfig, fit_one_vs_rest
 from actstore.saes import SAEWeights, load_params_npz
-from actstore.scoring import (LayerData, NotScorable, ScoreConfig, SparseActs, decoder_scale, encode_sparse,
+from actstore.scoring import (NotScorable, ScoreConfig, SparseActs, decoder_scale, encode_sparse,
                               fit_balanced_logistic, score_sae, train_sparse_probe)
 from actstore.store import ActivationStore
 from actstore.synth_saes import compare_with_truth
