@@ -35,7 +35,7 @@ import torch
 
 from actstore.probes import load_probe
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
-from actstore.scoring import LayerData, NotScorable, ScoreConfig, score_sae
+from actstore.scoring import BACKENDS, LayerData, NotScorable, ScoreConfig, score_sae
 
 EVAL_TYPE_ID = "absorption_first_letter"  # SAEBench's eval_type_id for this eval
 
@@ -57,6 +57,8 @@ class ScoreCommandConfig:
     """cpu, cuda, or auto (cuda when available)"""
     min_probe_f1: float = 0.6
     """letters whose probe test F1 is below this are not evaluated (SAEBench)"""
+    backend: str = "auto"
+    """encoder: torch (reference), triton (fused kernel), or auto (triton on CUDA for JumpReLU/ReLU SAEs)"""
 
 
 @dataclass
@@ -223,7 +225,9 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1)
+    if cfg.backend != "auto" and cfg.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
+    score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend)
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)

@@ -6,8 +6,11 @@ Steps, for one SAE reading one layer:
 1. fold: with n_i = |W_dec[i]|, latent i's activation is reported as s_i * n_i and its decoder as
    W_dec[i] / n_i (reconstructions unchanged). The encoder runs on the weights as loaded, so firing decisions
    are exactly the SAE's own, and no folded copy of W_enc is ever built (a 1M-latent W_enc is 9.7 GB);
-2. encode the vocabulary rows into sparse activations (`encode_sparse`: CSR rows of (latent, value)),
-   chunked over tokens and latents so memory stays at `token_chunk x latent_chunk` however wide the SAE;
+2. encode the vocabulary rows into sparse activations (CSR rows of (latent, value)): `encode_sparse`, the
+   torch reference, chunked over tokens and latents so memory stays at `token_chunk x latent_chunk` however
+   wide the SAE, or `encode_sparse_fused`, the Triton kernel (the `backend` switch; auto = the kernel on
+   CUDA). The kernel counts firing decisions within rounding of a threshold, reported per SAE as
+   `near_threshold_decisions`: only those may differ between the backends;
 3. k-sparse probing: a 26-output L1 probe on the sparse train activations (`train_sparse_probe`); for each
    letter and k = 1..max_k, a balanced logistic regression on the k latents with the largest signed L1
    weight (`fit_balanced_logistic`), F1 on the test split; `metrics.choose_split_k` picks the main latents;
@@ -59,6 +62,8 @@ class ScoreConfig:
     """rows encoded at once"""
     latent_chunk: int = 16384
     """latents encoded at once; token_chunk x latent_chunk fp32 values is the encoder's working memory"""
+    backend: str = "auto"
+    """encoder: torch (the reference), triton (the fused kernel), or auto (triton on CUDA for JumpReLU/ReLU)"""
 
 
 class SparseActs(NamedTuple):
@@ -71,6 +76,9 @@ class SparseActs(NamedTuple):
     value: torch.Tensor
     """(nnz,) float32 folded activations (> 0 for JumpReLU and ReLU)"""
     width: int
+    near: int = 0
+    """firing decisions within rounding of the threshold (the fused kernel counts them; 0 for the torch
+    reference, which is the definition)"""
 
     @property
     def l0(self) -> torch.Tensor:
@@ -88,7 +96,7 @@ class SparseActs(NamedTuple):
         # entry j of the new CSR comes from starts[row of j] + (j - offsets[row of j])
         owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
         take = starts[owner] + torch.arange(int(offsets[-1]), device=rows.device) - offsets[owner]
-        return SparseActs(offsets, self.index[take], self.value[take], self.width)
+        return SparseActs(offsets, self.index[take], self.value[take], self.width, self.near)
 
     def dense_columns(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, len(latents)) activations of the given latents (distinct ids)."""
@@ -149,6 +157,48 @@ def encode_sparse(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, token_c
     offsets = torch.zeros(len(x) + 1, dtype=torch.int64, device=device)
     offsets[1:] = counts.cumsum(0)
     return SparseActs(offsets, col.long()[order], val.float()[order], m)
+
+
+def encode_sparse_fused(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, token_chunk: int = 4096,
+                        latent_chunk: int = 16384, progress=None) -> SparseActs:
+    """The same sparse activations from the fused Triton kernel (`actstore.kernels.jumprelu_probe`), a token
+    chunk per launch, in the SAE's dtype with fp32 accumulation. JumpReLU and ReLU only. Firing decisions
+    within the kernel's flip tolerance of the threshold are counted in `near`."""
+    from actstore.kernels.jumprelu_probe import jumprelu_probe, pack_group
+
+    if sae.architecture not in ("jumprelu", "relu"):
+        raise ValueError(f"SAE {sae.id}: the fused kernel encodes JumpReLU and ReLU SAEs, not {sae.architecture}; "
+                         f"use --backend torch")
+    if sae.apply_b_dec_to_input:
+        x = x - sae.b_dec.to(x.device, x.dtype)
+    group = pack_group([sae], torch.zeros(0, sae.d_model, device=sae.w_enc.device), sae.w_enc.dtype)
+    offsets, index, value, near, capacity = [torch.zeros(1, dtype=torch.int64, device=sae.w_enc.device)], [], [], 0, 64
+    for start in range(0, len(x), token_chunk):
+        xb = x[start:start + token_chunk].to(device=sae.w_enc.device, dtype=sae.w_enc.dtype).contiguous()
+        out = jumprelu_probe(xb, group, capacity)
+        capacity = out.index.shape[2]  # keep the room a retry found
+        l0 = out.l0[0].long()
+        keep = torch.arange(capacity, device=l0.device)[None, :] < l0[:, None]  # (n, capacity)
+        index.append(out.index[0][keep].long())
+        value.append(out.value[0][keep])
+        offsets.append(offsets[-1][-1] + l0.cumsum(0))
+        near += int(out.near.sum())
+        if progress is not None:
+            progress(len(xb))
+    cat = (lambda t, dtype: torch.cat(t) if t else torch.zeros(0, dtype=dtype, device=sae.w_enc.device))
+    return SparseActs(torch.cat(offsets), cat(index, torch.int64), cat(value, torch.float32), sae.width, near)
+
+
+BACKENDS = {"torch": encode_sparse, "triton": encode_sparse_fused}
+"""Encoders of the scorer; `auto` picks triton for JumpReLU/ReLU SAEs on CUDA, torch otherwise."""
+
+
+def pick_backend(name: str, sae: SAEWeights) -> str:
+    if name == "auto":
+        return "triton" if sae.w_enc.is_cuda and sae.architecture in ("jumprelu", "relu") else "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose auto or one of {sorted(BACKENDS)}")
+    return name
 
 
 def train_sparse_probe(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
@@ -286,7 +336,8 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
     scale = decoder_scale(sae)
     dec_cos, enc_cos = latent_cosines(sae, directions, scale)  # (m, 26) each
 
-    acts = encode_sparse(x, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress)
+    backend = pick_backend(cfg.backend, sae)
+    acts = BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress)
     l1_weight = train_sparse_probe(acts.rows(train), labels[train], cfg)  # (m, 26)
     k = min(cfg.max_k, sae.width)
     candidates = l1_weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first
@@ -330,7 +381,9 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         })
     if data.context_x is not None and len(data.context_x):
         _in_context(rows, letters, mains, singles, sae, scale, data, cfg)
-    return SAEScore(rows, _summary(rows, acts))
+    summary = _summary(rows, acts)
+    summary.update(backend=backend, near_threshold_decisions=acts.near)
+    return SAEScore(rows, summary)
 
 
 def _in_context(rows: list[dict], letters: list[int], mains: dict[int, list[int]], singles: list[int],

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter; read when triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(scope="session")
 def synth_model(tmp_path_factory):

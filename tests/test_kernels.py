@@ -1,0 +1,149 @@
+"""The fused JumpReLU + probe-projection kernel against its fp32 torch reference and the scorer's encoder.
+
+On a CPU machine these run in Triton's interpreter (conftest sets TRITON_INTERPRET=1): fp32, small shapes
+(the interpreter gets bf16 wrong and runs every program in numpy). Tests marked gpu need CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actstore.kernels.jumprelu_probe import (INTERPRET, P_PAD, jumprelu_probe, jumprelu_probe_reference,
+                                             pack_group)
+from actstore.probes import Probe
+from actstore.saes import SAEWeights
+from actstore.scoring import LayerData, ScoreConfig, decoder_scale, encode_sparse, encode_sparse_fused, score_sae
+
+needs_kernel = pytest.mark.skipif(not (INTERPRET or torch.cuda.is_available()),
+                                  reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+def make_sae(d: int, m: int, seed: int, architecture: str = "jumprelu", device: str = "cpu") -> SAEWeights:
+    gen = torch.Generator().manual_seed(seed)
+    w_dec = torch.randn(m, d, generator=gen) * (0.5 + torch.rand(m, 1, generator=gen))
+    return SAEWeights(f"s{seed}", (torch.randn(d, m, generator=gen) / d ** 0.5).to(device),
+                      (torch.randn(m, generator=gen) * 0.1).to(device), w_dec.to(device), torch.zeros(d, device=device),
+                      architecture, (torch.rand(m, generator=gen) * 0.5).to(device), layer=0)
+
+
+def check_against_reference(x, group, out, proj_atol):
+    proj, l0, lists = jumprelu_probe_reference(x, group)
+    torch.testing.assert_close(out.proj, proj, rtol=0, atol=proj_atol)
+    assert torch.equal(out.l0, l0)
+    for s, per_token in enumerate(lists):
+        for n, (ids, values) in enumerate(per_token):
+            k = int(l0[s, n])
+            assert torch.equal(out.index[s, n, :k].long(), ids)
+            torch.testing.assert_close(out.value[s, n, :k], values, rtol=0, atol=1e-5)
+
+
+@needs_kernel
+def test_several_saes_of_odd_widths_ragged_tokens_and_a_capacity_overflow():
+    d = 40
+    saes = [make_sae(d, 50, 1), make_sae(d, 77, 2), make_sae(d, 133, 3)]  # none a multiple of the 64-wide tile
+    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(9)), dim=1)
+    group = pack_group(saes, directions, torch.float32)
+    assert group.offsets.tolist() == [0, 50, 127, 260] and group.v.shape == (260, P_PAD)
+    x = torch.randn(45, d, generator=torch.Generator().manual_seed(4))  # 45 tokens: a partial token tile
+    out = jumprelu_probe(x, group, capacity=4)
+    assert out.retries == 1 and int(out.l0.max()) > 4  # lists overflowed 4 slots; relaunched with more room
+    most = int(out.l0.max())
+    assert out.index.shape[2] == 1 << (most - 1).bit_length()  # the next power of two >= the largest L0
+    assert torch.all(out.proj[:, :, 26:] == 0)  # padding columns of V are zero
+    # fp32 with ieee dots: the kernel's sums differ from torch's only in order
+    check_against_reference(x, group, out, proj_atol=2e-5)
+
+    fits = jumprelu_probe(x, group, capacity=int(out.l0.max()))
+    assert fits.retries == 0 and torch.equal(fits.l0, out.l0)
+
+
+@needs_kernel
+def test_decisions_at_the_threshold_are_counted_as_near():
+    d = 32
+    sae = make_sae(d, 70, 5)
+    x = torch.randn(20, d, generator=torch.Generator().manual_seed(6))
+    pre = x.double() @ sae.w_enc.double() + sae.b_enc.double()
+    sae.threshold[[3, 40]] = pre[7, [3, 40]].float()  # token 7 sits exactly on two latents' thresholds
+    group = pack_group([sae], torch.zeros(0, d), torch.float32)
+    out = jumprelu_probe(x, group)
+    assert int(out.near[0, 7]) >= 2
+    assert int(out.near.sum()) - int(out.near[0, 7]) == sum(
+        int(((pre[n] - sae.threshold.double()).abs() <= 1e-5 * torch.maximum(pre[n].abs(), sae.threshold.double().abs())).sum())
+        for n in range(20) if n != 7)
+    proj, l0, _ = jumprelu_probe_reference(x, group)
+    differs = (out.l0 != l0)[0]
+    assert not differs[[n for n in range(20) if n != 7]].any()  # flips only where a decision was near
+
+
+@needs_kernel
+@pytest.mark.parametrize("architecture", ["jumprelu", "relu"])
+def test_the_scorers_two_encoders_agree(architecture):
+    sae = make_sae(24, 150, 7, architecture)
+    x = torch.randn(130, 24, generator=torch.Generator().manual_seed(8))
+    ref = encode_sparse(x, sae, decoder_scale(sae))
+    fused = encode_sparse_fused(x, sae, decoder_scale(sae), token_chunk=50)  # 3 launches, the last partial
+    assert torch.equal(fused.offsets, ref.offsets) and torch.equal(fused.index, ref.index)
+    torch.testing.assert_close(fused.value, ref.value, rtol=0, atol=2e-5)
+    assert fused.near == 0 and fused.width == 150
+
+
+@needs_kernel
+def test_score_with_either_backend_gives_the_same_rows():
+    gen = torch.Generator().manual_seed(11)
+    d, n = 32, 260
+    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=gen), dim=1)
+    labels = torch.arange(n) % 26
+    x = 2 * directions[labels] + 0.3 * torch.randn(n, d, generator=gen)
+    split = (torch.arange(n) % 5 == 0).long()
+    perfect = {"precision": [1.0] * 26, "recall": [1.0] * 26, "f1": [1.0] * 26}
+    probe = Probe(directions * 5, torch.full((26,), -5.0), {"train": perfect, "test": perfect})
+    sae = make_sae(d, 90, 12)
+    sae.w_enc[:, :26] = directions.T  # a letter latent for each letter, so there is something to find
+    torch_rows = score_sae(sae, LayerData(x, labels, split), probe, ScoreConfig(backend="torch"))
+    triton_rows = score_sae(sae, LayerData(x, labels, split), probe, ScoreConfig(backend="triton"))
+    assert triton_rows.summary.pop("backend") == "triton" and torch_rows.summary.pop("backend") == "torch"
+    assert triton_rows.summary == pytest.approx(torch_rows.summary, abs=1e-6)
+    assert [r["split_latents"] for r in triton_rows.letters] == [r["split_latents"] for r in torch_rows.letters]
+    for a, b in zip(triton_rows.letters, torch_rows.letters):
+        assert {k: v for k, v in a.items() if isinstance(v, float)} == \
+            pytest.approx({k: v for k, v in b.items() if isinstance(v, float)}, abs=1e-6)
+    assert ScoreConfig().backend == "auto"
+
+
+def test_clear_errors():
+    sae = make_sae(16, 20, 1)
+    group = pack_group([sae], torch.zeros(0, 16), torch.float32)
+    with pytest.raises(ValueError, match=r"x must be \(N, 16\); got \(4, 8\)"):
+        jumprelu_probe(torch.zeros(4, 8), group)
+    with pytest.raises(ValueError, match="x is torch.float16 but the group's encoders are torch.float32"):
+        jumprelu_probe(torch.zeros(4, 16, dtype=torch.float16), group)
+    topk = make_sae(16, 20, 1, "topk")
+    topk.k = 3
+    with pytest.raises(ValueError, match="encodes JumpReLU and ReLU SAEs, not topk; use --backend torch"):
+        encode_sparse_fused(torch.zeros(4, 16), topk, decoder_scale(topk))
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; choose auto or one of"):
+        score_sae(sae, LayerData(torch.zeros(30, 16), torch.arange(30) % 26, torch.zeros(30, dtype=torch.long)),
+                  Probe(torch.eye(26, 16), torch.zeros(26), {"test": {"f1": [1.0] * 26}}), ScoreConfig(backend="cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gemma_scope_shapes_on_the_gpu(dtype):
+    """d 2304, two SAEs (16384 and 5000 latents) in one launch, 3000 tokens: decisions differ from the
+    fp32 reference only where the kernel counted a near-threshold decision; projections within the dtype's
+    rounding."""
+    d = 2304
+    saes = [make_sae(d, 16384, 1, device="cuda"), make_sae(d, 5000, 2, device="cuda")]
+    directions = torch.nn.functional.normalize(torch.randn(26, d, device="cuda"), dim=1)
+    group = pack_group(saes, directions, dtype)
+    x = torch.randn(3000, d, device="cuda").to(dtype)
+    out = jumprelu_probe(x, group, capacity=32)
+    ref_group = group._replace(w_enc=group.w_enc.float())
+    proj, l0, _ = jumprelu_probe_reference(x.float(), ref_group)
+    flips = (out.l0 - l0).abs()
+    assert bool((flips <= out.near).all())
+    tol = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]  # tf32 second dot; input rounding
+    scale = proj.abs().amax(dim=2, keepdim=True).clamp(min=1)
+    assert float(((out.proj - proj).abs() / scale).max()) < tol
