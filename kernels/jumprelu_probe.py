@@ -53,27 +53,31 @@ def _jumprelu_probe_kernel(
     scale_ptr,  # (M,) fp32 decoder norms (folded values = f * scale)
     v_ptr,  # (M, P) fp32 W_dec @ p^T, padded
     off_ptr,  # (S + 1,) int32 latent offsets of the SAEs
-    proj_ptr,  # (S, N, P) fp32 out
-    l0_ptr,  # (S, N) int32 out
-    near_ptr,  # (S, N) int32 out
-    idx_ptr,  # (S, N, CAP) int32 out
-    val_ptr,  # (S, N, CAP) fp32 out
+    proj_ptr,  # (S * SPLITS, N, P) fp32 out
+    l0_ptr,  # (S * SPLITS, N) int32 out
+    near_ptr,  # (S * SPLITS, N) int32 out
+    idx_ptr,  # (S * SPLITS, N, CAP) int32 out
+    val_ptr,  # (S * SPLITS, N, CAP) fp32 out
     N, D, CAP, flip_tol,
     stride_xn, stride_xd, stride_wd, stride_wm,
-    P: tl.constexpr, IEEE: tl.constexpr,
+    SPLITS: tl.constexpr, P: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    sae = tl.program_id(1)
-    start = tl.load(off_ptr + sae)
-    end = tl.load(off_ptr + sae + 1)
+    job = tl.program_id(1)  # sae * SPLITS + split: a split is a contiguous share of one SAE's latents
+    sae = job // SPLITS
+    first = tl.load(off_ptr + sae)
+    last = tl.load(off_ptr + sae + 1)
+    span = tl.cdiv(last - first, SPLITS)
+    start = first + (job % SPLITS) * span
+    end = tl.minimum(last, start + span)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_ok = rows < N
     cols = tl.arange(0, P)
     proj = tl.zeros((BLOCK_N, P), dtype=tl.float32)
     count = tl.zeros((BLOCK_N,), dtype=tl.int32)
     near = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    out_base = (sae * N + rows).to(tl.int64) * CAP  # (BLOCK_N,) start of each token's list
+    out_base = (job * N + rows).to(tl.int64) * CAP  # (BLOCK_N,) start of each token's list
     for m0 in range(start, end, BLOCK_M):
         lat = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) global latent ids
         lat_ok = lat < end
@@ -109,11 +113,11 @@ def _jumprelu_probe_kernel(
         keep = fire & (slot < CAP)
         scale = tl.load(scale_ptr + lat, mask=lat_ok, other=0.0)
         where = out_base[:, None] + slot
-        tl.store(idx_ptr + where, tl.broadcast_to((lat - start)[None, :], (BLOCK_N, BLOCK_M)), mask=keep)
+        tl.store(idx_ptr + where, tl.broadcast_to((lat - first)[None, :], (BLOCK_N, BLOCK_M)), mask=keep)
         tl.store(val_ptr + where, f * scale[None, :], mask=keep)
         count += tl.sum(fire_i, axis=1)
 
-    per_token = (sae * N + rows).to(tl.int64)
+    per_token = (job * N + rows).to(tl.int64)
     tl.store(proj_ptr + per_token[:, None] * P + cols[None, :], proj, mask=row_ok[:, None])
     tl.store(l0_ptr + per_token, count, mask=row_ok)
     tl.store(near_ptr + per_token, near, mask=row_ok)
@@ -174,8 +178,24 @@ FLIP_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 sqrt(d_model) accumulated roundings of the input dtype, generous for fp32 (tf32 off)."""
 
 
-def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int = 64, flip_tol: float | None = None) -> Fused:
-    """Launch the fused kernel on tokens x (N, d); grows `capacity` and relaunches until every list fits."""
+def default_splits(n: int, s: int, width: int, device: torch.device) -> int:
+    """Latent splits per SAE so that the launch has about 4 programs per SM (few tokens, few SAEs would
+    otherwise leave most of the GPU idle); each split keeps at least 4096 latents."""
+    if device.type != "cuda":
+        return 1
+    programs = triton.cdiv(n, 128) * s
+    want = triton.cdiv(4 * torch.cuda.get_device_properties(device).multi_processor_count, programs)
+    return max(1, min(want, width // 4096))
+
+
+def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int = 64, flip_tol: float | None = None,
+                   splits: int | None = None) -> Fused:
+    """Launch the fused kernel on tokens x (N, d); grows `capacity` and relaunches until every list fits.
+
+    With splits > 1 each SAE's latents are cut into that many contiguous shares, each its own program
+    column (more parallelism for few tokens); the launcher then sums the shares' projections and counts and
+    joins their lists in order. Default: `default_splits`.
+    """
     if x.dim() != 2 or x.shape[1] != group.w_enc.shape[0]:
         raise ValueError(f"x must be (N, {group.w_enc.shape[0]}); got {tuple(x.shape)}")
     if x.dtype != group.w_enc.dtype:
@@ -185,27 +205,50 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int = 64, flip_tol: 
     n, d = x.shape
     s = len(group.offsets) - 1
     tol = FLIP_TOL[x.dtype] if flip_tol is None else flip_tol
-    proj = torch.empty(s, n, P_PAD, device=x.device, dtype=torch.float32)
-    l0 = torch.empty(s, n, device=x.device, dtype=torch.int32)
+    widths = group.offsets.diff()
+    k = splits or default_splits(n, s, int(widths.min()), x.device)
+    proj = torch.empty(s * k, n, P_PAD, device=x.device, dtype=torch.float32)
+    l0 = torch.empty(s * k, n, device=x.device, dtype=torch.int32)
     near = torch.empty_like(l0)
     retries = 0
     while True:
-        index = torch.empty(s, n, capacity, device=x.device, dtype=torch.int32)
-        value = torch.empty(s, n, capacity, device=x.device, dtype=torch.float32)
+        index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
+        value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)
 
         def grid(meta):
-            return triton.cdiv(n, meta["BLOCK_N"]), s
+            return triton.cdiv(n, meta["BLOCK_N"]), s * k
 
         _jumprelu_probe_kernel[grid](
             x, group.w_enc, group.b_enc, group.threshold, group.scale, group.v, group.offsets,
             proj, l0, near, index, value, n, d, capacity, tol,
             x.stride(0), x.stride(1), group.w_enc.stride(0), group.w_enc.stride(1),
-            P=P_PAD, IEEE=x.dtype == torch.float32)
+            SPLITS=k, P=P_PAD, IEEE=x.dtype == torch.float32)
         most = int(l0.max()) if n else 0
         if most <= capacity:
-            return Fused(proj, l0, index, value, near, retries)
+            break
         capacity = triton.next_power_of_2(most)
         retries += 1
+    if k == 1:
+        return Fused(proj, l0, index, value, near, retries)
+    return _join_splits(proj, l0, index, value, near, s, k, retries)
+
+
+def _join_splits(proj, l0, index, value, near, s: int, k: int, retries: int) -> Fused:
+    """Sum the k shares of each SAE and join their lists (share order = latent order)."""
+    n, capacity = l0.shape[1], index.shape[2]
+    l0 = l0.view(s, k, n)
+    total = l0.sum(dim=1, dtype=torch.int32)  # (S, N)
+    start = l0.cumsum(dim=1) - l0  # (S, k, N) where each share's entries begin in the joined list
+    room = max(1, int(total.max()))
+    valid = torch.arange(capacity, device=l0.device) < l0[..., None]  # (S, k, N, capacity)
+    sae, share, token, slot = valid.nonzero(as_tuple=True)
+    dest = start[sae, share, token] + slot
+    joined_index = torch.zeros(s, n, room, dtype=torch.int32, device=l0.device)
+    joined_value = torch.zeros(s, n, room, dtype=torch.float32, device=l0.device)
+    joined_index[sae, token, dest] = index.view(s, k, n, capacity)[sae, share, token, slot]
+    joined_value[sae, token, dest] = value.view(s, k, n, capacity)[sae, share, token, slot]
+    return Fused(proj.view(s, k, n, -1).sum(dim=1), total, joined_index, joined_value,
+                 near.view(s, k, n).sum(dim=1, dtype=torch.int32), retries)
 
 
 def jumprelu_probe_reference(x: torch.Tensor, group: Group) -> tuple[torch.Tensor, torch.Tensor, list[list]]:

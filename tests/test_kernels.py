@@ -39,22 +39,26 @@ def check_against_reference(x, group, out, proj_atol):
 
 
 @needs_kernel
-def test_several_saes_of_odd_widths_ragged_tokens_and_a_capacity_overflow():
+@pytest.mark.parametrize("splits", [1, 3])
+def test_several_saes_of_odd_widths_ragged_tokens_and_a_capacity_overflow(splits):
     d = 40
     saes = [make_sae(d, 50, 1), make_sae(d, 77, 2), make_sae(d, 133, 3)]  # none a multiple of the 64-wide tile
     directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(9)), dim=1)
     group = pack_group(saes, directions, torch.float32)
     assert group.offsets.tolist() == [0, 50, 127, 260] and group.v.shape == (260, P_PAD)
     x = torch.randn(45, d, generator=torch.Generator().manual_seed(4))  # 45 tokens: a partial token tile
-    out = jumprelu_probe(x, group, capacity=4)
+    out = jumprelu_probe(x, group, capacity=4, splits=splits)  # 3 splits: each SAE's latents in 3 shares
     assert out.retries == 1 and int(out.l0.max()) > 4  # lists overflowed 4 slots; relaunched with more room
     most = int(out.l0.max())
-    assert out.index.shape[2] == 1 << (most - 1).bit_length()  # the next power of two >= the largest L0
+    if splits == 1:
+        assert out.index.shape[2] == 1 << (most - 1).bit_length()  # the next power of two >= the largest L0
+    else:
+        assert out.index.shape[2] == most  # the shares' lists joined: room for the longest
     assert torch.all(out.proj[:, :, 26:] == 0)  # padding columns of V are zero
     # fp32 with ieee dots: the kernel's sums differ from torch's only in order
     check_against_reference(x, group, out, proj_atol=2e-5)
 
-    fits = jumprelu_probe(x, group, capacity=int(out.l0.max()))
+    fits = jumprelu_probe(x, group, capacity=int(out.l0.max()), splits=splits)
     assert fits.retries == 0 and torch.equal(fits.l0, out.l0)
 
 
@@ -109,6 +113,24 @@ def test_score_with_either_backend_gives_the_same_rows():
         assert {k: v for k, v in a.items() if isinstance(v, float)} == \
             pytest.approx({k: v for k, v in b.items() if isinstance(v, float)}, abs=1e-6)
     assert ScoreConfig().backend == "auto"
+
+
+def test_the_benchmark_runs_its_smoke_shapes(tmp_path):
+    """benchmarks/kernel_bench.py --smoke: every method at tiny fp32 shapes, agreement checked, JSON written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_bench.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path / "k.json")],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "k.json").read_text())
+    assert len(result["rows"]) == 4 and result["smoke"] is True
+    for row in result["rows"]:
+        assert set(row["ratios"]) == {"fused_vs_gemm_floor", "fused_vs_torch"}
+        assert row["proj_max_rel_diff_vs_torch"] < 1e-5  # fp32: the fused and torch paths agree
 
 
 def test_clear_errors():
