@@ -59,6 +59,8 @@ class ScoreCommandConfig:
     """letters whose probe test F1 is below this are not evaluated (SAEBench)"""
     backend: str = "auto"
     """encoder: torch (reference), triton (fused kernel), or auto (triton on CUDA for JumpReLU/ReLU SAEs)"""
+    dtype: str = "float32"
+    """dtype the SAE weights are loaded in and encoded with (float32, bfloat16 or float16); accumulation is fp32"""
 
 
 @dataclass
@@ -71,8 +73,8 @@ class SAESource:
     """catalog release, or the folder it was found in"""
     name: str
     """id inside the release (for Gemma Scope: layer_12/width_16k/average_l0_82)"""
-    load: Callable[[int | None, str], SAEWeights] = field(repr=False)
-    """(d_model, device) -> weights; raises SAEError for a bad file"""
+    load: Callable[[int | None, str, torch.dtype], SAEWeights] = field(repr=False)
+    """(d_model, device, dtype) -> weights, converted once on loading; raises SAEError for a bad file"""
     layer: int | None = None
     fingerprint: str = ""
     """size and modification time of a local file: a rewritten SAE is scored again"""
@@ -96,7 +98,7 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
             found, root = [("/".join(parts[start:]), path)], Path(*parts[:start])
         elif path.is_dir() and (path / "cfg.json").exists():
             out.append(SAESource(str(path.resolve()), path.resolve().parent.name, path.name,
-                                 lambda d_model, device, p=path: _checked(saes.load_sae_lens_dir(p, device=device), d_model),
+                                 lambda d_model, device, dtype, p=path: _checked(saes.load_sae_lens_dir(p, dtype, device), d_model),
                                  layer, fingerprint(path / "cfg.json")))
             continue
         elif path.is_dir():
@@ -105,7 +107,7 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
                 raise FileNotFoundError(f"{path} holds no params.npz files (expected Gemma Scope's layout: "
                                         f"layer_12/width_16k/average_l0_82/params.npz)")
         elif spec.partition("/")[0] not in saes.releases():  # a path that is not there: that SAE fails alone
-            def missing(d_model, device, spec=spec):
+            def missing(d_model, device, dtype, spec=spec):
                 hint = "" if spec.startswith(("/", ".")) or spec.endswith(".npz") else \
                     f", and {spec.partition('/')[0]!r} is not a release of the sae-lens catalog (`actstore saes list`)"
                 raise SAEError(f"SAE {spec}: no such file or folder{hint}")
@@ -119,14 +121,14 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
                                  f"--release {release}`")
             for e in entries:
                 out.append(SAESource(f"{e.release}/{e.id}", e.release, e.id,
-                                     lambda d_model, device, e=e: saes.load_catalog_entry(e, d_model, device=device),
+                                     lambda d_model, device, dtype, e=e: saes.load_catalog_entry(e, d_model, dtype, device),
                                      e.layer))
             continue
         for sae_id, npz in found:
             id_layer, l0 = layer_and_l0_from_id(sae_id)
             out.append(SAESource(str(npz.parent.resolve()), root.resolve().name, sae_id,
-                                 lambda d_model, device, npz=npz, sae_id=sae_id, lay=id_layer, l0=l0:
-                                 saes.load_params_npz(npz, sae_id, lay, l0, d_model, device=device),
+                                 lambda d_model, device, dtype, npz=npz, sae_id=sae_id, lay=id_layer, l0=l0:
+                                 saes.load_params_npz(npz, sae_id, lay, l0, d_model, dtype, device),
                                  id_layer if id_layer is not None else layer, fingerprint(npz)))
     unique = {s.key: s for s in reversed(out)}  # the same SAE named twice is scored once, first naming kept
     return [s for s in out if unique.get(s.key) is s]
@@ -225,6 +227,8 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype must be float32, bfloat16 or float16; got {cfg.dtype!r}")
     if cfg.backend != "auto" and cfg.backend not in BACKENDS:
         raise ValueError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
     score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend)
@@ -248,7 +252,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
         record = {"sae_key": source.key, "release": source.release, "sae_id": source.name, "layer": source.layer,
                   "width": None, "fingerprint": source.fingerprint, "letters": []}
         try:
-            sae = source.load(store.spec.d_model, device)
+            sae = source.load(store.spec.d_model, device, getattr(torch, cfg.dtype))
             layer = sae.layer if sae.layer is not None else source.layer if source.layer is not None else cfg.layer
             if layer is None:
                 raise NotScorable(f"SAE {source.name}: its layer is unknown (not in its id or config); pass --layer")

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from actstore.cli import main
 from actstore.runner import ScoreCommandConfig, resolve_saes, run_score
@@ -164,3 +165,15 @@ def test_tables_hold_every_column_whatever_row_comes_first(tmp_path):
     assert [r["mean_x"] for r in saes] == [None, 0.5] and [r["reason"] for r in saes] == ["bad", ""]
     letters = pq.read_table(tmp_path / "letters.parquet").to_pylist()
     assert [r["context_p"] for r in letters] == [None, 0.3]
+
+
+def test_weights_load_in_the_asked_dtype(planted_store, planted_saes, tmp_path):
+    sae = resolve_saes([str(planted_saes[1] / "params.npz")])[0].load(64, "cpu", torch.bfloat16)
+    assert sae.w_enc.dtype == sae.threshold.dtype == torch.bfloat16
+    out = tmp_path / "bf16"
+    run_score(ScoreCommandConfig(str(planted_store), [str(planted_saes[1] / "params.npz")], str(out), dtype="bfloat16",
+                                 backend="torch"), log=lambda _: None)
+    (row,) = pq.read_table(out / "saes.parquet").to_pylist()
+    assert row["status"] == "ok" and row["backend"] == "torch" and row["letters_evaluated"] > 5
+    with pytest.raises(ValueError, match="--dtype must be float32, bfloat16 or float16; got 'int8'"):
+        run_score(ScoreCommandConfig(str(planted_store), [str(planted_saes[1])], str(out), dtype="int8"))
