@@ -152,8 +152,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config) -> None:
             parser.add_argument(flag, action="store_true", help=docs[f.name])
         elif typing.get_origin(base) in (list, tuple):
             item = typing.get_args(base)[0]
-            parser.add_argument(flag, type=item, nargs="+", required=required,
-                                default=None if required else list(f.default), help=docs[f.name])
+            default = None if required else f.default_factory() if f.default is dataclasses.MISSING else list(f.default)
+            parser.add_argument(flag, type=item, nargs="+", required=required, default=default, help=docs[f.name])
         elif required:
             parser.add_argument(flag, type=base, required=True, help=docs[f.name])
         else:

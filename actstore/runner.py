@@ -33,9 +33,8 @@ from pathlib import Path
 
 import torch
 
-from actstore.probes import load_probe
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
-from actstore.scoring import BACKENDS, LayerData, NotScorable, ScoreConfig, score_sae
+from actstore.scoring import BACKENDS, LayerData, ScoreConfig
 
 EVAL_TYPE_ID = "absorption_first_letter"  # SAEBench's eval_type_id for this eval
 
@@ -47,10 +46,16 @@ class ScoreCommandConfig:
 
     store: str
     """path of the store (a .zarr directory with probes: run `actstore probe` first)"""
-    saes: list[str]
-    """SAEs to score: folders of params.npz, params.npz files, saved sae-lens folders, or catalog names (RELEASE or RELEASE/ID-PREFIX)"""
     out: str
     """results folder (created; a rerun skips SAEs already scored there)"""
+    saes: list[str] = field(default_factory=list)
+    """SAEs to score: folders of params.npz, params.npz files, saved sae-lens folders, catalog names (RELEASE or RELEASE/ID-PREFIX), or @FILE, a list of these one per line"""
+    release: str | None = None
+    """score a whole catalog release (for example gemma-scope-2b-pt-res), narrowed by --layers and --widths"""
+    layers: str | None = None
+    """only SAEs of these layers: a list (0,5,12) or a range (0-25)"""
+    widths: str | None = None
+    """only SAEs of these widths: a list such as 16k,65k"""
     layer: int | None = None
     """the layer every SAE reads, for SAEs whose id or config does not say"""
     device: str = "auto"
@@ -61,6 +66,18 @@ class ScoreCommandConfig:
     """encoder: torch (reference), triton (fused kernel), or auto (triton on CUDA for JumpReLU/ReLU SAEs)"""
     dtype: str = "float32"
     """dtype the SAE weights are loaded in and encoded with (float32, bfloat16 or float16); accumulation is fp32"""
+    workers: int = 0
+    """Ray workers (0: one per GPU, or one CPU worker without a GPU); each takes whole layers"""
+    local: bool = False
+    """score in this process, without Ray"""
+    address: str | None = None
+    """Ray cluster address (auto: the running cluster); default: a local Ray"""
+    memory_gb: float | None = None
+    """SAE weights a worker may hold, current and next group together (default: half the GPU, a third of RAM)"""
+    group_size: int = 10
+    """SAEs of one layer scored together (one kernel launch per token block serves the group)"""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """environment variables for the Ray workers (fault injection in tests)"""
 
 
 @dataclass
@@ -78,6 +95,12 @@ class SAESource:
     layer: int | None = None
     fingerprint: str = ""
     """size and modification time of a local file: a rewritten SAE is scored again"""
+    width: int | None = None
+    """latents, when known without loading"""
+    nbytes: int = 0
+    """about how many bytes its weights take in fp32 (the scheduler's memory plan)"""
+    l0: float | None = None
+    """the L0 its release reports (Gemma Scope: average_l0 in the id)"""
 
 
 def fingerprint(path: Path) -> str:
@@ -99,7 +122,8 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
         elif path.is_dir() and (path / "cfg.json").exists():
             out.append(SAESource(str(path.resolve()), path.resolve().parent.name, path.name,
                                  lambda d_model, device, dtype, p=path: _checked(saes.load_sae_lens_dir(p, dtype, device), d_model),
-                                 layer, fingerprint(path / "cfg.json")))
+                                 layer, fingerprint(path / "cfg.json"),
+                                 nbytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file())))
             continue
         elif path.is_dir():
             found, root = saes.local_saes(path), path
@@ -122,16 +146,54 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
             for e in entries:
                 out.append(SAESource(f"{e.release}/{e.id}", e.release, e.id,
                                      lambda d_model, device, dtype, e=e: saes.load_catalog_entry(e, d_model, dtype, device),
-                                     e.layer))
+                                     e.layer, width=e.width, nbytes=e.width * 2304 * 2 * 4, l0=e.l0))
             continue
         for sae_id, npz in found:
             id_layer, l0 = layer_and_l0_from_id(sae_id)
             out.append(SAESource(str(npz.parent.resolve()), root.resolve().name, sae_id,
                                  lambda d_model, device, dtype, npz=npz, sae_id=sae_id, lay=id_layer, l0=l0:
                                  saes.load_params_npz(npz, sae_id, lay, l0, d_model, dtype, device),
-                                 id_layer if id_layer is not None else layer, fingerprint(npz)))
+                                 id_layer if id_layer is not None else layer, fingerprint(npz), npz_width(npz),
+                                 npz.stat().st_size, l0))
     unique = {s.key: s for s in reversed(out)}  # the same SAE named twice is scored once, first naming kept
     return [s for s in out if unique.get(s.key) is s]
+
+
+def npz_width(path: Path) -> int | None:
+    """Latents of a params.npz from its small b_enc array alone (None when unreadable: loading says why)."""
+    import numpy as np
+
+    try:
+        with np.load(path) as params:
+            return int(params["b_enc"].shape[0])
+    except Exception:  # noqa: BLE001 - a bad file fails when it is loaded, with its own message
+        return None
+
+
+def select_saes(cfg: ScoreCommandConfig) -> list[SAESource]:
+    """The SAEs a score command names: --saes (and @FILE lists) and --release, filtered by --layers/--widths."""
+    from actstore.extract import parse_layers
+    from actstore.saes import parse_width
+
+    specs = []
+    for spec in cfg.saes:
+        if spec.startswith("@"):
+            lines = Path(spec[1:]).read_text().splitlines()
+            specs += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        else:
+            specs.append(spec)
+    if cfg.release:
+        specs.append(cfg.release)
+    if not specs:
+        raise ValueError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
+    sources = resolve_saes(specs, cfg.layer)
+    if cfg.layers:
+        wanted = set(parse_layers(cfg.layers, max((s.layer or 0) for s in sources) + 1))
+        sources = [s for s in sources if s.layer in wanted]
+    if cfg.widths:
+        widths = {parse_width(w) for w in cfg.widths.split(",")}
+        sources = [s for s in sources if s.width in widths]
+    return sources
 
 
 def _checked(sae: SAEWeights, d_model: int | None) -> SAEWeights:
@@ -144,7 +206,7 @@ def part_name(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:20] + ".json"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -219,11 +281,39 @@ def write_tables(out: Path) -> tuple[int, int]:
     return ok, len(parts) - ok
 
 
+def part_done(out: Path, source: SAESource) -> bool:
+    """Whether RESULTS already holds a successful score of this SAE (same file, when it is a file)."""
+    path = out / "parts" / part_name(source.key)
+    if not path.exists():
+        return False
+    record = json.loads(path.read_text())
+    return record["summary"]["status"] == "ok" and record.get("fingerprint", "") == source.fingerprint
+
+
+def _record(source: SAESource, **fields) -> dict:
+    return {"sae_key": source.key, "release": source.release, "sae_id": source.name, "layer": source.layer,
+            "width": source.width, "l0_reported": source.l0, "fingerprint": source.fingerprint, "letters": [],
+            **fields}
+
+
+def record_result(out: Path, source: SAESource, sae: SAEWeights, result, cfg: ScoreConfig, spec) -> dict:
+    """The part record of a scored SAE; writes its SAEBench JSON."""
+    report = saebench_json(source, sae, result.summary, result.letters, cfg, spec)
+    name = f"{source.release}_{source.name}_eval_results.json".replace("/", "_").lstrip("_")
+    write_atomic(out / "saebench" / name, json.dumps(report, indent=1))
+    return _record(source, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
+                   letters=result.letters, summary=result.summary)
+
+
+def record_failure(out: Path, source: SAESource, err: Exception) -> dict:
+    return _record(source, summary={"status": "failed", "reason": str(err)})
+
+
 def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dict:
-    """Score every SAE the specs name that RESULTS does not hold yet; returns a summary."""
+    """Score every SAE the command names that RESULTS does not hold yet; returns a summary."""
     from tqdm.auto import tqdm
 
-    from actstore.store import ActivationStore
+    from actstore.batch import LayerScorer, memory_budget, plan_jobs
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -231,57 +321,74 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
         raise ValueError(f"--dtype must be float32, bfloat16 or float16; got {cfg.dtype!r}")
     if cfg.backend != "auto" and cfg.backend not in BACKENDS:
         raise ValueError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
-    score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend)
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)
-    store = ActivationStore.open(cfg.store, require_complete=True)
-    sources = resolve_saes(cfg.saes, cfg.layer)
-    done = set()
-    for part in (out / "parts").glob("*.json"):
-        record = json.loads(part.read_text())
-        if record["summary"]["status"] == "ok":
-            done.add((record["sae_key"], record.get("fingerprint", "")))
-    todo = [s for s in sources if (s.key, s.fingerprint) not in done]
-    todo.sort(key=lambda s: (s.layer is None, s.layer or 0))  # one layer's rows are loaded once
-    log(f"{len(sources)} SAEs named, {len(sources) - len(todo)} already in {out}, {len(todo)} to score on {device}")
-    layer_cache: dict[int, LayerData] = {}
-    bar = tqdm(todo, desc="score", unit="SAE", disable=not progress)
-    for source in bar:
-        t = time.perf_counter()
-        record = {"sae_key": source.key, "release": source.release, "sae_id": source.name, "layer": source.layer,
-                  "width": None, "fingerprint": source.fingerprint, "letters": []}
-        try:
-            sae = source.load(store.spec.d_model, device, getattr(torch, cfg.dtype))
-            layer = sae.layer if sae.layer is not None else source.layer if source.layer is not None else cfg.layer
-            if layer is None:
-                raise NotScorable(f"SAE {source.name}: its layer is unknown (not in its id or config); pass --layer")
-            if layer not in store.layers:
-                raise NotScorable(f"SAE {source.name} reads layer {layer}; the store has layers {store.layers}: "
-                                  f"extract it with `actstore extract ... --layers {layer} --resume`")
-            try:
-                probe = load_probe(store, layer)
-            except KeyError as err:
-                raise NotScorable(f"the store has no probe for layer {layer}: run `actstore probe {cfg.store} "
-                                  f"--layers {layer}`") from err
-            sae.layer = layer
-            record.update(layer=layer, width=sae.width)
-            if layer not in layer_cache:
-                layer_cache.clear()
-                layer_cache[layer] = load_layer(store, layer)
-            result = score_sae(sae, layer_cache[layer], probe, score_cfg)
-            record.update(letters=result.letters, summary=result.summary)
-            report = saebench_json(source, sae, result.summary, result.letters, score_cfg, store.spec)
-            name = f"{source.release}_{source.name}_eval_results.json".replace("/", "_").lstrip("_")
-            _write_atomic(out / "saebench" / name, json.dumps(report, indent=1))
-        except (SAEError, NotScorable, FileNotFoundError) as err:
-            record["summary"] = {"status": "failed", "reason": str(err)}
-            log(f"  {source.name}: failed: {err}")
-        record["seconds"] = time.perf_counter() - t
-        _write_atomic(out / "parts" / part_name(source.key), json.dumps(record))
+    sources = select_saes(cfg)
+    todo = [s for s in sources if not part_done(out, s)]
+    jobs = plan_jobs(todo, memory_budget(device, cfg.memory_gb), cfg.group_size)
+    log(f"{len(sources)} SAEs named, {len(sources) - len(todo)} already in {out}, {len(todo)} to score on {device} "
+        f"({len(jobs)} layers)")
+    bar = tqdm(total=len(todo), desc="score", unit="SAE", disable=not progress, smoothing=0.1)
+    failed_now = []
+
+    def done(record: dict) -> None:
+        bar.update(1)
         bar.set_postfix(last=f"{record['seconds']:.1f}s")
-    store.close()
+        if record["summary"]["status"] != "ok":
+            failed_now.append(record)
+            log(f"  {record['sae_id']}: failed: {record['summary']['reason']}")
+
+    try:
+        if not jobs:
+            pass
+        elif cfg.local:
+            scorer = LayerScorer(cfg, device)
+            for job in jobs:
+                scorer.run(job, on_done=done)
+            scorer.close()
+        else:
+            _run_ray(cfg, device, jobs, todo, out, done)
+    finally:
+        bar.close()
     scored, failed = write_tables(out)
     wall = time.perf_counter() - t0
-    return {"named": len(sources), "computed": len(todo), "scored": scored, "failed": failed, "seconds": wall,
-            "saes_per_minute": len(todo) / wall * 60 if wall else 0.0, "out": str(out)}
+    summary = {"named": len(sources), "computed": len(todo), "scored": scored, "failed": failed, "seconds": wall,
+               "saes_per_minute": len(todo) / wall * 60 if wall else 0.0, "out": str(out)}
+    log(f"scored {len(todo) - len(failed_now)} and failed {len(failed_now)} of {len(todo)} in {wall:.1f}s "
+        f"({summary['saes_per_minute']:.1f} SAEs/min); {out} holds {scored} scored, {failed} failed")
+    return summary
+
+
+def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: Path, done) -> None:
+    """One LayerScorer actor per GPU (or one CPU worker), whole layers each; progress from the parts they
+    write. A crashed actor is restarted and its job retried once."""
+    import ray
+
+    from actstore.batch import LayerScorer
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
+    n_workers = cfg.workers or max(1, gpus)
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n_workers)
+    options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
+                   runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
+    actors = [ray.remote(LayerScorer).options(**options).remote(cfg, device, None if gpus else threads)
+              for _ in range(n_workers)]
+    pending = [actors[i % n_workers].run.remote(job) for i, job in enumerate(jobs)]  # actors run calls in order
+    expected = {out / "parts" / part_name(s.key): s for s in todo}
+    before = {path: path.stat().st_mtime_ns if path.exists() else 0 for path in expected}
+    try:
+        while expected:
+            finished, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5) if pending else ([], [])
+            ray.get(finished)  # an actor that failed twice raises here
+            for path in [p for p in expected if p.exists() and p.stat().st_mtime_ns != before[p]]:
+                expected.pop(path)
+                done(json.loads(path.read_text()))
+            if not pending and expected:
+                missing = ", ".join(s.name for s in list(expected.values())[:5])
+                raise RuntimeError(f"the workers ended without scoring {len(expected)} SAEs ({missing}); rerun")
+    finally:
+        for actor in actors:
+            ray.kill(actor)

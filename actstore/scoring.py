@@ -159,34 +159,53 @@ def encode_sparse(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, token_c
     return SparseActs(offsets, col.long()[order], val.float()[order], m)
 
 
-def encode_sparse_fused(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, token_chunk: int = 4096,
-                        latent_chunk: int = 16384, progress=None) -> SparseActs:
-    """The same sparse activations from the fused Triton kernel (`actstore.kernels.jumprelu_probe`), a token
-    chunk per launch, in the SAE's dtype with fp32 accumulation. JumpReLU and ReLU only. Firing decisions
-    within the kernel's flip tolerance of the threshold are counted in `near`."""
+def encode_group_fused(x: torch.Tensor, saes: list[SAEWeights], token_chunk: int = 4096, progress=None,
+                       group=None) -> list[SparseActs]:
+    """Sparse activations of several SAEs of one layer from the fused Triton kernel
+    (`actstore.kernels.jumprelu_probe`): one launch per token chunk serves the whole group, in the SAEs'
+    dtype with fp32 accumulation. JumpReLU and ReLU only. Firing decisions within the kernel's flip
+    tolerance of a threshold are counted in each result's `near`. `group`: the SAEs already packed."""
     from actstore.kernels.jumprelu_probe import jumprelu_probe, pack_group
 
-    if sae.architecture not in ("jumprelu", "relu"):
-        raise ValueError(f"SAE {sae.id}: the fused kernel encodes JumpReLU and ReLU SAEs, not {sae.architecture}; "
-                         f"use --backend torch")
-    if sae.apply_b_dec_to_input:
-        x = x - sae.b_dec.to(x.device, x.dtype)
-    group = pack_group([sae], torch.zeros(0, sae.d_model, device=sae.w_enc.device), sae.w_enc.dtype)
-    offsets, index, value, near, capacity = [torch.zeros(1, dtype=torch.int64, device=sae.w_enc.device)], [], [], 0, 64
+    for sae in saes:
+        if sae.architecture not in ("jumprelu", "relu"):
+            raise ValueError(f"SAE {sae.id}: the fused kernel encodes JumpReLU and ReLU SAEs, not {sae.architecture}; "
+                             f"use --backend torch")
+        if sae.apply_b_dec_to_input and len(saes) > 1:
+            raise ValueError(f"SAE {sae.id} subtracts b_dec from its input: encode it alone")
+    device, dtype = saes[0].w_enc.device, saes[0].w_enc.dtype
+    if saes[0].apply_b_dec_to_input:
+        x = x - saes[0].b_dec.to(x.device, x.dtype)
+    group = group or pack_group(saes, torch.zeros(0, saes[0].d_model, device=device), dtype)
+    n_saes = len(saes)
+    offsets = [[torch.zeros(1, dtype=torch.int64, device=device)] for _ in saes]
+    index, value, near = [[] for _ in saes], [[] for _ in saes], [0] * n_saes
+    capacity = 64
     for start in range(0, len(x), token_chunk):
-        xb = x[start:start + token_chunk].to(device=sae.w_enc.device, dtype=sae.w_enc.dtype).contiguous()
+        xb = x[start:start + token_chunk].to(device=device, dtype=dtype).contiguous()
         out = jumprelu_probe(xb, group, capacity)
         capacity = out.index.shape[2]  # keep the room a retry found
-        l0 = out.l0[0].long()
-        keep = torch.arange(capacity, device=l0.device)[None, :] < l0[:, None]  # (n, capacity)
-        index.append(out.index[0][keep].long())
-        value.append(out.value[0][keep])
-        offsets.append(offsets[-1][-1] + l0.cumsum(0))
-        near += int(out.near.sum())
+        for i in range(n_saes):
+            l0 = out.l0[i].long()
+            keep = torch.arange(capacity, device=device)[None, :] < l0[:, None]  # (n, capacity)
+            index[i].append(out.index[i][keep].long())
+            value[i].append(out.value[i][keep])
+            offsets[i].append(offsets[i][-1][-1] + l0.cumsum(0))
+            near[i] += int(out.near[i].sum())
         if progress is not None:
             progress(len(xb))
-    cat = (lambda t, dtype: torch.cat(t) if t else torch.zeros(0, dtype=dtype, device=sae.w_enc.device))
-    return SparseActs(torch.cat(offsets), cat(index, torch.int64), cat(value, torch.float32), sae.width, near)
+
+    def cat(t, dtype):
+        return torch.cat(t) if t else torch.zeros(0, dtype=dtype, device=device)
+
+    return [SparseActs(torch.cat(offsets[i]), cat(index[i], torch.int64), cat(value[i], torch.float32), sae.width,
+                       near[i]) for i, sae in enumerate(saes)]
+
+
+def encode_sparse_fused(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, token_chunk: int = 4096,
+                        latent_chunk: int = 16384, progress=None) -> SparseActs:
+    """One SAE through the fused kernel (`encode_group_fused`); same interface as `encode_sparse`."""
+    return encode_group_fused(x, [sae], token_chunk, progress)[0]
 
 
 BACKENDS = {"torch": encode_sparse, "triton": encode_sparse_fused}
@@ -323,8 +342,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig = ScoreConfig(),
-              progress=None) -> SAEScore:
-    """Every metric of one SAE against one layer's probe. `progress(rows)` is called as rows are encoded."""
+              progress=None, acts: SparseActs | None = None) -> SAEScore:
+    """Every metric of one SAE against one layer's probe. `progress(rows)` is called as rows are encoded;
+    `acts`: the vocabulary rows' sparse activations when already encoded (a group launch of the kernel)."""
     letters = probe.evaluated_letters(cfg.min_probe_f1)
     if len(letters) < cfg.min_letters:
         raise NotScorable(f"only {len(letters)} letters have a probe test F1 >= {cfg.min_probe_f1} at layer "
@@ -337,7 +357,8 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
     dec_cos, enc_cos = latent_cosines(sae, directions, scale)  # (m, 26) each
 
     backend = pick_backend(cfg.backend, sae)
-    acts = BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress)
+    if acts is None:
+        acts = BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress)
     l1_weight = train_sparse_probe(acts.rows(train), labels[train], cfg)  # (m, 26)
     k = min(cfg.max_k, sae.width)
     candidates = l1_weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first

@@ -155,18 +155,20 @@ class Fused(NamedTuple):
     """launches repeated because some token had more than `capacity` active latents"""
 
 
-def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype) -> Group:
+def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype, w_enc: torch.Tensor | None = None) -> Group:
     """Concatenate SAEs (objects with w_enc (d, m), b_enc, w_dec (m, d), and threshold unless ReLU).
-    directions (26, d) unit probe directions. This copies the encoders once; a scheduler that loads SAEs
-    straight into one buffer can build Group itself."""
+    directions (P, d) unit probe directions, P <= 32. Several SAEs' encoders are copied once (one SAE's is
+    used as it is); `w_enc`: the (d, M) encoders already side by side (a scheduler that loads each SAE's
+    encoder into its slice of one buffer), used as it is."""
     device = saes[0].w_enc.device
     widths = [s.w_enc.shape[1] for s in saes]
     offsets = torch.tensor([0] + widths, device=device).cumsum(0).to(torch.int32)
     norms = torch.cat([s.w_dec.float().norm(dim=1) for s in saes])
     v = torch.zeros(sum(widths), P_PAD, device=device)
     v[:, :directions.shape[0]] = torch.cat([s.w_dec.float() @ directions.to(device).float().T for s in saes])
-    w_enc = saes[0].w_enc if len(saes) == 1 else torch.cat([s.w_enc for s in saes], dim=1)  # one SAE: no copy
-    return Group(w_enc.to(dtype).contiguous(),
+    if w_enc is None:  # one SAE: no copy
+        w_enc = saes[0].w_enc if len(saes) == 1 else torch.cat([s.w_enc for s in saes], dim=1)
+    return Group(w_enc.to(dtype),  # any strides: a slice of a shared buffer is used in place
                  torch.cat([s.b_enc.float() for s in saes]),
                  torch.cat([s.threshold.float() if getattr(s, "architecture", "jumprelu") == "jumprelu"
                             else torch.zeros_like(s.b_enc.float()) for s in saes]),  # ReLU: threshold 0

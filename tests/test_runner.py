@@ -48,7 +48,8 @@ def suite(planted_saes, tmp_path_factory):
 
 def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_path, capsys):
     out = tmp_path / "results"
-    code = main(["score", str(planted_store), "--saes", str(suite), str(suite / "missing.npz"), "--out", str(out)])
+    code = main(["score", str(planted_store), "--saes", str(suite), str(suite / "missing.npz"), "--out", str(out),
+                 "--local"])
     assert code == 1  # some SAEs failed; the others are scored
     saes = {r["sae_id"]: r for r in pq.read_table(out / "saes.parquet").to_pylist()}
     assert len(saes) == 7
@@ -84,10 +85,11 @@ def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_pat
 def test_a_killed_score_resumes_with_identical_results(planted_store, planted_saes, tmp_path):
     root = planted_saes[0].parents[2]
     reference = tmp_path / "reference"
-    run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(reference)), log=lambda _: None)
+    run_score(ScoreCommandConfig(str(planted_store), str(reference), [str(root)], local=True), log=lambda _: None)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(root), "--out", str(out)]
+    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(root), "--out", str(out),
+           "--local"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "parts").glob("*.json")):
@@ -98,16 +100,16 @@ def test_a_killed_score_resumes_with_identical_results(planted_store, planted_sa
     assert 1 <= finished < 3, "the kill should land after the first SAE and before the last"
     assert not (out / "saes.parquet").exists()  # the tables are written at the end
 
-    summary = run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(out)), log=lambda _: None)
+    summary = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)
     assert (summary["computed"], summary["scored"]) == (3 - finished, 3)
     assert rows(out / "saes.parquet") == rows(reference / "saes.parquet")
     assert rows(out / "letters.parquet") == rows(reference / "letters.parquet")
 
-    again = run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(out)), log=lambda _: None)
+    again = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)
     assert again["computed"] == 0  # everything is there: nothing recomputed
     params = planted_saes[1] / "params.npz"
     os.utime(params, ns=(time.time_ns(), time.time_ns()))  # a rewritten SAE file is scored again
-    assert run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(out)), log=lambda _: None)["computed"] == 1
+    assert run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)["computed"] == 1
 
 
 def test_spec_forms(planted_saes, tmp_path):
@@ -126,7 +128,7 @@ def test_the_demo_table_fails_on_a_value_off_by_more_than_its_tolerance(planted_
     root = tmp_path / "saes"
     shutil.copytree(planted_saes[0].parents[2], root)
     folders = sorted((root / "layer_0" / "width_1500").iterdir())
-    run_score(ScoreCommandConfig(str(planted_store), [str(root)], str(tmp_path / "out")), log=lambda _: None)
+    run_score(ScoreCommandConfig(str(planted_store), str(tmp_path / "out"), [str(root)], local=True), log=lambda _: None)
     assert print_truth_table(folders, tmp_path / "out")
     truth = json.loads((folders[1] / "truth.json").read_text())
     letter = truth["evaluated_letters"][0]
@@ -171,9 +173,41 @@ def test_weights_load_in_the_asked_dtype(planted_store, planted_saes, tmp_path):
     sae = resolve_saes([str(planted_saes[1] / "params.npz")])[0].load(64, "cpu", torch.bfloat16)
     assert sae.w_enc.dtype == sae.threshold.dtype == torch.bfloat16
     out = tmp_path / "bf16"
-    run_score(ScoreCommandConfig(str(planted_store), [str(planted_saes[1] / "params.npz")], str(out), dtype="bfloat16",
-                                 backend="torch"), log=lambda _: None)
+    run_score(ScoreCommandConfig(str(planted_store), str(out), [str(planted_saes[1] / "params.npz")], local=True,
+                                 dtype="bfloat16", backend="torch"), log=lambda _: None)
     (row,) = pq.read_table(out / "saes.parquet").to_pylist()
     assert row["status"] == "ok" and row["backend"] == "torch" and row["letters_evaluated"] > 5
     with pytest.raises(ValueError, match="--dtype must be float32, bfloat16 or float16; got 'int8'"):
-        run_score(ScoreCommandConfig(str(planted_store), [str(planted_saes[1])], str(out), dtype="int8"))
+        run_score(ScoreCommandConfig(str(planted_store), str(out), [str(planted_saes[1])], dtype="int8"))
+
+
+def test_ray_workers_retry_a_crashed_group_and_match_a_local_run(planted_store, planted_saes, tmp_path, ray_session):
+    root = planted_saes[0].parents[2]
+    local = tmp_path / "local"
+    run_score(ScoreCommandConfig(str(planted_store), str(local), [str(root)], local=True, group_size=2),
+              log=lambda _: None)
+    flag = tmp_path / "crashed"
+    lines = []
+    summary = run_score(ScoreCommandConfig(str(planted_store), str(tmp_path / "ray"), [str(root)], group_size=2,
+                                           worker_env={"ACTSTORE_FAULT_SCORE_CRASH_ONCE": f"{flag}:1"}),
+                        log=lines.append)
+    assert flag.exists()  # the worker died before its second SAE; Ray restarted it and retried the job
+    assert (summary["computed"], summary["scored"], summary["failed"]) == (3, 3, 0)
+    assert "scored 3 and failed 0 of 3" in lines[-1] and "SAEs/min" in lines[-1]
+    assert rows(tmp_path / "ray" / "saes.parquet") == rows(local / "saes.parquet")
+    assert rows(tmp_path / "ray" / "letters.parquet") == rows(local / "letters.parquet")
+
+
+def test_plan_groups_by_layer_within_the_memory_budget():
+    from actstore.batch import plan_jobs
+    from actstore.runner import SAESource
+
+    def src(name, layer, nbytes):
+        return SAESource(name, "r", name, None, layer, nbytes=nbytes)
+
+    sources = [src("a", 3, 10), src("b", 1, 10), src("c", 3, 10), src("d", 3, 45), src("e", 3, 10), src("f", None, 1),
+               src("g", 1, 200)]
+    jobs = plan_jobs(sources, budget_bytes=100, group_size=2)  # groups: <= 2 SAEs and <= 50 bytes
+    assert [j.layer for j in jobs] == [1, 3, None]
+    assert [[s.name for s in g] for g in jobs[0].groups] == [["b"], ["g"]]  # g alone: larger than the budget
+    assert [[s.name for s in g] for g in jobs[1].groups] == [["a", "c"], ["d"], ["e"]]
