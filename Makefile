@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 DEMO   ?= demo_out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,12 +22,19 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/actstore demo --out $(DEMO)
 
-test: setup
+# Debian's chromium: the report test opens the HTML report in it, headless. Installed once, as root.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null) || \
+		echo "could not install Debian's chromium (needs root and apt): the report test will be skipped"
+
+test: setup browser
 	$(BIN)/pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/store_bench.py
 	$(BIN)/python benchmarks/extract_bench.py
+	$(BIN)/python benchmarks/score_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) benchmarks/scratch

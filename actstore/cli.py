@@ -7,6 +7,7 @@
     actstore saes list [--release R] [--layer L] [--width W]     the SAEs of a release (sae-lens catalog)
     actstore synth-saes --store STORE --layer L --out DIR        synthetic SAEs with planted absorption
     actstore score STORE --saes SPEC... --out RESULTS            absorption, splits, precision/recall per SAE
+    actstore report RESULTS --out DIR                            figures and an HTML page of the results
     actstore info STORE [--json]                                 what a store holds, complete or not, size
     actstore verify STORE                                        read every shard, check every checksum
     actstore demo --out DIR                                      the chain end to end on synthetic data
@@ -120,7 +121,18 @@ class SynthSAEsCommandConfig(SynthSAEConfig):
     """folder to write layer_L/width_W/absorption_F/params.npz into"""
 
 
-POSITIONAL = {"store", "action"}
+@dataclass
+class ReportConfig:
+    """Plot a results folder of `actstore score`: absorption and full absorption against L0 per width (panels
+    by layer), a layer x width heatmap, single-latent F1 and split features against L0; PNGs and one HTML page."""
+
+    results: str
+    """results folder written by `actstore score`"""
+    out: str = "report"
+    """folder for the PNG figures and report.html"""
+
+
+POSITIONAL = {"store", "action", "results"}
 HIDDEN = {"worker_env"}  # fault injection for tests, not a CLI option
 
 
@@ -268,6 +280,15 @@ def cmd_score(cfg: ScoreCommandConfig) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_report(cfg: ReportConfig) -> int:
+    from actstore.report import write_report
+
+    written = write_report(cfg.results, cfg.out)
+    print(f"{written['html']}: {written['scored']} SAEs ({written['failed']} failed), "
+          f"{len(written['figures'])} figures")
+    return 0
+
+
 def cmd_synth_model(cfg: SynthModelConfig) -> int:
     from actstore.synth import write_synthetic_model
 
@@ -283,6 +304,7 @@ COMMANDS = {
     "saes": (SaesConfig, cmd_saes),
     "synth-saes": (SynthSAEsCommandConfig, cmd_synth_saes),
     "score": (ScoreCommandConfig, cmd_score),
+    "report": (ReportConfig, cmd_report),
     "info": (InfoConfig, cmd_info),
     "verify": (VerifyConfig, cmd_verify),
     "demo": (DemoConfig, cmd_demo),

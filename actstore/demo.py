@@ -12,7 +12,8 @@
 6. score them (`actstore score`, results in DIR/results; a rerun skips what is scored);
 7. print planted against measured values: every evaluated letter's absorption fraction, full-absorption
    rate, number of split features and (unsplit letters) single-latent F1, and their means, within
-   `synth_saes.TOLERANCE`.
+   `synth_saes.TOLERANCE`;
+8. `actstore report` on the results: figures and an HTML page in DIR/report.
 
 Exit status 1 if a check fails.
 """
@@ -87,6 +88,10 @@ def run_demo(out: str, seed: int = 0) -> int:
                         log=lambda line: print("   " + line))
     print(f"6. scored: {summary['scored']} SAEs ({summary['computed']} computed now) in {summary['seconds']:.1f}s")
     ok = print_truth_table(folders, out_dir / "results") and summary["failed"] == 0
+    from actstore.report import write_report
+
+    report = write_report(out_dir / "results", out_dir / "report")
+    print(f"8. report: {report['html']} ({len(report['figures'])} figures)")
 
     info = store.info()
     print(f"store: {info['groups']}, {info['bytes_on_disk'] / 1e6:.1f} MB; demo took {time.perf_counter() - t0:.1f}s")

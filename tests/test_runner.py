@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -211,3 +212,36 @@ def test_plan_groups_by_layer_within_the_memory_budget():
     assert [j.layer for j in jobs] == [1, 3, None]
     assert [[s.name for s in g] for g in jobs[0].groups] == [["b"], ["g"]]  # g alone: larger than the budget
     assert [[s.name for s in g] for g in jobs[1].groups] == [["a", "c"], ["d"], ["e"]]
+
+
+def test_report_renders_in_headless_chromium(planted_store, suite, tmp_path):
+    import shutil as sh
+
+    from actstore.report import write_report
+
+    results = tmp_path / "results"
+    run_score(ScoreCommandConfig(str(planted_store), str(results), [str(suite)], local=True), log=lambda _: None)
+    written = write_report(results, tmp_path / "report")
+    assert (written["scored"], written["failed"]) == (3, 3)
+    names = sorted(Path(p).name for p in written["figures"])
+    assert names == ["absorption_vs_l0.png", "f1_vs_l0.png", "full_absorption_vs_l0.png", "layer_width_heatmap.png",
+                     "splits_vs_l0.png"]
+    for p in written["figures"]:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    chromium = sh.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make test` installs it as root)")
+    page = Path(written["html"]).resolve().as_uri()
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    body = dom[dom.index("<body"):dom.index(">", dom.index("<body"))]
+    # every embedded figure decoded (naturalWidth > 0), and the rows of the three tables are in the page:
+    # heatmap 1 layer + 3 scored SAEs + 3 failed SAEs
+    assert 'data-images-rendered="5"' in body and 'data-table-rows="7"' in body, body
+    assert "layer_0/width_1500/absorption_30" in dom and "NaN or inf" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True, timeout=120)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[0] == 2400 and pixels.std() > 0.05  # drawn figures and tables, not a blank page
