@@ -387,8 +387,15 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
                 expected.pop(path)
                 done(json.loads(path.read_text()))
             if not pending and expected:
-                missing = ", ".join(s.name for s in list(expected.values())[:5])
-                raise RuntimeError(f"the workers ended without scoring {len(expected)} SAEs ({missing}); rerun")
+                # written meanwhile by someone else (a worker of a killed earlier run that Ray had not yet
+                # reaped): the workers skipped them as done
+                for path, source in list(expected.items()):
+                    if part_done(out, source):
+                        expected.pop(path)
+                        done(json.loads(path.read_text()))
+                if expected:
+                    missing = ", ".join(s.name for s in list(expected.values())[:5])
+                    raise RuntimeError(f"the workers ended without scoring {len(expected)} SAEs ({missing}); rerun")
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -83,34 +83,45 @@ def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_pat
     assert report["sae_lens_id"] == "layer_0/width_1500/absorption_30" and report["sae_cfg_dict"]["d_sae"] == 1500
 
 
-def test_a_killed_score_resumes_with_identical_results(planted_store, planted_saes, tmp_path):
-    root = planted_saes[0].parents[2]
+@pytest.fixture(scope="module")
+def suite20(planted_store, tmp_path_factory):
+    """20 synthetic SAEs (absorption 0%, 5%, ..., 95%) on the planted store's layer 0."""
+    from actstore.synth_saes import SynthSAEConfig, write_synthetic_saes
+
+    out = tmp_path_factory.mktemp("suite20")
+    rates = tuple(round(0.05 * i, 2) for i in range(20))
+    write_synthetic_saes(str(planted_store), 0, out, SynthSAEConfig(absorption=rates, width=1200))
+    return out
+
+
+def test_a_killed_score_of_20_saes_resumes_with_identical_results(planted_store, suite20, tmp_path):
     reference = tmp_path / "reference"
-    run_score(ScoreCommandConfig(str(planted_store), str(reference), [str(root)], local=True), log=lambda _: None)
+    run_score(ScoreCommandConfig(str(planted_store), str(reference), [str(suite20)], local=True), log=lambda _: None)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(root), "--out", str(out),
-           "--local"]
+    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(suite20), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "parts").glob("*.json")):
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "parts").glob("*.json"))) < 5:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray cluster and the worker, mid-run
     proc.wait()
     finished = len(list((out / "parts").glob("*.json")))
-    assert 1 <= finished < 3, "the kill should land after the first SAE and before the last"
+    assert 5 <= finished < 20, "the kill should land mid-run"
     assert not (out / "saes.parquet").exists()  # the tables are written at the end
 
-    summary = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)
-    assert (summary["computed"], summary["scored"]) == (3 - finished, 3)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # the same command, once more
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{20 - finished} of 20 in" in again.stdout or f"computed {20 - finished} of 20" in again.stdout
     assert rows(out / "saes.parquet") == rows(reference / "saes.parquet")
     assert rows(out / "letters.parquet") == rows(reference / "letters.parquet")
 
-    again = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)
-    assert again["computed"] == 0  # everything is there: nothing recomputed
-    params = planted_saes[1] / "params.npz"
+    summary = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite20)], local=True), log=lambda _: None)
+    assert summary["computed"] == 0  # everything is there: nothing recomputed
+    params = next(suite20.rglob("params.npz"))
     os.utime(params, ns=(time.time_ns(), time.time_ns()))  # a rewritten SAE file is scored again
-    assert run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)["computed"] == 1
+    assert run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite20)], local=True),
+                     log=lambda _: None)["computed"] == 1
 
 
 def test_spec_forms(planted_saes, tmp_path):
