@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_bench import environment  # noqa: E402
+from store_bench import environment, write_result  # noqa: E402
 
 from actstore.extract import ExtractConfig, build_task, extract, parse_layers, to_numpy  # noqa: E402
 from actstore.model import ResidualReader, load_config_and_tokenizer, load_model, pad  # noqa: E402
@@ -219,10 +219,7 @@ def main() -> int:
         print(f"{name:10s} {s['seconds']:8.2f} {s['rows_per_s']:9.0f} {s['tokens_per_s']:10.0f}"
               f" {s['model_tflops']:8.3f} {mfu:>6s}")
     print(f"pipeline / bare time: {ratio:.3f} (target <= 1.15)")
-    out = Path(args.out or HERE / "results" / f"extract_bench{'_full_size' if args.full_size else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out or HERE / "results" / f"extract_bench{'_full_size' if args.full_size else ''}.json", result)
     return 0
 
 

@@ -23,7 +23,6 @@ interpreter's times mean nothing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from store_bench import environment  # noqa: E402
+from store_bench import environment, write_result  # noqa: E402
 
 from actstore.kernels.jumprelu_probe import (Group, P_PAD, default_splits, jumprelu_probe,  # noqa: E402
                                              jumprelu_probe_reference)
@@ -191,10 +190,8 @@ def main() -> int:
     for skip in skipped:
         print(f"skipped m={skip['m']} S={skip['saes']}: weights {skip['weights_bytes'] / 1e9:.1f} GB > 60% of GPU memory")
     result = {"benchmark": "kernel_bench", "environment": env, "smoke": args.smoke, "rows": rows, "skipped": skipped}
-    out = Path(args.out or (HERE / "scratch" / "kernel_bench_smoke.json" if args.smoke else HERE / "results" / "kernel_bench.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out or (HERE / "scratch" / "kernel_bench_smoke.json" if args.smoke
+                              else HERE / "results" / "kernel_bench.json"), result)
     return 0
 
 

@@ -32,7 +32,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from store_bench import environment, sync_and_drop  # noqa: E402
+from store_bench import environment, sync_and_drop, write_result  # noqa: E402
 
 from actstore.saes import parse_width  # noqa: E402
 
@@ -171,9 +171,7 @@ def main() -> int:
     }
     print(f"extrapolated to the {len(sizes)} SAEs of gemma-scope-2b-pt-res ({sum(sizes) / 1e9:.0f} GB): "
           f"{full / 3600:.2f} h scoring, {full_io / 3600:.2f} h reading at this disk's speed")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

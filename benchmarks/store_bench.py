@@ -189,6 +189,14 @@ def warm_up_page_cache(folder: Path, acts: torch.Tensor) -> None:
         path.unlink()
 
 
+def write_result(path: str | Path, result: dict) -> None:
+    """Write a benchmark's JSON (creating results/ or scratch/) and say where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def environment() -> dict:
     import zarr
 
@@ -270,9 +278,7 @@ def main() -> int:
         print(f"{method:12s} {s['write_MBps']:11.0f} {s['read_cold_MBps']:10.0f} {s['read_warm_MBps']:10.0f}"
               f" {s['disk_vs_raw_bytes']:9.3f} {r['write_vs_raw']:10.2f} {r['read_vs_raw']:9.2f}"
               f" {r['read_warm_vs_raw']:9.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 
