@@ -188,7 +188,7 @@ def select_saes(cfg: ScoreCommandConfig) -> list[SAESource]:
         raise ValueError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
     sources = resolve_saes(specs, cfg.layer)
     if cfg.layers:
-        wanted = set(parse_layers(cfg.layers, max((s.layer or 0) for s in sources) + 1))
+        wanted = set(parse_layers(cfg.layers, 1 << 16))  # a filter: layers no SAE reads select nothing
         sources = [s for s in sources if s.layer in wanted]
     if cfg.widths:
         widths = {parse_width(w) for w in cfg.widths.split(",")}

@@ -129,6 +129,17 @@ def test_spec_forms(planted_saes, tmp_path):
     found = resolve_saes([str(root), str(planted_saes[0] / "params.npz")])
     assert [s.name for s in found] == [f"layer_0/width_1500/absorption_{p}" for p in ("00", "30", "50")]
     assert all(s.layer == 0 for s in found)  # the same file named twice is scored once
+    from actstore.runner import select_saes
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# the suite, and one file twice\n{root}\n\n{planted_saes[0] / 'params.npz'}\n")
+    picked = select_saes(ScoreCommandConfig("s", "o", [f"@{listing}"], layers="0-25", widths="1500"))
+    assert [s.name for s in picked] == [s.name for s in found]
+    assert select_saes(ScoreCommandConfig("s", "o", [f"@{listing}"], widths="16k")) == []
+    gemma = select_saes(ScoreCommandConfig("s", "o", release="gemma-scope-2b-pt-res", layers="5,12", widths="1m"))
+    assert len(gemma) == 12 and {s.layer for s in gemma} == {5, 12} and {s.width for s in gemma} == {2**20}
+    with pytest.raises(ValueError, match="name the SAEs to score"):
+        select_saes(ScoreCommandConfig("s", "o"))
     catalog = resolve_saes(["gemma-scope-2b-pt-res/layer_12/width_16k"])
     assert len(catalog) == 5 and all(s.layer == 12 and s.key.startswith("gemma-scope-2b-pt-res/layer_12/width_16k/")
                                      for s in catalog)
