@@ -340,14 +340,12 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
             log(f"  {record['sae_id']}: failed: {record['summary']['reason']}")
 
     try:
-        if not jobs:
-            pass
-        elif cfg.local:
+        if jobs and cfg.local:
             scorer = LayerScorer(cfg, device)
             for job in jobs:
                 scorer.run(job, on_done=done)
             scorer.close()
-        else:
+        elif jobs:
             _run_ray(cfg, device, jobs, todo, out, done)
     finally:
         bar.close()
