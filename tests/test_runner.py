@@ -112,7 +112,10 @@ def test_a_killed_score_of_20_saes_resumes_with_identical_results(planted_store,
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # the same command, once more
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"{20 - finished} of 20 in" in again.stdout or f"computed {20 - finished} of 20" in again.stdout
+    # the killed run's Ray worker may outlive its driver for a moment and finish one more SAE before the
+    # rerun looks: count what the rerun found, at least what was there at the kill
+    already = int(again.stdout.split(" already in ")[0].split(", ")[-1])
+    assert finished <= already < 20 and f"computed {20 - already} of 20" in again.stdout
     assert rows(out / "saes.parquet") == rows(reference / "saes.parquet")
     assert rows(out / "letters.parquet") == rows(reference / "letters.parquet")
 
