@@ -25,7 +25,7 @@ demo: setup
 # Debian's chromium: the report test opens the HTML report in it, headless. Installed once, as root.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends chromium >/dev/null) || \
+		apt-get install -y -qq chromium >/dev/null) || \
 		echo "could not install Debian's chromium (needs root and apt): the report test will be skipped"
 
 test: setup browser

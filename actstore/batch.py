@@ -82,15 +82,16 @@ class LayerScorer:
         self.score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend)
         self.store = ActivationStore.open(cfg.store, require_complete=True)
         self.out = Path(cfg.out)
-        self.layer, self.data = None, None
+        self.layer, self.data, self.probe = None, None, None
         self.crash = os.environ.get("ACTSTORE_FAULT_SCORE_CRASH_ONCE")  # "FLAGFILE:N" (tests)
         self.scored = 0
 
-    def run(self, job: Job, on_done=None) -> list[dict]:
-        """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes."""
+    def run(self, job: Job, on_done=None) -> int:
+        """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes (and passed to
+        on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk."""
         from actstore.runner import part_done
 
-        records = []
+        count = 0
         groups = [[s for s in g if not part_done(self.out, s)] for g in job.groups]  # a retried job resumes
         groups = [g for g in groups if g]
         with ThreadPoolExecutor(1, thread_name_prefix="actstore-prefetch") as pool:
@@ -100,11 +101,11 @@ class LayerScorer:
                 if i + 1 < len(groups):  # the next group's weights are read while this one computes
                     loading = pool.submit(self._load_group, groups[i + 1])
                 for record in self._score_group(loaded, shared):
-                    records.append(record)
+                    count += 1
                     if on_done is not None:
                         on_done(record)
                 del loaded, shared
-        return records
+        return count
 
     def _load_group(self, group: list) -> tuple[list[tuple], torch.Tensor | None]:
         """(source, SAEWeights or the error, seconds to load) for each SAE, weights in their final dtype and
@@ -133,12 +134,18 @@ class LayerScorer:
         return loaded, shared
 
     def _layer_data(self, layer: int):
+        """The layer's rows and probe, read once per layer."""
         from actstore.runner import load_layer
 
         if layer != self.layer:
-            self.layer, self.data = None, None  # free the previous layer first
-            self.data, self.layer = load_layer(self.store, layer), layer
-        return self.data
+            self.layer, self.data, self.probe = None, None, None  # free the previous layer first
+            try:
+                probe = load_probe(self.store, layer)
+            except KeyError as err:
+                raise NotScorable(f"the store has no probe for layer {layer}: run `actstore probe {self.cfg.store} "
+                                  f"--layers {layer}`") from err
+            self.data, self.probe, self.layer = load_layer(self.store, layer), probe, layer
+        return self.data, self.probe
 
     def _score_group(self, loaded: list[tuple], shared: torch.Tensor | None):
         from actstore.runner import record_failure, record_result
@@ -152,8 +159,7 @@ class LayerScorer:
                 if not isinstance(sae, SAEWeights):
                     raise sae
                 layer = self._layer_of(source, sae)
-                result = score_sae(sae, self._layer_data(layer), self._probe(layer), self.score_cfg,
-                                   acts=encoded.get(source.key))
+                result = score_sae(sae, *self._layer_data(layer), self.score_cfg, acts=encoded.get(source.key))
                 record = record_result(self.out, source, sae, result, self.score_cfg, self.store.spec)
             except (SAEError, NotScorable, FileNotFoundError) as err:
                 record = record_failure(self.out, source, err)
@@ -171,14 +177,15 @@ class LayerScorer:
         if shared is None or len(saes) < 2 or any(pick_backend(self.score_cfg.backend, sae) != "triton"
                                                   or sae.apply_b_dec_to_input for sae in saes):
             return {}
-        try:
+        try:  # an SAE that cannot be scored fails alone, in _score_group
             layers = {self._layer_of(source, sae) for source, sae in ok}
+            if len(layers) != 1:
+                return {}
+            rows = self._layer_data(layers.pop())[0].x
         except NotScorable:
             return {}
-        if len(layers) != 1:
-            return {}
         group = pack_group(saes, torch.zeros(0, saes[0].d_model, device=shared.device), shared.dtype, w_enc=shared)
-        acts = encode_group_fused(self._layer_data(layers.pop()).x, saes, self.score_cfg.token_chunk, group=group)
+        acts = encode_group_fused(rows, saes, self.score_cfg.token_chunk, group=group)
         return {source.key: a for (source, _), a in zip(ok, acts)}
 
     def _layer_of(self, source, sae: SAEWeights) -> int:
@@ -190,13 +197,6 @@ class LayerScorer:
                               f"extract it with `actstore extract ... --layers {layer} --resume`")
         sae.layer = layer
         return layer
-
-    def _probe(self, layer: int):
-        try:
-            return load_probe(self.store, layer)
-        except KeyError as err:
-            raise NotScorable(f"the store has no probe for layer {layer}: run `actstore probe {self.cfg.store} "
-                              f"--layers {layer}`") from err
 
     def _write(self, source, record: dict) -> None:
         from actstore.runner import part_name, write_atomic
