@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from actstore.layers import load_layer
 from actstore.probes import load_probe
+from actstore.results import part_done, part_name, record_failure, record_result, write_atomic
 from actstore.saes import SAEError, SAEWeights
 from actstore.scoring import NotScorable, ScoreConfig, encode_group_fused, pick_backend, score_sae
 
@@ -89,8 +91,6 @@ class LayerScorer:
     def run(self, job: Job, on_done=None) -> int:
         """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes (and passed to
         on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk."""
-        from actstore.runner import part_done
-
         count = 0
         groups = [[s for s in g if not part_done(self.out, s)] for g in job.groups]  # a retried job resumes
         groups = [g for g in groups if g]
@@ -135,8 +135,6 @@ class LayerScorer:
 
     def _layer_data(self, layer: int):
         """The layer's rows and probe, read once per layer."""
-        from actstore.runner import load_layer
-
         if layer != self.layer:
             self.layer, self.data, self.probe = None, None, None  # free the previous layer first
             try:
@@ -148,8 +146,6 @@ class LayerScorer:
         return self.data, self.probe
 
     def _score_group(self, loaded: list[tuple], shared: torch.Tensor | None):
-        from actstore.runner import record_failure, record_result
-
         ok = [(source, sae) for source, sae, _ in loaded if isinstance(sae, SAEWeights)]
         encoded = self._encode_together(ok, shared)
         for source, sae, load_seconds in loaded:
@@ -199,8 +195,6 @@ class LayerScorer:
         return layer
 
     def _write(self, source, record: dict) -> None:
-        from actstore.runner import part_name, write_atomic
-
         write_atomic(self.out / "parts" / part_name(source.key), json.dumps(record))
 
     def _maybe_crash(self) -> None:

@@ -9,11 +9,8 @@ SPEC is one of:
 - a catalog name: RELEASE (every SAE of it), or RELEASE/ID-PREFIX (for example
   gemma-scope-2b-pt-res/layer_12/width_16k), loaded from a Hugging Face cache or through sae-lens.
 
-RESULTS:
-    parts/<key>.json                        one finished (or failed) SAE, written atomically when it ends
-    saes.parquet                            one row per SAE: means and standard deviations, or why it failed
-    letters.parquet                         one row per (SAE, evaluated letter)
-    saebench/<release>_<id>_eval_results.json   SAEBench's absorption output format, one per scored SAE
+RESULTS holds one part file per SAE and the tables built from them (results.py); the workers that write
+the parts are in batch.py.
 
 A rerun skips every SAE with a finished part (for a local file: the same size and modification time) and
 retries failed ones; the tables are rebuilt from the parts, so a run killed at any point loses at most the
@@ -22,21 +19,17 @@ SAE it was computing.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from actstore.results import part_done, part_name, write_tables
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
-from actstore.scoring import BACKENDS, LayerData, ScoreConfig
-
-EVAL_TYPE_ID = "absorption_first_letter"  # SAEBench's eval_type_id for this eval
+from actstore.scoring import BACKENDS
 
 
 @dataclass
@@ -200,113 +193,6 @@ def _checked(sae: SAEWeights, d_model: int | None) -> SAEWeights:
     if d_model is not None and sae.d_model != d_model:
         raise SAEError(f"SAE {sae.id}: reads d_model {sae.d_model}, the store holds d_model {d_model}")
     return sae
-
-
-def part_name(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()[:20] + ".json"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load_layer(store, layer: int) -> LayerData:
-    """A layer's vocabulary rows as float32 (N, d_model), and its context rows when the store has them, kept
-    in the store's dtype (a million bf16 context tokens of Gemma is 4.6 GB; the scorer casts a tile at a time)."""
-    data = LayerData(store.read("vocab", layer).float(), torch.as_tensor(store.column("vocab", "label")).long(),
-                     torch.as_tensor(store.column("vocab", "split")).long())
-    if "context" in store.groups:
-        data.context_x = store.read("context", layer)  # (M, d_model)
-        data.context_labels = torch.as_tensor(store.column("context", "label")).long()
-    return data
-
-
-def saebench_json(source: SAESource, sae: SAEWeights, summary: dict, letters: list[dict], cfg: ScoreConfig,
-                  spec) -> dict:
-    """SAEBench's AbsorptionEvalOutput, field for field (sae_bench/evals/absorption/eval_output.py)."""
-    import actstore
-
-    return {
-        "eval_type_id": EVAL_TYPE_ID,
-        "eval_config": {"model_name": spec.model, "prompt_template": spec.prompt_template,
-                        "f1_jump_threshold": cfg.split_min_f1_gain, "max_k_value": cfg.max_k,
-                        "k_sparse_probe_l1_decay": cfg.l1, "k_sparse_probe_batch_size": cfg.sparse_probe.batch_size,
-                        "k_sparse_probe_num_epochs": cfg.sparse_probe.epochs, "min_probe_f1": cfg.min_probe_f1},
-        "eval_id": str(uuid.uuid4()),
-        "datetime_epoch_millis": int(time.time() * 1000),
-        "eval_result_metrics": {"mean": {
-            "mean_absorption_fraction_score": summary["mean_absorption_fraction"],
-            "mean_full_absorption_score": summary["mean_full_absorption"],
-            "mean_num_split_features": summary["mean_num_split_features"],
-            "std_dev_absorption_fraction_score": summary["std_absorption_fraction"],
-            "std_dev_full_absorption_score": summary["std_full_absorption"],
-            "std_dev_num_split_features": summary["std_num_split_features"],
-        }},
-        "eval_result_details": [{
-            "first_letter": r["letter"], "mean_absorption_fraction": r["mean_absorption_fraction"],
-            "full_absorption_rate": r["full_absorption_rate"], "num_full_absorption": r["num_full_absorption"],
-            "num_probe_true_positives": r["num_probe_true_positives"], "num_split_features": r["num_split_features"],
-        } for r in letters],
-        "eval_result_unstructured": None,
-        "sae_bench_commit_hash": f"actstore {actstore.__version__}",
-        "sae_lens_id": source.name,
-        "sae_lens_release_id": source.release,
-        "sae_lens_version": None,
-        "sae_cfg_dict": {"architecture": sae.architecture, "d_in": sae.d_model, "d_sae": sae.width,
-                         "hook_layer": sae.layer, "hook_name": f"blocks.{sae.layer}.hook_{sae.hook}", "k": sae.k,
-                         "apply_b_dec_to_input": sae.apply_b_dec_to_input},
-    }
-
-
-def write_tables(out: Path) -> tuple[int, int]:
-    """Rebuild saes.parquet and letters.parquet from the parts; returns (scored, failed)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parts = [json.loads(p.read_text()) for p in sorted((out / "parts").glob("*.json"))]
-    saes = [{**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")}, **p["summary"]}
-            for p in parts]
-    letters = [{"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"], "layer": p["layer"], **row}
-               for p in parts for row in p["letters"]]
-    def table(rows: list[dict]):  # the union of the rows' keys (Table.from_pylist takes the first row's only)
-        names = list(dict.fromkeys(k for row in rows for k in row))
-        return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
-
-    pq.write_table(table(saes), out / "saes.parquet")
-    if letters:
-        pq.write_table(table(letters), out / "letters.parquet")
-    ok = sum(p["summary"]["status"] == "ok" for p in parts)
-    return ok, len(parts) - ok
-
-
-def part_done(out: Path, source: SAESource) -> bool:
-    """Whether RESULTS already holds a successful score of this SAE (same file, when it is a file)."""
-    path = out / "parts" / part_name(source.key)
-    if not path.exists():
-        return False
-    record = json.loads(path.read_text())
-    return record["summary"]["status"] == "ok" and record.get("fingerprint", "") == source.fingerprint
-
-
-def _record(source: SAESource, **fields) -> dict:
-    return {"sae_key": source.key, "release": source.release, "sae_id": source.name, "layer": source.layer,
-            "width": source.width, "l0_reported": source.l0, "fingerprint": source.fingerprint, "letters": [],
-            **fields}
-
-
-def record_result(out: Path, source: SAESource, sae: SAEWeights, result, cfg: ScoreConfig, spec) -> dict:
-    """The part record of a scored SAE; writes its SAEBench JSON."""
-    report = saebench_json(source, sae, result.summary, result.letters, cfg, spec)
-    name = f"{source.release}_{source.name}_eval_results.json".replace("/", "_").lstrip("_")
-    write_atomic(out / "saebench" / name, json.dumps(report, indent=1))
-    return _record(source, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
-                   letters=result.letters, summary=result.summary)
-
-
-def record_failure(out: Path, source: SAESource, err: Exception) -> dict:
-    return _record(source, summary={"status": "failed", "reason": str(err)})
 
 
 def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dict:

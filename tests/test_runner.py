@@ -179,7 +179,7 @@ def test_synth_saes_command(planted_store, tmp_path, capsys):
 
 
 def test_tables_hold_every_column_whatever_row_comes_first(tmp_path):
-    from actstore.runner import write_tables
+    from actstore.results import write_tables
 
     (tmp_path / "parts").mkdir()
     base = {"release": "r", "layer": 0, "width": 8, "seconds": 0.1}

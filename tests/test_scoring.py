@@ -140,7 +140,7 @@ def test_planted_values_are_what_the_construction_says(planted_saes):
 def test_scorer_recovers_every_planted_value(planted_store, planted_saes):
     store = ActivationStore.open(planted_store)
     from actstore.probes import load_probe
-    from actstore.runner import load_layer
+    from actstore.layers import load_layer
 
     data, probe = load_layer(store, 0), load_probe(store, 0)
     for folder in planted_saes:
@@ -172,7 +172,7 @@ def test_scorer_recovers_every_planted_value(planted_store, planted_saes):
 
 def test_too_few_evaluated_letters_is_not_scorable(planted_store, planted_saes):
     from actstore.probes import load_probe
-    from actstore.runner import load_layer
+    from actstore.layers import load_layer
 
     store = ActivationStore.open(planted_store)
     probe = load_probe(store, 0)
