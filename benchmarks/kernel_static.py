@@ -51,7 +51,7 @@ def launch_args(kernel_module, config: triton.Config, width: int, splits: int, a
         proj_ptr=f32, l0_ptr=i32, near_ptr=i32, idx_ptr=i32, val_ptr=f32,
         N=TOKENS, D=D_MODEL, CAP=CAPACITY, flip_tol=1.6e-2, n_key=TOKENS, splits=splits,
         stride_xn=D_MODEL, stride_xd=1, stride_wd=width, stride_wm=1,
-        SPLITS=splits, P=kernel_module.P_PAD, IEEE=False, ALIGNED=aligned, **config.kwargs)
+        SPLITS=splits, P=kernel_module.P_PAD, IEEE=False, ALIGNED=aligned, ASM_STORES=True, **config.kwargs)
     return values
 
 

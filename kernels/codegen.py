@@ -47,6 +47,15 @@ def _tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
+def _jit(fn):
+    """The JITFunction itself, under any autotuner or heuristics wrappers."""
+    from triton.runtime.jit import JITFunction
+
+    while not isinstance(fn, JITFunction):
+        fn = fn.fn
+    return fn
+
+
 def compile_for(fn, args: dict, target: str, num_warps: int, num_stages: int):
     """triton.compile `fn` (a @triton.jit function, or an autotuner around one) for `target` ("sm_90a" or
     "sm_80"). `args` maps every parameter to its launch value: a torch.dtype stands for a tensor of that
@@ -56,7 +65,7 @@ def compile_for(fn, args: dict, target: str, num_warps: int, num_stages: int):
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import MockTensor, create_function_from_signature
 
-    fn = getattr(fn, "fn", fn)  # the JITFunction under an autotuner
+    fn = _jit(fn)
     missing = [name for name in fn.arg_names if name not in args]
     if missing:
         raise ValueError(f"compile_for needs a value for every parameter of {fn.__name__}; missing {missing}")
@@ -70,11 +79,11 @@ def compile_for(fn, args: dict, target: str, num_warps: int, num_stages: int):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=gpu, options=opts.__dict__)
 
 
-def lines_of(fn, marker: str) -> list[int]:
-    """Source lines (file numbering) of every statement in `fn` whose text contains `marker`: the lines a
-    compiled instruction of that statement is attributed to."""
-    fn = getattr(fn, "fn", fn)
-    py = getattr(fn, "fn", fn)
+def lines_of(fn, marker: str) -> list[tuple[str, int]]:
+    """(file, line) of every line of every statement in `fn` whose text contains `marker`: where a compiled
+    instruction of that statement is attributed."""
+    py = _jit(fn).fn
+    path = inspect.getsourcefile(py)
     source, first = inspect.getsourcelines(py)
     text = "".join(source)
     tree = ast.parse(textwrap.dedent(text))
@@ -83,24 +92,24 @@ def lines_of(fn, marker: str) -> list[int]:
         if isinstance(node, ast.stmt) and not isinstance(node, (ast.FunctionDef, ast.For, ast.If, ast.While)):
             segment = "".join(source[node.lineno - 1:node.end_lineno])
             if marker in segment:
-                found.update(range(node.lineno + first - 1, node.end_lineno + first))
+                found.update((path, line) for line in range(node.lineno + first - 1, node.end_lineno + first))
     if not found:
         raise ValueError(f"no statement of {py.__name__} contains {marker!r}")
     return sorted(found)
 
 
-def sass(cubin: bytes) -> tuple[list[tuple[str, int]], dict[str, int]]:
-    """The cubin's instructions as (text, source line or -1) and its labels (name -> index of the next
+def sass(cubin: bytes) -> tuple[list[tuple[str, tuple[str, int]]], dict[str, int]]:
+    """The cubin's instructions as (text, (source file, line)) and its labels (name -> index of the next
     instruction)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         listing = subprocess.run([_tool("nvdisasm"), "-g", "-c", f.name], capture_output=True, text=True,
                                  check=True).stdout
-    instructions, labels, line = [], {}, -1
+    instructions, labels, line = [], {}, ("", -1)
     for raw in listing.splitlines():
         if m := _LINE.search(raw):
-            line = int(m.group(2))
+            line = (m.group(1), int(m.group(2)))
         elif m := _LABEL.match(raw.strip()):
             labels[m.group(1)] = len(instructions)
         elif m := _INSTR.search(raw):
@@ -119,7 +128,7 @@ def resources(cubin: bytes) -> dict:
     return {"registers": int(found["REG"]), "spill_bytes": int(found["STACK"]) + int(found["LOCAL"])}
 
 
-def loops(instructions: list[tuple[str, int]], labels: dict[str, int]) -> list[tuple[int, int]]:
+def loops(instructions: list[tuple[str, tuple]], labels: dict[str, int]) -> list[tuple[int, int]]:
     """(first, last) instruction indices of every loop: a branch back to a label above it."""
     found = []
     for i, (text, _) in enumerate(instructions):
@@ -147,7 +156,7 @@ def _opcode(text: str) -> str:
     return parts[1] if parts[0].startswith("@") else parts[0]
 
 
-def analyse(kernel, target: str, operands: dict[str, list[int]], ttgir_waits: bool = True) -> dict:
+def analyse(kernel, target: str, operands: dict[str, list[tuple[str, int]]], ttgir_waits: bool = True) -> dict:
     """The static figures of a compiled kernel (see the module docstring). `operands`: name -> source
     lines of the statement that loads that GEMM operand (`lines_of`)."""
     cubin = kernel.asm["cubin"]

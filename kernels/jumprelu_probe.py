@@ -72,6 +72,7 @@ def _jumprelu_probe_kernel(
     n_key,  # tokens rounded up to a power of two: the autotuner's key, unused here
     stride_xn, stride_xd, stride_wd, stride_wm,
     P: tl.constexpr, IEEE: tl.constexpr,
+    ASM_STORES: tl.constexpr,  # list entries stored by inline PTX (a GPU; the interpreter takes tl.store)
     ALIGNED: tl.constexpr,  # every offset is a multiple of 16 (the launcher checks): aligned W_enc loads
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -83,6 +84,9 @@ def _jumprelu_probe_kernel(
     sae = job // splits
     first = tl.load(off_ptr + sae)
     last = tl.load(off_ptr + sae + 1)
+    if ALIGNED:  # exact for offsets that are multiples of 16, and the compiler then knows they are
+        first = first // 16 * 16
+        last = last // 16 * 16
     span = tl.cdiv(tl.cdiv(last - first, splits), 16) * 16  # shares start on 16-latent boundaries
     start = first + (job % splits) * span
     width = tl.minimum(last - start, span)  # latents of this share (<= 0: nothing to do)
@@ -104,47 +108,60 @@ def _jumprelu_probe_kernel(
         earlier = (ms[:, None] < ms[None, :]).to(tl.float32)  # (BLOCK_M, BLOCK_M) strictly upper triangular
     else:
         earlier = (ms[:, None] < ms[None, :]).to(tl.float16)  # 0/1 and sums <= BLOCK_M: exact
+    widen = 1 / (1 - flip_tol)
     proj = tl.zeros((BLOCK_N, P), dtype=tl.float32)
     count = tl.zeros((BLOCK_N,), dtype=tl.int32)
     near = tl.zeros((BLOCK_N,), dtype=tl.int32)
     for m0 in range(0, width, BLOCK_M):  # 0-based: the offsets' alignment carries to every tile
         lat_ok = ms < width - m0  # (BLOCK_M,)
-        v = tl.load(v_share + m0 * P, mask=lat_ok[:, None], other=0.0)  # (BLOCK_M, P), read before the k-loop
+        lat = start + m0 + ms  # (BLOCK_M,) global latent ids
+        # read before the k-loop, so their latency hides behind it
+        b = tl.load(b_ptr + lat, mask=lat_ok, other=0.0)
+        v = tl.load(v_share + m0 * P, mask=lat_ok[:, None], other=0.0)  # (BLOCK_M, P)
         x_ptrs = x_block
         w_ptrs = w_share + m0 * stride_wm
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        pre = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32) + b[None, :]  # the bias starts the sum
         for k0 in range(0, D, BLOCK_K):
             k_ok = ks < D - k0
             x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_K)
             w = tl.load(w_ptrs, mask=k_ok[:, None] & lat_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_M)
             if IEEE:
-                acc = tl.dot(x, w, acc, input_precision="ieee")
+                pre = tl.dot(x, w, pre, input_precision="ieee")
             else:
-                acc = tl.dot(x, w, acc)
+                pre = tl.dot(x, w, pre)
             x_ptrs += BLOCK_K * stride_xd
             w_ptrs += BLOCK_K * stride_wd
-        lat = start + m0 + ms  # (BLOCK_M,) global latent ids
-        b = tl.load(b_ptr + lat, mask=lat_ok, other=0.0)
-        thr = tl.load(thr_ptr + lat, mask=lat_ok, other=0.0)
+        # per latent, then one or two operations per element: JumpReLU fires iff pre > max(threshold, 0), and
+        # |pre - thr| <= flip_tol max(|pre|, |thr|) iff lo <= pre <= hi; NaN past the share: never near
+        thr = tl.load(thr_ptr + lat, mask=lat_ok, other=float("nan"))
+        edge = tl.where(lat_ok, tl.maximum(thr, 0.0), float("inf"))
+        lo = tl.minimum(thr * (1 - flip_tol), thr * widen)
+        hi = tl.maximum(thr * (1 - flip_tol), thr * widen)
         scale = tl.load(scale_ptr + lat, mask=lat_ok, other=0.0)
-        pre = acc + b[None, :]  # (BLOCK_N, BLOCK_M)
-        valid = row_ok[:, None] & lat_ok[None, :]
-        fire = (pre > thr[None, :]) & (pre > 0) & valid
-        f = tl.where(fire, pre, 0.0)
-        bound = flip_tol * tl.maximum(tl.abs(pre), tl.abs(thr[None, :]))
-        near += tl.sum(((tl.abs(pre - thr[None, :]) <= bound) & valid).to(tl.int32), axis=1)
+        fire = pre > edge[None, :]  # (BLOCK_N, BLOCK_M)
+        near += tl.sum(((pre >= lo[None, :]) & (pre <= hi[None, :])).to(tl.int32), axis=1)
+        # each firing latent's place among the tile's firing latents of its token, as one small MMA (exact: 0/1
+        # products, sums <= BLOCK_M); the token's list continues at count, in a room of CAP - count slots
         if IEEE:
-            proj = tl.dot(f, v, proj, input_precision="ieee")  # f is the left operand as computed
-            before = tl.dot(fire.to(tl.float32), earlier, input_precision="ieee")
-        else:
-            proj = tl.dot(f, v, proj)
-            before = tl.dot(fire.to(tl.float16), earlier)
-        slot = count[:, None] + before.to(tl.int32)  # (BLOCK_N, BLOCK_M) place in the token's list
-        keep = fire & (slot < CAP)
-        where = rows[:, None] * CAP + slot  # 32 bits from the program's base
+            proj = tl.dot(tl.where(fire, pre, 0.0), v, proj, input_precision="ieee")  # f, the left operand as computed
+            before = tl.dot(tl.where(fire, 1.0, 0.0), earlier, input_precision="ieee")
+        else:  # fp16 operands: tf32's precision (11 bits), and a 16-bit left operand stays in registers
+            proj = tl.dot(tl.where(fire, pre, 0.0).to(tl.float16), v.to(tl.float16), proj)
+            before = tl.dot(tl.where(fire, 1.0, 0.0).to(tl.float16), earlier)
+        room = tl.where(row_ok, CAP - count, 0).to(tl.float32)  # (BLOCK_N,)
+        keep = fire & (before < room[:, None])
+        slot = before.to(tl.int32)
+        list_start = out + rows * CAP + count  # (BLOCK_N,) 64 bits, per token; slot adds 32 bits per entry
         local = tl.broadcast_to((start - first + m0 + ms)[None, :], (BLOCK_N, BLOCK_M))  # ids within the SAE
-        tl.store(idx_ptr + out + where, local, mask=keep)
-        tl.store(val_ptr + out + where, f * scale[None, :], mask=keep)
+        if ASM_STORES:  # stored from the MMA layout as they are: no layout conversion through shared memory
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $5, 0; @p st.global.b32 [$1], $3; @p st.global.b32 [$2], $4; "
+                "mov.b32 $0, 0; }", "=r,l,l,r,r,r",
+                [((idx_ptr + list_start)[:, None] + slot).to(tl.int64), ((val_ptr + list_start)[:, None] + slot).to(tl.int64), local,
+                 pre * scale[None, :], keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.store((idx_ptr + list_start)[:, None] + slot, local, mask=keep)
+            tl.store((val_ptr + list_start)[:, None] + slot, pre * scale[None, :], mask=keep)
         count += tl.sum(fire.to(tl.int32), axis=1)
 
     per_token = (job * N + row0).to(tl.int64)
@@ -275,6 +292,8 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
         raise ValueError(f"x must be (N, {group.w_enc.shape[0]}); got {tuple(x.shape)}")
     if x.dtype != group.w_enc.dtype:
         raise ValueError(f"x is {x.dtype} but the group's encoders are {group.w_enc.dtype}; pack_group with dtype={x.dtype}")
+    if not 0 <= (flip_tol or 0) < 1:
+        raise ValueError(f"flip_tol is a relative distance in [0, 1); got {flip_tol}")
     if not INTERPRET and not x.is_cuda:
         raise ValueError("the fused kernel runs on CUDA (or under TRITON_INTERPRET=1); use the torch backend on CPU")
     n, d = x.shape
@@ -298,10 +317,10 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
                 x.stride(0), x.stride(1), group.w_enc.stride(0), group.w_enc.stride(1))
         if tuned:
             _jumprelu_probe_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), s * k)](
-                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned)
+                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET)
         else:
             _jumprelu_probe_kernel[(triton.cdiv(n, PINNED.kwargs["BLOCK_N"]), s * k)](
-                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, num_warps=PINNED.num_warps,
+                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET, num_warps=PINNED.num_warps,
                 num_stages=PINNED.num_stages, **PINNED.kwargs)
         shares = l0.view(s, k, n)
         # the launch's one host synchronisation: largest share L0 (overflow?), largest joined L0, entries per SAE
