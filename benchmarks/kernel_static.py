@@ -2,7 +2,7 @@
 
     python benchmarks/kernel_static.py                       # the kernel as it is, both targets
     python benchmarks/kernel_static.py --baseline main       # and the kernel file at a git ref, for before/after
-    python benchmarks/kernel_static.py --targets sm_90a --out /tmp/k.json
+    python benchmarks/kernel_static.py --targets sm_90a --kept-only --out /tmp/k.json     # the CI test's run
 
 Every kept config of `actstore.kernels.jumprelu_probe` (the pinned one first) is compiled with the installed
 Triton for each target at a Gemma Scope launch: bf16 tokens, d_model 2304, 4096 tokens, list capacity 64,
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import multiprocessing
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,30 +64,48 @@ def kernel_configs(kernel_module) -> list[tuple[str, triton.Config]]:
                    or c.num_warps != pinned.num_warps or c.num_stages != pinned.num_stages]
 
 
-def measure(kernel_module, targets: list[str], label: str) -> list[dict]:
+def load_kernel(path: str):
+    """The kernel module in file `path`, imported under its file's name."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile_one(path: str, target: str, role: str, index: int, width: int, splits: int, aligned: bool) -> dict:
+    """One row: config `index` of `kernel_configs` of the kernel in file `path`, compiled and read."""
+    kernel_module = load_kernel(path)
+    config = kernel_configs(kernel_module)[index][1]
     fn = kernel_module._jumprelu_probe_kernel
-    operands = {name: codegen.lines_of(fn, marker) for name, marker in OPERANDS.items()}
-    rows = []
+    t0 = time.perf_counter()
+    try:
+        kernel = codegen.compile_for(fn, launch_args(kernel_module, config, width, splits, aligned), target,
+                                     config.num_warps, config.num_stages)
+        operands = {name: codegen.lines_of(fn, marker) for name, marker in OPERANDS.items()}
+        figures = codegen.analyse(kernel, target, operands)
+    except Exception as err:  # a config that does not compile is a result, not a crash
+        figures = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    return {"target": target, "role": role,
+            "config": {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages},
+            "launch": {"d_model": D_MODEL, "tokens": TOKENS, "capacity": CAPACITY, "width": width, "splits": splits,
+                       "aligned": aligned, "dtype": "bfloat16"},
+            "compile_seconds": round(time.perf_counter() - t0, 1), "figures": figures}
+
+
+def measure(path: str, targets: list[str], label: str, kept_only: bool, jobs: int) -> list[dict]:
+    """Every kept config of the kernel in file `path` for each target, `jobs` compiles at a time."""
+    tasks = []
     for target in targets:
-        for role, config in kernel_configs(kernel_module):
+        for index, (role, _) in enumerate(kernel_configs(load_kernel(path))):
             launches = [(16384, 1, True)]
-            if role == "pinned":
+            if role == "pinned" and not kept_only:
                 launches += [(1 << 20, 17, True), (16384, 1, False)]
-            for width, splits, aligned in launches:
-                t0 = time.perf_counter()
-                try:
-                    kernel = codegen.compile_for(fn, launch_args(kernel_module, config, width, splits, aligned),
-                                                 target, config.num_warps, config.num_stages)
-                    figures = codegen.analyse(kernel, target, operands)
-                except Exception as err:  # a config that does not compile is a result, not a crash
-                    figures = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
-                rows.append({"kernel": label, "target": target, "role": role,
-                             "config": {**config.kwargs, "num_warps": config.num_warps,
-                                        "num_stages": config.num_stages},
-                             "launch": {"d_model": D_MODEL, "tokens": TOKENS, "capacity": CAPACITY, "width": width,
-                                        "splits": splits, "aligned": aligned, "dtype": "bfloat16"},
-                             "compile_seconds": round(time.perf_counter() - t0, 1), "figures": figures})
-                print_row(rows[-1])
+            tasks += [(path, target, role, index, *launch) for launch in launches]
+    rows = []
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for row in pool.map(compile_one, *zip(*tasks)):
+            rows.append({"kernel": label, **row})
+            print_row(rows[-1])
     return rows
 
 
@@ -105,18 +125,15 @@ def print_row(row: dict) -> None:
           f"waits {f.get('dot_wait_pendings')}")
 
 
-def load_kernel_at(ref: str):
-    """The kernel module as it is at git `ref`, imported from a temporary file."""
+def kernel_file_at(ref: str) -> tuple[str, str]:
+    """kernels/jumprelu_probe.py as it is at git `ref`, written to a temporary file: (path, label)."""
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:kernels/jumprelu_probe.py"], check=True,
                             capture_output=True, text=True).stdout
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], check=True, capture_output=True,
                          text=True).stdout.strip()
     path = Path(tempfile.mkdtemp()) / f"jumprelu_probe_{sha}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, f"{ref}@{sha}"
+    return str(path), f"{ref}@{sha}"
 
 
 def environment() -> dict:
@@ -133,6 +150,9 @@ def main() -> int:
     parser.add_argument("--targets", default="sm_90a,sm_80")
     parser.add_argument("--baseline", default=None, help="also compile kernels/jumprelu_probe.py at this git ref")
     parser.add_argument("--skip-current", action="store_true", help="only the baseline")
+    parser.add_argument("--kept-only", action="store_true",
+                        help="each kept config once, at the aligned 16k launch (what the CI test checks)")
+    parser.add_argument("--jobs", type=int, default=2, help="compiles at a time (processes)")
     parser.add_argument("--out", default=str(HERE / "results" / "kernel_static.json"))
     args = parser.parse_args()
     targets = args.targets.split(",")
@@ -145,12 +165,11 @@ def main() -> int:
     result = {"benchmark": "kernel_static", "environment": environment(),
               "rows": [], "baseline": []}
     if args.baseline:
-        module, label = load_kernel_at(args.baseline)
-        result["baseline"] = measure(module, targets, label)
+        path, label = kernel_file_at(args.baseline)
+        result["baseline"] = measure(path, targets, label, args.kept_only, args.jobs)
     if not args.skip_current:
-        from actstore.kernels import jumprelu_probe
-
-        result["rows"] = measure(jumprelu_probe, targets, "current")
+        result["rows"] = measure(str(ROOT / "kernels" / "jumprelu_probe.py"), targets, "current", args.kept_only,
+                                 args.jobs)
     write_result(args.out, result)
     return 0
 
