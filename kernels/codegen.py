@@ -206,6 +206,8 @@ def analyse(kernel, target: str, operands: dict[str, list[tuple[str, int]]], ttg
         figures["epilogue_spills_per_tile"] = count(tile, spill) - figures["spills_per_k_step"]
         figures["epilogue_barriers_per_tile"] = count(tile, lambda op: op.startswith("BAR")) - \
             count(main, lambda op: op.startswith("BAR"))
+        figures["epilogue_global_stores_per_tile"] = count(tile, lambda op: op.startswith("STG")) - \
+            count(main, lambda op: op.startswith("STG"))
     if ttgir_waits:
         figures["dot_wait_pendings"] = [int(p) for p in
                                         re.findall(r"warp_group_dot_wait[^{]*\{pendings = (\d+)", kernel.asm["ttgir"])]

@@ -19,6 +19,19 @@ BLOCK_N tokens of one SAE and walks its latents BLOCK_M at a time, keeping proj,
 registers. The JumpReLU tile is the left operand of the second dot exactly as computed (no transpose: on
 Hopper a transposed dot accumulator fed into another dot has miscompiled, triton issues 6124, 10821).
 
+What it compiles to on Hopper is checked without a GPU (`benchmarks/kernel_static.py`, `kernels/codegen.py`):
+- main loop: when every offset is a multiple of 16 (ALIGNED, set by the launcher) the latent loop is 0-based
+  from a start the compiler knows is a multiple of 16, so both operands load as 16-byte cp.async and the
+  wgmma of one k-step overlaps the next (wait depth 1); otherwise W_enc falls back to 2-byte loads;
+- epilogue, per latent tile: thresholds folded per latent (fires iff pre > max(thr, 0); near iff
+  lo <= pre <= hi), a token's place for each firing latent as a second small MMA (firing flags, fp16 0/1,
+  times a strictly upper triangular matrix: an exact prefix count that stays in the accumulator layout,
+  where `tl.cumsum` went through shared memory twice), and the list entries stored from that layout by
+  inline PTX (a predicated st.global per entry; `tl.store` would convert 64-bit pointer, mask and value
+  tiles through shared memory first). The interpreter, which cannot run PTX, takes `tl.store`;
+- offsets: what can pass 2^31 is formed once per program in 64 bits; per-tile offsets stay 32-bit
+  (`check_offsets`).
+
 `jumprelu_probe` is the launcher; `jumprelu_probe_reference` is the fp32 torch reference that tests and
 benchmarks compare against; `pack_group` concatenates SAEs into the kernel's layout.
 """
@@ -102,7 +115,7 @@ def _jumprelu_probe_kernel(
     x_block = x_ptr + row0.to(tl.int64) * stride_xn + rows[:, None] * stride_xn + ks[None, :] * stride_xd
     w_share = w_ptr + start.to(tl.int64) * stride_wm + ks[:, None] * stride_wd + ms[None, :] * stride_wm
     v_share = v_ptr + start.to(tl.int64) * P + ms[:, None] * P + cols[None, :]
-    out = (job * N + row0).to(tl.int64) * CAP  # where this program's lists begin
+    out = (job.to(tl.int64) * N + row0) * CAP  # where this program's lists begin
     # exclusive prefix count of a row of firing flags as one small MMA: before[n, j] = sum_{i < j} fire[n, i]
     if IEEE:
         earlier = (ms[:, None] < ms[None, :]).to(tl.float32)  # (BLOCK_M, BLOCK_M) strictly upper triangular
@@ -164,7 +177,7 @@ def _jumprelu_probe_kernel(
             tl.store((val_ptr + list_start)[:, None] + slot, pre * scale[None, :], mask=keep)
         count += tl.sum(fire.to(tl.int32), axis=1)
 
-    per_token = (job * N + row0).to(tl.int64)
+    per_token = job.to(tl.int64) * N + row0
     tl.store(proj_ptr + per_token * P + rows[:, None] * P + cols[None, :], proj, mask=row_ok[:, None])
     tl.store(l0_ptr + per_token + rows, count, mask=row_ok)
     tl.store(near_ptr + per_token + rows, near, mask=row_ok)
@@ -261,19 +274,18 @@ _room = {"capacity": 64}
 fits then runs once, across token blocks and across SAEs); it grows and never shrinks."""
 
 
-def check_offsets(n: int, d: int, stride_xn: int, stride_wd: int, capacity: int, config: triton.Config) -> None:
+def check_offsets(n: int, stride_xn: int, stride_wd: int, latents: int, capacity: int, config: triton.Config) -> None:
     """The kernel forms per-tile offsets in 32 bits from 64-bit per-program bases (tokens x row stride, latents x
-    W_enc's stride and job x N x capacity can each pass 2^31 at Gemma Scope sizes): refuse a launch whose
-    per-tile offsets would not fit."""
+    W_enc's stride and job x N x capacity can each pass 2^31 at Gemma Scope sizes; W_enc's pointers advance
+    along d_model in 64 bits): refuse a launch whose per-tile offsets would not fit."""
     block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
     biggest = {"BLOCK_N x row stride of x": block_n * stride_xn, "BLOCK_K x row stride of W_enc": block_k * stride_wd,
-               "BLOCK_N x list capacity": block_n * capacity + capacity, "d_model x row stride of W_enc":
-               triton.cdiv(d, block_k) * block_k * stride_wd}
+               "BLOCK_N x list capacity": (block_n + 1) * capacity, "latents x probe columns": latents * P_PAD}
     over = [name for name, value in biggest.items() if value >= 2**31]
     if over:
-        raise ValueError(f"a launch with {n} tokens, d_model {d}, W_enc row stride {stride_wd} and list capacity "
-                         f"{capacity} would overflow the kernel's 32-bit tile offsets ({', '.join(over)}); "
-                         f"encode fewer SAEs per group or fewer tokens per block")
+        raise ValueError(f"a launch with {n} tokens, x row stride {stride_xn}, W_enc row stride {stride_wd}, {latents} "
+                         f"latents and list capacity {capacity} would overflow the kernel's 32-bit tile offsets "
+                         f"({', '.join(over)}); encode fewer SAEs per group or fewer tokens per block")
 
 
 def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, flip_tol: float | None = None,
@@ -308,7 +320,7 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
     near = torch.empty_like(l0)
     retries = 0
     while True:
-        check_offsets(n, d, x.stride(0), group.w_enc.stride(0), capacity, PINNED if not tuned else max(
+        check_offsets(n, x.stride(0), group.w_enc.stride(0), group.v.shape[0], capacity, PINNED if not tuned else max(
             CONFIGS, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]))
         index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
         value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)

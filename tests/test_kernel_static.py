@@ -55,3 +55,6 @@ def test_every_kept_config_compiles_for_hopper_with_async_16_byte_loads_and_a_sp
         assert f["spills_per_k_step"] == 0, (tile, f)
         assert f["instructions_per_k_step"] <= K_STEP_BOUND[tile], (tile, f["instructions_per_k_step"])
         assert f["dot_wait_pendings"][0] >= 1, (tile, f["dot_wait_pendings"])  # the next k-step's MMA overlaps
+        # every list entry a thread holds is stored (index and value), from the MMA layout: one store each
+        per_thread = c["BLOCK_N"] * c["BLOCK_M"] // (32 * c["num_warps"])
+        assert f["epilogue_global_stores_per_tile"] == 2 * per_thread, (tile, f["epilogue_global_stores_per_tile"])

@@ -141,14 +141,17 @@ def test_offsets_that_pass_2_to_the_31_are_formed_in_64_bits():
     the row stride of ten 1M-latent encoders side by side into W_enc, 10 SAEs x 64k tokens x 4096 list slots
     into the lists. The kernel forms those once per program as 64-bit bases and only per-tile offsets in 32
     bits; `check_offsets` bounds the per-tile ones and refuses a launch that would overflow them."""
-    pinned = kernel_module.PINNED
+    import triton
+
+    pinned = triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_K": 64})  # the GPU's pinned tiles
     d, tokens, group_width = 2304, 1 << 20, 10 * (1 << 20)
     assert tokens * d >= 2**31 and d * group_width >= 2**31 and 10 * 65536 * 4096 >= 2**31
-    check_offsets(tokens, d, d, group_width, 4096, pinned)  # per tile: 128 x 2304, 64 x 10M, 128 x 4096
-    with pytest.raises(ValueError, match="would overflow the kernel's 32-bit tile offsets .*list capacity"):
-        check_offsets(4096, d, d, group_width, 1 << 24, pinned)
-    with pytest.raises(ValueError, match="BLOCK_K x row stride of W_enc"):
-        check_offsets(4096, d, d, 1 << 26, 64, pinned)
+    # per tile: 128 x 2304 into x, 64 x 10M into W_enc, 129 x 4096 list slots, 10M x 32 probe columns
+    check_offsets(tokens, d, group_width, group_width, 4096, pinned)
+    with pytest.raises(ValueError, match="would overflow the kernel's 32-bit tile offsets .BLOCK_N x list capacity"):
+        check_offsets(4096, d, group_width, group_width, 1 << 24, pinned)
+    with pytest.raises(ValueError, match="BLOCK_K x row stride of W_enc, latents x probe columns"):
+        check_offsets(4096, d, 1 << 26, 1 << 26, 64, pinned)
 
 
 @needs_kernel
@@ -258,3 +261,18 @@ def test_gemma_scope_shapes_on_the_gpu(dtype):
     tol = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]  # tf32 second dot; input rounding
     scale = proj.abs().amax(dim=2, keepdim=True).clamp(min=1)
     assert float(((out.proj - proj).abs() / scale).max()) < tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("widths", [[4096, 1024], [4000, 1100]])  # the aligned and the unaligned path
+def test_lists_stored_by_inline_ptx_match_the_reference_on_the_gpu(widths):
+    """fp32 with ieee dots on the GPU: the lists the kernel stores by inline PTX from the MMA layout (which
+    the interpreter cannot run) are the reference's, entry for entry; with 3 splits too."""
+    d = 256
+    saes = [make_sae(d, m, i, device="cuda") for i, m in enumerate(widths)]
+    group = pack_group(saes, torch.nn.functional.normalize(torch.randn(26, d, device="cuda"), dim=1), torch.float32)
+    x = torch.randn(300, d, device="cuda")
+    for splits in (1, 3):
+        check_against_reference(x, group, jumprelu_probe(x, group, splits=splits), proj_atol=1e-4)
+
