@@ -80,10 +80,10 @@ def compile_for(fn, args: dict, target: str, num_warps: int, num_stages: int):
 
 
 def lines_of(fn, marker: str) -> list[tuple[str, int]]:
-    """(file, line) of every line of every statement in `fn` whose text contains `marker`: where a compiled
+    """(file name, line) of every line of every statement in `fn` whose text contains `marker`: where a compiled
     instruction of that statement is attributed."""
     py = _jit(fn).fn
-    path = inspect.getsourcefile(py)
+    path = Path(inspect.getsourcefile(py)).name  # by name: a cached kernel may carry another copy's path
     source, first = inspect.getsourcelines(py)
     text = "".join(source)
     tree = ast.parse(textwrap.dedent(text))
@@ -99,7 +99,7 @@ def lines_of(fn, marker: str) -> list[tuple[str, int]]:
 
 
 def sass(cubin: bytes) -> tuple[list[tuple[str, tuple[str, int]]], dict[str, int]]:
-    """The cubin's instructions as (text, (source file, line)) and its labels (name -> index of the next
+    """The cubin's instructions as (text, (source file name, line)) and its labels (name -> index of the next
     instruction)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
@@ -109,7 +109,7 @@ def sass(cubin: bytes) -> tuple[list[tuple[str, tuple[str, int]]], dict[str, int
     instructions, labels, line = [], {}, ("", -1)
     for raw in listing.splitlines():
         if m := _LINE.search(raw):
-            line = (m.group(1), int(m.group(2)))
+            line = (Path(m.group(1)).name, int(m.group(2)))
         elif m := _LABEL.match(raw.strip()):
             labels[m.group(1)] = len(instructions)
         elif m := _INSTR.search(raw):
