@@ -79,11 +79,10 @@ def compile_for(fn, args: dict, target: str, num_warps: int, num_stages: int):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=gpu, options=opts.__dict__)
 
 
-def lines_of(fn, marker: str) -> list[tuple[str, int]]:
-    """(file name, line) of every line of every statement in `fn` whose text contains `marker`: where a compiled
+def lines_of(fn, marker: str) -> list[int]:
+    """Lines (of the kernel's file) of every statement in `fn` whose text contains `marker`: where a compiled
     instruction of that statement is attributed."""
     py = _jit(fn).fn
-    path = Path(inspect.getsourcefile(py)).name  # by name: a cached kernel may carry another copy's path
     source, first = inspect.getsourcelines(py)
     text = "".join(source)
     tree = ast.parse(textwrap.dedent(text))
@@ -92,24 +91,25 @@ def lines_of(fn, marker: str) -> list[tuple[str, int]]:
         if isinstance(node, ast.stmt) and not isinstance(node, (ast.FunctionDef, ast.For, ast.If, ast.While)):
             segment = "".join(source[node.lineno - 1:node.end_lineno])
             if marker in segment:
-                found.update((path, line) for line in range(node.lineno + first - 1, node.end_lineno + first))
+                found.update(range(node.lineno + first - 1, node.end_lineno + first))
     if not found:
         raise ValueError(f"no statement of {py.__name__} contains {marker!r}")
     return sorted(found)
 
 
-def sass(cubin: bytes) -> tuple[list[tuple[str, tuple[str, int]]], dict[str, int]]:
-    """The cubin's instructions as (text, (source file name, line)) and its labels (name -> index of the next
-    instruction)."""
+def sass(cubin: bytes) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """The cubin's instructions as (text, line of the kernel's file, or -1 for Triton's own library code) and its
+    labels (name -> index of the next instruction). Lines, not paths: a kernel from Triton's cache carries the
+    path of the copy it was first compiled from."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         listing = subprocess.run([_tool("nvdisasm"), "-g", "-c", f.name], capture_output=True, text=True,
                                  check=True).stdout
-    instructions, labels, line = [], {}, ("", -1)
+    instructions, labels, line = [], {}, -1
     for raw in listing.splitlines():
         if m := _LINE.search(raw):
-            line = (Path(m.group(1)).name, int(m.group(2)))
+            line = -1 if "/triton/language/" in m.group(1).replace("\\", "/") else int(m.group(2))
         elif m := _LABEL.match(raw.strip()):
             labels[m.group(1)] = len(instructions)
         elif m := _INSTR.search(raw):
@@ -128,7 +128,7 @@ def resources(cubin: bytes) -> dict:
     return {"registers": int(found["REG"]), "spill_bytes": int(found["STACK"]) + int(found["LOCAL"])}
 
 
-def loops(instructions: list[tuple[str, tuple]], labels: dict[str, int]) -> list[tuple[int, int]]:
+def loops(instructions: list[tuple[str, int]], labels: dict[str, int]) -> list[tuple[int, int]]:
     """(first, last) instruction indices of every loop: a branch back to a label above it."""
     found = []
     for i, (text, _) in enumerate(instructions):
@@ -156,7 +156,7 @@ def _opcode(text: str) -> str:
     return parts[1] if parts[0].startswith("@") else parts[0]
 
 
-def analyse(kernel, target: str, operands: dict[str, list[tuple[str, int]]], ttgir_waits: bool = True) -> dict:
+def analyse(kernel, target: str, operands: dict[str, list[int]], ttgir_waits: bool = True) -> dict:
     """The static figures of a compiled kernel (see the module docstring). `operands`: name -> source
     lines of the statement that loads that GEMM operand (`lines_of`)."""
     cubin = kernel.asm["cubin"]
