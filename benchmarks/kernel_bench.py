@@ -5,7 +5,8 @@
 
 At each shape (d 2304, S SAEs of m latents each in one group, N tokens, bf16 in, fp32 accumulation):
 - fused: `actstore.kernels.jumprelu_probe` (projection on 26 probe directions, L0, sparse lists with
-  capacity 64 and the retry), one launch for the group;
+  capacity 64 and the retry), one launch for the group, with the PINNED tiles scoring uses;
+  fused_tuned: the same, autotuned over the kept CONFIGS;
 - torch: per SAE and per latent chunk, dense encode (cuBLAS bf16 GEMM), bias, threshold, ReLU, nonzero,
   gather of the values, projection; the chunk sized so the (N x chunk) activations take the same memory
   as the fused path's outputs (at least 1024 latents);
@@ -55,7 +56,8 @@ def make_group(d: int, m: int, s: int, dtype: torch.dtype, device: str, l0_targe
     v = torch.randn(s * m, P_PAD, device=device, generator=gen) / d ** 0.5
     v[:, 26:] = 0
     offsets = torch.arange(s + 1, device=device, dtype=torch.int32) * m
-    return Group(w, torch.zeros(s * m, device=device), threshold, torch.ones(s * m, device=device), v, offsets)
+    return Group(w, torch.zeros(s * m, device=device), threshold, torch.ones(s * m, device=device), v, offsets,
+                 (m,) * s)
 
 
 def torch_path(x: torch.Tensor, group: Group, chunk: int) -> tuple[torch.Tensor, list]:
@@ -121,6 +123,7 @@ def bench_shape(d: int, m: int, s: int, n: int, dtype: torch.dtype, device: str,
     buf = torch.empty(n, min(16384, s * m), device=device, dtype=dtype)
     times = {
         "fused": timed(lambda: jumprelu_probe(x, group, capacity), device, reps),
+        "fused_tuned": timed(lambda: jumprelu_probe(x, group, capacity, tuned=True), device, reps),
         "torch": timed(lambda: torch_path(x, group, chunk), device, reps),
         "gemm": timed(lambda: gemm_floor(x, group, buf), device, reps),
     }

@@ -19,12 +19,26 @@ BLOCK_N tokens of one SAE and walks its latents BLOCK_M at a time, keeping proj,
 registers. The JumpReLU tile is the left operand of the second dot exactly as computed (no transpose: on
 Hopper a transposed dot accumulator fed into another dot has miscompiled, triton issues 6124, 10821).
 
+What it compiles to on Hopper is checked without a GPU (`benchmarks/kernel_static.py`, `kernels/codegen.py`):
+- main loop: when every offset is a multiple of 16 (ALIGNED, set by the launcher) the latent loop is 0-based
+  from a start the compiler knows is a multiple of 16, so both operands load as 16-byte cp.async and the
+  wgmma of one k-step overlaps the next (wait depth 1); otherwise W_enc falls back to 2-byte loads;
+- epilogue, per latent tile: thresholds folded per latent (fires iff pre > max(thr, 0); near iff
+  lo <= pre <= hi), a token's place for each firing latent as a second small MMA (firing flags, fp16 0/1,
+  times a strictly upper triangular matrix: an exact prefix count that stays in the accumulator layout,
+  where `tl.cumsum` went through shared memory twice), and the list entries stored from that layout by
+  inline PTX (a predicated st.global per entry; `tl.store` would convert 64-bit pointer, mask and value
+  tiles through shared memory first). The interpreter, which cannot run PTX, takes `tl.store`;
+- offsets: what can pass 2^31 is formed once per program in 64 bits; per-tile offsets stay 32-bit
+  (`check_offsets`).
+
 `jumprelu_probe` is the launcher; `jumprelu_probe_reference` is the fp32 torch reference that tests and
 benchmarks compare against; `pack_group` concatenates SAEs into the kernel's layout.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple
 
@@ -34,16 +48,25 @@ import triton.language as tl
 
 P_PAD = 32  # 26 probe directions padded to a tl.dot-friendly width
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-# the interpreter runs every program in numpy: few, large tiles; on a GPU, autotune over the usual shapes
-CONFIGS = [triton.Config({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4)] if INTERPRET else [
-    triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bn, bm, bk, w, s in [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 8, 4),
-                             (256, 64, 64, 8, 3), (64, 64, 64, 4, 3), (128, 256, 64, 8, 3)]
-]
+ALIGN = 16
+"""latent offsets that are multiples of this let W_enc load as 16-byte async copies (8 bf16 latents)"""
 
 
-@triton.autotune(configs=CONFIGS, key=["N", "D", "CAP"])
+def _config(bn: int, bm: int, bk: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+# The interpreter runs every program in numpy: few, large tiles. On a GPU, scoring always launches PINNED, so
+# which latents fire never depends on a timing (configs sum in different orders); the autotuned path
+# (`tuned=True`, benchmarks) picks among CONFIGS, each of which compiles for sm_90a and sm_80 and fits both
+# targets' shared memory (`benchmarks/kernel_static.py`). Dropped from the list at main: 128x256 (256 KB of
+# shared memory under Triton 3.9), 256x64 (748 spill instructions in the sm_80 main loop under 3.9) and 64x64
+# (its work is covered by 128x64 and 64x128; each kept config costs a compile in the CI test).
+PINNED = _config(64, 64, 64, 4, 1) if INTERPRET else _config(128, 128, 64, 8, 3)
+CONFIGS = [PINNED] if INTERPRET else [PINNED, _config(128, 64, 64, 4, 4), _config(64, 128, 64, 4, 4),
+                                      _config(128, 128, 32, 8, 4)]
+
+
 @triton.jit
 def _jumprelu_probe_kernel(
     x_ptr,  # (N, D) tokens
@@ -53,74 +76,118 @@ def _jumprelu_probe_kernel(
     scale_ptr,  # (M,) fp32 decoder norms (folded values = f * scale)
     v_ptr,  # (M, P) fp32 W_dec @ p^T, padded
     off_ptr,  # (S + 1,) int32 latent offsets of the SAEs
-    proj_ptr,  # (S * SPLITS, N, P) fp32 out
-    l0_ptr,  # (S * SPLITS, N) int32 out
-    near_ptr,  # (S * SPLITS, N) int32 out
-    idx_ptr,  # (S * SPLITS, N, CAP) int32 out
-    val_ptr,  # (S * SPLITS, N, CAP) fp32 out
+    proj_ptr,  # (S * splits, N, P) fp32 out
+    l0_ptr,  # (S * splits, N) int32 out
+    near_ptr,  # (S * splits, N) int32 out
+    idx_ptr,  # (S * splits, N, CAP) int32 out
+    val_ptr,  # (S * splits, N, CAP) fp32 out
     N, D, CAP, flip_tol,
+    splits,  # shares per SAE
+    n_key,  # tokens rounded up to a power of two: the autotuner's key, unused here
     stride_xn, stride_xd, stride_wd, stride_wm,
-    SPLITS: tl.constexpr, P: tl.constexpr, IEEE: tl.constexpr,
+    P: tl.constexpr, IEEE: tl.constexpr,
+    ASM_STORES: tl.constexpr,  # list entries stored by inline PTX (a GPU; the interpreter takes tl.store)
+    ALIGNED: tl.constexpr,  # every offset is a multiple of 16 (the launcher checks): aligned W_enc loads
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # Offsets: products that can pass 2^31 (token x row stride, latent x W_enc stride, job x N x CAP) are
+    # formed once per program in 64 bits, as base pointers; per-tile offsets from those bases stay in 32 bits
+    # (BLOCK_N x stride_xn, BLOCK_K x stride_wd, BLOCK_N x CAP, BLOCK_M x P: the launcher checks the bounds).
     pid_n = tl.program_id(0)
-    job = tl.program_id(1)  # sae * SPLITS + split: a split is a contiguous share of one SAE's latents
-    sae = job // SPLITS
+    job = tl.program_id(1)  # sae * splits + share: a share is a contiguous run of one SAE's latents
+    sae = job // splits
     first = tl.load(off_ptr + sae)
     last = tl.load(off_ptr + sae + 1)
-    span = tl.cdiv(last - first, SPLITS)
-    start = first + (job % SPLITS) * span
-    end = tl.minimum(last, start + span)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    row_ok = rows < N
+    if ALIGNED:  # exact for offsets that are multiples of 16, and the compiler then knows they are
+        first = first // 16 * 16
+        last = last // 16 * 16
+    span = tl.cdiv(tl.cdiv(last - first, splits), 16) * 16  # shares start on 16-latent boundaries
+    start = first + (job % splits) * span
+    width = tl.minimum(last - start, span)  # latents of this share (<= 0: nothing to do)
+    if ALIGNED:
+        start = tl.multiple_of(start, 16)
+        width = tl.multiple_of(width, 16)
+    row0 = pid_n * BLOCK_N
+    rows = tl.arange(0, BLOCK_N)  # (BLOCK_N,) tokens of the block, from row0
+    row_ok = rows < N - row0
     cols = tl.arange(0, P)
+    ks = tl.arange(0, BLOCK_K)
+    ms = tl.arange(0, BLOCK_M)
+    x_block = x_ptr + row0.to(tl.int64) * stride_xn + rows[:, None] * stride_xn + ks[None, :] * stride_xd
+    w_share = w_ptr + start.to(tl.int64) * stride_wm + ks[:, None] * stride_wd + ms[None, :] * stride_wm
+    v_share = v_ptr + start.to(tl.int64) * P + ms[:, None] * P + cols[None, :]
+    out = (job.to(tl.int64) * N + row0) * CAP  # where this program's lists begin
+    # exclusive prefix count of a row of firing flags as one small MMA: before[n, j] = sum_{i < j} fire[n, i]
+    if IEEE:
+        earlier = (ms[:, None] < ms[None, :]).to(tl.float32)  # (BLOCK_M, BLOCK_M) strictly upper triangular
+    else:
+        earlier = (ms[:, None] < ms[None, :]).to(tl.float16)  # 0/1 and sums <= BLOCK_M: exact
+    widen = 1 / (1 - flip_tol)
     proj = tl.zeros((BLOCK_N, P), dtype=tl.float32)
     count = tl.zeros((BLOCK_N,), dtype=tl.int32)
     near = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    out_base = (job * N + rows).to(tl.int64) * CAP  # (BLOCK_N,) start of each token's list
-    for m0 in range(start, end, BLOCK_M):
-        lat = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) global latent ids
-        lat_ok = lat < end
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < D
-            x = tl.load(x_ptr + rows[:, None] * stride_xn + ks[None, :] * stride_xd,
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_K)
-            w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_wd + lat[None, :].to(tl.int64) * stride_wm,
-                        mask=k_ok[:, None] & lat_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_M)
-            if IEEE:
-                acc = tl.dot(x, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, w, acc)
+    for m0 in range(0, width, BLOCK_M):  # 0-based: the offsets' alignment carries to every tile
+        lat_ok = ms < width - m0  # (BLOCK_M,)
+        lat = start + m0 + ms  # (BLOCK_M,) global latent ids
+        # read before the k-loop, so their latency hides behind it
         b = tl.load(b_ptr + lat, mask=lat_ok, other=0.0)
-        thr = tl.load(thr_ptr + lat, mask=lat_ok, other=0.0)
-        pre = acc + b[None, :]  # (BLOCK_N, BLOCK_M)
-        valid = row_ok[:, None] & lat_ok[None, :]
-        fire = (pre > thr[None, :]) & (pre > 0) & valid
-        f = tl.where(fire, pre, 0.0)
-        bound = flip_tol * tl.maximum(tl.abs(pre), tl.abs(thr[None, :]))
-        near += tl.sum(((tl.abs(pre - thr[None, :]) <= bound) & valid).to(tl.int32), axis=1)
-
-        v = tl.load(v_ptr + lat[:, None].to(tl.int64) * P + cols[None, :], mask=lat_ok[:, None], other=0.0)
-        if IEEE:
-            proj = tl.dot(f, v, proj, input_precision="ieee")  # f is the left operand as computed
-        else:
-            proj = tl.dot(f, v, proj)
-
-        fire_i = fire.to(tl.int32)
-        slot = count[:, None] + tl.cumsum(fire_i, axis=1) - 1  # (BLOCK_N, BLOCK_M) place in the token's list
-        keep = fire & (slot < CAP)
+        v = tl.load(v_share + m0 * P, mask=lat_ok[:, None], other=0.0)  # (BLOCK_M, P)
+        x_ptrs = x_block
+        w_ptrs = w_share + m0 * stride_wm
+        pre = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32) + b[None, :]  # the bias starts the sum
+        for k0 in range(0, D, BLOCK_K):
+            k_ok = ks < D - k0
+            x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_K)
+            w = tl.load(w_ptrs, mask=k_ok[:, None] & lat_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_M)
+            if IEEE:
+                pre = tl.dot(x, w, pre, input_precision="ieee")
+            else:
+                pre = tl.dot(x, w, pre)
+            x_ptrs += BLOCK_K * stride_xd
+            w_ptrs += BLOCK_K * stride_wd
+        # per latent, then one or two operations per element: JumpReLU fires iff pre > max(threshold, 0), and
+        # |pre - thr| <= flip_tol max(|pre|, |thr|) iff lo <= pre <= hi; NaN past the share: never near
+        thr = tl.load(thr_ptr + lat, mask=lat_ok, other=float("nan"))
+        edge = tl.where(lat_ok, tl.maximum(thr, 0.0), float("inf"))
+        lo = tl.minimum(thr * (1 - flip_tol), thr * widen)
+        hi = tl.maximum(thr * (1 - flip_tol), thr * widen)
         scale = tl.load(scale_ptr + lat, mask=lat_ok, other=0.0)
-        where = out_base[:, None] + slot
-        tl.store(idx_ptr + where, tl.broadcast_to((lat - first)[None, :], (BLOCK_N, BLOCK_M)), mask=keep)
-        tl.store(val_ptr + where, f * scale[None, :], mask=keep)
-        count += tl.sum(fire_i, axis=1)
+        fire = pre > edge[None, :]  # (BLOCK_N, BLOCK_M)
+        near += tl.sum(((pre >= lo[None, :]) & (pre <= hi[None, :])).to(tl.int32), axis=1)
+        # each firing latent's place among the tile's firing latents of its token, as one small MMA (exact: 0/1
+        # products, sums <= BLOCK_M); the token's list continues at count, in a room of CAP - count slots
+        if IEEE:
+            proj = tl.dot(tl.where(fire, pre, 0.0), v, proj, input_precision="ieee")  # f, the left operand as computed
+            before = tl.dot(tl.where(fire, 1.0, 0.0), earlier, input_precision="ieee")
+        else:  # fp16 operands: tf32's precision (11 bits), and a 16-bit left operand stays in registers
+            proj = tl.dot(tl.where(fire, pre, 0.0).to(tl.float16), v.to(tl.float16), proj)
+            before = tl.dot(tl.where(fire, 1.0, 0.0).to(tl.float16), earlier)
+        room = tl.where(row_ok, CAP - count, 0).to(tl.float32)  # (BLOCK_N,)
+        keep = fire & (before < room[:, None])
+        slot = before.to(tl.int32)
+        list_start = out + rows * CAP + count  # (BLOCK_N,) 64 bits, per token; slot adds 32 bits per entry
+        local = tl.broadcast_to((start - first + m0 + ms)[None, :], (BLOCK_N, BLOCK_M))  # ids within the SAE
+        if ASM_STORES:  # stored from the MMA layout as they are: no layout conversion through shared memory
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $5, 0; @p st.global.b32 [$1], $3; @p st.global.b32 [$2], $4; "
+                "mov.b32 $0, 0; }", "=r,l,l,r,r,r",
+                [((idx_ptr + list_start)[:, None] + slot).to(tl.int64), ((val_ptr + list_start)[:, None] + slot).to(tl.int64), local,
+                 pre * scale[None, :], keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.store((idx_ptr + list_start)[:, None] + slot, local, mask=keep)
+            tl.store((val_ptr + list_start)[:, None] + slot, pre * scale[None, :], mask=keep)
+        count += tl.sum(fire.to(tl.int32), axis=1)
 
-    per_token = (job * N + rows).to(tl.int64)
-    tl.store(proj_ptr + per_token[:, None] * P + cols[None, :], proj, mask=row_ok[:, None])
-    tl.store(l0_ptr + per_token, count, mask=row_ok)
-    tl.store(near_ptr + per_token, near, mask=row_ok)
+    per_token = job.to(tl.int64) * N + row0
+    tl.store(proj_ptr + per_token * P + rows[:, None] * P + cols[None, :], proj, mask=row_ok[:, None])
+    tl.store(l0_ptr + per_token + rows, count, mask=row_ok)
+    tl.store(near_ptr + per_token + rows, near, mask=row_ok)
+
+
+_jumprelu_probe_tuned = triton.autotune(configs=CONFIGS, key=["n_key", "D", "splits", "ALIGNED", "IEEE"])(
+    _jumprelu_probe_kernel)
+"""The same kernel, autotuned: the key is what changes the best tiles (token count to a power of two, d_model,
+shares per SAE, alignment, dtype), not the list capacity or a partial block's exact size."""
 
 
 class Group(NamedTuple):
@@ -138,6 +205,8 @@ class Group(NamedTuple):
     """(M, P_PAD) fp32 W_dec @ p^T, zero-padded"""
     offsets: torch.Tensor
     """(S + 1,) int32"""
+    widths: tuple = ()
+    """the S widths, on the host (so a launch needs no device read to plan); empty: read from offsets"""
 
 
 class Fused(NamedTuple):
@@ -153,6 +222,17 @@ class Fused(NamedTuple):
     """(S, N) int32 firing decisions within flip_tol of the threshold"""
     retries: int
     """launches repeated because some token had more than `capacity` active latents"""
+    nnz: tuple = ()
+    """(S,) active entries of each SAE over all tokens, read in the launch's one host synchronisation"""
+
+    def csr(self, sae: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAE `sae`'s lists joined token after token: index (nnz,) int64 and value (nnz,) fp32, on the
+        device and without a host synchronisation (the size is `nnz[sae]`)."""
+        l0 = self.l0[sae].long()  # (N,)
+        first = l0.cumsum(0) - l0
+        slot = torch.arange(self.index.shape[2], device=l0.device)
+        return _scatter_lists(self.index[sae], self.value[sae], first[:, None] + slot, slot < l0[:, None],
+                              (self.nnz[sae],))
 
 
 def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype, w_enc: torch.Tensor | None = None) -> Group:
@@ -172,7 +252,7 @@ def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype, w_enc: 
                  torch.cat([s.b_enc.float() for s in saes]),
                  torch.cat([s.threshold.float() if getattr(s, "architecture", "jumprelu") == "jumprelu"
                             else torch.zeros_like(s.b_enc.float()) for s in saes]),  # ReLU: threshold 0
-                 torch.where(norms > 0, norms, torch.ones_like(norms)), v, offsets)
+                 torch.where(norms > 0, norms, torch.ones_like(norms)), v, offsets, tuple(widths))
 
 
 FLIP_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -190,67 +270,112 @@ def default_splits(n: int, s: int, width: int, device: torch.device) -> int:
     return max(1, min(want, width // 4096))
 
 
-def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int = 64, flip_tol: float | None = None,
-                   splits: int | None = None) -> Fused:
+_room = {"capacity": 64}
+"""The list capacity the last launch in this process needed: the next launch starts there (a block whose L0
+fits then runs once, across token blocks and across SAEs); it grows and never shrinks."""
+
+
+def check_offsets(n: int, stride_xn: int, stride_wd: int, latents: int, capacity: int, config: triton.Config) -> None:
+    """The kernel forms per-tile offsets in 32 bits from 64-bit per-program bases (tokens x row stride, latents x
+    W_enc's stride and job x N x capacity can each pass 2^31 at Gemma Scope sizes; W_enc's pointers advance
+    along d_model in 64 bits): refuse a launch whose per-tile offsets would not fit."""
+    block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
+    biggest = {"BLOCK_N x row stride of x": block_n * stride_xn, "BLOCK_K x row stride of W_enc": block_k * stride_wd,
+               "BLOCK_N x list capacity": (block_n + 1) * capacity, "latents x probe columns": latents * P_PAD}
+    over = [name for name, value in biggest.items() if value >= 2**31]
+    if over:
+        raise ValueError(f"a launch with {n} tokens, x row stride {stride_xn}, W_enc row stride {stride_wd}, {latents} "
+                         f"latents and list capacity {capacity} would overflow the kernel's 32-bit tile offsets "
+                         f"({', '.join(over)}); encode fewer SAEs per group or fewer tokens per block")
+
+
+def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, flip_tol: float | None = None,
+                   splits: int | None = None, tuned: bool = False) -> Fused:
     """Launch the fused kernel on tokens x (N, d); grows `capacity` and relaunches until every list fits.
 
-    With splits > 1 each SAE's latents are cut into that many contiguous shares, each its own program
-    column (more parallelism for few tokens); the launcher then sums the shares' projections and counts and
-    joins their lists in order. Default: `default_splits`.
+    capacity: list room per token; None: the room the last launch needed (64 at first). One host
+    synchronisation per launch reads the largest L0 (and the entries per SAE); nothing else waits for the GPU.
+    With splits > 1 each SAE's latents are cut into that many contiguous shares (starting on 16-latent
+    boundaries), each its own program column (more parallelism for few tokens); the shares' projections and
+    counts are summed and their lists joined in order, on the device. Default: `default_splits`.
+    tuned: autotune the tiles (benchmarks); scoring uses the one PINNED config, so which latents fire never
+    depends on which config won a timing.
     """
     if x.dim() != 2 or x.shape[1] != group.w_enc.shape[0]:
         raise ValueError(f"x must be (N, {group.w_enc.shape[0]}); got {tuple(x.shape)}")
     if x.dtype != group.w_enc.dtype:
         raise ValueError(f"x is {x.dtype} but the group's encoders are {group.w_enc.dtype}; pack_group with dtype={x.dtype}")
+    if not 0 <= (flip_tol or 0) < 1:
+        raise ValueError(f"flip_tol is a relative distance in [0, 1); got {flip_tol}")
     if not INTERPRET and not x.is_cuda:
         raise ValueError("the fused kernel runs on CUDA (or under TRITON_INTERPRET=1); use the torch backend on CPU")
     n, d = x.shape
-    s = len(group.offsets) - 1
+    widths = list(group.widths) or group.offsets.diff().tolist()
+    s = len(widths)
+    capacity = capacity or _room["capacity"]
     tol = FLIP_TOL[x.dtype] if flip_tol is None else flip_tol
-    widths = group.offsets.diff()
-    k = splits or default_splits(n, s, int(widths.min()), x.device)
+    k = splits or default_splits(n, s, min(widths), x.device)
+    aligned = all(w % ALIGN == 0 for w in widths)  # offsets are partial sums of the widths
     proj = torch.empty(s * k, n, P_PAD, device=x.device, dtype=torch.float32)
     l0 = torch.empty(s * k, n, device=x.device, dtype=torch.int32)
     near = torch.empty_like(l0)
     retries = 0
     while True:
+        check_offsets(n, x.stride(0), group.w_enc.stride(0), group.v.shape[0], capacity, PINNED if not tuned else max(
+            CONFIGS, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]))
         index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
         value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)
-
-        def grid(meta):
-            return triton.cdiv(n, meta["BLOCK_N"]), s * k
-
-        _jumprelu_probe_kernel[grid](
-            x, group.w_enc, group.b_enc, group.threshold, group.scale, group.v, group.offsets,
-            proj, l0, near, index, value, n, d, capacity, tol,
-            x.stride(0), x.stride(1), group.w_enc.stride(0), group.w_enc.stride(1),
-            SPLITS=k, P=P_PAD, IEEE=x.dtype == torch.float32)
-        most = int(l0.max()) if n else 0
+        args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, group.v, group.offsets,
+                proj, l0, near, index, value, n, d, capacity, tol, k, triton.next_power_of_2(max(n, 1)),
+                x.stride(0), x.stride(1), group.w_enc.stride(0), group.w_enc.stride(1))
+        if tuned:
+            _jumprelu_probe_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), s * k)](
+                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET)
+        else:
+            _jumprelu_probe_kernel[(triton.cdiv(n, PINNED.kwargs["BLOCK_N"]), s * k)](
+                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET, num_warps=PINNED.num_warps,
+                num_stages=PINNED.num_stages, **PINNED.kwargs)
+        shares = l0.view(s, k, n)
+        # the launch's one host synchronisation: largest share L0 (overflow?), largest joined L0, entries per SAE
+        stats = torch.cat([shares.amax().view(1), shares.sum(dim=1).amax().view(1), shares.sum(dim=(1, 2))]) \
+            if n else torch.zeros(2 + s, dtype=torch.int32)
+        most, longest, *nnz = stats.tolist()
         if most <= capacity:
             break
         capacity = triton.next_power_of_2(most)
         retries += 1
+    _room["capacity"] = max(_room["capacity"], capacity)
     if k == 1:
-        return Fused(proj, l0, index, value, near, retries)
-    return _join_splits(proj, l0, index, value, near, s, k, retries)
+        return Fused(proj, l0, index, value, near, retries, tuple(nnz))
+    return _join_splits(proj, shares, index, value, near, max(1, longest), retries, tuple(nnz))
 
 
-def _join_splits(proj, l0, index, value, near, s: int, k: int, retries: int) -> Fused:
-    """Sum the k shares of each SAE and join their lists (share order = latent order)."""
-    n, capacity = l0.shape[1], index.shape[2]
-    l0 = l0.view(s, k, n)
-    total = l0.sum(dim=1, dtype=torch.int32)  # (S, N)
-    start = l0.cumsum(dim=1) - l0  # (S, k, N) where each share's entries begin in the joined list
-    room = max(1, int(total.max()))
-    valid = torch.arange(capacity, device=l0.device) < l0[..., None]  # (S, k, N, capacity)
-    sae, share, token, slot = valid.nonzero(as_tuple=True)
-    dest = start[sae, share, token] + slot
-    joined_index = torch.zeros(s, n, room, dtype=torch.int32, device=l0.device)
-    joined_value = torch.zeros(s, n, room, dtype=torch.float32, device=l0.device)
-    joined_index[sae, token, dest] = index.view(s, k, n, capacity)[sae, share, token, slot]
-    joined_value[sae, token, dest] = value.view(s, k, n, capacity)[sae, share, token, slot]
-    return Fused(proj.view(s, k, n, -1).sum(dim=1), total, joined_index, joined_value,
-                 near.view(s, k, n).sum(dim=1, dtype=torch.int32), retries)
+def _scatter_lists(index: torch.Tensor, value: torch.Tensor, dest: torch.Tensor, valid: torch.Tensor,
+                   shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries of index/value (any shape) where `valid` moved to flat position `dest` of new tensors of
+    `shape` (int64 ids, fp32 values), on the device: invalid entries go to a spare slot past the end."""
+    size = math.prod(shape)
+    dest = torch.where(valid, dest, size).reshape(-1)
+    ids = torch.zeros(size + 1, dtype=torch.int64, device=index.device)
+    vals = torch.zeros(size + 1, dtype=torch.float32, device=index.device)
+    ids.scatter_(0, dest, index.reshape(-1).long())
+    vals.scatter_(0, dest, value.reshape(-1))
+    return ids[:size].view(shape), vals[:size].view(shape)
+
+
+def _join_splits(proj, shares, index, value, near, room: int, retries: int, nnz: tuple) -> Fused:
+    """Sum the k shares of each SAE and join their lists (share order = latent order) into `room` slots."""
+    s, k, n = shares.shape
+    capacity = index.shape[2]
+    start = shares.cumsum(dim=1) - shares  # (S, k, N) where each share's entries begin in the joined list
+    slot = torch.arange(capacity, device=shares.device)
+    sae = torch.arange(s, device=shares.device)[:, None, None, None]
+    token = torch.arange(n, device=shares.device)[None, None, :, None]
+    dest = (sae * n + token) * room + start[..., None] + slot  # (S, k, N, capacity) flat place in (S, N, room)
+    joined_index, joined_value = _scatter_lists(index.view(s, k, n, capacity), value.view(s, k, n, capacity),
+                                                dest, slot < shares[..., None], (s, n, room))
+    return Fused(proj.view(s, k, n, -1).sum(dim=1), shares.sum(dim=1, dtype=torch.int32),
+                 joined_index.int(), joined_value, near.view(s, k, n).sum(dim=1, dtype=torch.int32), retries, nnz)
 
 
 def jumprelu_probe_reference(x: torch.Tensor, group: Group) -> tuple[torch.Tensor, torch.Tensor, list[list]]:

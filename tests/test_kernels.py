@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actstore.kernels.jumprelu_probe import (INTERPRET, P_PAD, jumprelu_probe, jumprelu_probe_reference,
-                                             pack_group)
+from actstore.kernels import jumprelu_probe as kernel_module
+from actstore.kernels.jumprelu_probe import (INTERPRET, P_PAD, check_offsets, jumprelu_probe,
+                                             jumprelu_probe_reference, pack_group)
 from actstore.probes import Probe
 from actstore.saes import SAEWeights
 from actstore.scoring import LayerData, ScoreConfig, decoder_scale, encode_sparse, encode_sparse_fused, score_sae
@@ -60,6 +61,97 @@ def test_several_saes_of_odd_widths_ragged_tokens_and_a_capacity_overflow(splits
 
     fits = jumprelu_probe(x, group, capacity=int(out.l0.max()), splits=splits)
     assert fits.retries == 0 and torch.equal(fits.l0, out.l0)
+
+
+class LaunchSpy:
+    """Stands in for the kernel: records each launch's constexprs, then launches the real one."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(kwargs)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@needs_kernel
+@pytest.mark.parametrize("widths, aligned", [([48, 80, 144], True), ([48, 81, 144], False)])
+@pytest.mark.parametrize("splits", [1, 2])
+def test_the_aligned_and_unaligned_paths_agree_with_the_reference(widths, aligned, splits, monkeypatch):
+    """Offsets that are all multiples of 16 take the ALIGNED path (shares also start on 16-latent boundaries);
+    one odd width anywhere takes the general path. Both give the reference's lists."""
+    spy = LaunchSpy(kernel_module._jumprelu_probe_kernel)
+    monkeypatch.setattr(kernel_module, "_jumprelu_probe_kernel", spy)
+    d = 24
+    saes = [make_sae(d, m, 20 + i) for i, m in enumerate(widths)]
+    group = pack_group(saes, torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(3)),
+                                                           dim=1), torch.float32)
+    x = torch.randn(37, d, generator=torch.Generator().manual_seed(5))
+    out = jumprelu_probe(x, group, capacity=256, splits=splits)
+    assert [launch["ALIGNED"] for launch in spy.launches] == [aligned]
+    check_against_reference(x, group, out, proj_atol=2e-5)
+
+
+def count_host_reads(monkeypatch) -> list:
+    """Counts reads of tensor values by the host (tolist, item, int, bool, nonzero) from here on."""
+    reads = []
+    for name in ("tolist", "item", "__int__", "__bool__", "__index__", "nonzero"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return reads
+
+
+@needs_kernel
+def test_one_host_read_per_launch_and_the_list_room_carried_across_blocks_and_saes(monkeypatch):
+    """Scoring two SAEs one after the other, in 3 token blocks each: the first block of the first SAE grows
+    the lists' room once (it starts at 4 here); every later block and the second SAE start with that room,
+    so none runs twice. Each launch reads the GPU once (the largest L0 and the entries per SAE); the lists
+    are cut and joined on the device, and the near counts are read once per encode."""
+    monkeypatch.setitem(kernel_module._room, "capacity", 4)
+    retries = []
+    launcher = kernel_module.jumprelu_probe
+
+    def counting(*args, **kwargs):
+        out = launcher(*args, **kwargs)
+        retries.append(out.retries)
+        return out
+    monkeypatch.setattr(kernel_module, "jumprelu_probe", counting)
+    first, second = make_sae(24, 150, 7), make_sae(24, 96, 8)
+    x = torch.randn(130, 24, generator=torch.Generator().manual_seed(8))
+    expected = [encode_sparse(x, sae, decoder_scale(sae)) for sae in (first, second)]
+    reads = count_host_reads(monkeypatch)
+    got = [encode_sparse_fused(x, sae, decoder_scale(sae), token_chunk=50) for sae in (first, second)]
+    room = kernel_module._room["capacity"]
+    monkeypatch.undo()
+    assert retries == [1, 0, 0, 0, 0, 0] and room >= 8
+    assert reads == ["tolist"] * 9  # 3 + 3 blocks, the first launched twice; and each encode's near counts
+    for fused, ref in zip(got, expected):
+        assert torch.equal(fused.offsets, ref.offsets) and torch.equal(fused.index, ref.index)
+        torch.testing.assert_close(fused.value, ref.value, rtol=0, atol=2e-5)
+
+
+def test_offsets_that_pass_2_to_the_31_are_formed_in_64_bits():
+    """At Gemma Scope sizes the kernel's global offsets pass 2^31: 1M tokens x d_model 2304 into x, d_model x
+    the row stride of ten 1M-latent encoders side by side into W_enc, 10 SAEs x 64k tokens x 4096 list slots
+    into the lists. The kernel forms those once per program as 64-bit bases and only per-tile offsets in 32
+    bits; `check_offsets` bounds the per-tile ones and refuses a launch that would overflow them."""
+    import triton
+
+    pinned = triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_K": 64})  # the GPU's pinned tiles
+    d, tokens, group_width = 2304, 1 << 20, 10 * (1 << 20)
+    assert tokens * d >= 2**31 and d * group_width >= 2**31 and 10 * 65536 * 4096 >= 2**31
+    # per tile: 128 x 2304 into x, 64 x 10M into W_enc, 129 x 4096 list slots, 10M x 32 probe columns
+    check_offsets(tokens, d, group_width, group_width, 4096, pinned)
+    with pytest.raises(ValueError, match="would overflow the kernel's 32-bit tile offsets .BLOCK_N x list capacity"):
+        check_offsets(4096, d, group_width, group_width, 1 << 24, pinned)
+    with pytest.raises(ValueError, match="BLOCK_K x row stride of W_enc, latents x probe columns"):
+        check_offsets(4096, d, 1 << 26, 1 << 26, 64, pinned)
 
 
 @needs_kernel
@@ -169,3 +261,18 @@ def test_gemma_scope_shapes_on_the_gpu(dtype):
     tol = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]  # tf32 second dot; input rounding
     scale = proj.abs().amax(dim=2, keepdim=True).clamp(min=1)
     assert float(((out.proj - proj).abs() / scale).max()) < tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("widths", [[4096, 1024], [4000, 1100]])  # the aligned and the unaligned path
+def test_lists_stored_by_inline_ptx_match_the_reference_on_the_gpu(widths):
+    """fp32 with ieee dots on the GPU: the lists the kernel stores by inline PTX from the MMA layout (which
+    the interpreter cannot run) are the reference's, entry for entry; with 3 splits too."""
+    d = 256
+    saes = [make_sae(d, m, i, device="cuda") for i, m in enumerate(widths)]
+    group = pack_group(saes, torch.nn.functional.normalize(torch.randn(26, d, device="cuda"), dim=1), torch.float32)
+    x = torch.randn(300, d, device="cuda")
+    for splits in (1, 3):
+        check_against_reference(x, group, jumprelu_probe(x, group, splits=splits), proj_atol=1e-4)
+
