@@ -186,6 +186,21 @@ def cmd_info(cfg: InfoConfig) -> int:
     print(f"shards       {info['shard_rows']} rows, chunks of {info['chunk_rows']}, codec {info['codec']}")
     for name, rows in info["groups"].items():
         print(f"group        {name}: {rows} rows")
+    extra = info["extra"]
+    if "vocab_dropped" in extra:
+        print(f"vocab        {extra.get('vocab_rows')} rows kept, {extra['vocab_dropped']} dropped"
+              + "".join(f"; {v['count']} {r} (e.g. {', '.join(map(repr, v['examples'][:3]))})"
+                        for r, v in extra.get("vocab_drops", {}).items()))
+    if "bos" in extra:
+        print(f"BOS          {extra['bos']['policy']}: " + (f"{extra['bos']['token']!r} prepended"
+                                                            if extra["bos"]["token_id"] is not None else "none"))
+    prov = extra.get("provenance")
+    if prov:
+        where = f"{prov['location']}/{prov['gguf_file']} (sha256 {prov['gguf_sha256'][:16]}...)" if prov["gguf_file"] \
+            else prov["location"] + (f" @ {prov.get('commit') or prov['revision']}" if prov["kind"] == "hub" else "")
+        tok = prov["tokenizer"]
+        print(f"source       {where}, given as {prov['given']}")
+        print(f"tokenizer    {tok['class']}, {tok['vocab_size']} tokens, vocab sha256 {tok['vocab_sha256'][:16]}...")
     status = "yes" if info["complete"] else f"NO: {sum(info['missing_shards'].values())} shards missing"
     print(f"complete     {status}")
     print(f"on disk      {info['bytes_on_disk'] / 1e6:.1f} MB")
@@ -251,11 +266,16 @@ def cmd_saes(cfg: SaesConfig) -> int:
 
 
 def cmd_extract(cfg: ExtractConfig) -> int:
-    from actstore.extract import extract
+    from actstore.extract import Interrupted, extract
 
-    summary = extract(cfg, progress=sys.stderr.isatty())
-    print(f"{summary['store']}: computed {summary['rows_computed']} rows (vocab {summary['vocab_rows']}, context "
-          f"{summary['context_rows']}) for layers {summary['layers']} in {summary['seconds']:.1f}s")
+    try:
+        summary = extract(cfg, progress=sys.stderr.isatty())
+    except Interrupted as stop:  # Ctrl-C: finished shards kept, one line, the shell's status for SIGINT
+        print(stop.args[0], file=sys.stderr)
+        return 130
+    print(f"{summary['store']}: computed {summary['rows_computed']} rows (vocab {summary['vocab_rows']}, "
+          f"{summary['vocab_dropped']} dropped; context {summary['context_rows']}) for layers {summary['layers']} "
+          f"in {summary['seconds']:.1f}s")
     return 0
 
 

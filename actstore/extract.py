@@ -414,7 +414,7 @@ def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, la
                 acts = workers[i % n_workers].run.remote(group, start, stop, batch_rows[group])
                 pending[writer.put.remote(group, start, acts)] = stop - start
                 i += 1
-            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in done:
                 ray.get(ref)
                 del pending[ref]
