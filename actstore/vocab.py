@@ -8,8 +8,10 @@ For any Hugging Face tokenizer:
 - prompt: "\\n" + ten lines "{example} has the first letter: {FIRST_LETTER_UPPER}" joined by "\\n", then
   "\\n{word} has the first letter:". Examples come from the query's split and never include the query.
 - tokenization: without the tokenizer's own special tokens (no appended EOS or [SEP], whatever its
-  post-processor does), then one explicit BOS policy: `auto` prepends the tokenizer's BOS token when it
-  has one (as TransformerLens, and so SAEBench, do), `always` requires one, `never` prepends nothing.
+  post-processor does), then one explicit BOS policy: `auto` prepends the BOS token when the tokenizer
+  puts one first itself (Gemma, Llama: as TransformerLens, and so SAEBench, run them) and nothing when
+  it does not (SmolLM2, GPT-2); `always` prepends the tokenizer's bos_token in any case (TransformerLens's
+  default for every model); `never` prepends nothing.
 - position: the query token's index in the tokenized prompt, computed from the tokenization of the
   prompt's prefix and checked to hold the vocabulary token; rows where tokenization merges differently
   are dropped and counted, by reason, with examples.
@@ -107,10 +109,14 @@ def bos_id(tokenizer, policy: str = "auto") -> int | None:
         raise ValueError(f"--bos must be one of {', '.join(BOS_POLICIES)}; got {policy!r}")
     if policy == "never":
         return None
-    if policy == "always" and tokenizer.bos_token_id is None:
+    bos = tokenizer.bos_token_id
+    if policy == "always" and bos is None:
         raise ValueError(f"--bos always: the tokenizer ({type(tokenizer).__name__}) has no BOS token; pass --bos auto "
                          f"or --bos never")
-    return tokenizer.bos_token_id
+    if policy == "auto" and bos is not None:
+        own = tokenizer("a")["input_ids"]  # with the tokenizer's own specials: does it put BOS first?
+        return bos if own and own[0] == bos else None
+    return bos
 
 
 def tokenize(tokenizer, texts: list[str], bos: int | None, chunk: int = 4096) -> list[list[int]]:
