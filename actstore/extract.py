@@ -194,8 +194,8 @@ class Coordinator:
     forward batch as the workers report it: the driver polls it, so the bar moves per batch rather than per
     work item. Batches are keyed by (group, first row): a retried batch is counted once.
 
-    The task reaches workers through this actor, not as a constructor argument: Ray warns about restartable
-    actors whose constructor arguments live in the object store."""
+    Workers find it by name: Ray warns about a restartable actor whose constructor arguments hold object
+    references, and both the task's ObjectRef and an actor handle do."""
 
     def __init__(self, task: Task):
         self._task = task
@@ -218,9 +218,11 @@ class Coordinator:
 class ModelWorker:
     """Runs the model on row ranges of the task; returns layer -> activations as numpy (bf16 as bits)."""
 
-    def __init__(self, cfg: ExtractConfig, source, coordinator, layers: list[int], threads: int):
-        """coordinator: the Coordinator actor that holds the task and counts finished batches."""
+    def __init__(self, cfg: ExtractConfig, source, coordinator: str, layers: list[int], threads: int):
+        """coordinator: the name of the Coordinator actor that holds the task and counts finished batches."""
         import ray
+
+        coordinator = ray.get_actor(coordinator)
 
         from actstore.model import ResidualReader, load_model
 
@@ -400,8 +402,9 @@ def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, la
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n_workers)
     options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
                    runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
-    counter = ray.remote(Coordinator).options(num_cpus=0).remote(task)
-    workers = [ray.remote(ModelWorker).options(**options).remote(cfg, source, counter, layers, threads)
+    name = f"actstore-extract-{os.getpid()}-{time.time_ns()}"
+    counter = ray.remote(Coordinator).options(num_cpus=0, name=name).remote(task)
+    workers = [ray.remote(ModelWorker).options(**options).remote(cfg, source, name, layers, threads)
                for _ in range(n_workers)]
     columns = {"vocab": task.vocab_columns, "context": task.context_columns}
     writer = ray.remote(StoreWriter).options(num_cpus=0).remote(cfg.out, columns)

@@ -142,13 +142,13 @@ def load_probe(store, layer: int) -> Probe:
 
 def rows_needed(labels: np.ndarray, split: np.ndarray, passing: list[int], letters: int = MIN_LETTERS) -> int | None:
     """About how many vocabulary rows would let `letters` letters pass, assuming a letter passes once it has
-    as many training rows as the rarest letter that passes now: the rows now, scaled by that count over the
-    training rows of the `letters`-th most frequent letter. None when that letter already has as many (its
-    rows are not what it lacks) or nothing passes."""
+    as many training rows as the passing letters have (their median): the rows now, scaled by that count over
+    the training rows of the `letters`-th most frequent letter. None when nothing passes, or when that letter
+    already has as many (rows are not what it lacks)."""
     counts = np.bincount(labels[split == 0], minlength=26)
     if not passing:
         return None
-    enough = min(counts[c] for c in passing)
+    enough = float(np.median([counts[c] for c in passing]))
     wanted = np.sort(counts)[::-1][letters - 1]
     if wanted >= enough:
         return None
