@@ -475,9 +475,9 @@ class ProgressDisplay:
         elif time.perf_counter() - self.last >= self.interval and rows < self.total:
             self.last = time.perf_counter()
             rate = rows / (self.last - self.t0)
-            eta = _duration((self.total - rows) / rate) if rate > 0 else "unknown"
-            print(f"extract: {rows:,}/{self.total:,} rows ({rows / self.total:.1%}), {rate:,.1f} rows/s, ETA {eta}",
-                  file=sys.stderr, flush=True)
+            line = f"{rate:,.1f} rows/s, ETA {_duration((self.total - rows) / rate)}" if rows else \
+                "waiting for the first batch (workers loading the model)"
+            print(f"extract: {rows:,}/{self.total:,} rows ({rows / self.total:.1%}), {line}", file=sys.stderr, flush=True)
         self.rows = rows
 
     def close(self) -> None:
