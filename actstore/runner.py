@@ -211,6 +211,10 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)
     sources = select_saes(cfg)
+    from actstore.probes import score_notes
+
+    for line in score_notes(cfg.store, {s.layer for s in sources}, cfg.min_probe_f1):
+        log(line)
     todo = [s for s in sources if not part_done(out, s)]
     jobs = plan_jobs(todo, memory_budget(device, cfg.memory_gb), cfg.group_size)
     log(f"{len(sources)} SAEs named, {len(sources) - len(todo)} already in {out}, {len(todo)} to score on {device} "

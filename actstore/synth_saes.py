@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actstore.probes import LETTERS, load_probe
+from actstore.probes import LETTERS, MIN_PROBE_F1, load_probe
 
 
 @dataclass
@@ -61,6 +61,11 @@ class SynthSAEConfig:
     """latents per SAE (planted ones plus fillers)"""
     min_split_share: float = 0.1
     """each split latent must cover at least this share of its letter's test-split true positives alone"""
+    min_truth_positives: int = 10
+    """letters with fewer test true positives are left out of the planted truth (truth.json's evaluated_letters):
+    on so few rows one row moves the scorer's k-sparse F1 by more than its 0.03 step, so a split count is noise"""
+    min_split_positives: int = 4
+    """... and at least this many of them: a real store's rare letters cannot carry a split the scorer could see"""
     seed: int = 0
     """random seed (which letters split, decoder noise, latent order)"""
 
@@ -156,7 +161,7 @@ def plant_split(world: LayerWorld, c: int, k: int, null: torch.Tensor, bias: flo
         alone = [int((cov & ~torch.stack([o for i, o in enumerate(covers) if i != j]).any(dim=0)).sum())
                  for j, cov in enumerate(covers)]
         share = min(alone) / int((tp & world.test).sum())
-        if share >= cfg.min_split_share and (best is None or share > best[0]):
+        if share >= cfg.min_split_share and min(alone) >= cfg.min_split_positives and (best is None or share > best[0]):
             best = (share, ws, thresholds)
     if best is None:
         return None
@@ -264,7 +269,12 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
             entry["single_latent"] = position
         if lat["kind"] == "absorber":
             entry.setdefault("absorbing_latents", []).append(position)
-    evaluated = [LETTERS[c] for c in world.evaluated]
+    supported = [c for c in world.evaluated
+                 if int(((labels == c) & world.probe_fires[:, c] & world.test).sum()) >= cfg.min_truth_positives]
+    evaluated = [LETTERS[c] for c in supported]
+    if not evaluated:
+        raise ValueError(f"no evaluated letter has {cfg.min_truth_positives} test true positives: too few vocabulary "
+                         f"rows to plant a truth the scorer can measure; extract more (--max-vocab)")
     summary = {key: float(np.mean([truth[c][key] for c in evaluated]))
                for key in ("absorption_fraction", "full_absorption_rate", "num_split_features")}
     singles = [truth[c]["single_f1"] for c in evaluated if "single_f1" in truth[c]]
@@ -273,6 +283,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
               "threshold": threshold}
     return ({k: v.numpy().astype(np.float32) for k, v in params.items()},
             {"absorption_target": absorption, "width": cfg.width, "evaluated_letters": evaluated,
+             "unsupported_letters": [LETTERS[c] for c in world.evaluated if c not in supported],
              "planted_latents": len(latents), "summary": summary, "letters": truth})
 
 
@@ -300,12 +311,17 @@ def sae_folders(out: str | Path, layer: int, cfg: SynthSAEConfig) -> list[Path]:
             for rate in cfg.absorption]
 
 
-def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: SynthSAEConfig = SynthSAEConfig()
-                         ) -> list[Path]:
-    """Write one SAE per absorption rate; returns their folders."""
+def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: SynthSAEConfig = SynthSAEConfig(),
+                         log=None) -> list[Path]:
+    """Write one SAE per absorption rate; returns their folders. Plants only what the store supports: a
+    split no letter can carry (too few test true positives) is left out and `log` (a callable) says so."""
     world = load_world(store_path, layer)
+    if not world.evaluated:
+        raise ValueError(f"no letter of layer {layer} reaches probe test F1 {MIN_PROBE_F1}: nothing to plant against; "
+                         f"extract more vocabulary rows (see `actstore probe`'s guidance) or choose another layer")
     order = [int(c) for c in torch.randperm(26, generator=torch.Generator().manual_seed(cfg.seed))]
-    candidates = [c for c in order if c in world.evaluated]
+    test_tp = ((world.labels[:, None] == torch.arange(26)) & world.probe_fires & world.test[:, None]).sum(dim=0)
+    candidates = [c for c in order if c in world.evaluated and test_tp[c] >= cfg.min_truth_positives]
     split_letters: dict[int, int] = {}
     _, null = letter_decoders(world.directions)
     for k in cfg.splits:  # the first letters (in a seeded order) that admit a clean split
@@ -314,10 +330,17 @@ def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: Synt
                 split_letters[c] = k
                 break
         else:
-            raise ValueError(f"no letter of layer {layer} splits into {k} latents with shares >= {cfg.min_split_share}")
+            if log is not None:
+                log(f"synth-saes: no split into {k} latents planted: no evaluated letter of layer {layer} has {k} "
+                    f"directions that each cover >= {cfg.min_split_positives} and >= {cfg.min_split_share:.0%} of its "
+                    f"test true positives alone (more vocabulary rows give more)")
     folders = []
     for i, (rate, folder) in enumerate(zip(cfg.absorption, sae_folders(out, layer, cfg))):
         params, truth = plant_sae(world, rate, split_letters, cfg, seed=cfg.seed * 1000 + i)
+        if i == 0 and truth["unsupported_letters"] and log is not None:
+            log(f"synth-saes: the planted truth covers {len(truth['evaluated_letters'])} of the "
+                f"{len(world.evaluated)} letters the probe passes; {', '.join(truth['unsupported_letters'])} have "
+                f"fewer than {cfg.min_truth_positives} test true positives (more vocabulary rows give more)")
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "params.npz", **params)
         truth.update(layer=layer, store=str(store_path), config=asdict(cfg))

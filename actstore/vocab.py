@@ -7,9 +7,14 @@ For any Hugging Face tokenizer:
 - split: a seeded shuffle, 80% train (0), 20% test (1).
 - prompt: "\\n" + ten lines "{example} has the first letter: {FIRST_LETTER_UPPER}" joined by "\\n", then
   "\\n{word} has the first letter:". Examples come from the query's split and never include the query.
+- tokenization: without the tokenizer's own special tokens (no appended EOS or [SEP], whatever its
+  post-processor does), then one explicit BOS policy: `auto` prepends the BOS token when the tokenizer
+  puts one first itself (Gemma, Llama: as TransformerLens, and so SAEBench, run them) and nothing when
+  it does not (SmolLM2, GPT-2); `always` prepends the tokenizer's bos_token in any case (TransformerLens's
+  default for every model); `never` prepends nothing.
 - position: the query token's index in the tokenized prompt, computed from the tokenization of the
   prompt's prefix and checked to hold the vocabulary token; rows where tokenization merges differently
-  are dropped and counted.
+  are dropped and counted, by reason, with examples.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ N_EXAMPLES = 10
 TEST_FRACTION = 0.2
 # How tokenizers spell a leading space inside a token: SentencePiece and GPT-2 byte-level BPE.
 SPACE_MARKERS = ("\u2581", "\u0120")
+BOS_POLICIES = ("auto", "always", "never")
+MAX_DROPPED = 0.05  # default share of vocabulary rows extract may drop before it refuses
+DROP_REASONS = {
+    "split": "the word is not one token inside the prompt (its text tokenizes differently after a newline)",
+    "merge": "the word merges with the text after it (' has the first letter:')",
+}
 
 
 @dataclass
@@ -45,6 +56,22 @@ class VocabTask:
     """(n,) int: index of the query token in input_ids."""
     dropped: int
     """Tokens whose prompt did not tokenize with the query token at the computed position."""
+    drops: dict[str, list[str]]
+    """Reason (a key of DROP_REASONS) -> the texts of the dropped tokens, in vocabulary order."""
+    bos_id: int | None
+    """The BOS token id prepended to every prompt, or None."""
+    alphabetic: int
+    """Alphabetic tokens of the whole vocabulary (before any --max-vocab sample)."""
+
+    def drop_message(self, max_share: float) -> str | None:
+        """An error message when more than `max_share` of the rows were dropped, else None."""
+        total = self.dropped + len(self.token_id)
+        if total == 0 or self.dropped / total <= max_share:
+            return None
+        reasons = "; ".join(f"{len(texts)} because {DROP_REASONS[r]}, e.g. {', '.join(repr(t) for t in texts[:5])}"
+                            for r, texts in self.drops.items() if texts)
+        return (f"the vocabulary task dropped {self.dropped} of {total} rows ({self.dropped / total:.2%}, more than "
+                f"--max-dropped {max_share:g}): {reasons}. Check the tokenizer (or raise --max-dropped)")
 
 
 def token_text(raw: str) -> str:
@@ -76,12 +103,29 @@ def alphabetic_tokens(tokenizer) -> list[tuple[int, str, int]]:
     return sorted(out)
 
 
-def _tokenize(tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
-    """Token ids of many texts: one batched call per chunk (a fast tokenizer runs it in parallel)."""
+def bos_id(tokenizer, policy: str = "auto") -> int | None:
+    """The token id to prepend under a BOS policy (auto, always, never), or None."""
+    if policy not in BOS_POLICIES:
+        raise ValueError(f"--bos must be one of {', '.join(BOS_POLICIES)}; got {policy!r}")
+    if policy == "never":
+        return None
+    bos = tokenizer.bos_token_id
+    if policy == "always" and bos is None:
+        raise ValueError(f"--bos always: the tokenizer ({type(tokenizer).__name__}) has no BOS token; pass --bos auto "
+                         f"or --bos never")
+    if policy == "auto" and bos is not None:
+        own = tokenizer("a")["input_ids"]  # with the tokenizer's own specials: does it put BOS first?
+        return bos if own and own[0] == bos else None
+    return bos
+
+
+def tokenize(tokenizer, texts: list[str], bos: int | None, chunk: int = 4096) -> list[list[int]]:
+    """Token ids of many texts, without the tokenizer's own special tokens, `bos` (when not None) first.
+    One batched call per chunk (a fast tokenizer runs it in parallel)."""
     out: list[list[int]] = []
     for lo in range(0, len(texts), chunk):
-        out += tokenizer(texts[lo:lo + chunk])["input_ids"]
-    return out
+        out += tokenizer(texts[lo:lo + chunk], add_special_tokens=False)["input_ids"]
+    return [[bos, *ids] for ids in out] if bos is not None else out
 
 
 def build_prompt(word: str, examples: list[str]) -> str:
@@ -89,9 +133,12 @@ def build_prompt(word: str, examples: list[str]) -> str:
     return "\n" + "\n".join(lines) + "\n" + TEMPLATE.format(word=word)
 
 
-def build_vocab_task(tokenizer, seed: int = 42, max_tokens: int | None = None) -> VocabTask:
-    """The whole task for one tokenizer. `max_tokens` keeps a seeded sample (for tests and quick runs)."""
+def build_vocab_task(tokenizer, seed: int = 42, max_tokens: int | None = None, bos: str = "auto") -> VocabTask:
+    """The whole task for one tokenizer. `max_tokens` keeps a seeded sample (for tests and quick runs);
+    `bos` is the BOS policy (auto, always, never)."""
+    bos_token = bos_id(tokenizer, bos)
     tokens = alphabetic_tokens(tokenizer)
+    alphabetic = len(tokens)
     if len(tokens) < N_EXAMPLES + 2:
         raise ValueError(f"the tokenizer has only {len(tokens)} alphabetic tokens; the task needs at least "
                          f"{N_EXAMPLES + 2}")
@@ -116,15 +163,21 @@ def build_vocab_task(tokenizer, seed: int = 42, max_tokens: int | None = None) -
         prompt = build_prompt(texts[row], [texts[i] for i in picks])
         all_prompts.append(prompt)
         heads.append(prompt[: len(prompt) - len(TEMPLATE.format(word=texts[row]))] + texts[row])
-    encoded_all, heads_all = _tokenize(tokenizer, all_prompts), _tokenize(tokenizer, heads)
+    encoded_all, heads_all = tokenize(tokenizer, all_prompts, bos_token), tokenize(tokenizer, heads, bos_token)
     keep_rows, prompts, input_ids, positions = [], [], [], []
+    drops: dict[str, list[str]] = {reason: [] for reason in DROP_REASONS}
     for row, (encoded, head) in enumerate(zip(encoded_all, heads_all)):
         position = len(head) - 1
-        if encoded[: position + 1] == head and head[-1] == ids[row]:
+        if head[-1] != ids[row]:
+            drops["split"].append(str(texts[row]))
+        elif encoded[: position + 1] != head:
+            drops["merge"].append(str(texts[row]))
+        else:
             keep_rows.append(row)
             prompts.append(all_prompts[row])
             input_ids.append(encoded)
             positions.append(position)
     keep = np.array(keep_rows, dtype=np.int64)
     return VocabTask(token_id=ids[keep], text=texts[keep], label=labels[keep], split=split[keep], prompts=prompts,
-                     input_ids=input_ids, position=np.array(positions), dropped=len(tokens) - len(keep))
+                     input_ids=input_ids, position=np.array(positions, dtype=np.int64),
+                     dropped=len(tokens) - len(keep), drops=drops, bos_id=bos_token, alphabetic=alphabetic)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -143,6 +145,38 @@ def test_sigkill_then_resume_gives_a_byte_identical_store(synth_model, corpus, t
     assert "computed" in result.stdout
     computed = int(result.stdout.split("computed ")[1].split()[0])
     assert 0 < computed < 600 + 2048
+    assert store_bytes(out) == store_bytes(reference)
+
+
+def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_from_any_folder(
+        synth_model, corpus, tmp_path, reference):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, no traceback, one line with the
+    resume command (absolute paths), which finishes the store from another working folder."""
+    out = tmp_path / "interrupted.zarr"
+    cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out), "--log-interval", "0.1"]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*/layer_01/_manifest/*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    try:
+        os.killpg(run.pid, signal.SIGKILL)  # Ray's helpers, if any outlived the driver
+    except ProcessLookupError:
+        pass
+    assert run.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    assert "constructor arguments in the object store" not in stderr  # Ray's warning is not shown
+    assert re.search(r"extract: [\d,]+ prompts \+ 32 context windows x 3 layers on cpu \(1 worker\); first batch of "
+                     r"8 rows took [\d.]+s \([\d,]+ tokens/s\): estimate \S+ for [\d,]+ tokens", stderr), stderr
+    assert re.search(r"extract: [\d,]+/2,648 rows \([\d.]+%\), [\d.,]+ rows/s, ETA \S+", stderr), stderr
+    (line,) = [l for l in stderr.splitlines() if "Resume with:" in l]
+    assert re.match(r"extract: interrupted; \d+ of 11 shards \(256 rows each\) are complete and kept", line)
+    resume = shlex.split(line.split("Resume with: ")[1])
+    assert resume[:2] == ["actstore", "extract"] and resume[-1] == "--resume"
+    result = subprocess.run([sys.executable, "-m", "actstore.cli", *resume[1:]], capture_output=True, text=True,
+                            timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr[-2000:]
     assert store_bytes(out) == store_bytes(reference)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.contexts import build_contexts
+from actstore.contexts import build_contexts, read_documents
 from actstore.model import ModelLoadError, ResidualReader, decoder_layers, load_config_and_tokenizer, load_model, pad
 from actstore.vocab import alphabetic_tokens, build_prompt, build_vocab_task, first_letter_label, token_text
 
@@ -73,7 +73,7 @@ class MergingTokenizer:
     """Wraps a tokenizer; the word 'zzmerge' merges with the ' has' after it (as BPE merges can)."""
 
     def __init__(self, inner):
-        self.inner, self.all_special_ids = inner, inner.all_special_ids
+        self.inner, self.all_special_ids, self.bos_token_id = inner, inner.all_special_ids, inner.bos_token_id
         vocab = dict(inner.get_vocab())
         vocab["zzmerge"] = max(vocab.values()) + 1
         self._vocab = vocab
@@ -81,10 +81,11 @@ class MergingTokenizer:
     def get_vocab(self):
         return self._vocab
 
-    def __call__(self, text):
+    def __call__(self, text, add_special_tokens=True):
         if isinstance(text, list):
-            return {"input_ids": [self(t)["input_ids"] for t in text]}
-        ids = self.inner(text.replace("zzmerge has", "a has").replace("zzmerge", "b"))["input_ids"]
+            return {"input_ids": [self(t, add_special_tokens)["input_ids"] for t in text]}
+        ids = self.inner(text.replace("zzmerge has", "a has").replace("zzmerge", "b"),
+                         add_special_tokens=add_special_tokens)["input_ids"]
         if "zzmerge" in text and not text.endswith("zzmerge"):
             return {"input_ids": ids}
         return {"input_ids": ids[:-1] + [self._vocab["zzmerge"]] if text.endswith("zzmerge") else ids}
@@ -92,8 +93,12 @@ class MergingTokenizer:
 
 def test_rows_whose_tokenization_merges_are_dropped_and_counted(tokenizer):
     task = build_vocab_task(MergingTokenizer(tokenizer), seed=7)
-    assert task.dropped == 1
+    assert task.dropped == 1 and task.drops == {"split": [], "merge": ["zzmerge"]}
     assert "zzmerge" not in set(task.text)
+    assert task.drop_message(0.05) is None  # 1 of 2111 rows
+    assert task.drop_message(0.0001) == (
+        "the vocabulary task dropped 1 of 2111 rows (0.05%, more than --max-dropped 0.0001): 1 because the word merges "
+        "with the text after it (' has the first letter:'), e.g. 'zzmerge'. Check the tokenizer (or raise --max-dropped)")
     assert len(task.token_id) == 26 * 80 + 4 + 26
 
 
@@ -103,9 +108,13 @@ def test_build_prompt_format():
 
 
 def test_contexts_windows_labels_and_cap(tokenizer, corpus):
-    ctx = build_contexts(tokenizer, str(corpus), context_length=64, max_rows=1000)
+    ctx = build_contexts(tokenizer, str(corpus), context_length=64, max_rows=1000, bos=tokenizer.bos_token_id)
     assert len(ctx.windows) == 15 and len(ctx.token_id) == 960  # the cap, in whole windows
-    assert all(len(w) == 64 for w in ctx.windows) and ctx.windows[0][0] == tokenizer.bos_token_id
+    assert all(len(w) == 64 and w[0] == tokenizer.bos_token_id for w in ctx.windows)  # BOS starts every window
+    text = tokenizer(next(read_documents(str(corpus))), add_special_tokens=False)["input_ids"]
+    assert ctx.windows[0][1:] == text[:63] and ctx.windows[1][1:] == text[63:126]  # then the text, in order
+    plain = build_contexts(tokenizer, str(corpus), context_length=64, max_rows=1000)  # --bos never
+    assert plain.windows[0] == text[:64] and tokenizer.bos_token_id not in plain.token_id
     np.testing.assert_array_equal(ctx.doc[:66], np.r_[np.zeros(64), 1, 1])
     np.testing.assert_array_equal(ctx.pos[62:66], [62, 63, 0, 1])
     for t, label in zip(ctx.token_id[:300], ctx.label[:300]):
@@ -181,5 +190,5 @@ def test_an_unreachable_model_gives_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "ModelLoadError: could not load model 'google/gemma-2-2b'" in result.stderr
     assert "pass its directory as --model" in result.stderr
-    with pytest.raises(ModelLoadError, match="could not load model"):
+    with pytest.raises(ModelLoadError, match="no-such-model: no such file or folder; expected a hub id"):
         load_config_and_tokenizer(str(tmp_path / "no-such-model"))
