@@ -174,9 +174,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config) -> None:
 
 
 def cmd_info(cfg: InfoConfig) -> int:
+    from actstore import verify
     from actstore.store import ActivationStore
 
-    info = ActivationStore.open(cfg.store, require_complete=False).info()
+    info = verify.info(ActivationStore.open(cfg.store, require_complete=False))
     if cfg.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -193,10 +194,11 @@ def cmd_info(cfg: InfoConfig) -> int:
 
 
 def cmd_verify(cfg: VerifyConfig) -> int:
+    from actstore import verify
     from actstore.store import ActivationStore
 
     store = ActivationStore.open(cfg.store, require_complete=False)  # incomplete shards become problems
-    problems = store.verify(progress=sys.stderr.isatty())
+    problems = verify.verify(store, progress=sys.stderr.isatty())
     if cfg.json:
         print(json.dumps([p._asdict() for p in problems], indent=2))
     elif problems:
