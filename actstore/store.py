@@ -85,6 +85,9 @@ class CorruptShardError(StoreError):
             f"that made the store to rewrite it."
         )
 
+    def __reduce__(self):  # picklable with its fields, so it crosses Ray intact
+        return type(self), (self.array, self.shard, self.rows, self.file, self.reason)
+
 
 @dataclass
 class StoreSpec:
@@ -159,6 +162,7 @@ class ActivationStore:
         self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio I/O
         self._groups: dict[str, dict] | None = None  # see _group_meta
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._marker_cache: dict[tuple[str, str], dict[int, dict]] = {}
 
     # ------------------------------------------------------------------ create / open
 
@@ -214,8 +218,11 @@ class ActivationStore:
         (add_group, append; one coordinator grows a store), and re-reading it per call cost more than
         copying a shard."""
         if self._groups is None:
-            self._groups = {name: {"rows": g.attrs["rows"], "columns": dict(g.attrs["columns"])}
-                            for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
+            try:
+                self._groups = {name: {"rows": g.attrs["rows"], "columns": dict(g.attrs["columns"])}
+                                for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
+            except Exception as err:  # a damaged group zarr.json: name it
+                raise StoreError(f"{self.path}: {_metadata_problem(self.path) or err}") from err
         return self._groups
 
     def _rows(self, group: str) -> int:
@@ -250,6 +257,7 @@ class ActivationStore:
             raise ValueError(f"rows must be >= 0; got {rows}")
         group = self._root.create_group(name, attributes={"kind": "rows", "rows": rows, "columns": dict(columns)})
         self._group_meta()[name] = {"rows": rows, "columns": dict(columns)}
+        self._root.attrs["groups"] = sorted(self._group_meta())  # verify finds a group that was deleted
         _create_arrays(group, self.spec, rows, columns)
 
     def _meta(self, group: str) -> dict:
@@ -301,6 +309,14 @@ class ActivationStore:
                 if todo:
                     out[f"{g}/{array}"] = todo
         return out
+
+    def _markers(self, group: str, array: str) -> dict[int, dict]:
+        """An array's manifest markers; read once when the store was found complete and is read-only."""
+        if not self._known_complete or self.mode == "a":
+            return manifest.read_markers(self.path / group / array)
+        if (group, array) not in self._marker_cache:
+            self._marker_cache[group, array] = manifest.read_markers(self.path / group / array)
+        return self._marker_cache[group, array]
 
     def _done(self, markers: dict[int, dict], group: str, shard: int) -> bool:
         """A shard is complete when its marker covers the rows the shard has now (an append moves them)."""
@@ -362,11 +378,11 @@ class ActivationStore:
         chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
             self._array(group, array)[lo:hi] = values
-            has_file = path.exists()
+            identity = {"crc32c": shardio.file_crc32c(str(path))} if path.exists() else None
         else:
-            has_file = shardio.write_shard(str(path), np.ascontiguousarray(values), chunk_shape[0],
+            identity = shardio.write_shard(str(path), np.ascontiguousarray(values), chunk_shape[0],
                                            self.spec.shard_rows // chunk_shape[0])
-        manifest.write_marker(array_dir, shard, (lo, hi), has_file)
+        manifest.write_marker(array_dir, shard, (lo, hi), identity is not None, identity)
 
     def append(self, group: str, data: Mapping[str | int, Any]) -> None:
         """Grow a group by n rows, writing every one of its arrays (all layers and columns).
@@ -428,15 +444,15 @@ class ActivationStore:
             raise IndexError(f"rows [{start}, {stop}) are outside {group}'s {rows} rows")
         size = self.spec.shard_rows
         shards = range(start // size, -(-stop // size))
+        markers = self._markers(group, array)
         if not self._known_complete or self.mode == "a":
-            markers = manifest.read_markers(self.path / group / array)
             todo = [k for k in shards if not self._done(markers, group, k)]
             if todo:
                 raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
         arr = self._array(group, array)
         chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
-            parts = [self._read_shard(group, array, k, max(lo, start), min(hi, stop))
+            parts = [self._read_shard(group, array, k, max(lo, start), min(hi, stop), markers.get(k, {}))
                      for k in shards for lo, hi in [self.shard_rows(group, k)]]
             return arr[start:stop] if not parts else np.concatenate(parts) if len(parts) > 1 else parts[0]
         out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
@@ -445,23 +461,28 @@ class ActivationStore:
             a, b = max(lo, start), min(hi, stop)
             try:
                 shardio.read_rows(str(self.shard_file(group, array, k)), out[a - start:b - start], a - lo, b - lo,
-                                  chunk_rows=chunk_shape[0], chunks_per_shard=size // chunk_shape[0])
-            except FileNotFoundError:
-                out[a - start:b - start] = self._read_shard(group, array, k, a, b)  # decides: fill or lost
+                                  chunk_rows=chunk_shape[0], chunks_per_shard=size // chunk_shape[0],
+                                  expected=markers.get(k, {}).get("chunks"))
+            except FileNotFoundError:  # decides: fill or lost
+                out[a - start:b - start] = self._read_shard(group, array, k, a, b, markers.get(k, {}))
             except (shardio.ShardFormatError, OSError) as err:  # not programming errors: those propagate
                 raise CorruptShardError(f"{group}/{array}", k, (lo, hi),
                                         str(self.shard_file(group, array, k)), str(err)) from err
         return out
 
-    def _read_shard(self, group: str, array: str, shard: int, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) (inside one shard) through Zarr, with its failures named by shard."""
+    def _read_shard(self, group: str, array: str, shard: int, start: int, stop: int, marker: dict) -> np.ndarray:
+        """Rows [start, stop) (inside one shard) through Zarr, with its failures named by shard; the file is
+        checked against the identity its marker records (these are small metadata shards, or compressed)."""
         lo, hi = self.shard_rows(group, shard)
         path = self.shard_file(group, array, shard)
         if not path.exists():  # Zarr would silently return the fill value
-            marker = manifest.read_markers(self.path / group / array).get(shard, {})
             if marker.get("file", True):
                 raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path),
                                         "the file is missing although the shard was written")
+        elif "crc32c" in marker and shardio.file_crc32c(str(path)) != marker["crc32c"]:
+            raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path),
+                                    "its bytes are not the ones its manifest marker records (another shard's "
+                                    "file, or damaged)")
         try:
             return self._array(group, array)[start:stop]
         except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
@@ -492,6 +513,7 @@ class ActivationStore:
             raise ValueError(f"a probe is weight (26, {self.spec.d_model}) and bias (26,); got {weight.shape}, "
                              f"{bias.shape}")
         probes = self._root.require_group("probes")
+        attrs = {**attrs, "sha256": probe_digest(weight, bias)}  # its identity: verify and results check it
         group = probes.create_group(name, overwrite=True, attributes=attrs)
         for key, values in (("weight", weight), ("bias", bias)):
             values = np.ascontiguousarray(values, dtype=np.float32)
@@ -570,7 +592,7 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
     try:
         root = zarr.open_group(path, mode="r" if mode == "r" else "r+")
     except Exception as err:  # zarr raises several types for a node that is not a group
-        raise StoreError(f"{path} is not an actstore store: {err}") from err
+        raise StoreError(f"{path} is not an actstore store: {_metadata_problem(path) or err}") from err
     version = root.attrs.get("format_version")
     if version is None:
         raise StoreError(f"{path} is a Zarr group but not an actstore store (no 'format_version' attribute)")
@@ -578,6 +600,19 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
         raise StoreError(f"{path} has store format {version}; this actstore reads up to {FORMAT_VERSION}: "
                          f"upgrade actstore")
     return root
+
+
+def _metadata_problem(path: Path) -> str | None:
+    """'<file> is not valid JSON (...)' for the first unreadable zarr.json of a store's root and groups."""
+    import json
+
+    for meta in [path / "zarr.json", *sorted(path.glob("*/zarr.json"))]:
+        try:
+            json.loads(meta.read_bytes())
+        except (OSError, ValueError) as err:
+            return (f"its metadata file {meta} is damaged ({err}); restore it from a copy, or make the store "
+                    f"again")
+    return None
 
 
 def prepare(spec: StoreSpec, columns: dict[str, str], where: str, value: Any) -> np.ndarray:
@@ -635,6 +670,16 @@ def incomplete_message(store: ActivationStore, missing: dict[str, list[int]]) ->
                 "missing shards)")
     return (f"{store.path} is incomplete: {total} shards were never finished, in {shown}{more}. "
             f"It was probably killed mid-write; {how}. Only the missing shards are rewritten.")
+
+
+def probe_digest(weight: np.ndarray, bias: np.ndarray) -> str:
+    """sha256 of a probe's float32 weight and bias bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for values in (weight, bias):
+        digest.update(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def _ranges(values: list[int]) -> str:
