@@ -11,7 +11,7 @@ never race on the manifest.
 `rows` is the row range the shard held when it was written: after an append grows the array, the last
 shard's range changes and its old marker stops counting. `file` says whether Zarr wrote a shard file at
 all (it writes none for a shard that is entirely the fill value), so `verify` can tell a shard that was
-legitimately empty from one whose file was lost. `crc32c` (of the whole file) and, for activation shards,
+legitimately empty from one whose file was lost. `crc32c` (of the file but its last 4 bytes, its own checksum) and, for activation shards,
 `chunks` (each chunk's crc32c, null where empty) are the shard's identity: a checksum says a file is intact,
 the identity says it is the right shard. Reads compare the chunks, `actstore verify` the whole file, so a
 shard file swapped with another is caught. Markers written before identities were recorded lack both.

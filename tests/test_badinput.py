@@ -212,7 +212,7 @@ def test_saebench_names_are_unique_per_sae_file():
 
 
 def test_concurrent_part_writers_never_tear_and_torn_parts_are_redone(tmp_path):
-    path = tmp_path / "parts" / "p.json"
+    path = tmp_path / "race" / "p.json"
     path.parent.mkdir()
     records = [json.dumps({"summary": {"status": "ok"}, "pad": str(i) * 20000}) for i in range(3)]
     stop, torn = threading.Event(), []
@@ -236,6 +236,7 @@ def test_concurrent_part_writers_never_tear_and_torn_parts_are_redone(tmp_path):
     assert not torn and not list(path.parent.glob("*.partial"))
     # a torn part (written by an older version, or by hand) is named and recomputed, and the tables skip it
     source = SimpleNamespace(key="/x/sae", fingerprint="", layer=0, name="sae")
+    (tmp_path / "parts").mkdir()
     torn_part = tmp_path / "parts" / part_name(source.key)
     torn_part.write_text('{"summary": {"status": "ok", "reason": "Unterminated')
     assert redo_reason(tmp_path, source) == f"its part {torn_part} is torn or unreadable"
@@ -347,7 +348,8 @@ def test_a_full_disk_ends_in_one_line_and_nothing_partial_is_trusted(planted_sto
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("actstore score: error: no space left on the device") and len(err.splitlines()) == 1
-        assert not list(out.rglob("*.partial")) and not list((out / "parts").glob("*.json"))
+        assert not list(out.rglob("*.partial"))  # what was written is whole: a part is there entirely or not at all
+        assert all(read_part(p) is not None for p in (out / "parts").glob("*.json"))
         # the store side: a shard write that runs out of space leaves the store resumable
         store = ActivationStore.create(disk / "s.zarr", storeworld.spec(layers=[0]))
         store.add_group("vocab", rows=storeworld.ROWS)
