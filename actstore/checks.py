@@ -88,8 +88,7 @@ def existing_store(name: str, path: str) -> None:
         raise BadArgument(f"{name} {path}: a file, not a store; expected a .zarr directory written by "
                           f"`actstore extract`")
     if not (p / "zarr.json").is_file():
-        raise BadArgument(f"{name} {path}: not a store (no zarr.json inside); expected a .zarr directory written "
-                          f"by `actstore extract`")
+        raise BadArgument(f"{path} is not an actstore store: it has no zarr.json (not a Zarr v3 group)")
 
 
 def writable_folder(name: str, path: str) -> None:

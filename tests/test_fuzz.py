@@ -208,8 +208,8 @@ case("extract: more workers than cores", ["extract", "--out", NEW, "--workers", 
 for command in ("info", "verify", "probe"):
     case(f"{command}: no such store", [command, "{root}/nope.zarr"], 2, "no such store")
     case(f"{command}: a file as store", [command, "{root}/afile.txt"], 2, "a file, not a store")
-    case(f"{command}: a folder that is no store", [command, "{root}/notastore"], 2, "not a store")
-    case(f"{command}: unicode path that is no store", [command, "{root}/ümlaut dir"], 2, "not a store")
+    case(f"{command}: a folder that is no store", [command, "{root}/notastore"], 2, "not an actstore store")
+    case(f"{command}: unicode path that is no store", [command, "{root}/ümlaut dir"], 2, "not an actstore store")
 case("info: damaged zarr.json", ["info", "{root}/broken.zarr"], 2, "zarr.json")
 case("verify: damaged zarr.json", ["verify", "{root}/broken.zarr"], 2, "zarr.json")
 case("score: no such store", ["score", "{root}/nope.zarr", "--out", NEW, "--saes", "{root}/saes"], 2, "no such store")
