@@ -29,9 +29,15 @@ import torch
 
 from actstore.layers import load_layer
 from actstore.probes import load_probe
+from actstore.provenance import Provenance
 from actstore.results import part_done, part_name, record_failure, record_result, write_atomic
-from actstore.saes import SAEError, SAEWeights
+from actstore.saes import SAEError, SAEWeights, degeneracies
 from actstore.scoring import NotScorable, ScoreConfig, encode_group_fused, pick_backend, score_sae
+from actstore.store import StoreError
+
+
+class WorkerError(RuntimeError):
+    """A worker's failure as one plain, picklable line (what failed and why), so it crosses Ray intact."""
 
 
 @dataclass
@@ -83,6 +89,7 @@ class LayerScorer:
         self.cfg, self.device, self.dtype = cfg, device, getattr(torch, cfg.dtype)
         self.score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend)
         self.store = ActivationStore.open(cfg.store, require_complete=True)
+        self.provenance = Provenance(self.store, cfg, device)
         self.out = Path(cfg.out)
         self.layer, self.data, self.probe = None, None, None
         self.crash = os.environ.get("ACTSTORE_FAULT_SCORE_CRASH_ONCE")  # "FLAGFILE:N" (tests)
@@ -90,9 +97,21 @@ class LayerScorer:
 
     def run(self, job: Job, on_done=None) -> int:
         """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes (and passed to
-        on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk."""
+        on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk.
+
+        A failure of the store, the disk or the code ends the job: store errors and OSError as they are (both
+        pickle), anything else as a WorkerError of one line."""
+        try:
+            return self._run(job, on_done)
+        except (StoreError, OSError, WorkerError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the type may not cross Ray; its message does
+            detail = str(err).splitlines()[0] if str(err) else ""
+            raise WorkerError(f"scoring layer {job.layer} failed: {type(err).__name__}: {detail}") from None
+
+    def _run(self, job: Job, on_done=None) -> int:
         count = 0
-        groups = [[s for s in g if not part_done(self.out, s)] for g in job.groups]  # a retried job resumes
+        groups = [[s for s in g if not part_done(self.out, s, self.provenance)] for g in job.groups]  # a retried job resumes
         groups = [g for g in groups if g]
         with ThreadPoolExecutor(1, thread_name_prefix="actstore-prefetch") as pool:
             loading = pool.submit(self._load_group, groups[0]) if groups else None
@@ -127,7 +146,10 @@ class LayerScorer:
                 else:
                     shared = None
                 loaded.append((source, sae, time.perf_counter() - t))
-            except (SAEError, FileNotFoundError) as err:
+            except Exception as err:  # noqa: BLE001 - whatever is wrong with one SAE's file fails that SAE alone
+                if not isinstance(err, SAEError):
+                    detail = str(err).splitlines()[0] if str(err) else ""
+                    err = SAEError(f"SAE {source.name}: cannot be loaded ({type(err).__name__}: {detail})")
                 loaded.append((source, err, time.perf_counter() - t))
                 shared = None
             at += width or 0
@@ -151,15 +173,24 @@ class LayerScorer:
         for source, sae, load_seconds in loaded:
             t = time.perf_counter()
             self._maybe_crash()
+            layer = None
             try:
                 if not isinstance(sae, SAEWeights):
                     raise sae
                 layer = self._layer_of(source, sae)
+                flags = degeneracies(sae)  # an SAE that cannot be measured raises SAEError here
                 result = score_sae(sae, *self._layer_data(layer), self.score_cfg, acts=encoded.get(source.key))
+                dead = result.summary.get("dead_latent_share", 0.0)
+                if dead > self.cfg.max_dead_share:
+                    flags.append(f"{dead:.1%} of its latents never fire on the vocabulary task (more than "
+                                 f"--max-dead-share {self.cfg.max_dead_share:g})")
+                if flags:
+                    result.summary.update(status="flagged", reason="; ".join(flags))
                 record = record_result(self.out, source, sae, result, self.score_cfg, self.store.spec)
             except (SAEError, NotScorable, FileNotFoundError) as err:
                 record = record_failure(self.out, source, err)
             record["seconds"] = time.perf_counter() - t + load_seconds
+            record["provenance"] = self.provenance.of(layer if layer is not None else source.layer)
             self._write(source, record)
             self.scored += 1
             yield record

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -136,6 +137,7 @@ POSITIONAL = {"store", "action", "results"}
 HIDDEN = {"worker_env"}  # fault injection for tests, not a CLI option
 
 
+@functools.lru_cache(maxsize=None)  # reading the source costs ~30 ms a class; main() runs many times in tests
 def field_docs(cls) -> dict[str, str]:
     """Field name -> the docstring written under it in the class body (or a dataclass base's)."""
     docs = {}
@@ -174,9 +176,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config) -> None:
 
 
 def cmd_info(cfg: InfoConfig) -> int:
+    from actstore import verify
     from actstore.store import ActivationStore
 
-    info = ActivationStore.open(cfg.store, require_complete=False).info()
+    info = verify.info(ActivationStore.open(cfg.store, require_complete=False))
     if cfg.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -208,17 +211,19 @@ def cmd_info(cfg: InfoConfig) -> int:
 
 
 def cmd_verify(cfg: VerifyConfig) -> int:
+    from actstore import verify
     from actstore.store import ActivationStore
 
     store = ActivationStore.open(cfg.store, require_complete=False)  # incomplete shards become problems
-    problems = store.verify(progress=sys.stderr.isatty())
+    problems = verify.verify(store, progress=sys.stderr.isatty())
     if cfg.json:
         print(json.dumps([p._asdict() for p in problems], indent=2))
     elif problems:
         for p in problems:
-            print(f"{p.kind:10s} {p.array} shard {p.shard} (rows {p.rows[0]}-{p.rows[1] - 1}): {p.detail}")
+            where = f" shard {p.shard} (rows {p.rows[0]}-{p.rows[1] - 1})" if p.shard >= 0 else ""
+            print(f"{p.kind:10s} {p.array}{where}: {p.detail}")
     else:
-        print(f"{cfg.store}: every shard present and every checksum correct")
+        print(f"{cfg.store}: structure as promised, every shard present, intact and in its place, probes intact")
     return 1 if problems else 0
 
 
@@ -334,8 +339,15 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (not usage plus error), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="actstore", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="actstore", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (config, _) in COMMANDS.items():
         doc = " ".join(config.__doc__.split())
@@ -344,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from actstore import checks, locks
     from actstore.model import ModelLoadError
     from actstore.store import StoreError
 
@@ -351,14 +364,19 @@ def main(argv: list[str] | None = None) -> int:
     config_cls, run = COMMANDS[args.command]
     cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if f.name not in HIDDEN})
     try:
-        return run(cfg)
+        checks.check(args.command, cfg)  # every argument, before any work
+        with locks.hold(args.command, cfg):
+            return run(cfg)
     except BrokenPipeError:  # `actstore info ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (StoreError, ModelLoadError, KeyError, ValueError, TypeError, FileNotFoundError) as err:
+    except (StoreError, ModelLoadError, KeyError, ValueError, TypeError, FileNotFoundError, locks.Busy) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"actstore {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError, KeyboardInterrupt) as err:  # the disk, a worker, Ctrl-C: one line, exit 1
+        print(f"actstore {args.command}: {checks.failure_line(err)}", file=sys.stderr)
+        return 130 if isinstance(err, KeyboardInterrupt) else 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actstore import verify
 from actstore.store import ActivationStore
 
 MIN_PROBE_F1 = 0.9
@@ -64,7 +65,7 @@ def run_demo(out: str, seed: int = 0) -> int:
           f"{summary['seconds']:.1f}s" + (" (resumed)" if cfg.resume else ""))
 
     store = ActivationStore.open(store_path)
-    problems = store.verify()
+    problems = verify.verify(store)
     print(f"3. verified every shard and checksum: {'ok' if not problems else problems}")
     store.close()
     trained = probe_store(str(store_path))
@@ -93,7 +94,7 @@ def run_demo(out: str, seed: int = 0) -> int:
     report = write_report(out_dir / "results", out_dir / "report")
     print(f"8. report: {report['html']} ({len(report['figures'])} figures)")
 
-    info = store.info()
+    info = verify.info(store)
     print(f"store: {info['groups']}, {info['bytes_on_disk'] / 1e6:.1f} MB; demo took {time.perf_counter() - t0:.1f}s")
     return 0 if not problems and f1 >= MIN_PROBE_F1 and ok else 1
 

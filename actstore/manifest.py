@@ -5,12 +5,16 @@ is rewritten, so a writer killed at any instant leaves markers only for shards t
 are separate files (never one shared JSON), so writers in different processes that own disjoint shards
 never race on the manifest.
 
-    <store>/<group>/<array>/_manifest/000003.json   {"rows": [49152, 65536], "file": true}
+    <store>/<group>/<array>/_manifest/000003.json   {"rows": [49152, 65536], "file": true,
+                                                      "crc32c": 2882343476, "chunks": [...]}
 
 `rows` is the row range the shard held when it was written: after an append grows the array, the last
 shard's range changes and its old marker stops counting. `file` says whether Zarr wrote a shard file at
 all (it writes none for a shard that is entirely the fill value), so `verify` can tell a shard that was
-legitimately empty from one whose file was lost.
+legitimately empty from one whose file was lost. `crc32c` (of the file but its last 4 bytes, its own checksum) and, for activation shards,
+`chunks` (each chunk's crc32c, null where empty) are the shard's identity: a checksum says a file is intact,
+the identity says it is the right shard. Reads compare the chunks, `actstore verify` the whole file, so a
+shard file swapped with another is caught. Markers written before identities were recorded lack both.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ def marker_path(array_dir: Path, shard: int) -> Path:
     return array_dir / MANIFEST_DIR / f"{shard:06d}.json"
 
 
-def write_marker(array_dir: Path, shard: int, rows: tuple[int, int], has_file: bool) -> None:
+def write_marker(array_dir: Path, shard: int, rows: tuple[int, int], has_file: bool,
+                 identity: dict | None = None) -> None:
     """Record shard `shard` of the array at `array_dir` as complete.
 
     Written in place, not through a temp file: a marker is one short JSON object, and every strict
@@ -34,7 +39,7 @@ def write_marker(array_dir: Path, shard: int, rows: tuple[int, int], has_file: b
     """
     path = marker_path(array_dir, shard)
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"rows": list(rows), "file": has_file}))
+    path.write_text(json.dumps({"rows": list(rows), "file": has_file, **(identity or {})}))
 
 
 def remove_marker(array_dir: Path, shard: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -29,9 +30,33 @@ def part_name(key: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write through a temporary name unique to this writer (host, pid, random), then rename: concurrent
+    writers never share a temporary file, and a reader sees the old file or the new one, whole."""
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_part(path: Path) -> dict | None:
+    """A part record, or None when the file is torn, damaged or gone (the SAE then counts as not done)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("summary"), dict) else None
+
+
+def saebench_name(source) -> str:
+    """SAEBench's file name, `<release>_<id>_eval_results.json`, with a hash of the SAE's key when the key
+    is not release/id (a local file: two folders may share release and id names)."""
+    name = f"{source.release}_{source.name}"
+    if source.key != f"{source.release}/{source.name}":
+        name += "_" + hashlib.sha1(source.key.encode()).hexdigest()[:8]
+    return f"{name}_eval_results.json".replace("/", "_").lstrip("_")
 
 
 def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], cfg: ScoreConfig,
@@ -76,7 +101,7 @@ def write_tables(out: Path) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = [json.loads(p.read_text()) for p in sorted((out / "parts").glob("*.json"))]
+    parts = [p for p in map(read_part, sorted((out / "parts").glob("*.json"))) if p is not None]
     saes = [{**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")}, **p["summary"]}
             for p in parts]
     letters = [{"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"], "layer": p["layer"], **row}
@@ -85,20 +110,24 @@ def write_tables(out: Path) -> tuple[int, int]:
         names = list(dict.fromkeys(k for row in rows for k in row))
         return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
 
-    pq.write_table(table(saes), out / "saes.parquet")
-    if letters:
-        pq.write_table(table(letters), out / "letters.parquet")
-    ok = sum(p["summary"]["status"] == "ok" for p in parts)
+    for rows, name in ((saes, "saes.parquet"), (letters, "letters.parquet")):
+        if rows or name == "saes.parquet":  # through a temporary name: a full disk leaves the old table
+            tmp = out / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+            try:
+                pq.write_table(table(rows), tmp)
+                os.replace(tmp, out / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+    ok = sum(p["summary"]["status"] in ("ok", "flagged") for p in parts)
     return ok, len(parts) - ok
 
 
-def part_done(out: Path, source) -> bool:
-    """Whether RESULTS already holds a successful score of this SAE (same file, when it is a file)."""
-    path = out / "parts" / part_name(source.key)
-    if not path.exists():
-        return False
-    record = json.loads(path.read_text())
-    return record["summary"]["status"] == "ok" and record.get("fingerprint", "") == source.fingerprint
+def part_done(out: Path, source, provenance=None) -> bool:
+    """Whether RESULTS already holds a successful score of this SAE (same file, when it is a file; the same
+    store, probe and options, when `provenance` is given): see provenance.redo_reason."""
+    from actstore.provenance import redo_reason
+
+    return redo_reason(out, source, provenance) is None
 
 
 def _record(source, **fields) -> dict:
@@ -110,8 +139,7 @@ def _record(source, **fields) -> dict:
 def record_result(out: Path, source, sae: SAEWeights, result, cfg: ScoreConfig, spec) -> dict:
     """The part record of a scored SAE; writes its SAEBench JSON."""
     report = saebench_json(source, sae, result.summary, result.letters, cfg, spec)
-    name = f"{source.release}_{source.name}_eval_results.json".replace("/", "_").lstrip("_")
-    write_atomic(out / "saebench" / name, json.dumps(report, indent=1))
+    write_atomic(out / "saebench" / saebench_name(source), json.dumps(report, indent=1))
     return _record(source, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
                    letters=result.letters, summary=result.summary)
 

@@ -19,7 +19,6 @@ SAE it was computing.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +26,11 @@ from pathlib import Path
 
 import torch
 
-from actstore.results import part_done, part_name, write_tables
+from actstore.provenance import Provenance, redo_reason
+from actstore.results import part_done, part_name, read_part, write_tables
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
 from actstore.scoring import BACKENDS
+from actstore.store import ActivationStore
 
 
 @dataclass
@@ -69,6 +70,8 @@ class ScoreCommandConfig:
     """SAE weights a worker may hold, current and next group together (default: half the GPU, a third of RAM)"""
     group_size: int = 10
     """SAEs of one layer scored together (one kernel launch per token block serves the group)"""
+    max_dead_share: float = 0.999
+    """an SAE with a larger share of latents that never fire on the vocabulary task is flagged, not plain ok"""
     worker_env: dict[str, str] = field(default_factory=dict)
     """environment variables for the Ray workers (fault injection in tests)"""
 
@@ -108,6 +111,8 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
     out: list[SAESource] = []
     for spec in specs:
         path = Path(spec)
+        if path.is_dir() and (path / "params.npz").is_file() and not (path / "cfg.json").exists():
+            path = path / "params.npz"  # one SAE's own folder: its layer and id come from the path as below
         if path.is_file() and path.name.endswith(".npz"):
             parts = path.resolve().parent.parts  # id from the layer_N folder on, as in Gemma Scope's layout
             start = max((i for i, p in enumerate(parts) if p.startswith("layer_")), default=len(parts) - 1)
@@ -165,23 +170,20 @@ def npz_width(path: Path) -> int | None:
 
 def select_saes(cfg: ScoreCommandConfig) -> list[SAESource]:
     """The SAEs a score command names: --saes (and @FILE lists) and --release, filtered by --layers/--widths."""
-    from actstore.extract import parse_layers
     from actstore.saes import parse_width
+
+    from actstore.checks import layer_spec, read_list
 
     specs = []
     for spec in cfg.saes:
-        if spec.startswith("@"):
-            lines = Path(spec[1:]).read_text().splitlines()
-            specs += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        else:
-            specs.append(spec)
+        specs += read_list(spec[1:]) if spec.startswith("@") else [spec]
     if cfg.release:
         specs.append(cfg.release)
     if not specs:
         raise ValueError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
     sources = resolve_saes(specs, cfg.layer)
     if cfg.layers:
-        wanted = set(parse_layers(cfg.layers, 1 << 16))  # a filter: layers no SAE reads select nothing
+        wanted = set(layer_spec("--layers", cfg.layers) or [])  # a filter: layers no SAE reads select nothing
         sources = [s for s in sources if s.layer in wanted]
     if cfg.widths:
         widths = {parse_width(w) for w in cfg.widths.split(",")}
@@ -211,14 +213,23 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)
     sources = select_saes(cfg)
+    with ActivationStore.open(cfg.store) as store:  # refuses an incomplete store up front, saying how to resume
+        provenance = Provenance(store, cfg, device)
+        reasons = {s.key: redo_reason(out, s, provenance) for s in sources}
+    todo = [s for s in sources if reasons[s.key] is not None]
     from actstore.probes import score_notes
 
     for line in score_notes(cfg.store, {s.layer for s in sources}, cfg.min_probe_f1):
         log(line)
-    todo = [s for s in sources if not part_done(out, s)]
     jobs = plan_jobs(todo, memory_budget(device, cfg.memory_gb), cfg.group_size)
     log(f"{len(sources)} SAEs named, {len(sources) - len(todo)} already in {out}, {len(todo)} to score on {device} "
         f"({len(jobs)} layers)")
+    redo = {}
+    for s in todo:
+        if reasons[s.key] and reasons[s.key] != "it failed before":
+            redo.setdefault(reasons[s.key], []).append(s.name)
+    for reason, names in redo.items():  # a rerun says why it recomputes what RESULTS already holds
+        log(f"  recomputing {len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): {reason}")
     bar = tqdm(total=len(todo), desc="score", unit="SAE", disable=not progress, smoothing=0.1)
     failed_now = []
 
@@ -236,7 +247,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
                 scorer.run(job, on_done=done)
             scorer.close()
         elif jobs:
-            _run_ray(cfg, device, jobs, todo, out, done)
+            _run_ray(cfg, device, jobs, todo, out, done, provenance)
     finally:
         bar.close()
     scored, failed = write_tables(out)
@@ -248,7 +259,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     return summary
 
 
-def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: Path, done) -> None:
+def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: Path, done, provenance) -> None:
     """One LayerScorer actor per GPU (or one CPU worker), whole layers each; progress from the parts they
     write. A crashed actor is restarted and its job retried once."""
     import ray
@@ -259,7 +270,11 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
         ray.init(address=cfg.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
     n_workers = cfg.workers or max(1, gpus)
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n_workers)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if n_workers > (gpus if gpus else cpus):  # they could not all be placed: the run would wait forever
+        raise ValueError(f"--workers {n_workers}: the Ray cluster has {gpus} GPUs and {cpus} CPUs, one "
+                         f"{'GPU' if gpus else 'CPU'} per worker; use --workers {gpus or cpus} or fewer")
+    threads = max(1, cpus // n_workers)
     options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
                    runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
     actors = [ray.remote(LayerScorer).options(**options).remote(cfg, device, None if gpus else threads)
@@ -270,20 +285,38 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
     try:
         while expected:
             finished, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5) if pending else ([], [])
-            ray.get(finished)  # an actor that failed twice raises here
+            _get(ray, finished)  # an actor that failed twice raises here
             for path in [p for p in expected if p.exists() and p.stat().st_mtime_ns != before[p]]:
-                expected.pop(path)
-                done(json.loads(path.read_text()))
+                record = read_part(path)
+                if record is not None:  # None: being replaced this instant; read again next round
+                    expected.pop(path)
+                    done(record)
             if not pending and expected:
                 # written meanwhile by someone else (a worker of a killed earlier run that Ray had not yet
                 # reaped): the workers skipped them as done
                 for path, source in list(expected.items()):
-                    if part_done(out, source):
+                    if part_done(out, source, provenance):
                         expected.pop(path)
-                        done(json.loads(path.read_text()))
+                        done(read_part(path))
                 if expected:
                     missing = ", ".join(s.name for s in list(expected.values())[:5])
                     raise RuntimeError(f"the workers ended without scoring {len(expected)} SAEs ({missing}); rerun")
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _get(ray, refs: list) -> None:
+    """ray.get, with a worker's error re-raised as itself (its one-line message), not Ray's wrapper."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        ray.get(refs)
+    except RayTaskError as err:
+        cause = err.cause if isinstance(err.cause, Exception) else None
+        if cause is None:
+            raise RuntimeError(f"a score worker failed: {str(err).splitlines()[-1]}") from None
+        raise cause from None
+    except RayActorError as err:
+        raise RuntimeError(f"a score worker died twice ({type(err).__name__}); rerun the same command to resume: "
+                           f"finished SAEs are kept") from None

@@ -107,30 +107,79 @@ ENCODERS: dict[str, Callable[[SAEWeights, torch.Tensor], torch.Tensor]] = {
 def load_params_npz(path: str | Path, sae_id: str, layer: int | None = None, l0: float | None = None,
                     d_model: int | None = None, dtype: torch.dtype = torch.float32,
                     device: str = "cpu") -> SAEWeights:
-    """A Gemma Scope `params.npz`, checked, each array converted once into `dtype` on `device`."""
-    try:
-        params = np.load(path)
-    except (OSError, ValueError) as err:
-        raise SAEError(f"SAE {sae_id}: cannot read {path} as an .npz file ({err})") from err
-    with params:
-        missing = [k for k in GEMMA_SCOPE_KEYS if k not in params.files]
-        if missing:
-            raise SAEError(f"SAE {sae_id}: {path} lacks {missing}; a Gemma Scope params.npz has {list(GEMMA_SCOPE_KEYS)}")
-        arrays = {k: params[k] for k in GEMMA_SCOPE_KEYS}
+    """A Gemma Scope `params.npz`, checked, each array converted once into `dtype` on `device`.
+
+    Every way the file can be bad (not a zip, truncated, a CRC error, missing keys, pickled objects, a dtype
+    that is not floating point, width 0, NaN or inf, inconsistent shapes, another model's d_model) raises
+    SAEError saying what is wrong and what was expected."""
+    arrays = read_npz(path, sae_id)
     d, m = arrays["W_enc"].shape if arrays["W_enc"].ndim == 2 else (None, None)
     expected = {"W_enc": (d, m), "W_dec": (m, d), "b_enc": (m,), "b_dec": (d,), "threshold": (m,)}
     wrong = {k: a.shape for k, a in arrays.items() if d is None or a.shape != expected[k]}
     if wrong:
         raise SAEError(f"SAE {sae_id}: inconsistent shapes in {path}: {wrong}; expected W_enc (d, m), W_dec (m, d), "
                        f"b_enc (m,), b_dec (d,), threshold (m,)")
+    if m == 0 or d == 0:
+        raise SAEError(f"SAE {sae_id}: {path} has width {m} and d_model {d}; expected at least one latent and one "
+                       f"input dimension")
     if d_model is not None and d != d_model:
         raise SAEError(f"SAE {sae_id}: reads d_model {d}, the store holds d_model {d_model}: it belongs to another model")
     bad = [k for k, a in arrays.items() if not np.isfinite(a).all()]
     if bad:
-        raise SAEError(f"SAE {sae_id}: {path} has NaN or inf in {bad}")
+        raise SAEError(f"SAE {sae_id}: {path} has NaN or inf in {bad}; expected finite weights")
     t = {k: torch.from_numpy(a).to(device=device, dtype=dtype) for k, a in arrays.items()}
     return SAEWeights(sae_id, t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], "jumprelu", t["threshold"],
                       layer=layer, l0=l0)
+
+
+def read_npz(path: str | Path, sae_id: str) -> dict[str, np.ndarray]:
+    """The five arrays of a params.npz, each a floating-point numpy array; SAEError for anything else."""
+    expect = f"expected Gemma Scope's params.npz (a zip of float arrays {', '.join(GEMMA_SCOPE_KEYS)})"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as err:
+        raise SAEError(f"SAE {sae_id}: cannot open {path}: {err.strerror or err}") from err
+    if magic == b"\x93NUMPY":
+        raise SAEError(f"SAE {sae_id}: {path} is a single .npy array, not an .npz archive; {expect}")
+    if not magic.startswith(b"PK"):
+        raise SAEError(f"SAE {sae_id}: {path} is not a zip archive ({len(magic)} first bytes {magic!r}); {expect}")
+    try:
+        with np.load(path, allow_pickle=False) as params:
+            missing = [k for k in GEMMA_SCOPE_KEYS if k not in params.files]
+            if missing:
+                raise SAEError(f"SAE {sae_id}: {path} lacks {missing} (it has {params.files}); {expect}")
+            arrays = {k: params[k] for k in GEMMA_SCOPE_KEYS}
+    except SAEError:
+        raise
+    except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        what = "holds pickled Python objects" if "allow_pickle" in str(err) else f"cannot be read ({err})"
+        raise SAEError(f"SAE {sae_id}: {path} {what}; {expect}") from err
+    except Exception as err:  # noqa: BLE001 - BadZipFile (CRC, truncated), EOFError, zlib.error, OSError, ...
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise SAEError(f"SAE {sae_id}: {path} is damaged or truncated ({type(err).__name__}: {detail}); {expect}; "
+                       f"fetch it again") from err
+    not_float = {k: str(a.dtype) for k, a in arrays.items() if a.dtype.kind != "f"}
+    if not_float:
+        raise SAEError(f"SAE {sae_id}: {path} has arrays of dtype {not_float}; expected floating point "
+                       f"(Gemma Scope: float32)")
+    return arrays
+
+
+def degeneracies(sae: SAEWeights) -> list[str]:
+    """What makes an SAE's numbers suspect (zero decoder rows, negative JumpReLU thresholds), one phrase
+    each; raises SAEError when nothing can be measured (every decoder row zero)."""
+    zero = int((sae.w_dec.float().abs().amax(dim=1) == 0).sum())
+    if zero == sae.width:
+        raise SAEError(f"SAE {sae.id}: every decoder row is zero, so no latent has a direction to measure "
+                       f"absorption along; expected a trained decoder")
+    found = [f"{zero} of {sae.width} decoder rows are zero (latents without a direction)"] if zero else []
+    if sae.threshold is not None:
+        negative = int((sae.threshold < 0).sum())
+        if negative:
+            found.append(f"{negative} of {sae.width} JumpReLU thresholds are negative (those latents fire on "
+                         f"negative pre-activations; expected thresholds >= 0)")
+    return found
 
 
 # ---------------------------------------------------------------------------- the Gemma Scope catalog
@@ -164,11 +213,16 @@ def parse_width(text: str) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _pretrained_yaml() -> dict:
+    """sae-lens's catalog, read from its file without importing sae-lens (which imports transformers)."""
+    import importlib.util
+
     import yaml
 
-    import sae_lens
-
-    return yaml.safe_load((Path(sae_lens.__file__).parent / "pretrained_saes.yaml").read_text())
+    found = importlib.util.find_spec("sae_lens")
+    if found is None or not found.submodule_search_locations:
+        raise KeyError("the SAE catalog comes from sae-lens, which is not installed: pip install sae-lens")
+    text = (Path(found.submodule_search_locations[0]) / "pretrained_saes.yaml").read_text()
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1.5 MB: C parser, 10x faster
 
 
 def releases() -> list[str]:

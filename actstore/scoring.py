@@ -424,7 +424,8 @@ def _in_context(rows: list[dict], letters: list[int], mains: dict[int, list[int]
 
 
 def _summary(rows: list[dict], acts: SparseActs) -> dict:
-    summary = {"status": "ok", "reason": "", "letters_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean())}
+    summary = {"status": "ok", "reason": "", "letters_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean()),
+               "dead_latent_share": float((torch.bincount(acts.index, minlength=acts.width) == 0).float().mean())}
     for key, name in (("mean_absorption_fraction", "absorption_fraction"), ("full_absorption_rate", "full_absorption"),
                       ("num_split_features", "num_split_features"), ("single_f1", "single_f1"),
                       ("single_precision", "single_precision"), ("single_recall", "single_recall")):

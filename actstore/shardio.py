@@ -53,11 +53,13 @@ def _strip(codec: dict) -> dict:
 
 
 def read_rows(path: str, out: np.ndarray, lo: int, hi: int, chunk_rows: int, chunks_per_shard: int,
-              fill: int = 0) -> None:
+              fill: int = 0, expected: list | None = None) -> None:
     """Read rows [lo, hi) of one shard (shard-local row numbers) into `out` (hi - lo, width), C-contiguous.
 
+    `expected`: the crc32c of each chunk as written (None for an empty chunk), from the shard's manifest
+    marker; a file whose chunks are intact but hold other data (a shard file in the wrong place) fails too.
     Raises FileNotFoundError if the shard file does not exist and ShardFormatError if it is damaged
-    (a checksum mismatch, a truncated file, an index that does not fit).
+    (a checksum mismatch, a truncated file, an index that does not fit, other data than recorded).
     """
     if not out.flags.c_contiguous or out.shape[0] != hi - lo:
         raise ValueError(f"out must be C-contiguous with {hi - lo} rows; got {out.shape}")
@@ -94,6 +96,12 @@ def read_rows(path: str, out: np.ndarray, lo: int, hi: int, chunk_rows: int, chu
             else:
                 runs.append((offset, [target, crc]))
             run_end = offset + nbytes
+        if expected is not None:
+            written = [c for c in range(lo // chunk_rows, -(-hi // chunk_rows))
+                       if (int(index[c, 0]), int(index[c, 1])) != (EMPTY, EMPTY)]
+            if [c for c in range(lo // chunk_rows, -(-hi // chunk_rows)) if expected[c] is not None] != written:
+                raise ShardFormatError(f"the file's written chunks {written} are not the ones its manifest marker "
+                                       f"records: it holds another shard's data")
         for offset, buffers in runs:
             for start in range(0, len(buffers), 512):  # stay under IOV_MAX (1024)
                 part = buffers[start:start + 512]
@@ -103,8 +111,13 @@ def read_rows(path: str, out: np.ndarray, lo: int, hi: int, chunk_rows: int, chu
                     raise ShardFormatError(f"short read: {got} of {want} bytes at offset {offset}")
                 offset += want
         for target, crc, c in checks:
-            if google_crc32c.value(target) != int.from_bytes(crc.tobytes(), "little"):
+            stored = int.from_bytes(crc.tobytes(), "little")
+            if google_crc32c.value(target) != stored:
                 raise ShardFormatError(f"chunk {c}: stored and computed crc32c do not match")
+            if expected is not None and expected[c] != stored:
+                raise ShardFormatError(f"chunk {c} is intact but holds other data than the shard its manifest "
+                                       f"marker records (crc32c {stored:08x}, recorded {expected[c]:08x}): "
+                                       f"a shard file in the wrong place")
         for buffer, src, dst, rows in bounce:
             flat.reshape(-1, row_bytes)[dst:dst + rows] = buffer.reshape(chunk_rows, row_bytes)[src:src + rows]
     finally:
@@ -121,7 +134,7 @@ def _read_index(fd: int, size: int, chunks_per_shard: int) -> np.ndarray:
     return np.frombuffer(raw[:-4], dtype="<u8").reshape(chunks_per_shard, 2)
 
 
-def write_shard(path: str, values: np.ndarray, chunk_rows: int, chunks_per_shard: int) -> bool:
+def write_shard(path: str, values: np.ndarray, chunk_rows: int, chunks_per_shard: int) -> dict | None:
     """Write one shard file exactly as Zarr's sharding codec would, straight from `values`.
 
     `values` (rows, width) C-contiguous, rows <= chunk_rows * chunks_per_shard (fewer for the last
@@ -129,7 +142,8 @@ def write_shard(path: str, values: np.ndarray, chunk_rows: int, chunks_per_shard
     followed by its crc32c; a chunk whose bytes are all zero (the fill value) is left out with an empty
     index entry, as Zarr does with write_empty_chunks=False; the index and its crc32c at the end. The
     file is written to `<path>.<hex>.partial` and renamed, as Zarr does. A shard with nothing but zeros
-    gets no file. Returns whether a file was written.
+    gets no file. Returns the shard's identity for its manifest marker, `{"crc32c": crc32c of the whole
+    file, "chunks": crc32c of each chunk, None where empty}`, or None when no file was written.
     """
     rows, row_bytes = values.shape[0], values.strides[0]
     if not values.flags.c_contiguous or rows > chunk_rows * chunks_per_shard:
@@ -138,6 +152,7 @@ def write_shard(path: str, values: np.ndarray, chunk_rows: int, chunks_per_shard
     flat = values.reshape(-1).view(np.uint8)
     index = np.full((chunks_per_shard, 2), EMPTY, dtype="<u8")
     buffers: list = []
+    crcs: list[int | None] = [None] * chunks_per_shard
     offset = 0
     for c in range(-(-rows // chunk_rows)):
         chunk = flat[c * chunk_rows * row_bytes:min((c + 1) * chunk_rows, rows) * row_bytes]
@@ -147,7 +162,8 @@ def write_shard(path: str, values: np.ndarray, chunk_rows: int, chunks_per_shard
             padded = np.zeros(chunk_rows * row_bytes, dtype=np.uint8)
             padded[:len(chunk)] = chunk
             chunk = padded
-        buffers += [chunk, google_crc32c.value(chunk).to_bytes(4, "little")]
+        crcs[c] = google_crc32c.value(chunk)
+        buffers += [chunk, crcs[c].to_bytes(4, "little")]
         index[c] = (offset, len(chunk) + 4)
         offset += len(chunk) + 4
     if not buffers:
@@ -155,11 +171,26 @@ def write_shard(path: str, values: np.ndarray, chunk_rows: int, chunks_per_shard
             os.unlink(path)
         except FileNotFoundError:
             pass
-        return False
+        return None
     index_bytes = index.tobytes()
     buffers += [index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")]
     _write_file(path, buffers)
-    return True
+    whole = 0
+    for buffer in buffers[:-1]:  # all but the index's own crc32c: see file_crc32c
+        whole = google_crc32c.extend(whole, buffer)
+    return {"crc32c": whole, "chunks": crcs}
+
+
+def file_crc32c(path: str) -> int:
+    """crc32c of a file without its last 4 bytes, read in 16 MiB pieces. Zarr's files end with the crc32c
+    of what precedes it, and the crc32c of anything followed by its own crc32c is one constant (the CRC
+    residue): over the whole file it would say nothing about the content."""
+    size, crc, done = os.path.getsize(path), 0, 0
+    with open(path, "rb") as f:
+        while done < size - 4 and (piece := f.read(min(1 << 24, size - 4 - done))):
+            crc = google_crc32c.extend(crc, piece)
+            done += len(piece)
+    return crc
 
 
 def _write_file(path: str, buffers: list) -> None:

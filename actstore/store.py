@@ -85,6 +85,9 @@ class CorruptShardError(StoreError):
             f"that made the store to rewrite it."
         )
 
+    def __reduce__(self):  # picklable with its fields, so it crosses Ray intact
+        return type(self), (self.array, self.shard, self.rows, self.file, self.reason)
+
 
 @dataclass
 class StoreSpec:
@@ -144,18 +147,6 @@ class Block(NamedTuple):
     """(stop - start, d_model) in the store's dtype."""
 
 
-class Problem(NamedTuple):
-    """One finding of `ActivationStore.verify`."""
-
-    array: str
-    """`group/array`, for example `vocab/layer_05`."""
-    shard: int
-    rows: tuple[int, int]
-    kind: str
-    """`incomplete` (never finished), `missing` (marked done, file gone) or `corrupt`."""
-    detail: str
-
-
 def layer_name(layer: int) -> str:
     return f"layer_{layer:02d}"
 
@@ -166,12 +157,12 @@ class ActivationStore:
     def __init__(self, path: Path, root: zarr.Group, mode: str, io_threads: int):
         self.path, self._root, self.mode = path, root, mode
         self.spec = StoreSpec(**{k: v for k, v in root.attrs.items() if k in StoreSpec.__dataclass_fields__})
-        self._storage_dtype = DTYPES[self.spec.dtype][1]
         self._pool = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="actstore-io")
         self._known_complete = False  # set by open() after checking; reads then skip the manifest
         self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio I/O
         self._groups: dict[str, dict] | None = None  # see _group_meta
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._marker_cache: dict[tuple[str, str], dict[int, dict]] = {}
 
     # ------------------------------------------------------------------ create / open
 
@@ -203,37 +194,13 @@ class ActivationStore:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read a complete store) or 'a' (resume writing); got {mode!r}")
         path = Path(path)
-        if not path.exists():
-            raise StoreError(f"{path} does not exist: expected an actstore store (a Zarr v3 directory)")
-        if not (path / "zarr.json").is_file():
-            raise StoreError(f"{path} is not an actstore store: it has no zarr.json (not a Zarr v3 group)")
-        try:
-            root = zarr.open_group(path, mode="r" if mode == "r" else "r+")
-        except Exception as err:  # zarr raises several types for a node that is not a group
-            raise StoreError(f"{path} is not an actstore store: {err}") from err
-        version = root.attrs.get("format_version")
-        if version is None:
-            raise StoreError(f"{path} is a Zarr group but not an actstore store (no 'format_version' attribute)")
-        if version > FORMAT_VERSION:
-            raise StoreError(f"{path} has store format {version}; this actstore reads up to {FORMAT_VERSION}: "
-                             f"upgrade actstore")
-        store = cls(path, root, mode, io_threads)
+        store = cls(path, _open_root(path, mode), mode, io_threads)
         if require_complete if require_complete is not None else mode == "r":
             missing = store.missing()
             if missing:
-                raise IncompleteStoreError(store._incomplete_message(missing))
+                raise IncompleteStoreError(incomplete_message(store, missing))
             store._known_complete = True
         return store
-
-    def _incomplete_message(self, missing: dict[str, list[int]]) -> str:
-        total = sum(len(v) for v in missing.values())
-        shown = ", ".join(f"{name} ({_ranges(shards)})" for name, shards in list(missing.items())[:4])
-        more = f" and {len(missing) - 4} more arrays" if len(missing) > 4 else ""
-        how = (f"resume it with `{self.spec.resume_command}`" if self.spec.resume_command
-               else "rerun the command that wrote it with --resume (or open it with mode='a' and write the "
-                    "missing shards)")
-        return (f"{self.path} is incomplete: {total} shards were never finished, in {shown}{more}. "
-                f"It was probably killed mid-write; {how}. Only the missing shards are rewritten.")
 
     # ------------------------------------------------------------------ layout
 
@@ -251,8 +218,11 @@ class ActivationStore:
         (add_group, append; one coordinator grows a store), and re-reading it per call cost more than
         copying a shard."""
         if self._groups is None:
-            self._groups = {name: {"rows": g.attrs["rows"], "columns": dict(g.attrs["columns"])}
-                            for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
+            try:
+                self._groups = {name: {"rows": g.attrs["rows"], "columns": dict(g.attrs["columns"])}
+                                for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
+            except Exception as err:  # a damaged group zarr.json: name it
+                raise StoreError(f"{self.path}: {_metadata_problem(self.path) or err}") from err
         return self._groups
 
     def _rows(self, group: str) -> int:
@@ -285,21 +255,10 @@ class ActivationStore:
                 raise ValueError(f"column names must not start with 'layer_' (reserved for activations): {col!r}")
         if rows < 0:
             raise ValueError(f"rows must be >= 0; got {rows}")
-        spec = self.spec
         group = self._root.create_group(name, attributes={"kind": "rows", "rows": rows, "columns": dict(columns)})
         self._group_meta()[name] = {"rows": rows, "columns": dict(columns)}
-        for layer in spec.layers:
-            group.create_array(
-                layer_name(layer), shape=(rows, spec.d_model), dtype=self._storage_dtype,
-                chunks=(spec.chunk_rows, spec.d_model), shards=(spec.shard_rows, spec.d_model),
-                compressors=CODECS[spec.codec](), fill_value=0,
-                attributes={"logical_dtype": spec.dtype, "layer": layer},
-            )
-        for col, dtype in columns.items():
-            group.create_array(
-                col, shape=(rows,), dtype=str if dtype == "str" else np.dtype(dtype),
-                chunks=(spec.shard_rows,), compressors=CODECS[spec.codec](),
-            )
+        self._root.attrs["groups"] = sorted(self._group_meta())  # verify finds a group that was deleted
+        _create_arrays(group, self.spec, rows, columns)
 
     def _meta(self, group: str) -> dict:
         groups = self._group_meta()
@@ -351,6 +310,14 @@ class ActivationStore:
                     out[f"{g}/{array}"] = todo
         return out
 
+    def _markers(self, group: str, array: str) -> dict[int, dict]:
+        """An array's manifest markers; read once when the store was found complete and is read-only."""
+        if not self._known_complete or self.mode == "a":
+            return manifest.read_markers(self.path / group / array)
+        if (group, array) not in self._marker_cache:
+            self._marker_cache[group, array] = manifest.read_markers(self.path / group / array)
+        return self._marker_cache[group, array]
+
     def _done(self, markers: dict[int, dict], group: str, shard: int) -> bool:
         """A shard is complete when its marker covers the rows the shard has now (an append moves them)."""
         return markers.get(shard, {}).get("rows") == list(self.shard_rows(group, shard))
@@ -373,7 +340,7 @@ class ActivationStore:
         if not data:
             raise ValueError("nothing to write: data is empty")
         arrays = {self._array_name(group, key): value for key, value in data.items()}
-        prepared = {name: self._prepare(group, name, value) for name, value in arrays.items()}
+        prepared = {name: prepare(self.spec, self._meta(group)["columns"], f"{group}/{name}", value) for name, value in arrays.items()}
         lengths = {name: len(v) for name, v in prepared.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"all arrays of one write must have the same number of rows; got {lengths}")
@@ -411,55 +378,11 @@ class ActivationStore:
         chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
             self._array(group, array)[lo:hi] = values
-            has_file = path.exists()
+            identity = {"crc32c": shardio.file_crc32c(str(path))} if path.exists() else None
         else:
-            has_file = shardio.write_shard(str(path), np.ascontiguousarray(values), chunk_shape[0],
+            identity = shardio.write_shard(str(path), np.ascontiguousarray(values), chunk_shape[0],
                                            self.spec.shard_rows // chunk_shape[0])
-        manifest.write_marker(array_dir, shard, (lo, hi), has_file)
-
-    def _prepare(self, group: str, name: str, value: Any) -> np.ndarray:
-        """Check one input against its array and return it as the numpy array Zarr stores."""
-        where = f"{group}/{name}"
-        if name.startswith("layer_"):
-            torch_dtype = DTYPES[self.spec.dtype][0]
-            if isinstance(value, np.ndarray):
-                if self.spec.dtype == "bfloat16":
-                    raise TypeError(f"{where} holds bfloat16, which numpy cannot represent; pass a torch "
-                                    f"tensor of dtype torch.bfloat16 (got a numpy {value.dtype} array)")
-                value = torch.from_numpy(value)
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{where} expects a torch tensor; got {type(value).__name__}")
-            if value.dtype != torch_dtype:
-                raise TypeError(f"{where} holds {self.spec.dtype}; got {value.dtype}. The store keeps the "
-                                f"model's dtype bit-exact and does not round: cast with .to({torch_dtype}) first")
-            if value.ndim != 2 or value.shape[1] != self.spec.d_model:
-                raise ValueError(f"{where} expects shape (rows, {self.spec.d_model}); got {tuple(value.shape)}")
-            value = value.detach().cpu().contiguous()
-            if torch_dtype == torch.bfloat16:
-                return value.view(torch.int16).numpy().view(np.uint16)
-            return value.numpy()
-        dtype = self.columns(group)[name]
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        value = np.asarray(value)
-        if value.ndim != 1:
-            raise ValueError(f"{where} is a column and expects shape (rows,); got {value.shape}")
-        if dtype == "str":
-            if value.size and value.dtype.kind not in "UTO":
-                raise TypeError(f"{where} holds strings; got {value.dtype}")
-            return value.astype(str)
-        target = np.dtype(dtype)
-        if target.kind in "iu":
-            if value.size and value.dtype.kind not in "iu":
-                raise TypeError(f"{where} holds {target}; got {value.dtype} (integers expected)")
-            info = np.iinfo(target)
-            if value.size and (value.min() < info.min or value.max() > info.max):
-                raise ValueError(f"{where} holds {target} ({info.min}..{info.max}); got values in "
-                                 f"{value.min()}..{value.max()}")
-            return value.astype(target)
-        if value.dtype != target:
-            raise TypeError(f"{where} holds {target}; got {value.dtype}")
-        return value
+        manifest.write_marker(array_dir, shard, (lo, hi), identity is not None, identity)
 
     def append(self, group: str, data: Mapping[str | int, Any]) -> None:
         """Grow a group by n rows, writing every one of its arrays (all layers and columns).
@@ -472,7 +395,7 @@ class ActivationStore:
         absent = [a for a in self.arrays(group) if a not in given]
         if absent:
             raise ValueError(f"append writes every array of {group}; missing {absent}")
-        new_rows = {name: self._prepare(group, name, value) for name, value in
+        new_rows = {name: prepare(self.spec, self._meta(group)["columns"], f"{group}/{name}", value) for name, value in
                     ((self._array_name(group, key), value) for key, value in data.items())}
         lengths = {len(v) for v in new_rows.values()}
         if len(lengths) != 1:
@@ -521,15 +444,15 @@ class ActivationStore:
             raise IndexError(f"rows [{start}, {stop}) are outside {group}'s {rows} rows")
         size = self.spec.shard_rows
         shards = range(start // size, -(-stop // size))
+        markers = self._markers(group, array)
         if not self._known_complete or self.mode == "a":
-            markers = manifest.read_markers(self.path / group / array)
             todo = [k for k in shards if not self._done(markers, group, k)]
             if todo:
                 raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
         arr = self._array(group, array)
         chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
-            parts = [self._read_shard(group, array, k, max(lo, start), min(hi, stop))
+            parts = [self._read_shard(group, array, k, max(lo, start), min(hi, stop), markers.get(k, {}))
                      for k in shards for lo, hi in [self.shard_rows(group, k)]]
             return arr[start:stop] if not parts else np.concatenate(parts) if len(parts) > 1 else parts[0]
         out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
@@ -538,23 +461,28 @@ class ActivationStore:
             a, b = max(lo, start), min(hi, stop)
             try:
                 shardio.read_rows(str(self.shard_file(group, array, k)), out[a - start:b - start], a - lo, b - lo,
-                                  chunk_rows=chunk_shape[0], chunks_per_shard=size // chunk_shape[0])
-            except FileNotFoundError:
-                out[a - start:b - start] = self._read_shard(group, array, k, a, b)  # decides: fill or lost
+                                  chunk_rows=chunk_shape[0], chunks_per_shard=size // chunk_shape[0],
+                                  expected=markers.get(k, {}).get("chunks"))
+            except FileNotFoundError:  # decides: fill or lost
+                out[a - start:b - start] = self._read_shard(group, array, k, a, b, markers.get(k, {}))
             except (shardio.ShardFormatError, OSError) as err:  # not programming errors: those propagate
                 raise CorruptShardError(f"{group}/{array}", k, (lo, hi),
                                         str(self.shard_file(group, array, k)), str(err)) from err
         return out
 
-    def _read_shard(self, group: str, array: str, shard: int, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) (inside one shard) through Zarr, with its failures named by shard."""
+    def _read_shard(self, group: str, array: str, shard: int, start: int, stop: int, marker: dict) -> np.ndarray:
+        """Rows [start, stop) (inside one shard) through Zarr, with its failures named by shard; the file is
+        checked against the identity its marker records (these are small metadata shards, or compressed)."""
         lo, hi = self.shard_rows(group, shard)
         path = self.shard_file(group, array, shard)
         if not path.exists():  # Zarr would silently return the fill value
-            marker = manifest.read_markers(self.path / group / array).get(shard, {})
             if marker.get("file", True):
                 raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path),
                                         "the file is missing although the shard was written")
+        elif "crc32c" in marker and shardio.file_crc32c(str(path)) != marker["crc32c"]:
+            raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path),
+                                    "its bytes are not the ones its manifest marker records (another shard's "
+                                    "file, or damaged)")
         try:
             return self._array(group, array)[start:stop]
         except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
@@ -570,28 +498,9 @@ class ActivationStore:
 
     def blocks(self, group: str, layer: int, block_rows: int | None = None, prefetch: int = 2,
                start: int = 0, stop: int | None = None) -> Iterator[Block]:
-        """Stream one layer in blocks of `block_rows` rows (default: one shard), with up to `prefetch`
-        blocks read ahead in parallel on the store's I/O threads, so a layer larger than memory is
-        processed at disk speed while the consumer computes."""
-        rows = self._rows(group)
-        stop = rows if stop is None else stop
-        block_rows = block_rows or self.spec.shard_rows
-        if block_rows <= 0 or prefetch < 1:
-            raise ValueError(f"block_rows and prefetch must be positive; got {block_rows}, {prefetch}")
-        self._array_name(group, layer)
-        bounds = iter([(lo, min(lo + block_rows, stop)) for lo in range(start, stop, block_rows)])
-        ahead: deque[tuple[int, int, Future]] = deque()
-        try:
-            while True:
-                while len(ahead) < prefetch and (bound := next(bounds, None)):
-                    ahead.append((*bound, self._pool.submit(self.read, group, layer, *bound)))
-                if not ahead:
-                    return
-                lo, hi, job = ahead.popleft()
-                yield Block(lo, hi, job.result())
-        finally:
-            for *_, job in ahead:
-                job.cancel()
+        """Stream one layer in blocks of `block_rows` rows (default: one shard), `prefetch` read ahead in
+        parallel: see `read_blocks`."""
+        return read_blocks(self, group, layer, block_rows, prefetch, start, stop)
 
     # ------------------------------------------------------------------ probes
 
@@ -604,6 +513,7 @@ class ActivationStore:
             raise ValueError(f"a probe is weight (26, {self.spec.d_model}) and bias (26,); got {weight.shape}, "
                              f"{bias.shape}")
         probes = self._root.require_group("probes")
+        attrs = {**attrs, "sha256": probe_digest(weight, bias)}  # its identity: verify and results check it
         group = probes.create_group(name, overwrite=True, attributes=attrs)
         for key, values in (("weight", weight), ("bias", bias)):
             values = np.ascontiguousarray(values, dtype=np.float32)
@@ -618,53 +528,6 @@ class ActivationStore:
         group = self._root["probes"][name]
         return group["weight"][:], group["bias"][:], dict(group.attrs)
 
-    # ------------------------------------------------------------------ checking
-
-    def verify(self, progress: bool = False) -> list[Problem]:
-        """Read every shard of every array and check it: the manifest, the files and every checksum."""
-        from tqdm.auto import tqdm
-
-        units = [(g, a, k) for g in sorted(self.groups) for a in self.arrays(g) for k in range(self.num_shards(g))]
-        problems = []
-        markers = {}
-        for group, array, shard in tqdm(units, desc="verify", unit="shard", disable=not progress):
-            name, rows = f"{group}/{array}", self.shard_rows(group, shard)
-            if name not in markers:
-                markers[name] = manifest.read_markers(self.path / group / array)
-            marker = markers[name].get(shard)
-            path = self.shard_file(group, array, shard)
-            if not self._done(markers[name], group, shard):
-                problems.append(Problem(name, shard, rows, "incomplete", "never finished (no manifest marker)"))
-                continue
-            if marker.get("file") and not path.exists():
-                problems.append(Problem(name, shard, rows, "missing", f"marked complete but {path} is gone"))
-                continue
-            try:
-                self._array(group, array)[rows[0]:rows[1]]
-            except Exception as err:
-                problems.append(Problem(name, shard, rows, "corrupt", f"{path}: {err}"))
-        return problems
-
-    def bytes_on_disk(self) -> int:
-        return sum(entry.stat().st_size for entry in self.path.rglob("*") if entry.is_file())
-
-    def info(self) -> dict[str, Any]:
-        """A summary for `actstore info`."""
-        missing = self.missing()
-        spec = asdict(self.spec)
-        return {
-            "path": str(self.path),
-            "format_version": self._root.attrs["format_version"],
-            **{k: spec[k] for k in ("model", "revision", "tokenizer", "layers", "d_model", "dtype", "hook",
-                                    "prompt_template", "shard_rows", "chunk_rows", "codec")},
-            "groups": self.groups,
-            "complete": not missing,
-            "missing_shards": {name: len(shards) for name, shards in missing.items()},
-            "bytes_on_disk": self.bytes_on_disk(),
-            "actstore_version": self._root.attrs.get("actstore_version"),
-            "extra": spec["extra"],
-        }
-
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
@@ -676,6 +539,147 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         return f"ActivationStore({str(self.path)!r}, model={self.spec.model!r}, groups={self.groups})"
+
+
+def read_blocks(store: ActivationStore, group: str, layer: int, block_rows: int | None = None, prefetch: int = 2,
+                start: int = 0, stop: int | None = None) -> Iterator[Block]:
+    """Stream one layer in blocks of `block_rows` rows (default: one shard), with up to `prefetch`
+    blocks read ahead in parallel on the store's I/O threads, so a layer larger than memory is
+    processed at disk speed while the consumer computes."""
+    rows = store._rows(group)
+    stop = rows if stop is None else stop
+    block_rows = block_rows or store.spec.shard_rows
+    if block_rows <= 0 or prefetch < 1:
+        raise ValueError(f"block_rows and prefetch must be positive; got {block_rows}, {prefetch}")
+    store._array_name(group, layer)
+    bounds = iter([(lo, min(lo + block_rows, stop)) for lo in range(start, stop, block_rows)])
+    ahead: deque[tuple[int, int, Future]] = deque()
+    try:
+        while True:
+            while len(ahead) < prefetch and (bound := next(bounds, None)):
+                ahead.append((*bound, store._pool.submit(store.read, group, layer, *bound)))
+            if not ahead:
+                return
+            lo, hi, job = ahead.popleft()
+            yield Block(lo, hi, job.result())
+    finally:
+        for *_, job in ahead:
+            job.cancel()
+
+
+def _create_arrays(group: zarr.Group, spec: StoreSpec, rows: int, columns: Mapping[str, str]) -> None:
+    """One sharded array per layer and one array per metadata column, in a new row group."""
+    for layer in spec.layers:
+        group.create_array(
+            layer_name(layer), shape=(rows, spec.d_model), dtype=DTYPES[spec.dtype][1],
+            chunks=(spec.chunk_rows, spec.d_model), shards=(spec.shard_rows, spec.d_model),
+            compressors=CODECS[spec.codec](), fill_value=0,
+            attributes={"logical_dtype": spec.dtype, "layer": layer},
+        )
+    for col, dtype in columns.items():
+        group.create_array(
+            col, shape=(rows,), dtype=str if dtype == "str" else np.dtype(dtype),
+            chunks=(spec.shard_rows,), compressors=CODECS[spec.codec](),
+        )
+
+
+def _open_root(path: Path, mode: str) -> zarr.Group:
+    """The root group of the store at `path`, checked to be an actstore store this version reads."""
+    if not path.exists():
+        raise StoreError(f"{path} does not exist: expected an actstore store (a Zarr v3 directory)")
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{path} is not an actstore store: it has no zarr.json (not a Zarr v3 group)")
+    try:
+        root = zarr.open_group(path, mode="r" if mode == "r" else "r+")
+    except Exception as err:  # zarr raises several types for a node that is not a group
+        raise StoreError(f"{path} is not an actstore store: {_metadata_problem(path) or err}") from err
+    version = root.attrs.get("format_version")
+    if version is None:
+        raise StoreError(f"{path} is a Zarr group but not an actstore store (no 'format_version' attribute)")
+    if version > FORMAT_VERSION:
+        raise StoreError(f"{path} has store format {version}; this actstore reads up to {FORMAT_VERSION}: "
+                         f"upgrade actstore")
+    return root
+
+
+def _metadata_problem(path: Path) -> str | None:
+    """'<file> is not valid JSON (...)' for the first unreadable zarr.json of a store's root and groups."""
+    import json
+
+    for meta in [path / "zarr.json", *sorted(path.glob("*/zarr.json"))]:
+        try:
+            json.loads(meta.read_bytes())
+        except (OSError, ValueError) as err:
+            return (f"its metadata file {meta} is damaged ({err}); restore it from a copy, or make the store "
+                    f"again")
+    return None
+
+
+def prepare(spec: StoreSpec, columns: dict[str, str], where: str, value: Any) -> np.ndarray:
+    """Check one input against its array (`group/name`; `columns`: the group's) and return it as the numpy
+    array Zarr stores."""
+    name = where.rpartition("/")[2]
+    if name.startswith("layer_"):
+        torch_dtype = DTYPES[spec.dtype][0]
+        if isinstance(value, np.ndarray):
+            if spec.dtype == "bfloat16":
+                raise TypeError(f"{where} holds bfloat16, which numpy cannot represent; pass a torch "
+                                f"tensor of dtype torch.bfloat16 (got a numpy {value.dtype} array)")
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where} expects a torch tensor; got {type(value).__name__}")
+        if value.dtype != torch_dtype:
+            raise TypeError(f"{where} holds {spec.dtype}; got {value.dtype}. The store keeps the "
+                            f"model's dtype bit-exact and does not round: cast with .to({torch_dtype}) first")
+        if value.ndim != 2 or value.shape[1] != spec.d_model:
+            raise ValueError(f"{where} expects shape (rows, {spec.d_model}); got {tuple(value.shape)}")
+        value = value.detach().cpu().contiguous()
+        if torch_dtype == torch.bfloat16:
+            return value.view(torch.int16).numpy().view(np.uint16)
+        return value.numpy()
+    dtype = columns[name]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    value = np.asarray(value)
+    if value.ndim != 1:
+        raise ValueError(f"{where} is a column and expects shape (rows,); got {value.shape}")
+    if dtype == "str":
+        if value.size and value.dtype.kind not in "UTO":
+            raise TypeError(f"{where} holds strings; got {value.dtype}")
+        return value.astype(str)
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        if value.size and value.dtype.kind not in "iu":
+            raise TypeError(f"{where} holds {target}; got {value.dtype} (integers expected)")
+        info = np.iinfo(target)
+        if value.size and (value.min() < info.min or value.max() > info.max):
+            raise ValueError(f"{where} holds {target} ({info.min}..{info.max}); got values in "
+                             f"{value.min()}..{value.max()}")
+        return value.astype(target)
+    if value.dtype != target:
+        raise TypeError(f"{where} holds {target}; got {value.dtype}")
+    return value
+
+
+def incomplete_message(store: ActivationStore, missing: dict[str, list[int]]) -> str:
+    total = sum(len(v) for v in missing.values())
+    shown = ", ".join(f"{name} ({_ranges(shards)})" for name, shards in list(missing.items())[:4])
+    more = f" and {len(missing) - 4} more arrays" if len(missing) > 4 else ""
+    how = (f"resume it with `{store.spec.resume_command}`" if store.spec.resume_command
+           else "rerun the command that wrote it with --resume (or open it with mode='a' and write the "
+                "missing shards)")
+    return (f"{store.path} is incomplete: {total} shards were never finished, in {shown}{more}. "
+            f"It was probably killed mid-write; {how}. Only the missing shards are rewritten.")
+
+
+def probe_digest(weight: np.ndarray, bias: np.ndarray) -> str:
+    """sha256 of a probe's float32 weight and bias bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for values in (weight, bias):
+        digest.update(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def _ranges(values: list[int]) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from actstore.store import ActivationStore, StoreSpec
+from actstore.verify import bytes_on_disk
 
 D_MODEL, SHARD_ROWS, CHUNK_ROWS = 2304, 16384, 1024
 HERE = Path(__file__).resolve().parent
@@ -172,7 +173,7 @@ def bench_store(folder: Path, acts: torch.Tensor, codec: str, threads: int) -> d
     with ActivationStore.open(path) as store:  # not timed: the bytes must be the bytes written
         assert torch.equal(store.read("context", 0, rows - 5000, rows).view(torch.int16),
                            acts[rows - 5000:].view(torch.int16))
-        size = store.bytes_on_disk()
+        size = bytes_on_disk(store)
     return {"write_s": write, "read_cold_s": cold, "read_warm_s": warm, "bytes_on_disk": size}
 
 

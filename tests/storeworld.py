@@ -121,13 +121,13 @@ def die_at(where: str, n: int) -> None:
     else:
         real_marker = manifest.write_marker
 
-        def marker(array_dir, shard, rows, has_file):
+        def marker(array_dir, shard, rows, has_file, identity=None):
             if nth():
                 if where == "marker-half":
                     path = manifest.marker_path(array_dir, shard)
                     path.write_text('{"rows": [%d, %d], "fi' % rows)
                 die()
-            return real_marker(array_dir, shard, rows, has_file)
+            return real_marker(array_dir, shard, rows, has_file, identity)
 
         manifest.write_marker = marker
 

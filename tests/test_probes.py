@@ -8,6 +8,7 @@ import torch
 
 from actstore.cli import main
 from actstore.probes import ProbeConfig, load_probe, pos_weights, probe_store, train_probe
+from actstore import verify
 from actstore.store import ActivationStore, StoreSpec
 
 
@@ -66,7 +67,7 @@ def test_probes_are_saved_in_the_store_and_the_cli_reports_them(tmp_path, capsys
         saved = load_probe(reopened, layer)
         assert torch.equal(saved.weight, trained[layer].weight) and torch.equal(saved.bias, trained[layer].bias)
         assert saved.metrics == trained[layer].metrics
-    assert reopened.verify() == [] and reopened.groups == {"vocab": 1040}
+    assert verify.verify(reopened) == [] and reopened.groups == {"vocab": 1040}
     with pytest.raises(KeyError, match="no probe for layer 5"):
         reopened.load_probe(5)
     assert main(["probe", str(path), "--layers", "2", "--epochs", "5"]) == 0

@@ -55,7 +55,7 @@ def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_pat
     saes = {r["sae_id"]: r for r in pq.read_table(out / "saes.parquet").to_pylist()}
     assert len(saes) == 7
     assert {k for k, r in saes.items() if r["status"] == "ok"} == {f"layer_0/width_1500/absorption_{p}" for p in ("00", "30", "50")}
-    assert "cannot read" in saes["layer_0/bad/garbage"]["reason"]
+    assert "is not a zip archive" in saes["layer_0/bad/garbage"]["reason"]
     assert "NaN or inf in ['threshold']" in saes["layer_0/bad/nan"]["reason"]
     assert "reads d_model 128, the store holds d_model 64" in saes["layer_0/bad/wide"]["reason"]
     assert "missing.npz: no such file or folder" in saes["missing.npz"]["reason"]
@@ -69,7 +69,8 @@ def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_pat
     assert summary["mean_absorption_fraction"] == pytest.approx(np.mean([r["mean_absorption_fraction"] for r in mine]))
     assert summary["mean_absorption_fraction"] == pytest.approx(truth["summary"]["absorption_fraction"], abs=1e-6)
 
-    report = json.loads((out / "saebench" / f"{suite.name}_layer_0_width_1500_absorption_30_eval_results.json").read_text())
+    named, = (out / "saebench").glob(f"{suite.name}_layer_0_width_1500_absorption_30_*_eval_results.json")
+    report = json.loads(named.read_text())
     assert report["eval_type_id"] == "absorption_first_letter"
     mean = report["eval_result_metrics"]["mean"]
     assert set(mean) == {"mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features",

@@ -15,6 +15,7 @@ import torch
 import zarr
 
 import storeworld
+from actstore import verify
 from actstore.store import (ActivationStore, CorruptShardError, IncompleteStoreError, StoreError,
                             StoreSpec)
 
@@ -291,7 +292,7 @@ def test_corrupted_shard_is_reported_by_array_and_shard(tmp_path, where):
     else:
         shard.unlink()
     store = ActivationStore.open(path)
-    problems = store.verify()
+    problems = verify.verify(store)
     assert [(p.array, p.shard, p.kind) for p in problems] == [
         ("vocab/layer_03", 6, "missing" if where == "deleted" else "corrupt")]
     if where != "deleted":
@@ -305,7 +306,7 @@ def test_corrupted_shard_is_reported_by_array_and_shard(tmp_path, where):
 
 
 def test_verify_of_an_intact_store_finds_nothing(reference):
-    assert ActivationStore.open(reference).verify() == []
+    assert verify.verify(ActivationStore.open(reference)) == []
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -416,7 +417,7 @@ def test_direct_reads_return_fill_for_chunks_zarr_left_out(tmp_path):
     store = ActivationStore.open(path)
     assert store._direct_io("vocab", "layer_00") is not None
     assert torch.equal(bits(store.read("vocab", 0)), bits(acts))
-    assert store.verify() == []
+    assert verify.verify(store) == []
     store.shard_file("vocab", "layer_00", 2).unlink()  # a shard that had a file and lost it
     with pytest.raises(CorruptShardError, match="shard 2 .*missing"):
         store.read("vocab", 0, 500, 600)
