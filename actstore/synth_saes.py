@@ -264,6 +264,8 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
             entry["single_latent"] = position
         if lat["kind"] == "absorber":
             entry.setdefault("absorbing_latents", []).append(position)
+            if absorbed[lat["row"]]:  # [vocabulary row, its absorber] of each absorbed token
+                entry.setdefault("absorbed_rows", []).append([lat["row"], position])
     evaluated = [LETTERS[c] for c in world.evaluated]
     summary = {key: float(np.mean([truth[c][key] for c in evaluated]))
                for key in ("absorption_fraction", "full_absorption_rate", "num_split_features")}

@@ -1,0 +1,1 @@
+"""The explorer page: index.html, explorer.css, explorer.js, copied as they are by `actstore explore`."""
