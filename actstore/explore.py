@@ -19,6 +19,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from actstore.report import width_name
 from actstore.results import part_name
 from actstore.tokens import absorbed, token_absorbers, tokens_path
 
@@ -42,7 +43,7 @@ def width_label(sae_id: str, width: int) -> str:
     named = re.search(r"width_(\d+[km])", sae_id)
     if named:
         return named.group(1)
-    return f"{round(width / 1024)}k" if width < 2**20 else f"{round(width / 2**20)}m"
+    return width_name(width)
 
 
 def _script(call: str, payload) -> str:

@@ -55,7 +55,11 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
 
 
 def width_name(width: int) -> str:
-    return f"{round(width / 1024)}k" if width < 2**20 else f"{round(width / 2**20)}m"
+    """As Gemma Scope names widths (16384 -> 16k, 65536 -> 65k, 2**20 -> 1m: thousands, rounded down); a width
+    that is no multiple of 1024 as it is (1500)."""
+    if width % 2**20 == 0:
+        return f"{width // 2**20}m"
+    return f"{width // 1000}k" if width % 1024 == 0 else str(width)
 
 
 def _plt():

@@ -18,8 +18,8 @@ from actstore.runner import ScoreCommandConfig, run_score
 @pytest.fixture(scope="module")
 def results(planted_store, planted_saes, tmp_path_factory):
     out = tmp_path_factory.mktemp("explore") / "results"
-    run_score(ScoreCommandConfig(str(planted_store), str(out), [str(p) for p in planted_saes], local=True),
-              log=lambda _: None)
+    root = planted_saes[0].parents[2]  # OUT/layer_0/width_1500/absorption_PP: the layer comes from the path
+    run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)
     return out
 
 
@@ -176,7 +176,9 @@ def test_choosing_a_letter_shows_its_absorbed_tokens_as_in_tokens_parquet(browse
     open_page(browser, explorer)
     # first view: the index and the first SAE's data only; no other SAE's file, no search index
     assert browser.execute_script("return ACTSTORE.loadedFiles;") == [saes[0]["file"]]
-    browser.find_element(By.ID, "sae").send_keys(sae["id"])  # choose by the SAE select
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "sae")).select_by_value(str(sae["n"]))  # choose it in the SAE menu
     wait_for(browser, f"document.body.dataset.sae === '{sae['n']}' && document.body.dataset.state === 'ready'")
     letters = table(results / "letters.parquet")
     absorbing = [r for r in letters if r["sae_key"] == sae["key"] and r["mean_absorption_fraction"] > 0]
@@ -238,3 +240,24 @@ def test_token_search_lists_every_sae_where_it_is_absorbed(browser, explorer, re
     rows[0].click()  # a result opens that SAE and letter
     first = rows[0].get_attribute("data-sae")
     wait_for(browser, f"document.body.dataset.sae === '{first}' && document.body.dataset.state === 'ready'")
+
+
+def test_the_page_lists_exactly_the_planted_absorptions(browser, explorer, planted_saes):
+    """Every SAE, every evaluated letter: the rows the page lists are the planted absorbed tokens, each with
+    exactly its planted absorber (truth.json from synth-saes)."""
+
+    saes = {s["key"]: s for s in index_of(explorer)}
+    open_page(browser, explorer)
+    listed_any = 0
+    for folder in planted_saes:
+        truth = json.loads((folder / "truth.json").read_text())
+        sae = saes[str(folder.resolve())]
+        for letter in truth["evaluated_letters"]:
+            browser.execute_script(f"location.hash = '#sae={sae['n']}&letter={letter}';")
+            wait_for(browser, f"document.body.dataset.sae === '{sae['n']}' && document.body.dataset.letter === '{letter}'"
+                              f" && document.body.dataset.state === 'ready'")
+            planted = sorted((row, [latent]) for row, latent in truth["letters"][letter].get("absorbed_rows", []))
+            shown = sorted((row, latents) for row, _, _, _, latents in shown_tokens(browser))
+            assert shown == planted, (folder.name, letter)
+            listed_any += len(shown)
+    assert listed_any > 20
