@@ -3,7 +3,8 @@
     DIR/index.html, explorer.css, explorer.js   the page (copied from actstore/explorer/, no build step)
     DIR/data/index.js                           every SAE's summary: what the page needs to draw first
     DIR/data/sae_NNNN.js                        one SAE: letters, absorbed tokens, absorbers; loaded when shown
-    DIR/data/search.js                          the cross-SAE token index; loaded on the first search
+    DIR/data/search_X.js                        the cross-SAE token index of tokens starting with X (a-z, _ for
+                                                the rest); loaded when a search needs it
 
 It opens from file:// (no server, no fetch of local files): data files are scripts that call
 `ACTSTORE.loaded(...)` when the page inserts their <script> tag. Python only fills data in; the markup lives
@@ -100,6 +101,33 @@ def sae_payload(letters: list[dict], records: list[dict], absorbers: list[dict])
                           for a in absorbers}}
 
 
+def search_shard(text: str) -> str:
+    """The search index file a token's hits live in: by its first letter (lower case), `_` for the rest.
+    The page computes the same name (explorer.js `shardOf`)."""
+    first = text.strip()[:1].lower()
+    return first if "a" <= first <= "z" else "_"
+
+
+def write_search_index(data: Path, texts: list[str], hits: list[list]) -> list[Path]:
+    """data/search_X.js for each first letter X: the absorbed tokens starting with it and their hits
+    [text index, SAE n, letter, latent, absorption fraction, share], so a search loads one small file."""
+    by_shard: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    local: dict[int, int] = {}
+    for hit in hits:
+        shard_texts, shard_hits = by_shard[search_shard(texts[hit[0]])]
+        if hit[0] not in local:
+            local[hit[0]] = len(shard_texts)
+            shard_texts.append(texts[hit[0]])
+        shard_hits.append([local[hit[0]], *hit[1:]])
+    written = []
+    for shard in [chr(c) for c in range(97, 123)] + ["_"]:  # every shard exists: a search never loads a 404
+        shard_texts, shard_hits = by_shard.get(shard, ([], []))
+        path = data / f"search_{shard}.js"
+        path.write_text(_script("ACTSTORE.searchLoaded", {"shard": shard, "texts": shard_texts, "hits": shard_hits}))
+        written.append(path)
+    return written
+
+
 def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
     """Write the explorer of a results folder; returns {"html": path, "saes": count, "bytes": {...}}."""
     import pyarrow.parquet as pq
@@ -150,8 +178,8 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
                 for latent, _, share in token[7] or [[None, None, None]]:
                     hits.append([text_ids[text], n, letter, latent, token[3], share])
     (data / "index.js").write_text(_script("ACTSTORE.indexLoaded", {"title": results.resolve().name, "saes": index}))
-    (data / "search.js").write_text(_script("ACTSTORE.searchLoaded", {"texts": texts, "hits": hits}))
+    shards = write_search_index(data, texts, hits)
     sizes = {"page": sum((out / f).stat().st_size for f in PAGE_FILES), "index": (data / "index.js").stat().st_size,
-             "search": (data / "search.js").stat().st_size,
+             "search": sum(p.stat().st_size for p in shards),
              "saes": sum((data / e["file"]).stat().st_size for e in index)}
     return {"html": str(out / "index.html"), "saes": len(index), "bytes": sizes}

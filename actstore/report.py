@@ -143,20 +143,22 @@ def _by_layer(scored: list[dict], path: Path) -> None:
     layers = sorted({r["layer"] for r in scored if r["layer"] is not None})
     series = (("mean_probe_f1", "ground-truth probe", "#222"), ("mean_main_f1", "main latents (k-sparse)", "#c55"),
               ("mean_single_f1", "best single latent", "#37a"))
-    for offset, (key, name, color) in zip((-0.12, 0.0, 0.12), series):
-        dots = [(r["layer"] + offset, r[key]) for r in scored if r["layer"] is not None and _finite(r.get(key))]
+    for offset, (key, name, color) in zip((-0.15, 0.0, 0.15), series):
+        values = {layer: [r[key] for r in scored if r["layer"] == layer and _finite(r.get(key))] for layer in layers}
+        dots = [(layer + offset, v) for layer in layers for v in values[layer]]
         if not dots:
             continue
         ax.scatter(*zip(*dots), s=14, color=color, alpha=0.35)
-        means = [(layer, sum(v for l, v in dots if round(l - offset) == layer) /
-                  max(1, sum(1 for l, _ in dots if round(l - offset) == layer))) for layer in layers]
+        means = [(layer + offset, sum(values[layer]) / len(values[layer])) for layer in layers if values[layer]]
         ax.plot(*zip(*means), marker="o", color=color, label=name)
     ax.set_xlabel("layer")
     ax.set_ylabel("F1 on the test split (mean over letters)")
     ax.set_xticks(layers)
+    ax.set_xlim(min(layers, default=0) - 0.6, max(layers, default=0) + 0.6)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title("Latents classify first letters worse than the probe (dots: SAEs, lines: layer means)")
+    ax.set_title("F1 against the ground truth by layer: probe, main latents, best single latent\n"
+                 "(small dots: SAEs; large: their mean)")
     _legend_right(fig, *ax.get_legend_handles_labels(), "")
     _save(fig, path)
 
@@ -247,11 +249,11 @@ def _heatmap(scored: list[dict], path: Path) -> list[list]:
         for i in range(len(layers)):
             for j in range(len(columns)):
                 if not np.isnan(grid[i, j]):
-                    l0 = "" if np.isnan(l0s[i, j]) else f"\nL0 {l0s[i, j]:.0f}"
+                    l0 = "" if np.isnan(l0s[i, j]) else f"\nL0 {l0s[i, j]:.3g}"
                     ax.text(j, i, f"{grid[i, j]:.2f}{l0}", ha="center", va="center", fontsize=7,
                             color="black" if grid[i, j] > vmax * 0.6 else "white")
     fig.colorbar(image, ax=ax, label="mean absorption fraction")
-    ax.set_title(f"Absorption by layer, width and L0 ({l0_label(scored)})")
+    ax.set_title(f"Absorption by layer, width and {l0_label(scored)}")
     _save(fig, path)
     cells = defaultdict(list)
     for r in scored:

@@ -79,6 +79,21 @@ def test_token_records_equal_a_dense_recomputation(planted_store, planted_saes, 
     assert sum(t["absorption_fraction"] > 0 for t in mine) > 5  # the check covered absorbed tokens
 
 
+def test_text_l0_is_measured_on_alphabetic_context_tokens(planted_store, planted_saes, results):
+    from actstore.layers import load_layer
+    from actstore.saes import load_params_npz
+    from actstore.store import ActivationStore
+
+    data = load_layer(ActivationStore.open(planted_store), 0)
+    saes = {r["sae_key"]: r for r in table(results / "saes.parquet")}
+    for folder in planted_saes:
+        sae = load_params_npz(folder / "params.npz", folder.name, layer=0)
+        x = data.context_x[data.context_labels >= 0].float()  # fewer than the 8192 rows measured at most
+        expected = float((sae.encode(x) > 0).sum(dim=1).float().mean())
+        row = saes[str(folder.resolve())]
+        assert row["l0_text"] == pytest.approx(expected, rel=1e-6) and row["l0_text"] != row["l0_vocab"]
+
+
 def test_absorbers_are_the_planted_token_aligned_latents(planted_saes, results):
     tokens, absorbers = table(results / "tokens.parquet"), table(results / "absorbers.parquet")
     for folder in planted_saes:
@@ -237,6 +252,8 @@ def test_token_search_lists_every_sae_where_it_is_absorbed(browser, explorer, re
     shown = sorted((keys[int(r.get_attribute("data-sae"))], r.get_attribute("data-letter"),
                     int(r.get_attribute("data-latent"))) for r in rows)
     assert shown == expected and len({k for k, _, _ in expected}) >= 2  # found in several SAEs
+    searched = [f for f in browser.execute_script("return ACTSTORE.loadedFiles;") if f.startswith("search")]
+    assert searched == [f"search_{text[0]}.js"]  # the index of tokens starting with its letter, nothing else
     rows[0].click()  # a result opens that SAE and letter
     first = rows[0].get_attribute("data-sae")
     wait_for(browser, f"document.body.dataset.sae === '{first}' && document.body.dataset.state === 'ready'")
@@ -245,7 +262,6 @@ def test_token_search_lists_every_sae_where_it_is_absorbed(browser, explorer, re
 def test_the_page_lists_exactly_the_planted_absorptions(browser, explorer, planted_saes):
     """Every SAE, every evaluated letter: the rows the page lists are the planted absorbed tokens, each with
     exactly its planted absorber (truth.json from synth-saes)."""
-
     saes = {s["key"]: s for s in index_of(explorer)}
     open_page(browser, explorer)
     listed_any = 0

@@ -1,5 +1,5 @@
 // The absorption explorer: reads data/index.js at once, one SAE's data/sae_NNNN.js when it is shown and
-// data/search.js on the first search, each by inserting a <script> tag (works from file://, no fetch).
+// data/search_X.js (tokens starting with X) when a search needs it, each by inserting a <script> tag (works from file://, no fetch).
 // Written by `actstore explore`; the data files call ACTSTORE.indexLoaded, .loaded and .searchLoaded.
 "use strict";
 
@@ -7,8 +7,8 @@ var ACTSTORE = (function () {
   var index = null;          // {title, saes: [{n, key, id, release, layer, width, width_name, l0, ...}]}
   var cache = {};            // n -> one SAE's payload
   var waiting = {};          // n -> callbacks to run once its file has loaded
-  var search = null;         // {byText: lower-case text -> [hit]}
-  var searchWaiting = [];
+  var search = {};           // first letter -> {texts, byText: lower-case text -> [hit]}, as loaded
+  var searchWaiting = {};    // first letter -> callbacks to run once its index file has loaded
   var state = {n: null, letter: null, latent: null};
   var loadedFiles = [];      // data files inserted so far (the tests and the benchmark read it)
 
@@ -205,9 +205,19 @@ var ACTSTORE = (function () {
   }
 
   // ---- searching every SAE -----------------------------------------------------------------------------------
+  function shardOf(text) {  // explore.py search_shard
+    var first = text.trim().charAt(0).toLowerCase();
+    return first >= "a" && first <= "z" ? first : "_";
+  }
   function runSearch(query) {
-    if (!search) { searchWaiting.push(function () { runSearch(query); }); if (searchWaiting.length === 1) loadScript("search.js"); return; }
-    var q = query.trim().toLowerCase(), hits = search.byText[q] || [];
+    var q = query.trim().toLowerCase(), shard = shardOf(q);
+    if (!q) return;
+    if (!search[shard]) {
+      (searchWaiting[shard] = searchWaiting[shard] || []).push(function () { runSearch(query); });
+      if (searchWaiting[shard].length === 1) loadScript("search_" + shard + ".js");
+      return;
+    }
+    var data = search[shard], hits = data.byText[q] || [];
     $("search-panel").hidden = false;
     $("search-query").textContent = query.trim();
     $("search-summary").textContent = hits.length ? hits.length + " absorptions in " +
@@ -217,7 +227,7 @@ var ACTSTORE = (function () {
     hits.forEach(function (h) {
       var s = sae(h[1]), tr = el("tr");
       tr.dataset.sae = String(h[1]); tr.dataset.letter = h[2]; tr.dataset.latent = h[3] === null ? "" : String(h[3]);
-      [s.id, s.layer, s.width_name, fmt(s.l0, 1), h[2], search.texts[h[0]], h[3] === null ? "-" : "#" + h[3],
+      [s.id, s.layer, s.width_name, fmt(s.l0, 1), h[2], data.texts[h[0]], h[3] === null ? "-" : "#" + h[3],
        fmt(h[5]), fmt(h[4])].forEach(function (v) { tr.appendChild(el("td", v)); });
       tr.addEventListener("click", function () { go(h[1], h[2], h[3]); });
       tb.appendChild(tr);
@@ -264,8 +274,8 @@ var ACTSTORE = (function () {
       var key = data.texts[h[0]].trim().toLowerCase();
       (byText[key] = byText[key] || []).push(h);
     });
-    search = {texts: data.texts, byText: byText};
-    searchWaiting.splice(0).forEach(function (f) { f(); });
+    search[data.shard] = {texts: data.texts, byText: byText};
+    (searchWaiting[data.shard] || []).splice(0).forEach(function (f) { f(); });
   }
 
   return {indexLoaded: indexLoaded, loaded: loaded, searchLoaded: searchLoaded, loadedFiles: loadedFiles};
