@@ -20,7 +20,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from actstore.report import width_name
+from actstore.report import load_results, width_name
 from actstore.results import part_name
 from actstore.tokens import absorbed, token_absorbers, tokens_path
 
@@ -54,14 +54,6 @@ def _script(call: str, payload) -> str:
 
 def _round(x, digits: int = 4):
     return None if x is None or x != x else round(float(x), digits)
-
-
-def _l0(sae: dict) -> tuple[float | None, str]:
-    """The L0 figures use: the release's, else on natural text, else on the vocabulary prompts."""
-    for key, source in (("l0_reported", "release"), ("l0_text", "text"), ("l0_vocab", "vocabulary prompt")):
-        if sae.get(key) is not None and sae[key] == sae[key]:
-            return float(sae[key]), source
-    return None, "none"
 
 
 def _letters(rows: list[dict]) -> list[dict]:
@@ -138,10 +130,10 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
         if not (results / name).exists():
             raise FileNotFoundError(f"{results} has no {name}: run `actstore score ... --out {results}` first "
                                     f"(tokens.parquet needs a score of this version)")
-    saes = [r for r in pq.read_table(results / "saes.parquet").to_pylist() if r["status"] == "ok"]
+    saes, _ = load_results(results)  # scored SAEs, each with the L0 the report uses and where it comes from
     if not saes:
         raise ValueError(f"{results} holds no scored SAE: nothing to explore")
-    saes.sort(key=lambda r: (r["layer"] if r["layer"] is not None else -1, r["width"], _l0(r)[0] or 0, r["sae_id"]))
+    saes.sort(key=lambda r: (r["layer"] if r["layer"] is not None else -1, r["width"], r["l0"] or 0, r["sae_id"]))
     letters = defaultdict(list)
     for row in pq.read_table(results / "letters.parquet").to_pylist():
         letters[row["sae_key"]].append(row)
@@ -158,13 +150,18 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
     index, texts, hits, text_ids = [], [], [], {}
     for n, sae in enumerate(saes):
         key = sae["sae_key"]
-        l0, l0_source = _l0(sae)
         file = f"sae_{n:04d}.js"
-        records = pq.read_table(tokens_path(results / "parts" / part_name(key))).to_pylist()  # this SAE's rows
+        own = tokens_path(results / "parts" / part_name(key))  # this SAE's rows of tokens.parquet
+        if not own.exists():
+            raise FileNotFoundError(f"{results}: SAE {sae['sae_id']} has no per-token records ({own.name}); it was "
+                                    f"scored by an older actstore: rerun `actstore score ... --out {results}`, which "
+                                    f"scores it again")
+        records = pq.read_table(own).to_pylist()
         payload = sae_payload(letters[key], records, absorbers[key])
         (data / file).write_text(_script("ACTSTORE.loaded", {"n": n, **payload}))
         index.append({"n": n, "key": key, "id": sae["sae_id"], "release": sae["release"], "layer": sae["layer"],
-                      "width": sae["width"], "width_name": width_label(sae["sae_id"], sae["width"]), "l0": _round(l0, 1), "l0_source": l0_source,
+                      "width": sae["width"], "width_name": width_label(sae["sae_id"], sae["width"]),
+                      "l0": _round(sae["l0"], 1), "l0_source": sae["l0_source"],
                       "absorption": _round(sae["mean_absorption_fraction"]),
                       "full_absorption": _round(sae["mean_full_absorption"]),
                       "letters": [r["letter"] for r in payload["letters"]], "file": file,

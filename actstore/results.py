@@ -104,7 +104,8 @@ def part_done(out: Path, source) -> bool:
     if not path.exists():
         return False
     record = json.loads(path.read_text())
-    return record["summary"]["status"] == "ok" and record.get("fingerprint", "") == source.fingerprint
+    return record["summary"]["status"] == "ok" and record.get("fingerprint", "") == source.fingerprint \
+        and tokens_path(path).exists()  # scored before per-token records existed: score it again
 
 
 def _record(source, **fields) -> dict:

@@ -491,14 +491,18 @@ def token_records(tp: torch.Tensor, index: torch.Tensor, value: torch.Tensor, co
     }
 
 
-def top_tokens(acts: SparseActs, latents: list[int], n: int) -> dict[int, list[tuple[int, float]]]:
-    """For each latent, the n vocabulary rows on which it is most active: [(row, activation), ...]."""
-    if not latents:
-        return {}
-    dense = acts.dense_columns(torch.tensor(latents, device=acts.index.device))  # (N, U)
-    best = dense.topk(min(n, dense.shape[0]), dim=0)
-    return {latent: [(int(r), float(v)) for r, v in zip(best.indices[:, j].tolist(), best.values[:, j].tolist()) if v > 0]
-            for j, latent in enumerate(latents)}
+def top_tokens(acts: SparseActs, latents: list[int], n: int, chunk: int = 512) -> dict[int, list[tuple[int, float]]]:
+    """For each latent, the n vocabulary rows on which it is most active: [(row, activation), ...] (rows where
+    it is silent left out). `chunk` latents at a time: N x chunk floats of memory however many absorb."""
+    out = {}
+    for lo in range(0, len(latents), chunk):
+        block = latents[lo:lo + chunk]
+        dense = acts.dense_columns(torch.tensor(block, device=acts.index.device))  # (N, chunk)
+        best = dense.topk(min(n, dense.shape[0]), dim=0)
+        for j, latent in enumerate(block):
+            out[latent] = [(int(r), float(v)) for r, v in zip(best.indices[:, j].tolist(), best.values[:, j].tolist())
+                           if v > 0]
+    return out
 
 
 def text_l0(sae: SAEWeights, scale: torch.Tensor, data: LayerData, cfg: ScoreConfig, backend: str) -> float:

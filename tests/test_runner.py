@@ -118,6 +118,12 @@ def test_a_killed_score_of_20_saes_resumes_with_identical_results(planted_store,
     assert finished <= already < 20 and f"computed {20 - already} of 20" in again.stdout
     assert rows(out / "saes.parquet") == rows(reference / "saes.parquet")
     assert rows(out / "letters.parquet") == rows(reference / "letters.parquet")
+    # per-token records: every finished part has its tokens beside it, and the combined table is the same
+    assert all((p.with_name(p.name.removesuffix(".json") + ".tokens.parquet")).exists()
+               for p in (out / "parts").glob("*.json"))
+    token_rows = [sorted(pq.read_table(d / "tokens.parquet").to_pylist(), key=lambda r: (r["sae_key"], r["letter"],
+                                                                                        r["row"])) for d in (out, reference)]
+    assert token_rows[0] == token_rows[1] and len(token_rows[0]) > 1000
 
     summary = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite20)], local=True), log=lambda _: None)
     assert summary["computed"] == 0  # everything is there: nothing recomputed
