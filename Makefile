@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/actstore demo --out $(DEMO)
+	@echo "explorer: open $(DEMO)/results/explorer/index.html in a browser (file:// works)"
 
 # Debian's chromium and chromium-driver: the report test opens the HTML report in it, headless, and the
 # explorer tests drive it through Selenium. Installed once, as root.
