@@ -307,8 +307,8 @@ class SAEScore(NamedTuple):
     """Per-token records, one per (evaluated letter, probe true positive on the test split), as columns
     (name -> list; `token_records`); None when not computed."""
     latent_top_tokens: dict | None = None
-    """latent id -> its `top_tokens` vocabulary rows [(row, activation), ...], largest first, for every latent
-    that absorbs some token (a reader sees whether it is token-aligned)."""
+    """latent id -> its most active vocabulary rows [[row, text, activation], ...] (`top_tokens`), largest
+    first, for every latent that absorbs some token (a reader sees whether it is token-aligned)."""
 
 
 def latent_cosines(sae: SAEWeights, directions: torch.Tensor, scale: torch.Tensor, chunk: int = 65536
