@@ -25,6 +25,7 @@ import html
 import json
 from collections import defaultdict
 from pathlib import Path
+from string import Template
 
 FIGURES = {
     "absorption_vs_l0": ("mean_absorption_fraction", "mean absorption fraction"),
@@ -282,34 +283,9 @@ def _table(headers: list[str], rows: list[list], table_id: str) -> str:
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>actstore report: {title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
-</style></head>
-<body data-figures="{n_figures}" data-tables="{n_tables}">
-<h1>First-letter absorption: {title}</h1>
-<p>{summary}</p>
-{figures}
-<h2>Layer x width: mean absorption fraction</h2>
-{heatmap_table}
-<h2>SAEs</h2>
-{sae_table}
-<h2>Failed SAEs</h2>
-{failed_table}
-<script>
-window.addEventListener("load", function () {{
-  var ok = Array.from(document.images).filter(function (img) {{ return img.complete && img.naturalWidth > 0; }});
-  document.body.setAttribute("data-images-rendered", String(ok.length));
-  document.body.setAttribute("data-table-rows", String(document.querySelectorAll("tbody tr").length));
-}});
-</script>
-</body></html>
-"""
+PAGE = Path(__file__).parent / "explorer" / "report.html"
+"""The report's page, with $placeholders that write_report fills (string.Template); it lives beside the
+explorer's page files."""
 
 
 def write_report(results: str | Path, out: str | Path | None = None, sae: str | None = None) -> dict:
@@ -345,7 +321,7 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
                  r["letters_evaluated"]]
                 for r in sorted(scored, key=lambda r: (r["layer"], r["width"], r["l0"] or 0))]
     sources = sorted({r["l0_source"] for r in scored})
-    page = PAGE.format(
+    page = Template(PAGE.read_text()).substitute(
         title=html.escape(results.name), n_figures=len(written), n_tables=3,
         summary=f"{len(scored)} SAEs scored, {len(failed)} failed; layers {sorted({r['layer'] for r in scored})}; "
                 f"widths {[width_name(w) for w in widths]}. Lower absorption is better. Figures use the L0 of: "
