@@ -326,7 +326,7 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
         summary=f"{len(scored)} SAEs scored, {len(failed)} failed; layers {sorted({r['layer'] for r in scored})}; "
                 f"widths {[width_name(w) for w in widths]}. Lower absorption is better. Figures use the L0 of: "
                 f"{', '.join(sources)} (the release's when it reports one, else measured on natural text, else on "
-                f"the vocabulary prompts, which run about twice the text L0 on SmolLM2).",
+                f"the vocabulary prompts; the SAE table lists all three).",
         figures=figures,
         heatmap_table=_table(["layer"] + [width_name(w) for w in widths], grid, "heatmap"),
         sae_table=_table(["SAE", "layer", "width", "L0 release", "L0 text", "L0 vocab prompts", "absorption",
