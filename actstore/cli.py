@@ -7,7 +7,8 @@
     actstore saes list [--release R] [--layer L] [--width W]     the SAEs of a release (sae-lens catalog)
     actstore synth-saes --store STORE --layer L --out DIR        synthetic SAEs with planted absorption
     actstore score STORE --saes SPEC... --out RESULTS            absorption, splits, precision/recall per SAE
-    actstore report RESULTS --out DIR                            figures and an HTML page of the results
+    actstore report RESULTS [--out DIR]                          figures and an HTML page of the results
+    actstore explore RESULTS [--out DIR]                         a static page to explore absorption token by token
     actstore info STORE [--json]                                 what a store holds, complete or not, size
     actstore verify STORE                                        read every shard, check every checksum
     actstore demo --out DIR                                      the chain end to end on synthetic data
@@ -130,7 +131,21 @@ class ReportConfig:
     results: str
     """results folder written by `actstore score`"""
     out: str | None = None
-    """folder for the PNG figures and report.html (default: RESULTS/report, so results folders never share one)"""
+    """folder for the PNG figures and report.html (default: RESULTS/report)"""
+    sae: str | None = None
+    """the SAE whose absorption per letter is drawn (an id, or a prefix of one; default: the one with the highest mean absorption)"""
+
+
+@dataclass
+class ExploreConfig:
+    """Write a static absorption explorer of a results folder: choose an SAE and a letter, see the main latents,
+    the tokens they miss and the latents that absorb them, and search a token across every SAE. Opens from
+    file:// in a browser, no server needed."""
+
+    results: str
+    """results folder written by `actstore score`"""
+    out: str | None = None
+    """folder for the page and its data files (default: RESULTS/explorer)"""
 
 
 POSITIONAL = {"store", "action", "results"}
@@ -311,9 +326,17 @@ def cmd_score(cfg: ScoreCommandConfig) -> int:
 def cmd_report(cfg: ReportConfig) -> int:
     from actstore.report import write_report
 
-    written = write_report(cfg.results, cfg.out or os.path.join(cfg.results, "report"))
+    written = write_report(cfg.results, cfg.out or os.path.join(cfg.results, "report"), sae=cfg.sae)
     print(f"{written['html']}: {written['scored']} SAEs ({written['failed']} failed), "
           f"{len(written['figures'])} figures")
+    return 0
+
+
+def cmd_explore(cfg: ExploreConfig) -> int:
+    from actstore.explore import write_explorer
+
+    written = write_explorer(cfg.results, cfg.out)
+    print(f"{written['html']}: {written['saes']} SAEs; open it in a browser (file:// works, no server needed)")
     return 0
 
 
@@ -333,6 +356,7 @@ COMMANDS = {
     "synth-saes": (SynthSAEsCommandConfig, cmd_synth_saes),
     "score": (ScoreCommandConfig, cmd_score),
     "report": (ReportConfig, cmd_report),
+    "explore": (ExploreConfig, cmd_explore),
     "info": (InfoConfig, cmd_info),
     "verify": (VerifyConfig, cmd_verify),
     "demo": (DemoConfig, cmd_demo),

@@ -107,6 +107,11 @@ class AbsorptionTerms(NamedTuple):
     """(N,) cos_i of that latent."""
     main_max_act: torch.Tensor
     """(N,) the largest main-latent activation s_i (-inf without main latents)."""
+    top_slots: torch.Tensor
+    """(N, top_k) int64: which columns of `acts` make up T, largest proj_i first; -1 where fewer than top_k
+    latents are eligible (the absorbing latents of each token)."""
+    best_slot: torch.Tensor
+    """(N,) int64: the column of the latent with the largest proj_i (the one `top_proj` and `top_cos` describe)."""
 
 
 def absorption_terms(acts: torch.Tensor, cos: torch.Tensor, is_main: torch.Tensor,
@@ -125,11 +130,16 @@ def absorption_terms(acts: torch.Tensor, cos: torch.Tensor, is_main: torch.Tenso
     eligible = (~is_main) & (cos >= min_cos)  # (N, m)
     candidates = torch.where(eligible & (proj > 0), proj, torch.zeros_like(proj))
     k = min(top_k, proj.shape[1])
-    top = candidates.topk(k, dim=1).values.sum(dim=1) if k else torch.zeros(proj.shape[0], dtype=proj.dtype)
+    n = proj.shape[0]
+    picked = candidates.topk(k, dim=1) if k else None
+    top = picked.values.sum(dim=1) if k else torch.zeros(n, dtype=proj.dtype)
+    slots = torch.full((n, top_k), -1, dtype=torch.int64, device=proj.device)
+    if k:  # a slot counts only where its candidate is positive: zeros are not absorbers
+        slots[:, :k] = torch.where(picked.values > 0, picked.indices, torch.full_like(picked.indices, -1))
     best = proj.argmax(dim=1, keepdim=True)  # (N, 1)
     main_acts = torch.where(is_main, acts, torch.full_like(acts, float("-inf")))
     return AbsorptionTerms(main, top, proj.gather(1, best)[:, 0], cos.gather(1, best)[:, 0],
-                           main_acts.max(dim=1).values)
+                           main_acts.max(dim=1).values, slots, best[:, 0])
 
 
 def absorption_fraction(act: torch.Tensor, main: torch.Tensor, top: torch.Tensor,

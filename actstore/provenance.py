@@ -94,6 +94,7 @@ def redo_reason(out, source, provenance: Provenance | None = None) -> str | None
     '' (never scored), a failure to retry, a torn or unreadable part (named), a changed SAE file, or another
     store, probe or options."""
     from actstore.results import part_name, read_part
+    from actstore.tokens import tokens_path
 
     path = out / "parts" / part_name(source.key)
     if not path.exists():
@@ -105,6 +106,8 @@ def redo_reason(out, source, provenance: Provenance | None = None) -> str | None
         return "it failed before"
     if record.get("fingerprint", "") != source.fingerprint:
         return "its file changed"
+    if not tokens_path(path).exists():
+        return "it was scored before per-token records existed"
     if provenance is None:
         return None
     return stale_reason(record, provenance.of(source.layer if source.layer is not None else record.get("layer")))

@@ -5,6 +5,8 @@ JSON. Below both the driver (runner.py) and the workers (batch.py), which read a
     RESULTS/saes.parquet                      one row per SAE: means and standard deviations, or why it failed
     RESULTS/letters.parquet                   one row per (SAE, evaluated letter)
     RESULTS/saebench/<release>_<id>_eval_results.json   SAEBench's absorption output, one per scored SAE
+    RESULTS/parts/<key>.tokens.parquet, RESULTS/tokens.parquet, RESULTS/absorbers.parquet   per-token records
+                                              and absorbers (tokens.py), written before the part / with the tables
 
 `source` below is a runner.SAESource (key, release, name, layer, width, l0, fingerprint).
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from actstore.saes import SAEWeights
 from actstore.scoring import ScoreConfig
+from actstore.tokens import combine_tokens, tokens_path, write_absorbers, write_tokens
 
 EVAL_TYPE_ID = "absorption_first_letter"  # SAEBench's eval_type_id for this eval
 
@@ -101,7 +104,9 @@ def write_tables(out: Path) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = [p for p in map(read_part, sorted((out / "parts").glob("*.json"))) if p is not None]
+    read = [(path, read_part(path)) for path in sorted((out / "parts").glob("*.json"))]
+    read = [(path, part) for path, part in read if part is not None]  # a torn part is scored again
+    parts = [part for _, part in read]
     saes = [{**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")}, **p["summary"]}
             for p in parts]
     letters = [{"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"], "layer": p["layer"], **row}
@@ -118,6 +123,8 @@ def write_tables(out: Path) -> tuple[int, int]:
                 os.replace(tmp, out / name)
             finally:
                 tmp.unlink(missing_ok=True)
+    combine_tokens(out, read)
+    write_absorbers(out, read)
     ok = sum(p["summary"]["status"] in ("ok", "flagged") for p in parts)
     return ok, len(parts) - ok
 
@@ -140,8 +147,11 @@ def record_result(out: Path, source, sae: SAEWeights, result, cfg: ScoreConfig, 
     """The part record of a scored SAE; writes its SAEBench JSON."""
     report = saebench_json(source, sae, result.summary, result.letters, cfg, spec)
     write_atomic(out / "saebench" / saebench_name(source), json.dumps(report, indent=1))
+    if result.tokens is not None:  # before the part: a finished part always has its tokens beside it
+        write_tokens(tokens_path(out / "parts" / part_name(source.key)), result.tokens)
     return _record(source, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
-                   letters=result.letters, summary=result.summary)
+                   letters=result.letters, summary=result.summary,
+                   latent_top_tokens={str(k): v for k, v in (result.latent_top_tokens or {}).items()})
 
 
 def record_failure(out: Path, source, err: Exception) -> dict:

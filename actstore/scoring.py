@@ -36,6 +36,7 @@ from actstore import metrics
 from actstore.metrics import precision_recall_f1
 from actstore.probes import LETTERS, Probe, ProbeConfig, fit_one_vs_rest
 from actstore.saes import SAEWeights
+from actstore.tokens import absorbed, token_absorbers
 
 
 class NotScorable(ValueError):
@@ -64,6 +65,10 @@ class ScoreConfig:
     """latents encoded at once; token_chunk x latent_chunk fp32 values is the encoder's working memory"""
     backend: str = "auto"
     """encoder: torch (the reference), triton (the fused kernel), or auto (triton on CUDA for JumpReLU/ReLU)"""
+    top_tokens: int = 8
+    """vocabulary tokens kept per absorbing latent, most active first"""
+    text_l0_rows: int = 8192
+    """alphabetic context tokens the L0 on natural text is measured on"""
 
 
 class SparseActs(NamedTuple):
@@ -286,6 +291,10 @@ class LayerData:
     """(M, d) natural-text activations, or None when the store has no contexts"""
     context_labels: torch.Tensor | None = None
     """(M,) 0..25 for alphabetic tokens, -1 elsewhere"""
+    token_id: torch.Tensor | None = None
+    """(N,) the vocabulary rows' token ids (per-token records name their tokens; -1 when absent)"""
+    text: list[str] | None = None
+    """(N,) the vocabulary rows' token strings"""
 
 
 class SAEScore(NamedTuple):
@@ -293,6 +302,12 @@ class SAEScore(NamedTuple):
     """One row per evaluated letter."""
     summary: dict
     """The SAE's row: means and standard deviations over evaluated letters."""
+    tokens: dict | None = None
+    """Per-token records, one per (evaluated letter, probe true positive on the test split), as columns
+    (name -> list; `token_records`); None when not computed."""
+    latent_top_tokens: dict | None = None
+    """latent id -> its most active vocabulary rows [[row, text, activation], ...] (`top_tokens`), largest
+    first, for every latent that absorbs some token (a reader sees whether it is token-aligned)."""
 
 
 def latent_cosines(sae: SAEWeights, directions: torch.Tensor, scale: torch.Tensor, chunk: int = 65536
@@ -321,19 +336,22 @@ def _dense_latents(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, latent
 
 
 def _k_sparse(dense: torch.Tensor, candidates: list[int], column: dict[int, int], truth: torch.Tensor,
-              train: torch.Tensor, cfg: ScoreConfig) -> tuple[list[float], int]:
+              train: torch.Tensor, cfg: ScoreConfig) -> tuple[list[float], int, torch.Tensor]:
     """F1 on the test split of the balanced probe on the top-k candidates, k = 1, 2, ... until
-    `choose_split_k` stops; returns the F1s computed and the kept k."""
+    `choose_split_k` stops; returns the F1s computed, the kept k and that probe's firing on the test rows."""
     f1s: list[float] = []
+    fired: list[torch.Tensor] = []
     for k in range(1, len(candidates) + 1):
         feats = dense[:, [column[i] for i in candidates[:k]]]  # (N, k)
         w, b = fit_balanced_logistic(feats[train], truth[train])
         fires = (feats[~train].double() @ w + b) > 0
+        fired.append(fires)
         f1s.append(precision_recall_f1(fires, truth[~train]).f1)
         kept = metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
         if kept < k:
-            return f1s, kept
-    return f1s, metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
+            return f1s, kept, fired[kept - 1]
+    kept = metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
+    return f1s, kept, fired[kept - 1]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -370,11 +388,13 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         probe_fires = (x.float() @ probe.weight.T.float() + probe.bias.float()).to(device) > 0  # (N, 26)
         act_all = (x.float() @ directions.T.float()).to(device)  # (N, 26) a . p_c
     rows, mains = [], {}
+    tokens: dict[str, list] = {name: [] for name in TOKEN_COLUMNS}
     for c in letters:
         truth = labels == c
-        f1s, kept = _k_sparse(dense, candidates[c], column, truth, train, cfg)
+        f1s, kept, main_fires = _k_sparse(dense, candidates[c], column, truth, train, cfg)
         main = candidates[c][:kept]
         mains[c] = main
+        main_prf = precision_recall_f1(main_fires, truth[~train])
         single = singles[c]
         single_prf = precision_recall_f1(dense[~train, column[single]] > 0, truth[~train])
 
@@ -386,15 +406,25 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         act = act_all[tp, c]
         fraction = metrics.absorption_fraction(act, terms.main, terms.top)
         full = metrics.full_absorption(act, terms.main_max_act, terms.top_proj, terms.top_cos)
+        missed = torch.zeros(len(labels), dtype=torch.bool, device=device)
+        missed[~train] = ~main_fires.to(device)  # the k-sparse probe on the main latents says "not c"
+        records = token_records(tp, index, value, cos, terms, act, fraction, full, missed[tp],
+                                dense[tp][:, [column[i] for i in main]], data)
+        for name, values in records.items():
+            tokens[name] += values
+        tokens["letter"] += [LETTERS[c]] * len(records["row"])
         n_tp = int(tp.sum())
         rows.append({
             "letter": LETTERS[c], "probe_test_f1": float(probe.metrics["test"]["f1"][c]),
+            "probe_test_precision": float(probe.metrics["test"]["precision"][c]),
+            "probe_test_recall": float(probe.metrics["test"]["recall"][c]),
             "num_probe_true_positives": n_tp,
             "mean_absorption_fraction": float(fraction.mean()) if n_tp else 0.0,
             "full_absorption_rate": float(full.float().mean()) if n_tp else 0.0,
             "num_full_absorption": int(full.sum()),
             "num_split_features": kept, "split_latents": main, "k_sparse_f1": f1s,
             "split_cos_dec": [float(dec_cos[i, c]) for i in main],
+            "main_precision": main_prf.precision, "main_recall": main_prf.recall, "main_f1": main_prf.f1,
             "single_latent": single, "single_latent_enc_cos": float(enc_cos[single, c]),
             "single_precision": single_prf.precision, "single_recall": single_prf.recall,
             "single_f1": single_prf.f1,
@@ -403,7 +433,84 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         _in_context(rows, letters, mains, singles, sae, scale, data, cfg)
     summary = _summary(rows, acts)
     summary.update(backend=backend, near_threshold_decisions=acts.near)
-    return SAEScore(rows, summary)
+    if data.context_x is not None and len(data.context_x):
+        summary["l0_text"] = text_l0(sae, scale, data, cfg, backend)
+    absorbing = sorted({latent for record in _records(tokens) if absorbed(record)
+                        for latent, _, _ in token_absorbers(record)})
+    text = data.text or [""] * len(labels)
+    tops = {latent: [[row, text[row], value] for row, value in best]
+            for latent, best in top_tokens(acts, absorbing, cfg.top_tokens).items()}
+    return SAEScore(rows, summary, tokens, tops)
+
+
+TOKEN_COLUMNS = ("letter", "row", "token_id", "text", "probe_projection", "main_projection", "main_acts",
+                 "absorber_latents", "absorber_acts", "absorber_cos", "absorber_projections", "top_latent",
+                 "top_cos", "top_projection_ratio", "absorption_fraction", "full_absorption", "k_sparse_miss")
+"""Columns of the per-token records (tokens.parquet; README "Per-token records" says what each holds)."""
+
+
+def _records(columns: dict[str, list]):
+    """The rows of a column dict, one dict each."""
+    names = list(columns)
+    return (dict(zip(names, values)) for values in zip(*columns.values()))
+
+
+def token_records(tp: torch.Tensor, index: torch.Tensor, value: torch.Tensor, cos: torch.Tensor,
+                  terms: metrics.AbsorptionTerms, act: torch.Tensor, fraction: torch.Tensor, full: torch.Tensor,
+                  missed: torch.Tensor, main_acts: torch.Tensor, data: LayerData) -> dict[str, list]:
+    """One letter's per-token records, as columns (every TOKEN_COLUMNS name but `letter`), from the very
+    tensors its means are taken from: row r of `index, value, cos` (R, L) lists the active latents of the
+    r-th true positive (tp, (N,) bool); terms/act/fraction/full are `absorption_terms`, a . p_c and the rules'
+    outcomes (R,); missed (R,) bool; main_acts (R, k) the main latents' activations in the letter's order.
+
+    The absorbing latents are the (at most top_k) non-main latents of T; the top latent is the
+    largest-projection latent overall, with its projection / act (0 where act <= 0).
+    """
+    rows = tp.nonzero()[:, 0].cpu()
+    proj = value * cos  # (R, L)
+    slots = terms.top_slots  # (R, top_k), -1 where empty
+    safe = slots.clamp(min=0)
+    present = slots >= 0
+    ratio = torch.where(act > 0, terms.top_proj / torch.where(act > 0, act, torch.ones_like(act)),
+                        torch.zeros_like(act))
+
+    def listed(t: torch.Tensor) -> list[list]:
+        return [[x for x, ok in zip(r, keep) if ok] for r, keep in zip(t.tolist(), present.tolist())]
+
+    token_id = data.token_id[rows].tolist() if data.token_id is not None else [-1] * len(rows)
+    return {
+        "row": rows.tolist(), "token_id": token_id,
+        "text": [data.text[r] for r in rows.tolist()] if data.text is not None else [""] * len(rows),
+        "probe_projection": act.tolist(), "main_projection": terms.main.tolist(), "main_acts": main_acts.tolist(),
+        "absorber_latents": listed(index.gather(1, safe)), "absorber_acts": listed(value.gather(1, safe)),
+        "absorber_cos": listed(cos.gather(1, safe)), "absorber_projections": listed(proj.gather(1, safe)),
+        "top_latent": index.gather(1, terms.best_slot[:, None])[:, 0].tolist(), "top_cos": terms.top_cos.tolist(),
+        "top_projection_ratio": ratio.tolist(), "absorption_fraction": fraction.tolist(),
+        "full_absorption": full.tolist(), "k_sparse_miss": missed.tolist(),
+    }
+
+
+def top_tokens(acts: SparseActs, latents: list[int], n: int, chunk: int = 512) -> dict[int, list[tuple[int, float]]]:
+    """For each latent, the n vocabulary rows on which it is most active: [(row, activation), ...] (rows where
+    it is silent left out). `chunk` latents at a time: N x chunk floats of memory however many absorb."""
+    out = {}
+    for lo in range(0, len(latents), chunk):
+        block = latents[lo:lo + chunk]
+        dense = acts.dense_columns(torch.tensor(block, device=acts.index.device))  # (N, chunk)
+        best = dense.topk(min(n, dense.shape[0]), dim=0)
+        for j, latent in enumerate(block):
+            out[latent] = [(int(r), float(v)) for r, v in zip(best.indices[:, j].tolist(), best.values[:, j].tolist())
+                           if v > 0]
+    return out
+
+
+def text_l0(sae: SAEWeights, scale: torch.Tensor, data: LayerData, cfg: ScoreConfig, backend: str) -> float:
+    """Mean L0 on natural text: over the first `text_l0_rows` alphabetic context tokens (never BOS or other
+    special tokens, which the store labels -1, as it does non-alphabetic tokens)."""
+    x = data.context_x[data.context_labels >= 0][:cfg.text_l0_rows].float()
+    if not len(x):
+        return float("nan")
+    return float(BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk).l0.float().mean())
 
 
 def _in_context(rows: list[dict], letters: list[int], mains: dict[int, list[int]], singles: list[int],
@@ -428,7 +535,9 @@ def _summary(rows: list[dict], acts: SparseActs) -> dict:
                "dead_latent_share": float((torch.bincount(acts.index, minlength=acts.width) == 0).float().mean())}
     for key, name in (("mean_absorption_fraction", "absorption_fraction"), ("full_absorption_rate", "full_absorption"),
                       ("num_split_features", "num_split_features"), ("single_f1", "single_f1"),
-                      ("single_precision", "single_precision"), ("single_recall", "single_recall")):
+                      ("single_precision", "single_precision"), ("single_recall", "single_recall"),
+                      ("main_f1", "main_f1"), ("main_precision", "main_precision"), ("main_recall", "main_recall"),
+                      ("probe_test_f1", "probe_f1")):
         summary[f"mean_{name}"], summary[f"std_{name}"] = _mean_std([float(r[key]) for r in rows])
     for key in ("context_single_precision", "context_single_recall", "context_main_precision",
                 "context_main_recall"):

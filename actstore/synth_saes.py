@@ -269,6 +269,8 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
             entry["single_latent"] = position
         if lat["kind"] == "absorber":
             entry.setdefault("absorbing_latents", []).append(position)
+            if absorbed[lat["row"]]:  # [vocabulary row, its absorber] of each absorbed token
+                entry.setdefault("absorbed_rows", []).append([lat["row"], position])
     supported = [c for c in world.evaluated
                  if int(((labels == c) & world.probe_fires[:, c] & world.test).sum()) >= cfg.min_truth_positives]
     evaluated = [LETTERS[c] for c in supported]

@@ -50,7 +50,8 @@ def planted_store(tmp_path_factory):
                                                    shard_rows=1024, chunk_rows=256))
     store.add_group("vocab", rows=n)
     store.write("vocab", 0, {0: x, "label": labels.numpy(), "split": split.numpy(), "token_id": np.arange(n),
-                             "position": np.zeros(n, int), "text": np.array(["w"] * n)})
+                             "position": np.zeros(n, int),
+                             "text": np.array([f"{chr(97 + int(c))}{i:04d}" for i, c in enumerate(labels)])})
     store.add_group("context", rows=m)
     store.write("context", 0, {0: ctx, "label": ctx_labels.numpy(), "token_id": np.arange(m), "doc": np.zeros(m, int),
                                "pos": np.arange(m)})

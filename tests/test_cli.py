@@ -84,6 +84,10 @@ def test_demo_runs_checks_itself_and_resumes(capsys, tmp_path, ray_session):
     assert layer0 >= 0.9
     assert "6. scored: 4 SAEs (4 computed now)" in out and "planted vs measured" in out and "all within" in out
     assert out.count("split letters: ") == 4 and "MISS" not in out
+    # the explorer lists exactly the planted absorbed tokens, each with its planted absorber (demo.py checks the
+    # data files against truth.json; tests/test_explorer.py drives the page itself)
+    assert "results/report/report.html" in out and "all listed with their planted absorbers" in out
+    assert (tmp_path / "demo" / "results" / "explorer" / "index.html").exists()
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
     assert code == 0 and "computed 0 rows" in out and "(resumed)" in out
     assert "4 already in" in out and "all within" in out

@@ -90,6 +90,10 @@ def test_absorption_terms_by_hand():
     torch.testing.assert_close(terms.top_proj, t([0.6, 1.0]))
     torch.testing.assert_close(terms.top_cos, t([0.3, 0.5]))
     torch.testing.assert_close(terms.main_max_act, t([0.0, 2.0]))
+    # the absorbing latents, largest projection first (-1: no eligible positive projection), and the
+    # largest-projection latent overall
+    assert terms.top_slots.tolist() == [[3, 2, 4], [-1, -1, -1]]
+    assert terms.best_slot.tolist() == [3, 0]
 
 
 @pytest.mark.parametrize("act,main,top,expected,branch", [

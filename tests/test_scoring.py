@@ -81,8 +81,14 @@ def test_per_token_latent_lists_give_the_same_absorption_terms_as_one_shared_lis
     act = shared.main + torch.linspace(-0.5, 2.0, 9)  # tokens on both sides of every rule
     torch.testing.assert_close(metrics.absorption_fraction(act, per_row.main, per_row.top),
                                metrics.absorption_fraction(act, shared.main, shared.top), rtol=0, atol=1e-6)
-    assert torch.equal(metrics.full_absorption(act, *per_row[4:], *per_row[2:4]),
-                       metrics.full_absorption(act, *shared[4:], *shared[2:4]))
+    assert torch.equal(metrics.full_absorption(act, *per_row[4:5], *per_row[2:4]),
+                       metrics.full_absorption(act, *shared[4:5], *shared[2:4]))
+    # the absorbing latents and the largest-projection latent name the same latents through either list
+    for r in range(9):
+        named = [int(index[r, s]) for s in per_row.top_slots[r].tolist() if s >= 0]
+        assert named == [s for s in shared.top_slots[r].tolist() if s >= 0]
+        if valid[r].any():
+            assert int(index[r, per_row.best_slot[r]]) == int(shared.best_slot[r])
 
 
 def test_balanced_logistic_regression_matches_scikit_learn():

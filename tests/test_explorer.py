@@ -1,0 +1,279 @@
+"""Per-token records, absorbers and the explorer: the records against the scorer's means and an independent
+dense recomputation, the planted truth, and the page driven in headless Chromium through Selenium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from actstore.explore import neuronpedia_base, write_explorer
+from actstore.runner import ScoreCommandConfig, run_score
+
+
+@pytest.fixture(scope="module")
+def results(planted_store, planted_saes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explore") / "results"
+    root = planted_saes[0].parents[2]  # OUT/layer_0/width_1500/absorption_PP: the layer comes from the path
+    run_score(ScoreCommandConfig(str(planted_store), str(out), [str(root)], local=True), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def explorer(results):
+    return Path(write_explorer(results)["html"]).parent
+
+
+def table(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_token_records_average_to_the_letter_means(results):
+    tokens, letters = table(results / "tokens.parquet"), table(results / "letters.parquet")
+    assert tokens and pq.read_schema(results / "tokens.parquet").field("text").type.value_type == "string"
+    for row in letters:
+        mine = [t for t in tokens if t["sae_key"] == row["sae_key"] and t["letter"] == row["letter"]]
+        assert len(mine) == row["num_probe_true_positives"]
+        mean = sum(t["absorption_fraction"] for t in mine) / len(mine)
+        assert mean == pytest.approx(row["mean_absorption_fraction"], abs=1e-6)  # float32 storage
+        assert sum(t["full_absorption"] for t in mine) == row["num_full_absorption"]
+        assert all(len(t["main_acts"]) == row["num_split_features"] for t in mine)
+
+
+def test_token_records_equal_a_dense_recomputation(planted_store, planted_saes, results):
+    """act, the main latents' projection and activations, the absorbers and the top latent, recomputed here
+    from the dense encoding of each row and the probe (no sparse path, no metrics module)."""
+    from actstore.layers import load_layer
+    from actstore.probes import load_probe
+    from actstore.saes import load_params_npz
+    from actstore.store import ActivationStore
+
+    store = ActivationStore.open(planted_store)
+    data, probe = load_layer(store, 0), load_probe(store, 0)
+    letters = {(r["sae_key"], r["letter"]): r for r in table(results / "letters.parquet")}
+    tokens = table(results / "tokens.parquet")
+    folder = planted_saes[-1]  # 50% absorbed
+    sae = load_params_npz(folder / "params.npz", folder.name, layer=0)
+    norms = sae.w_dec.norm(dim=1)
+    mine = [t for t in tokens if t["sae_key"] == str(folder.resolve())][::7]
+    assert len(mine) > 20
+    for t in mine:
+        c = ord(t["letter"]) - 97
+        p = probe.weight[c] / probe.weight[c].norm()
+        s = sae.encode(data.x[t["row"]][None])[0] * norms  # folded activations (m,)
+        cos = (sae.w_dec @ p) / norms
+        proj = s * cos
+        main = letters[(t["sae_key"], t["letter"])]["split_latents"]
+        assert t["probe_projection"] == pytest.approx(float(data.x[t["row"]] @ p), rel=1e-5, abs=1e-5)
+        assert t["main_projection"] == pytest.approx(float(proj[main].sum()), rel=1e-5, abs=1e-5)
+        assert t["main_acts"] == pytest.approx(s[main].tolist(), rel=1e-5, abs=1e-5)
+        eligible = [i for i in range(sae.width) if i not in main and cos[i] >= 0.1 and proj[i] > 0]
+        expected = sorted(eligible, key=lambda i: -float(proj[i]))[:3]
+        assert t["absorber_latents"] == expected
+        assert t["top_latent"] == int(proj.argmax())
+        assert t["token_id"] == int(data.token_id[t["row"]])
+    assert sum(t["absorption_fraction"] > 0 for t in mine) > 5  # the check covered absorbed tokens
+
+
+def test_text_l0_is_measured_on_alphabetic_context_tokens(planted_store, planted_saes, results):
+    from actstore.layers import load_layer
+    from actstore.saes import load_params_npz
+    from actstore.store import ActivationStore
+
+    data = load_layer(ActivationStore.open(planted_store), 0)
+    saes = {r["sae_key"]: r for r in table(results / "saes.parquet")}
+    for folder in planted_saes:
+        sae = load_params_npz(folder / "params.npz", folder.name, layer=0)
+        x = data.context_x[data.context_labels >= 0].float()  # fewer than the 8192 rows measured at most
+        expected = float((sae.encode(x) > 0).sum(dim=1).float().mean())
+        row = saes[str(folder.resolve())]
+        assert row["l0_text"] == pytest.approx(expected, rel=1e-6) and row["l0_text"] != row["l0_vocab"]
+
+
+def test_absorbers_are_the_planted_token_aligned_latents(planted_saes, results):
+    tokens, absorbers = table(results / "tokens.parquet"), table(results / "absorbers.parquet")
+    for folder in planted_saes:
+        truth = json.loads((folder / "truth.json").read_text())
+        key = str(folder.resolve())
+        planted = {latent: row for letter in truth["evaluated_letters"]
+                   for row, latent in truth["letters"][letter].get("absorbed_rows", [])}
+        mine = {a["latent"]: a for a in absorbers if a["sae_key"] == key}
+        assert set(mine) == set(planted)
+        texts = {t["row"]: t["text"] for t in tokens if t["sae_key"] == key}
+        for latent, a in mine.items():
+            assert a["rows"] == [planted[latent]] and a["num_tokens"] == 1
+            assert a["top_tokens"] == [texts[planted[latent]]]  # it fires on its own token only: token-aligned
+            assert 0.4 <= a["mean_share"]  # proj / act >= 0.4 by construction
+
+
+def test_neuronpedia_links_only_for_gemma_scope():
+    assert neuronpedia_base("gemma-scope-2b-pt-res", "layer_12/width_16k/average_l0_82", 12) == \
+        "https://www.neuronpedia.org/gemma-2-2b/12-gemmascope-res-16k/"
+    assert neuronpedia_base("gemma-scope-2b-pt-res-canonical", "layer_5/width_1m/canonical", 5) == \
+        "https://www.neuronpedia.org/gemma-2-2b/5-gemmascope-res-1m/"
+    assert neuronpedia_base("saes", "layer_0/width_1500/absorption_30", 0) is None
+
+
+def test_explore_command_and_its_errors(results, tmp_path, capsys):
+    from actstore.cli import main
+
+    assert main(["explore", str(results), "--out", str(tmp_path / "x")]) == 0
+    assert "3 SAEs" in capsys.readouterr().out and (tmp_path / "x" / "data" / "sae_0002.js").exists()
+    assert main(["explore", str(tmp_path / "nothing")]) == 2
+    assert "has no saes.parquet: run `actstore score" in capsys.readouterr().err
+
+
+# ---- in the browser ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not Path(driver_path).exists() or shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make browser` installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition: str, timeout: float = 10):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(f"return {condition};"))
+
+
+def open_page(driver, explorer: Path, hash_: str = ""):
+    driver.get(explorer.joinpath("index.html").resolve().as_uri() + hash_)
+    wait_for(driver, "document.body.dataset.state === 'ready'")
+
+
+def index_of(explorer: Path) -> list[dict]:
+    text = (explorer / "data" / "index.js").read_text()
+    return json.loads(text[text.index("(") + 1:text.rindex(")")])["saes"]
+
+
+def shown_tokens(driver) -> list[tuple]:
+    from selenium.webdriver.common.by import By
+
+    out = []
+    for tr in driver.find_elements(By.CSS_SELECTOR, "#absorbed tbody tr"):
+        cells = tr.find_elements(By.TAG_NAME, "td")
+        latents = [int(b.get_attribute("data-latent")) for b in tr.find_elements(By.CSS_SELECTOR, "button.follow")]
+        out.append((int(tr.get_attribute("data-row")), cells[0].text, float(cells[4].text), cells[5].text == "yes",
+                    latents))
+    return out
+
+
+def expected_tokens(results: Path, key: str, letter: str) -> list[tuple]:
+    from actstore.tokens import absorbed, token_absorbers
+
+    return [(t["row"], t["text"], round(t["absorption_fraction"], 3), t["full_absorption"],
+             [latent for latent, _, _ in token_absorbers(t)])
+            for t in table(results / "tokens.parquet")
+            if t["sae_key"] == key and t["letter"] == letter and absorbed(t)]
+
+
+def test_choosing_a_letter_shows_its_absorbed_tokens_as_in_tokens_parquet(browser, explorer, results, planted_saes):
+    from selenium.webdriver.common.by import By
+
+    saes = index_of(explorer)
+    sae = next(s for s in saes if s["key"] == str(planted_saes[-1].resolve()))
+    open_page(browser, explorer)
+    # first view: the index and the first SAE's data only; no other SAE's file, no search index
+    assert browser.execute_script("return ACTSTORE.loadedFiles;") == [saes[0]["file"]]
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "sae")).select_by_value(str(sae["n"]))  # choose it in the SAE menu
+    wait_for(browser, f"document.body.dataset.sae === '{sae['n']}' && document.body.dataset.state === 'ready'")
+    letters = table(results / "letters.parquet")
+    absorbing = [r for r in letters if r["sae_key"] == sae["key"] and r["mean_absorption_fraction"] > 0]
+    for row in absorbing[:2]:
+        browser.find_element(By.CSS_SELECTOR, f"#letters button[data-letter='{row['letter']}']").click()
+        wait_for(browser, f"document.body.dataset.letter === '{row['letter']}'")
+        shown = shown_tokens(browser)
+        expected = expected_tokens(results, sae["key"], row["letter"])
+        assert len(shown) == len(expected) > 0
+        assert [s[:2] for s in shown] == [e[:2] for e in expected]
+        assert [s[2] for s in shown] == pytest.approx([e[2] for e in expected], abs=5e-4)  # shown to 3 places
+        assert [(s[3], s[4]) for s in shown] == [(e[3], e[4]) for e in expected]
+        prf = [tr.text for tr in browser.find_elements(By.CSS_SELECTOR, "#prf tbody tr")]
+        assert prf[0].split()[-1] == f"{row['probe_test_f1']:.3f}" and prf[1].split()[-1] == f"{row['main_f1']:.3f}"
+        assert prf[2].split()[-1] == f"{row['single_f1']:.3f}"
+        # no Neuronpedia link for SAEs that are not Gemma Scope's
+        assert not browser.find_elements(By.CSS_SELECTOR, "a.np")
+
+
+def test_following_an_absorber_shows_its_tokens(browser, explorer, results, planted_saes):
+    from selenium.webdriver.common.by import By
+
+    sae = next(s for s in index_of(explorer) if s["key"] == str(planted_saes[-1].resolve()))
+    absorbers = {a["latent"]: a for a in table(results / "absorbers.parquet") if a["sae_key"] == sae["key"]}
+    letter = next(iter(absorbers.values()))["letters"][0]
+    open_page(browser, explorer, f"#sae={sae['n']}&letter={letter}")
+    button = browser.find_element(By.CSS_SELECTOR, "#absorbed tbody button.follow")
+    latent = int(button.get_attribute("data-latent"))
+    button.click()
+    wait_for(browser, f"!document.getElementById('absorber-panel').hidden && "
+                      f"document.getElementById('absorber-id').dataset.latent === '{latent}'")
+    top = [li.find_element(By.CLASS_NAME, "token").text for li in browser.find_elements(By.CSS_SELECTOR, "#absorber-top li")]
+    assert top == absorbers[latent]["top_tokens"]
+    absorbed_tokens = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#absorber-tokens .token")]
+    assert absorbed_tokens == absorbers[latent]["tokens"]
+    assert f"{absorbers[latent]['mean_share']:.3f}" in browser.find_element(By.ID, "absorber-summary").text
+
+
+def test_token_search_lists_every_sae_where_it_is_absorbed(browser, explorer, results):
+    from selenium.webdriver.common.by import By
+
+    from actstore.tokens import absorbed, token_absorbers
+
+    tokens = [t for t in table(results / "tokens.parquet") if absorbed(t)]
+    text = max({t["text"] for t in tokens}, key=lambda x: sum(t["text"] == x for t in tokens))
+    expected = sorted((t["sae_key"], t["letter"], latent) for t in tokens if t["text"] == text
+                      for latent, _, _ in token_absorbers(t))
+    open_page(browser, explorer)
+    box = browser.find_element(By.ID, "search-input")
+    box.clear()
+    box.send_keys(text.upper())  # the search ignores case
+    browser.find_element(By.ID, "search-button").click()
+    wait_for(browser, f"document.body.dataset.searched === {json.dumps(text.lower())}")
+    keys = {s["n"]: s["key"] for s in index_of(explorer)}
+    rows = browser.find_elements(By.CSS_SELECTOR, "#search-results tbody tr")
+    shown = sorted((keys[int(r.get_attribute("data-sae"))], r.get_attribute("data-letter"),
+                    int(r.get_attribute("data-latent"))) for r in rows)
+    assert shown == expected and len({k for k, _, _ in expected}) >= 2  # found in several SAEs
+    searched = [f for f in browser.execute_script("return ACTSTORE.loadedFiles;") if f.startswith("search")]
+    assert searched == [f"search_{text[0]}.js"]  # the index of tokens starting with its letter, nothing else
+    rows[0].click()  # a result opens that SAE and letter
+    first = rows[0].get_attribute("data-sae")
+    wait_for(browser, f"document.body.dataset.sae === '{first}' && document.body.dataset.state === 'ready'")
+
+
+def test_the_page_lists_exactly_the_planted_absorptions(browser, explorer, planted_saes):
+    """Every SAE, every evaluated letter: the rows the page lists are the planted absorbed tokens, each with
+    exactly its planted absorber (truth.json from synth-saes)."""
+    saes = {s["key"]: s for s in index_of(explorer)}
+    open_page(browser, explorer)
+    listed_any = 0
+    for folder in planted_saes:
+        truth = json.loads((folder / "truth.json").read_text())
+        sae = saes[str(folder.resolve())]
+        for letter in truth["evaluated_letters"]:
+            browser.execute_script(f"location.hash = '#sae={sae['n']}&letter={letter}';")
+            wait_for(browser, f"document.body.dataset.sae === '{sae['n']}' && document.body.dataset.letter === '{letter}'"
+                              f" && document.body.dataset.state === 'ready'")
+            planted = sorted((row, [latent]) for row, latent in truth["letters"][letter].get("absorbed_rows", []))
+            shown = sorted((row, latents) for row, _, _, _, latents in shown_tokens(browser))
+            assert shown == planted, (folder.name, letter)
+            listed_any += len(shown)
+    assert listed_any > 20
