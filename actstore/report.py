@@ -6,6 +6,8 @@ from a results folder of `actstore score`.
     layer_width_heatmap.png     mean absorption fraction by layer and width (mean over L0s)
     f1_vs_l0.png                the best single latent's F1 (mean over letters) against L0
     splits_vs_l0.png            number of split features (mean over letters) against L0
+    *_ci_null_vs_l0.png         absorption, full absorption and single-latent F1 with 95% intervals and the
+                                null band (report_uncertainty.py), when the results carry them
     report.html                 one self-contained page: every figure (embedded) and the tables
 
 L0 is the one the release reports (Gemma Scope's average_l0) when there is one, else the L0 measured on the
@@ -19,6 +21,8 @@ import html
 import json
 from collections import defaultdict
 from pathlib import Path
+
+from actstore.report_uncertainty import uncertainty_figures
 
 FIGURES = {
     "absorption_vs_l0": ("mean_absorption_fraction", "mean absorption fraction"),
@@ -163,6 +167,7 @@ def write_report(results: str | Path, out: str | Path) -> dict:
         written.append(out / f"{name}.png")
     grid = _heatmap(scored, out / "layer_width_heatmap.png")
     written.insert(2, out / "layer_width_heatmap.png")
+    written += uncertainty_figures(scored, out)  # error bars and null bands (report_uncertainty.py)
 
     figures = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
