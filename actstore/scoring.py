@@ -522,7 +522,7 @@ def _seed_columns(runs: list[_Run], acts: SparseActs, summary: dict) -> None:
     """Per SAE: the mean, standard deviation and range across seeds of every summary metric, and how often the
     main latents agree; per letter: each seed's values and main latents, and their agreement."""
     per_seed = [_summary(run.rows, acts) for run in runs]
-    keys = [k for k in per_seed[0] if k.startswith(("mean_", "std_"))]
+    keys = [k for k in per_seed[0] if k.startswith("mean_")]
     summary.update(uncertainty.seed_spread(per_seed, keys))
     agreements = []
     for i, row in enumerate(runs[0].rows):

@@ -82,10 +82,10 @@ def test_objective_no_worse_than_scikit_learn_l1_logistic_regression():
 
 def test_solution_is_the_same_however_latents_are_ordered_and_has_no_seed():
     (offsets, index, value), _, labels = sparse_world(seed=2)
-    a = solve_l1_probe(offsets, index, value, 30, labels, tol=1e-9)
-    b = solve_l1_probe(offsets, index, value, 30, labels, tol=1e-9)
+    a = solve_l1_probe(offsets, index, value, 30, labels, tol=1e-8)
+    b = solve_l1_probe(offsets, index, value, 30, labels, tol=1e-8)
     assert torch.equal(a.weight, b.weight)
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(0))  # latent j becomes perm[j]
-    c = solve_l1_probe(offsets, perm[index], value, 30, labels, tol=1e-9)
+    c = solve_l1_probe(offsets, perm[index], value, 30, labels, tol=1e-8)
     # different column order only reorders float sums: the solutions agree to the KKT tolerance's scale
     torch.testing.assert_close(c.weight[perm], a.weight, rtol=0, atol=1e-6)
