@@ -344,15 +344,21 @@ def _dense_latents(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, latent
 
 
 def _k_sparse(dense: torch.Tensor, candidates: list[int], column: dict[int, int], truth: torch.Tensor,
-              train: torch.Tensor, cfg: ScoreConfig) -> tuple[list[float], int]:
+              train: torch.Tensor, cfg: ScoreConfig, fits: dict | None = None, letter: int = 0
+              ) -> tuple[list[float], int]:
     """F1 on the test split of the balanced probe on the top-k candidates, k = 1, 2, ... until
-    `choose_split_k` stops; returns the F1s computed and the kept k."""
+    `choose_split_k` stops; returns the F1s computed and the kept k. `fits` keeps each F1 under (letter,
+    latents), so seeds that rank the same latents first fit them once."""
+    fits = {} if fits is None else fits
     f1s: list[float] = []
     for k in range(1, len(candidates) + 1):
-        feats = dense[:, [column[i] for i in candidates[:k]]]  # (N, k)
-        w, b = fit_balanced_logistic(feats[train], truth[train])
-        fires = (feats[~train].double() @ w + b) > 0
-        f1s.append(precision_recall_f1(fires, truth[~train]).f1)
+        key = (letter, tuple(candidates[:k]))
+        if key not in fits:
+            feats = dense[:, [column[i] for i in candidates[:k]]]  # (N, k)
+            w, b = fit_balanced_logistic(feats[train], truth[train])
+            fires = (feats[~train].double() @ w + b) > 0
+            fits[key] = precision_recall_f1(fires, truth[~train]).f1
+        f1s.append(fits[key])
         kept = metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
         if kept < k:
             return f1s, kept
@@ -419,8 +425,9 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
     seeds = [cfg.sparse_probe.seed + i for i in range(max(1, cfg.seeds))]
     weights, solver_info = _l1_weights(acts.rows(train), labels[train], cfg, seeds)
     singles = enc_cos.argmax(dim=0).tolist()  # (26,)
-    runs = [_score_letters(acts, w, letters, singles, probe, labels, train, tp_all, act_all, dec_cos, enc_cos, cfg)
-            for w in weights]
+    fits: dict = {}
+    runs = [_score_letters(acts, w, letters, singles, probe, labels, train, tp_all, act_all, dec_cos, enc_cos, cfg,
+                           fits) for w in weights]
     if data.context_x is not None and len(data.context_x):
         _in_context(runs, letters, singles, sae, scale, data, cfg)
     rows = runs[0].rows
@@ -472,8 +479,9 @@ class _Run(NamedTuple):
 
 def _score_letters(acts: SparseActs, l1_weight: torch.Tensor, letters: list[int], singles: list[int], probe: Probe,
                    labels: torch.Tensor, train: torch.Tensor, tp_all: torch.Tensor, act_all: torch.Tensor,
-                   dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig) -> _Run:
-    """k-sparse probing, single latents and absorption of every evaluated letter, given the L1 probe's weights."""
+                   dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig, fits: dict) -> _Run:
+    """k-sparse probing, single latents and absorption of every evaluated letter, given the L1 probe's weights.
+    `fits`: k-sparse F1s shared by the seeds of one SAE (`_k_sparse`)."""
     device = acts.value.device
     k = min(cfg.max_k, acts.width)
     candidates = l1_weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first
@@ -483,7 +491,7 @@ def _score_letters(acts: SparseActs, l1_weight: torch.Tensor, letters: list[int]
     rows, mains, tokens = [], {}, []
     for c in letters:
         truth = labels == c
-        f1s, kept = _k_sparse(dense, candidates[c], column, truth, train, cfg)
+        f1s, kept = _k_sparse(dense, candidates[c], column, truth, train, cfg, fits, c)
         main = candidates[c][:kept]
         mains[c] = main
         single = singles[c]
