@@ -59,12 +59,10 @@ def uncertainty_figures(scored: list[dict], out: Path) -> list[Path]:
                        [r[f"{metric}_ci_high"] - y for y, r in zip(ys, points)]]
                 ax.errorbar([r["l0"] for r in points], ys, yerr=err, marker="o", ms=4, capsize=3,
                             color=colors[width], label=width_name(width))
-            ax.set_title(f"layer {layer}", fontsize=9)
-            ax.set_xscale("log")
-            ax.set_xlabel("L0", fontsize=8)
+            ax.set(title=f"layer {layer}", xscale="log", xlabel="L0")
             ax.grid(alpha=0.3)
         for ax in axes.flat[len(layers):]:
-            ax.set_visible(False)
+            ax.remove()
         axes[0][0].set_ylabel(f"{LABELS[metric]} (95% CI)", fontsize=8)
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="upper right", fontsize=8)

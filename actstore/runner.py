@@ -80,7 +80,7 @@ class ScoreCommandConfig:
     min_letters: int = 2
     """an SAE with fewer evaluated letters fails (alone, with a row saying why); SAEBench's floor is 20"""
     bootstrap: int = 1000
-    """bootstrap replicates behind the 95% intervals (<metric>_ci_low/_ci_high; 0: none)"""
+    """bootstrap replicates behind the 95 percent intervals (<metric>_ci_low/_ci_high; 0: none)"""
     null: bool = False
     """also score null SAEs matched to each SAE (--null-kinds) and report every metric beside its null value"""
     null_kinds: list[str] = field(default_factory=lambda: ["random_decoder", "shuffled_firing"])
