@@ -87,7 +87,9 @@ class LayerScorer:
         if threads:
             torch.set_num_threads(threads)
         self.cfg, self.device, self.dtype = cfg, device, getattr(torch, cfg.dtype)
-        self.score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend)
+        self.score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend, l1_solver=cfg.l1_solver,
+                                     seeds=cfg.seeds, metric_version=cfg.metric_version, min_letters=cfg.min_letters,
+                                     bootstrap=cfg.bootstrap, nulls=tuple(cfg.null_kinds) if cfg.null else ())
         self.store = ActivationStore.open(cfg.store, require_complete=True)
         self.provenance = Provenance(self.store, cfg, device)
         self.out = Path(cfg.out)

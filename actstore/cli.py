@@ -261,7 +261,7 @@ def cmd_probe(cfg: ProbeCommandConfig) -> int:
         raise ValueError(f"{cfg.store} has layers {have}; --layers {cfg.layers} asks for {absent}")
     trained = probes.probe_store(cfg.store, layers, probes.ProbeConfig(epochs=cfg.epochs, seed=cfg.seed),
                                  progress=sys.stderr.isatty())
-    print(f"{'layer':>5s} {'test F1 mean':>12s} {'min':>6s} {'letters evaluated (F1 >= 0.6)':>30s}")
+    print(f"{'layer':>5s} {'test F1 mean':>12s} {'min':>6s} {'letters evaluated (F1 > 0.6)':>30s}")
     for layer, probe in trained.items():
         f1 = probe.metrics["test"]["f1"]
         print(f"{layer:5d} {np.mean(f1):12.3f} {min(f1):6.3f} {len(probe.evaluated_letters()):30d}")

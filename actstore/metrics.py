@@ -171,3 +171,26 @@ def full_absorption(act: torch.Tensor, main_max_act: torch.Tensor, top_proj: tor
     positive = act > 0
     ratio = top_proj / torch.where(positive, act, torch.ones_like(act))
     return (main_max_act < main_eps) & (top_cos >= min_cos) & (act >= 0) & positive & (ratio >= min_ratio)
+
+
+def absorption_fraction_v03(act: torch.Tensor, main: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """SAEBench v0.3.2's absorption fraction, per token (`--metric-version saebench-0.3`):
+
+        0                                 if main >= act or total <= 0
+        clip((total - main) / total, 0, 1) else
+
+    with total = the sum of proj_i over every active latent (any sign, no cosine gate, any number of them)
+    and main the main latents' share of it. act, main, total: (N,) -> (N,). Full absorption is the same in
+    both versions (`full_absorption`)."""
+    none = (main >= act) | (total <= 0)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(none, torch.zeros_like(act), ((total - main) / safe).clamp(0, 1))
+
+
+METRIC_VERSIONS = {
+    "saebench-0.6": "SAEBench v0.6.0: absorption fraction from at most 3 absorbers with cos >= 0.1 whose projections "
+                    "reach 0.4 of act; letters with ground-truth probe test F1 > 0.6",
+    "saebench-0.3": "SAEBench v0.3.2: absorption fraction (all active latents' projection - main latents') / all "
+                    "active latents' projection; every letter with probe true positives, no F1 filter",
+}
+"""`--metric-version` choices; full absorption and k-sparse probing are the same in both."""

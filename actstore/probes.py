@@ -51,8 +51,9 @@ class Probe:
         return torch.nn.functional.normalize(self.weight, dim=1)
 
     def evaluated_letters(self, min_f1: float = MIN_PROBE_F1) -> list[int]:
-        """Letters whose test F1 reaches min_f1: the only ones the scorer evaluates."""
-        return [c for c, f1 in enumerate(self.metrics["test"]["f1"]) if f1 >= min_f1]
+        """Letters whose test F1 is above min_f1 (strictly, as SAEBench's `f1_probe > min_GT_probe_f1`): the only
+        ones the scorer evaluates."""
+        return [c for c, f1 in enumerate(self.metrics["test"]["f1"]) if f1 > min_f1]
 
 
 def pos_weights(labels: torch.Tensor, n_classes: int = 26) -> torch.Tensor:

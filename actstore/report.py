@@ -11,6 +11,8 @@ from a results folder of `actstore score` (DIR defaults to RESULTS/report).
     layer_width_heatmap.png     mean absorption fraction by layer (rows) and by width and L0 rank (columns)
     f1_vs_l0.png                the best single latent's F1 (mean over letters) against L0
     splits_vs_l0.png            number of split features (mean over letters) against L0
+    *_ci_null_vs_l0.png         absorption, full absorption and single-latent F1 with 95% intervals and the
+                                null band (report_uncertainty.py), when the results carry them
     report.html                 one self-contained page: every figure (embedded) and the tables
 
 L0 is the one the release reports (Gemma Scope's average_l0) when there is one, else the L0 measured on
@@ -26,6 +28,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 from string import Template
+
+from actstore.report_uncertainty import uncertainty_figures
 
 FIGURES = {
     "absorption_vs_l0": ("mean_absorption_fraction", "mean absorption fraction"),
@@ -310,6 +314,7 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
         written.append(out / f"{name}.png")
     grid = _heatmap(scored, out / "layer_width_heatmap.png")
     written.insert(5, out / "layer_width_heatmap.png")
+    written += uncertainty_figures(scored, out)  # error bars and null bands (report_uncertainty.py)
 
     figures = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'

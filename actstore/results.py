@@ -62,6 +62,21 @@ def saebench_name(source) -> str:
     return f"{name}_eval_results.json".replace("/", "_").lstrip("_")
 
 
+def saebench_eval_config(cfg: ScoreConfig, spec) -> dict:
+    """SAEBench's AbsorptionEvalConfig (sae_bench/evals/absorption/eval_config.py), its field names, our values.
+    None where actstore has no such value (the query's position from the prompt's end, when the store does not
+    record it; SAEBench's eval batch size, a detail of its own loop)."""
+    extra = getattr(spec, "extra", {}) or {}
+    return {"model_name": spec.model, "random_seed": cfg.sparse_probe.seed, "f1_jump_threshold": cfg.split_min_f1_gain,
+            "max_k_value": cfg.max_k, "prompt_template": spec.prompt_template,
+            "prompt_token_pos": extra.get("prompt_token_pos"), "llm_batch_size": extra.get("batch_size"),
+            "llm_dtype": spec.dtype, "k_sparse_probe_l1_decay": cfg.l1,
+            "k_sparse_probe_batch_size": cfg.sparse_probe.batch_size,
+            "k_sparse_probe_num_epochs": cfg.sparse_probe.epochs, "min_GT_probe_f1": cfg.min_probe_f1,
+            "min_feats_for_eval": cfg.min_letters, "eval_k_sparse_probe_batch_size": None,
+            "precalc_k_sparse_probe_sae_acts": True}
+
+
 def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], cfg: ScoreConfig,
                   spec) -> dict:
     """SAEBench's AbsorptionEvalOutput, field for field (sae_bench/evals/absorption/eval_output.py)."""
@@ -69,10 +84,7 @@ def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], c
 
     return {
         "eval_type_id": EVAL_TYPE_ID,
-        "eval_config": {"model_name": spec.model, "prompt_template": spec.prompt_template,
-                        "f1_jump_threshold": cfg.split_min_f1_gain, "max_k_value": cfg.max_k,
-                        "k_sparse_probe_l1_decay": cfg.l1, "k_sparse_probe_batch_size": cfg.sparse_probe.batch_size,
-                        "k_sparse_probe_num_epochs": cfg.sparse_probe.epochs, "min_probe_f1": cfg.min_probe_f1},
+        "eval_config": saebench_eval_config(cfg, spec),
         "eval_id": str(uuid.uuid4()),
         "datetime_epoch_millis": int(time.time() * 1000),
         "eval_result_metrics": {"mean": {
@@ -88,7 +100,8 @@ def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], c
             "full_absorption_rate": r["full_absorption_rate"], "num_full_absorption": r["num_full_absorption"],
             "num_probe_true_positives": r["num_probe_true_positives"], "num_split_features": r["num_split_features"],
         } for r in letters],
-        "eval_result_unstructured": None,
+        "eval_result_unstructured": {"actstore": {"metric_version": summary.get("metric_version"),
+                                                  "l1_solver": summary.get("l1_solver"), "summary": summary}},
         "sae_bench_commit_hash": f"actstore {actstore.__version__}",
         "sae_lens_id": source.name,
         "sae_lens_release_id": source.release,

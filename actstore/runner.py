@@ -29,7 +29,7 @@ import torch
 from actstore.provenance import Provenance, redo_reason
 from actstore.results import part_done, part_name, read_part, write_tables
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
-from actstore.scoring import BACKENDS
+from actstore.scoring import BACKENDS, L1_SOLVERS
 from actstore.store import ActivationStore
 
 
@@ -74,6 +74,20 @@ class ScoreCommandConfig:
     """an SAE with a larger share of latents that never fire on the vocabulary task is flagged, not plain ok"""
     worker_env: dict[str, str] = field(default_factory=dict)
     """environment variables for the Ray workers (fault injection in tests)"""
+    l1_solver: str = "saebench"
+    """the L1 probe that ranks latents: saebench (SAEBench's 50 Adam epochs from a seeded random start; the default, for comparability with published numbers) or converged (the same objective solved to optimality: no seed, identical scores for any seed)"""
+    seeds: int = 1
+    """run the seed-dependent steps (L1 probe, k-sparse probing, absorption) for this many L1-probe seeds over one encoding; saes.parquet gets every metric's mean, std and range across seeds and each letter's main-latent agreement"""
+    metric_version: str = "saebench-0.6"
+    """saebench-0.6 (SAEBench v0.6.0's absorption fraction and F1 > 0.6 letter filter) or saebench-0.3 (v0.3.2's fraction and all letters, for comparison with published numbers)"""
+    min_letters: int = 2
+    """an SAE with fewer evaluated letters fails (alone, with a row saying why); SAEBench's floor is 20"""
+    bootstrap: int = 1000
+    """bootstrap replicates behind the 95 percent intervals (<metric>_ci_low/_ci_high; 0: none)"""
+    null: bool = False
+    """also score null SAEs matched to each SAE (--null-kinds) and report every metric beside its null value"""
+    null_kinds: list[str] = field(default_factory=lambda: ["random_decoder", "shuffled_firing"])
+    """the nulls --null scores: random_decoder (random unit decoders, same width and L0), shuffled_firing (the SAE's latents, firing renamed by a permutation)"""
 
 
 @dataclass
@@ -197,6 +211,26 @@ def _checked(sae: SAEWeights, d_model: int | None) -> SAEWeights:
     return sae
 
 
+def check_metric_options(cfg: ScoreCommandConfig) -> None:
+    """One-line errors for the metric options (--l1-solver, --seeds, --metric-version, --min-letters, --null-kinds)."""
+    from actstore.metrics import METRIC_VERSIONS
+    from actstore.nulls import NULLS
+
+    if cfg.l1_solver not in L1_SOLVERS:
+        raise ValueError(f"--l1-solver must be one of {', '.join(L1_SOLVERS)}; got {cfg.l1_solver!r}")
+    if cfg.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1; got {cfg.seeds}")
+    if cfg.metric_version not in METRIC_VERSIONS:
+        raise ValueError(f"--metric-version must be one of {', '.join(METRIC_VERSIONS)}; got {cfg.metric_version!r}")
+    if cfg.min_letters < 1:
+        raise ValueError(f"--min-letters must be at least 1 (SAEBench's floor is 20); got {cfg.min_letters}")
+    if cfg.bootstrap < 0:
+        raise ValueError(f"--bootstrap must be 0 (no intervals) or more replicates; got {cfg.bootstrap}")
+    unknown = [k for k in cfg.null_kinds if k not in NULLS]
+    if unknown:
+        raise ValueError(f"--null-kinds {unknown} unknown; choose from {', '.join(NULLS)}")
+
+
 def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dict:
     """Score every SAE the command names that RESULTS does not hold yet; returns a summary."""
     from tqdm.auto import tqdm
@@ -209,6 +243,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
         raise ValueError(f"--dtype must be float32, bfloat16 or float16; got {cfg.dtype!r}")
     if cfg.backend != "auto" and cfg.backend not in BACKENDS:
         raise ValueError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
+    check_metric_options(cfg)
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)

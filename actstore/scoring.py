@@ -18,8 +18,11 @@ Steps, for one SAE reading one layer:
 5. absorption over the probe's true positives of letter c on the test split (`metrics.absorption_*`);
 6. in context: the single latent's and the main latents' precision and recall on alphabetic context tokens.
 
-Letters whose probe test F1 is below `min_probe_f1` are not evaluated; fewer than `min_letters` evaluated
-letters raise NotScorable (the runner writes a row saying so). Formulas live in `actstore.metrics`.
+Letters are evaluated when their probe test F1 is above `min_probe_f1` (strictly; `metric_version` saebench-0.3:
+every letter with probe true positives); fewer than `min_letters` evaluated letters raise NotScorable (the runner
+writes a row saying so). Steps 3-5 depend on the L1 probe's seed: with `seeds` > 1 they run once per seed over
+the one encoding (`l1_solver` converged has no seed). Formulas live in `actstore.metrics`, intervals and seed
+spreads in `actstore.uncertainty`, null SAEs in `actstore.nulls`.
 Everything runs on the device the SAE's weights are on; the layer's rows move there a tile at a time.
 """
 
@@ -27,12 +30,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 
-from actstore import metrics
+from actstore import metrics, uncertainty
 from actstore.metrics import precision_recall_f1
 from actstore.probes import LETTERS, Probe, ProbeConfig, fit_one_vs_rest
 from actstore.saes import SAEWeights
@@ -56,7 +59,7 @@ class ScoreConfig:
     split_min_f1_gain: float = metrics.SPLIT_MIN_F1_GAIN
     """keep k + 1 latents only if test F1 improves by more than this"""
     min_probe_f1: float = 0.6
-    """letters whose ground-truth probe has a lower test F1 are not evaluated"""
+    """letters are evaluated when their ground-truth probe's test F1 is above this (strictly, as SAEBench)"""
     min_letters: int = 2
     """an SAE with fewer evaluated letters is not scored (its standard deviations need two)"""
     token_chunk: int = 4096
@@ -65,6 +68,22 @@ class ScoreConfig:
     """latents encoded at once; token_chunk x latent_chunk fp32 values is the encoder's working memory"""
     backend: str = "auto"
     """encoder: torch (the reference), triton (the fused kernel), or auto (triton on CUDA for JumpReLU/ReLU)"""
+    l1_solver: str = "saebench"
+    """the L1 probe: saebench (50 Adam epochs from a seeded random start, as SAEBench) or converged (the same
+    objective solved to its KKT conditions, no seed: actstore.l1solver)"""
+    l1_tol: float = 1e-6
+    """converged: the largest KKT violation allowed at the solution"""
+    l1_max_iter: int = 20000
+    """converged: iteration cap (the summary says whether the tolerance was met: l1_converged)"""
+    seeds: int = 1
+    """the L1 probe's seed-dependent steps run for seeds sparse_probe.seed, +1, ... over one encoding"""
+    metric_version: str = "saebench-0.6"
+    """absorption fraction and letter rules: a key of metrics.METRIC_VERSIONS"""
+    bootstrap: int = 1000
+    """bootstrap replicates of the 95% intervals (0: none)"""
+    bootstrap_seed: int = 0
+    nulls: tuple[str, ...] = ()
+    """null SAEs scored beside this one: keys of actstore.nulls.NULLS"""
     top_tokens: int = 8
     """vocabulary tokens kept per absorbing latent, most active first"""
     text_l0_rows: int = 8192
@@ -184,20 +203,21 @@ def encode_group_fused(x: torch.Tensor, saes: list[SAEWeights], token_chunk: int
     group = group or pack_group(saes, torch.zeros(0, saes[0].d_model, device=device), dtype)
     n_saes = len(saes)
     offsets = [[torch.zeros(1, dtype=torch.int64, device=device)] for _ in saes]
-    index, value = [[] for _ in saes], [[] for _ in saes]
-    near = torch.zeros(n_saes, dtype=torch.int64, device=device)
+    index, value, near = [[] for _ in saes], [[] for _ in saes], [0] * n_saes
+    capacity = 64
     for start in range(0, len(x), token_chunk):
         xb = x[start:start + token_chunk].to(device=device, dtype=dtype).contiguous()
-        out = jumprelu_probe(xb, group)  # list room carried from the last launch; one host sync per launch
+        out = jumprelu_probe(xb, group, capacity)
+        capacity = out.index.shape[2]  # keep the room a retry found
         for i in range(n_saes):
-            ids, vals = out.csr(i)  # joined on the device, sized by that sync
-            index[i].append(ids)
-            value[i].append(vals)
-            offsets[i].append(offsets[i][-1][-1] + out.l0[i].long().cumsum(0))
-        near += out.near.sum(dim=1)
+            l0 = out.l0[i].long()
+            keep = torch.arange(capacity, device=device)[None, :] < l0[:, None]  # (n, capacity)
+            index[i].append(out.index[i][keep].long())
+            value[i].append(out.value[i][keep])
+            offsets[i].append(offsets[i][-1][-1] + l0.cumsum(0))
+            near[i] += int(out.near[i].sum())
         if progress is not None:
             progress(len(xb))
-    near = near.tolist()
 
     def cat(t, dtype):
         return torch.cat(t) if t else torch.zeros(0, dtype=dtype, device=device)
@@ -211,6 +231,9 @@ def encode_sparse_fused(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, t
     """One SAE through the fused kernel (`encode_group_fused`); same interface as `encode_sparse`."""
     return encode_group_fused(x, [sae], token_chunk, progress)[0]
 
+
+L1_SOLVERS = ("saebench", "converged")
+"""`--l1-solver` choices (ScoreConfig.l1_solver)"""
 
 BACKENDS = {"torch": encode_sparse, "triton": encode_sparse_fused}
 """Encoders of the scorer; `auto` picks triton for JumpReLU/ReLU SAEs on CUDA, torch otherwise."""
@@ -336,17 +359,24 @@ def _dense_latents(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, latent
 
 
 def _k_sparse(dense: torch.Tensor, candidates: list[int], column: dict[int, int], truth: torch.Tensor,
-              train: torch.Tensor, cfg: ScoreConfig) -> tuple[list[float], int, torch.Tensor]:
+              train: torch.Tensor, cfg: ScoreConfig, fits: dict | None = None, letter: int = 0
+              ) -> tuple[list[float], int, torch.Tensor]:
     """F1 on the test split of the balanced probe on the top-k candidates, k = 1, 2, ... until
-    `choose_split_k` stops; returns the F1s computed, the kept k and that probe's firing on the test rows."""
+    `choose_split_k` stops; returns the F1s computed, the kept k and that probe's firing on the test rows.
+    `fits` keeps each (F1, firing) under (letter, latents), so seeds that rank the same latents first fit
+    them once."""
+    fits = {} if fits is None else fits
     f1s: list[float] = []
     fired: list[torch.Tensor] = []
     for k in range(1, len(candidates) + 1):
-        feats = dense[:, [column[i] for i in candidates[:k]]]  # (N, k)
-        w, b = fit_balanced_logistic(feats[train], truth[train])
-        fires = (feats[~train].double() @ w + b) > 0
-        fired.append(fires)
-        f1s.append(precision_recall_f1(fires, truth[~train]).f1)
+        key = (letter, tuple(candidates[:k]))
+        if key not in fits:
+            feats = dense[:, [column[i] for i in candidates[:k]]]  # (N, k)
+            w, b = fit_balanced_logistic(feats[train], truth[train])
+            fires = (feats[~train].double() @ w + b) > 0
+            fits[key] = (precision_recall_f1(fires, truth[~train]).f1, fires)
+        f1s.append(fits[key][0])
+        fired.append(fits[key][1])
         kept = metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
         if kept < k:
             return f1s, kept, fired[kept - 1]
@@ -358,69 +388,188 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def evaluated_letters(probe: Probe, tp_test_counts: list[int], cfg: ScoreConfig) -> list[int]:
+    """The letters a metric version evaluates: saebench-0.6 those whose probe test F1 is > cfg.min_probe_f1
+    (strictly, as SAEBench); saebench-0.3 every letter with probe true positives on the test split."""
+    if cfg.metric_version == "saebench-0.3":
+        return [c for c in range(26) if tp_test_counts[c] > 0]
+    return probe.evaluated_letters(cfg.min_probe_f1)
+
+
+def _l1_weights(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig, seeds: list[int]) -> tuple[list, dict]:
+    """The L1 probe's (m, 26) weight for each seed, and what the solver reports. `converged` has no seed: one
+    solve serves every seed."""
+    if cfg.l1_solver == "converged":
+        from actstore.l1solver import solve_l1_probe
+
+        sol = solve_l1_probe(acts.offsets, acts.index, acts.value, acts.width, labels, cfg.l1,
+                             cfg.sparse_probe.weight_decay, cfg.l1_tol, cfg.l1_max_iter)
+        return [sol.weight] * len(seeds), {"l1_kkt": sol.kkt, "l1_iterations": sol.iterations,
+                                           "l1_converged": sol.converged}
+    if cfg.l1_solver != "saebench":
+        raise ValueError(f"unknown L1 solver {cfg.l1_solver!r}; choose one of {L1_SOLVERS}")
+    return [train_sparse_probe(acts, labels, replace(cfg, sparse_probe=replace(cfg.sparse_probe, seed=s)))
+            for s in seeds], {}
+
+
 def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig = ScoreConfig(),
-              progress=None, acts: SparseActs | None = None) -> SAEScore:
+              progress=None, acts: SparseActs | None = None, cosines: tuple | None = None) -> SAEScore:
     """Every metric of one SAE against one layer's probe. `progress(rows)` is called as rows are encoded;
-    `acts`: the vocabulary rows' sparse activations when already encoded (a group launch of the kernel)."""
-    letters = probe.evaluated_letters(cfg.min_probe_f1)
-    if len(letters) < cfg.min_letters:
-        raise NotScorable(f"only {len(letters)} letters have a probe test F1 >= {cfg.min_probe_f1} at layer "
-                          f"{sae.layer} (needs {cfg.min_letters}); nothing to measure this SAE against")
+    `acts`: the vocabulary rows' sparse activations when already encoded (a group launch of the kernel);
+    `cosines`: (dec_cos, enc_cos), each (m, 26), when the caller knows them (a null SAE, `actstore.nulls`).
+
+    The seed-dependent steps (L1 probe, k-sparse probing, absorption) run once per seed of cfg.seeds over the
+    one encoding; the letter rows and the summary's plain columns are the first seed's."""
+    if cfg.metric_version not in metrics.METRIC_VERSIONS:
+        raise ValueError(f"unknown metric version {cfg.metric_version!r}; choose one of {sorted(metrics.METRIC_VERSIONS)}")
     device = sae.w_enc.device
     x, labels, split = data.x, data.labels.to(device).long(), data.split.to(device).long()
     train = split == 0
-    directions = probe.directions()  # (26, d)
+    with torch.no_grad():
+        probe_fires = (x.float() @ probe.weight.T.float() + probe.bias.float()).to(device) > 0  # (N, 26)
+        act_all = (x.float() @ probe.directions().T.float()).to(device)  # (N, 26) a . p_c
+    tp_all = (~train)[:, None] & (labels[:, None] == torch.arange(26, device=device)) & probe_fires  # (N, 26)
+    letters = evaluated_letters(probe, tp_all.sum(0).tolist(), cfg)
+    if len(letters) < cfg.min_letters:
+        rule = "have probe true positives" if cfg.metric_version == "saebench-0.3" else \
+            f"have a probe test F1 > {cfg.min_probe_f1}"
+        raise NotScorable(f"only {len(letters)} letters {rule} at layer {sae.layer} (needs {cfg.min_letters}, "
+                          f"--min-letters); nothing to measure this SAE against")
     scale = decoder_scale(sae)
-    dec_cos, enc_cos = latent_cosines(sae, directions, scale)  # (m, 26) each
+    dec_cos, enc_cos = cosines if cosines is not None else latent_cosines(sae, probe.directions(), scale)  # (m, 26)
 
     backend = pick_backend(cfg.backend, sae)
     if acts is None:
         acts = BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress)
-    l1_weight = train_sparse_probe(acts.rows(train), labels[train], cfg)  # (m, 26)
-    k = min(cfg.max_k, sae.width)
-    candidates = l1_weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first
+    seeds = [cfg.sparse_probe.seed + i for i in range(max(1, cfg.seeds))]
+    weights, solver_info = _l1_weights(acts.rows(train), labels[train], cfg, seeds)
     singles = enc_cos.argmax(dim=0).tolist()  # (26,)
+    fits: dict = {}
+    runs = [_score_letters(acts, w, letters, singles, probe, labels, train, tp_all, act_all, dec_cos, enc_cos, cfg,
+                           fits, data) for w in weights]
+    if data.context_x is not None and len(data.context_x):
+        _in_context(runs, letters, singles, sae, scale, data, cfg)
+    rows = runs[0].rows
+    summary = _summary(rows, acts)
+    summary.update(backend=backend, near_threshold_decisions=acts.near, metric_version=cfg.metric_version,
+                   l1_solver=cfg.l1_solver, seeds=len(seeds), **solver_info)
+    summary.update(uncertainty.bootstrap_intervals(runs[0].tokens, cfg.bootstrap, cfg.bootstrap_seed))
+    for row in rows:
+        row.update(metric_version=cfg.metric_version, l1_solver=cfg.l1_solver)
+    if len(runs) > 1:
+        _seed_columns(runs, acts, summary)
+    if data.context_x is not None and len(data.context_x):
+        summary["l0_text"] = text_l0(sae, scale, data, cfg, backend)
+    if cfg.nulls:
+        from actstore.nulls import null_columns
+
+        summary.update(null_columns(sae, data, probe, cfg, acts, summary))
+    records = runs[0].records
+    absorbing = sorted({latent for record in _records(records) if absorbed(record)
+                        for latent, _, _ in token_absorbers(record)})
+    text = data.text or [""] * len(labels)
+    tops = {latent: [[row, text[row], value] for row, value in best]
+            for latent, best in top_tokens(acts, absorbing, cfg.top_tokens).items()}
+    return SAEScore(rows, summary, records, tops)
+
+
+class TokenAbsorption(NamedTuple):
+    fraction: torch.Tensor
+    """(R,) float64 absorption fraction"""
+    full: torch.Tensor
+    """(R,) bool full absorption"""
+    terms: metrics.AbsorptionTerms
+    """the sums and top latents they were decided from (per-token records)"""
+
+
+def token_absorption(value: torch.Tensor, cos: torch.Tensor, is_main: torch.Tensor, act: torch.Tensor,
+                     version: str = "saebench-0.6") -> tuple[torch.Tensor, torch.Tensor]:
+    """(fraction, full) of `absorption_per_token`."""
+    return absorption_per_token(value, cos, is_main, act, version)[:2]
+
+
+def absorption_per_token(value: torch.Tensor, cos: torch.Tensor, is_main: torch.Tensor, act: torch.Tensor,
+                         version: str = "saebench-0.6") -> TokenAbsorption:
+    """Per-token absorption fraction (float64) and full absorption (bool) of one letter's tokens.
+
+    Each row lists its active latents (`SparseActs.padded`): value (R, L) folded activations, cos (R, L) their
+    cos(W_dec[i], p_c) (0 on padding), is_main (R, L) bool; act (R,) = a . p_c. Inputs are float32, as SAEBench's
+    tensors are. The rules compare in float64, as SAEBench's do (its per-token values are Python floats): main,
+    T and (saebench-0.3) the sum of all projections are float32 sums of float32 products, as its tensor code
+    computes them, then widened; the cosine gate and proj_i > 0 stay float32 tensor comparisons, as in SAEBench;
+    full absorption's proj / act takes the top latent's activation x cos in float64, as its FeatureScore does.
+    So tokens that sit on a threshold (ratio 0.4, activation 1e-8) go the way SAEBench sends them."""
+    terms = metrics.absorption_terms(value, cos, is_main)
+    act = act.double()
+    if version == "saebench-0.3":
+        fraction = metrics.absorption_fraction_v03(act, terms.main.double(), (value * cos).sum(dim=1).double())
+    else:
+        fraction = metrics.absorption_fraction(act, terms.main.double(), terms.top.double())
+    best = (value * cos).argmax(dim=1, keepdim=True)  # (R, 1) the latent with the largest proj_i
+    top_proj = value.gather(1, best)[:, 0].double() * cos.gather(1, best)[:, 0].double()
+    full = metrics.full_absorption(act, terms.main_max_act.double(), top_proj, terms.top_cos.double())
+    return TokenAbsorption(fraction, full, terms)
+
+
+class _Run(NamedTuple):
+    """One seed's letter rows, main latents per letter, per-token values (for the bootstrap) and per-token
+    records (columns, `token_records`)."""
+
+    rows: list[dict]
+    mains: dict[int, list[int]]
+    tokens: list[uncertainty.LetterTokens]
+    records: dict[str, list]
+
+
+def _score_letters(acts: SparseActs, l1_weight: torch.Tensor, letters: list[int], singles: list[int], probe: Probe,
+                   labels: torch.Tensor, train: torch.Tensor, tp_all: torch.Tensor, act_all: torch.Tensor,
+                   dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig, fits: dict, data: LayerData
+                   ) -> _Run:
+    """k-sparse probing, single latents and absorption of every evaluated letter, given the L1 probe's weights.
+    `fits`: k-sparse F1s shared by the seeds of one SAE (`_k_sparse`)."""
+    device = acts.value.device
+    k = min(cfg.max_k, acts.width)
+    candidates = l1_weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first
     wanted = sorted({i for c in letters for i in candidates[c]} | {singles[c] for c in letters})
     column = {latent: j for j, latent in enumerate(wanted)}
     dense = acts.dense_columns(torch.tensor(wanted, device=device))  # (N, U)
-
-    with torch.no_grad():
-        probe_fires = (x.float() @ probe.weight.T.float() + probe.bias.float()).to(device) > 0  # (N, 26)
-        act_all = (x.float() @ directions.T.float()).to(device)  # (N, 26) a . p_c
-    rows, mains = [], {}
-    tokens: dict[str, list] = {name: [] for name in TOKEN_COLUMNS}
+    rows, mains, tokens = [], {}, []
+    records: dict[str, list] = {name: [] for name in TOKEN_COLUMNS}
     for c in letters:
         truth = labels == c
-        f1s, kept, main_fires = _k_sparse(dense, candidates[c], column, truth, train, cfg)
+        f1s, kept, main_fires = _k_sparse(dense, candidates[c], column, truth, train, cfg, fits, c)
         main = candidates[c][:kept]
         mains[c] = main
         main_prf = precision_recall_f1(main_fires, truth[~train])
         single = singles[c]
-        single_prf = precision_recall_f1(dense[~train, column[single]] > 0, truth[~train])
+        single_fires = dense[~train, column[single]] > 0
+        single_prf = precision_recall_f1(single_fires, truth[~train])
 
-        tp = (~train) & truth & probe_fires[:, c]  # the probe's true positives on the test split
+        tp = tp_all[:, c]  # the probe's true positives on the test split
         index, value, valid = acts.rows(tp).padded()  # (R, L)
         cos = torch.where(valid, dec_cos[index, c], torch.zeros_like(value))
         is_main = torch.isin(index, torch.tensor(main, device=device)) & valid
-        terms = metrics.absorption_terms(value, cos, is_main)
         act = act_all[tp, c]
-        fraction = metrics.absorption_fraction(act, terms.main, terms.top)
-        full = metrics.full_absorption(act, terms.main_max_act, terms.top_proj, terms.top_cos)
+        fraction, full, terms = absorption_per_token(value, cos, is_main, act, cfg.metric_version)
         missed = torch.zeros(len(labels), dtype=torch.bool, device=device)
         missed[~train] = ~main_fires.to(device)  # the k-sparse probe on the main latents says "not c"
-        records = token_records(tp, index, value, cos, terms, act, fraction, full, missed[tp],
-                                dense[tp][:, [column[i] for i in main]], data)
-        for name, values in records.items():
-            tokens[name] += values
-        tokens["letter"] += [LETTERS[c]] * len(records["row"])
+        letter_records = token_records(tp, index, value, cos, terms, act, fraction, full, missed[tp],
+                                       dense[tp][:, [column[i] for i in main]], data)
+        for name, values in letter_records.items():
+            records[name] += values
+        records["letter"] += [LETTERS[c]] * len(letter_records["row"])
         n_tp = int(tp.sum())
+        truth_test = truth[~train]
+        tokens.append(uncertainty.LetterTokens(fraction, full.double(), (
+            int((single_fires & truth_test).sum()), int((single_fires & ~truth_test).sum()),
+            int((~single_fires & truth_test).sum()), int((~single_fires & ~truth_test).sum()))))
         rows.append({
             "letter": LETTERS[c], "probe_test_f1": float(probe.metrics["test"]["f1"][c]),
             "probe_test_precision": float(probe.metrics["test"]["precision"][c]),
             "probe_test_recall": float(probe.metrics["test"]["recall"][c]),
             "num_probe_true_positives": n_tp,
             "mean_absorption_fraction": float(fraction.mean()) if n_tp else 0.0,
-            "full_absorption_rate": float(full.float().mean()) if n_tp else 0.0,
+            "full_absorption_rate": float(full.double().mean()) if n_tp else 0.0,
             "num_full_absorption": int(full.sum()),
             "num_split_features": kept, "split_latents": main, "k_sparse_f1": f1s,
             "split_cos_dec": [float(dec_cos[i, c]) for i in main],
@@ -429,18 +578,7 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
             "single_precision": single_prf.precision, "single_recall": single_prf.recall,
             "single_f1": single_prf.f1,
         })
-    if data.context_x is not None and len(data.context_x):
-        _in_context(rows, letters, mains, singles, sae, scale, data, cfg)
-    summary = _summary(rows, acts)
-    summary.update(backend=backend, near_threshold_decisions=acts.near)
-    if data.context_x is not None and len(data.context_x):
-        summary["l0_text"] = text_l0(sae, scale, data, cfg, backend)
-    absorbing = sorted({latent for record in _records(tokens) if absorbed(record)
-                        for latent, _, _ in token_absorbers(record)})
-    text = data.text or [""] * len(labels)
-    tops = {latent: [[row, text[row], value] for row, value in best]
-            for latent, best in top_tokens(acts, absorbing, cfg.top_tokens).items()}
-    return SAEScore(rows, summary, tokens, tops)
+    return _Run(rows, mains, tokens, records)
 
 
 TOKEN_COLUMNS = ("letter", "row", "token_id", "text", "probe_projection", "main_projection", "main_acts",
@@ -513,31 +651,51 @@ def text_l0(sae: SAEWeights, scale: torch.Tensor, data: LayerData, cfg: ScoreCon
     return float(BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk).l0.float().mean())
 
 
-def _in_context(rows: list[dict], letters: list[int], mains: dict[int, list[int]], singles: list[int],
-                sae: SAEWeights, scale: torch.Tensor, data: LayerData, cfg: ScoreConfig) -> None:
-    """Adds each letter's single-latent and main-latent precision/recall on alphabetic context tokens."""
+SEED_PER_LETTER = ("mean_absorption_fraction", "full_absorption_rate", "num_split_features")
+
+
+def _seed_columns(runs: list[_Run], acts: SparseActs, summary: dict) -> None:
+    """Per SAE: the mean, standard deviation and range across seeds of every summary metric, and how often the
+    main latents agree; per letter: each seed's values and main latents, and their agreement."""
+    per_seed = [_summary(run.rows, acts) for run in runs]
+    keys = [k for k in per_seed[0] if k.startswith("mean_")]
+    summary.update(uncertainty.seed_spread(per_seed, keys))
+    agreements = []
+    for i, row in enumerate(runs[0].rows):
+        mains = [run.rows[i]["split_latents"] for run in runs]
+        row["split_latents_by_seed"] = mains
+        row["main_latents_agreement"] = uncertainty.main_latent_agreement(mains)
+        agreements.append(row["main_latents_agreement"])
+        for key in SEED_PER_LETTER:
+            row[f"{key}_by_seed"] = [run.rows[i][key] for run in runs]
+    summary["mean_main_latents_agreement"] = statistics.fmean(agreements) if agreements else 1.0
+    summary["letters_main_latents_all_agree"] = sum(a == 1.0 for a in agreements)
+
+
+def _in_context(runs: list[_Run], letters: list[int], singles: list[int], sae: SAEWeights, scale: torch.Tensor,
+                data: LayerData, cfg: ScoreConfig) -> None:
+    """Adds each letter's single-latent and main-latent precision/recall on alphabetic context tokens to every
+    run's rows; the context rows are encoded once, for the union of the runs' latents."""
     alpha = data.context_labels >= 0
     x, labels = data.context_x[alpha], data.context_labels[alpha].to(sae.w_enc.device).long()
-    wanted = sorted({singles[c] for c in letters} | {i for c in letters for i in mains[c]})
+    wanted = sorted({singles[c] for c in letters} | {i for run in runs for c in letters for i in run.mains[c]})
     column = {latent: j for j, latent in enumerate(wanted)}
     dense = _dense_latents(x, sae, scale, torch.tensor(wanted, device=sae.w_enc.device), cfg)  # (M', U)
-    for row, c in zip(rows, letters):
-        truth = labels == c
-        single = precision_recall_f1(dense[:, column[singles[c]]] > 0, truth)
-        main = precision_recall_f1((dense[:, [column[i] for i in mains[c]]] > 0).any(dim=1), truth)
-        row.update(context_tokens=len(labels), context_positives=int(truth.sum()),
-                   context_single_precision=single.precision, context_single_recall=single.recall,
-                   context_main_precision=main.precision, context_main_recall=main.recall)
+    for run in runs:
+        for row, c in zip(run.rows, letters):
+            truth = labels == c
+            single = precision_recall_f1(dense[:, column[singles[c]]] > 0, truth)
+            main = precision_recall_f1((dense[:, [column[i] for i in run.mains[c]]] > 0).any(dim=1), truth)
+            row.update(context_tokens=len(labels), context_positives=int(truth.sum()),
+                       context_single_precision=single.precision, context_single_recall=single.recall,
+                       context_main_precision=main.precision, context_main_recall=main.recall)
 
 
 def _summary(rows: list[dict], acts: SparseActs) -> dict:
-    summary = {"status": "ok", "reason": "", "letters_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean()),
-               "dead_latent_share": float((torch.bincount(acts.index, minlength=acts.width) == 0).float().mean())}
+    summary = {"status": "ok", "reason": "", "letters_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean())}
     for key, name in (("mean_absorption_fraction", "absorption_fraction"), ("full_absorption_rate", "full_absorption"),
                       ("num_split_features", "num_split_features"), ("single_f1", "single_f1"),
-                      ("single_precision", "single_precision"), ("single_recall", "single_recall"),
-                      ("main_f1", "main_f1"), ("main_precision", "main_precision"), ("main_recall", "main_recall"),
-                      ("probe_test_f1", "probe_f1")):
+                      ("single_precision", "single_precision"), ("single_recall", "single_recall")):
         summary[f"mean_{name}"], summary[f"std_{name}"] = _mean_std([float(r[key]) for r in rows])
     for key in ("context_single_precision", "context_single_recall", "context_main_precision",
                 "context_main_recall"):

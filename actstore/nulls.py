@@ -1,0 +1,95 @@
+"""Null SAEs matched to a scored SAE (`--null`): what each metric reads on an SAE that knows nothing of letters.
+
+    null_columns(sae, data, probe, cfg, acts, summary) -> {"null_<kind>_<metric>": ..., "<metric>_minus_null_<kind>": ...}
+
+Two nulls, each with the SAE's width and its L0 on the vocabulary rows:
+
+- `random_decoder`: a JumpReLU SAE with random unit decoder rows (seeded), encoder = decoder transposed, b_enc 0
+  and one threshold for every latent, set so that the mean L0 on a sample of the layer's vocabulary rows equals
+  the SAE's (the rows sampled are at most 2^24 / width, at least 16; the L0 it reaches is reported as
+  `null_random_decoder_l0_vocab`). It asks how much of a score random directions of the same sparsity reach:
+  random unit vectors in d dimensions have cosines of about 1/sqrt(d) with a probe, so absorption's cosine gates
+  pass by chance in small d_model;
+- `shuffled_firing`: the SAE's own encoder and decoder per latent, but each token's active latents renamed by one
+  seeded permutation of the latent ids (same values, so per-token L0 and the activation distribution are exactly
+  the SAE's). It keeps the geometry of the dictionary and breaks the link between what fires and what it
+  decodes to. Nothing is re-encoded: the SAE's sparse activations are permuted.
+
+Each null is scored like the SAE (same probe, metric version and L1 solver; one seed, no intervals, no context
+rows). Columns: every metric of NULL_METRICS with its null value and the SAE's value minus it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from actstore.saes import SAEWeights
+
+NULL_METRICS = ("mean_absorption_fraction", "mean_full_absorption", "mean_single_f1", "mean_num_split_features")
+NULL_SEED = 0
+
+
+def random_decoder_null(sae: SAEWeights, x: torch.Tensor, acts, directions: torch.Tensor, seed: int = NULL_SEED):
+    """(null SAE, None, None): encoded by the scorer like any SAE. x (N, d) the vocabulary rows, acts the SAE's
+    sparse activations of them (for its L0)."""
+    gen = torch.Generator().manual_seed(seed)
+    m, d, device, dtype = sae.width, sae.d_model, sae.w_enc.device, sae.w_enc.dtype
+    w_dec = torch.nn.functional.normalize(torch.randn(m, d, generator=gen), dim=1).to(device, dtype)  # (m, d)
+    rows = max(16, min(len(x), (1 << 24) // m))
+    sample = x[torch.randperm(len(x), generator=gen)[:rows]].to(device, dtype)  # (r, d)
+    pre = (sample @ w_dec.T).float().flatten()  # (r * m,)
+    fires = int(round(float(acts.l0.float().mean()) * len(sample)))  # the SAE's mean L0 on this many rows
+    if fires <= 0:
+        threshold = float(pre.max())  # nothing fires (pre > threshold is strict)
+    elif fires >= len(pre):
+        threshold = float(pre.min()) - 1.0
+    else:
+        threshold = float(pre.kthvalue(len(pre) - fires).values)  # exactly `fires` values lie above it
+    null = SAEWeights(f"{sae.id} random-decoder null", w_dec.T, torch.zeros(m, device=device, dtype=dtype), w_dec,
+                      torch.zeros(d, device=device, dtype=dtype), "jumprelu",
+                      torch.full((m,), threshold, device=device, dtype=dtype), layer=sae.layer)
+    return null, None, None
+
+
+def shuffled_firing_null(sae: SAEWeights, x: torch.Tensor, acts, directions: torch.Tensor, seed: int = NULL_SEED):
+    """(the SAE, its activations with latent ids permuted, the SAE's cosines with `directions` (26, d)): latent
+    perm[i] fires where latent i did, with i's values."""
+    from actstore.scoring import SparseActs, decoder_scale, latent_cosines
+
+    perm = shuffle_permutation(sae.width, seed).to(acts.index.device)
+    n = len(acts.offsets) - 1
+    rows = torch.repeat_interleave(torch.arange(n, device=acts.index.device), acts.l0)
+    index = perm[acts.index]
+    order = torch.argsort(rows * sae.width + index)  # ids increase within a row again
+    permuted = SparseActs(acts.offsets, index[order], acts.value[order], acts.width, acts.near)
+    return sae, permuted, latent_cosines(sae, directions, decoder_scale(sae))
+
+
+def shuffle_permutation(width: int, seed: int = NULL_SEED) -> torch.Tensor:
+    """(width,) the shuffled-firing null's renaming: latent i's firing goes to latent perm[i]."""
+    return torch.randperm(width, generator=torch.Generator().manual_seed(seed))
+
+
+NULLS = {"random_decoder": random_decoder_null, "shuffled_firing": shuffled_firing_null}
+"""`--null` choices"""
+
+
+def null_columns(sae: SAEWeights, data, probe, cfg, acts, summary: dict) -> dict:
+    """Score each null of cfg.nulls; every NULL_METRICS value of it and the SAE's value minus it."""
+    from actstore.scoring import LayerData, score_sae
+
+    null_cfg = replace(cfg, nulls=(), seeds=1, bootstrap=0)
+    rows = LayerData(data.x, data.labels, data.split)  # no context rows: the nulls are measured on the task
+    out = {}
+    for kind in cfg.nulls:
+        if kind not in NULLS:
+            raise ValueError(f"unknown null {kind!r}; choose from {sorted(NULLS)}")
+        null, null_acts, cosines = NULLS[kind](sae, data.x, acts, probe.directions())
+        result = score_sae(null, rows, probe, null_cfg, acts=null_acts, cosines=cosines)
+        out[f"null_{kind}_l0_vocab"] = result.summary["l0_vocab"]
+        for metric in NULL_METRICS:
+            out[f"null_{kind}_{metric}"] = result.summary[metric]
+            out[f"{metric}_minus_null_{kind}"] = summary[metric] - result.summary[metric]
+    return out

@@ -1,0 +1,98 @@
+"""What `--seeds 5` costs against one seed: the seed-dependent steps rerun over one encoding.
+
+    python benchmarks/seed_bench.py [--widths 16k,65k] [--vocab-rows 2048] [--context-rows 1024] [--repeat 2]
+
+In process (no Ray, torch backend): vocabulary rows of d_model 2304 with planted letter directions and their
+trained probe (as score_bench.py builds them), a random JumpReLU SAE of each width with about 60 active
+latents per token (score_bench.write_sae's recipe), then `score_sae` with seeds 1 and 5 under each L1 solver
+(bootstrap intervals on, 1000 replicates, as the command's default). Reports seconds (best of --repeat) and
+the ratio seeds-5 / seeds-1 per width and solver; the issue's target is <= 1.5. Also the encoding alone,
+so the split between the one encoding pass and the per-seed work is visible.
+Writes benchmarks/results/seed_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from score_bench import D, NOISE, ROW_NORM_SQ, SIGNAL  # noqa: E402
+from store_bench import environment, write_result  # noqa: E402
+
+from actstore.saes import parse_width  # noqa: E402
+
+
+def rows(n: int, context: int):
+    from actstore.probes import train_probe
+    from actstore.scoring import LayerData
+
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(26, D, generator=gen), dim=1)
+    labels = torch.arange(n) % 26
+    split = (torch.rand(n, generator=gen) < 0.2).long()
+    x = SIGNAL * directions[labels] + NOISE * torch.randn(n, D, generator=gen)
+    ctx_labels = torch.randint(-1, 26, (context,), generator=gen)
+    ctx = torch.where(ctx_labels[:, None] >= 0, SIGNAL * directions[ctx_labels.clamp(min=0)], 0) \
+        + NOISE * torch.randn(context, D, generator=gen)
+    probe, _ = train_probe(x, labels, split)
+    return LayerData(x, labels, split, ctx, ctx_labels), probe
+
+
+def random_sae(m: int, seed: int, l0: int = 60):
+    from statistics import NormalDist
+
+    from actstore.saes import SAEWeights
+
+    gen = torch.Generator().manual_seed(seed)
+    w_enc = torch.randn(D, m, generator=gen) / D ** 0.5
+    w_dec = torch.randn(m, D, generator=gen) / D ** 0.5
+    threshold = torch.full((m,), NormalDist(0, (ROW_NORM_SQ / D) ** 0.5).inv_cdf(1 - l0 / m))
+    return SAEWeights(f"random-{m}", w_enc, torch.zeros(m), w_dec, torch.zeros(D), "jumprelu", threshold, layer=0)
+
+
+def best_of(repeat: int, fn) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> int:
+    from actstore.scoring import ScoreConfig, decoder_scale, encode_sparse, score_sae
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--widths", default="16k,65k")
+    parser.add_argument("--vocab-rows", type=int, default=2048)
+    parser.add_argument("--context-rows", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "results" / "seed_bench.json"))
+    args = parser.parse_args()
+    data, probe = rows(args.vocab_rows, args.context_rows)
+    result = {"environment": environment(), "vocab_rows": args.vocab_rows, "context_rows": args.context_rows,
+              "d_model": D, "repeat": args.repeat, "widths": {}}
+    print(f"{'width':>6s} {'solver':>10s} {'encode s':>9s} {'1 seed s':>9s} {'5 seeds s':>10s} {'ratio':>6s}")
+    for width in [parse_width(w) for w in args.widths.split(",")]:
+        sae = random_sae(width, seed=width)
+        encode = best_of(args.repeat, lambda: encode_sparse(data.x, sae, decoder_scale(sae)))
+        per_solver = {}
+        for solver in ("saebench", "converged"):
+            one = best_of(args.repeat, lambda: score_sae(sae, data, probe, ScoreConfig(l1_solver=solver)))
+            five = best_of(args.repeat, lambda: score_sae(sae, data, probe, ScoreConfig(l1_solver=solver, seeds=5)))
+            per_solver[solver] = {"seconds_1_seed": one, "seconds_5_seeds": five, "ratio": five / one}
+            print(f"{width:6d} {solver:>10s} {encode:9.2f} {one:9.2f} {five:10.2f} {five / one:6.2f}", flush=True)
+        result["widths"][str(width)] = {"encode_seconds": encode, **per_solver}
+    write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
