@@ -32,7 +32,7 @@ from actstore.probes import load_probe
 from actstore.provenance import Provenance
 from actstore.results import part_done, part_name, record_failure, record_result, write_atomic
 from actstore.saes import SAEError, SAEWeights, degeneracies
-from actstore.scoring import NotScorable, ScoreConfig, encode_group_fused, pick_backend, score_sae
+from actstore.scoring import NotScorable, encode_group_fused, pick_backend, score_sae
 from actstore.store import StoreError
 
 
@@ -87,9 +87,7 @@ class LayerScorer:
         if threads:
             torch.set_num_threads(threads)
         self.cfg, self.device, self.dtype = cfg, device, getattr(torch, cfg.dtype)
-        self.score_cfg = ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend, l1_solver=cfg.l1_solver,
-                                     seeds=cfg.seeds, metric_version=cfg.metric_version, min_letters=cfg.min_letters,
-                                     bootstrap=cfg.bootstrap, nulls=tuple(cfg.null_kinds) if cfg.null else ())
+        self.score_cfg = cfg.score_config()
         self.store = ActivationStore.open(cfg.store, require_complete=True)
         self.provenance = Provenance(self.store, cfg, device)
         self.out = Path(cfg.out)

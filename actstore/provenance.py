@@ -24,12 +24,10 @@ class Provenance:
     """The provenance of results scored against one store with one command's options."""
 
     def __init__(self, store, cfg, device: str):
-        from actstore.scoring import ScoreConfig
-
         import actstore
 
         self.store = store
-        score_cfg = dataclasses.asdict(ScoreConfig(min_probe_f1=cfg.min_probe_f1, backend=cfg.backend))
+        score_cfg = dataclasses.asdict(cfg.score_config())
         for field in ("token_chunk", "latent_chunk"):  # tiling: the same numbers, bit for bit
             score_cfg.pop(field)
         self.options = {"dtype": cfg.dtype, "device": device.split(":")[0], "score": score_cfg,

@@ -29,7 +29,7 @@ import torch
 from actstore.provenance import Provenance, redo_reason
 from actstore.results import part_done, part_name, read_part, write_tables
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
-from actstore.scoring import BACKENDS, L1_SOLVERS
+from actstore.scoring import BACKENDS, L1_SOLVERS, ScoreConfig
 from actstore.store import ActivationStore
 
 
@@ -88,6 +88,13 @@ class ScoreCommandConfig:
     """also score null SAEs matched to each SAE (--null-kinds) and report every metric beside its null value"""
     null_kinds: list[str] = field(default_factory=lambda: ["random_decoder", "shuffled_firing"])
     """the nulls --null scores: random_decoder (random unit decoders, same width and L0), shuffled_firing (the SAE's latents, firing renamed by a permutation)"""
+
+    def score_config(self) -> ScoreConfig:
+        """The scorer's constants these options set (what the workers score with, and what a part's
+        provenance records)."""
+        return ScoreConfig(min_probe_f1=self.min_probe_f1, backend=self.backend, l1_solver=self.l1_solver,
+                           seeds=self.seeds, metric_version=self.metric_version, min_letters=self.min_letters,
+                           bootstrap=self.bootstrap, nulls=tuple(self.null_kinds) if self.null else ())
 
 
 @dataclass
