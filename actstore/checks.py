@@ -270,11 +270,20 @@ def check(command: str, cfg) -> None:
 def _extract(cfg) -> None:
     writable_folder("--out", cfg.out)
     model = cfg.model
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or Path(model).exists():
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith(".gguf") or Path(model).exists():
         p = Path(os.path.expanduser(model))
-        if not p.is_dir():
-            raise BadArgument(f"--model {model}: no such local model folder; expected a Hugging Face id "
-                              f"(org/name) or a folder with config.json")
+        if not (p.is_dir() or (p.is_file() and p.suffix == ".gguf")):
+            raise BadArgument(f"--model {model}: no such local model folder or .gguf file; expected a Hugging Face "
+                              f"id (org/name), a folder with config.json, or a .gguf file")
+        if cfg.gguf_file is not None and not (p / cfg.gguf_file).is_file():
+            raise BadArgument(f"--gguf-file {cfg.gguf_file}: not a file in {model}; name a .gguf file inside the "
+                              f"--model folder")
+    choice("--bos", cfg.bos, {"auto", "always", "never"})
+    fraction("--max-dropped", cfg.max_dropped, closed=True)
+    positive_number("--log-interval", cfg.log_interval)
+    if cfg.no_vocab and cfg.contexts is None:
+        raise BadArgument("--no-vocab stores contexts only, and no --contexts was given: nothing to store; pass "
+                          "--contexts FILE (or drop --no-vocab)")
     layer_spec("--layers", cfg.layers)
     if cfg.contexts is not None and not cfg.contexts.startswith("hf:") and not Path(cfg.contexts).exists():
         raise BadArgument(f"--contexts {cfg.contexts}: no such file or folder; expected a .txt/.jsonl file, a "
@@ -305,12 +314,27 @@ def _score(cfg) -> None:
     choice("--backend", cfg.backend, {"auto", *BACKENDS})
     fraction("--min-probe-f1", cfg.min_probe_f1, closed=True)
     fraction("--max-dead-share", cfg.max_dead_share, closed=True)
+    _metric_options(cfg)
     integer("--workers", cfg.workers, 0)
     integer("--group-size", cfg.group_size, 1)
     positive_number("--memory-gb", cfg.memory_gb)
     ray_address("--address", cfg.address)
     if not cfg.local:
         workers_placeable("--workers", cfg.workers, dev, cfg.address)
+
+
+def _metric_options(cfg) -> None:
+    from actstore.metrics import METRIC_VERSIONS
+    from actstore.nulls import NULLS
+    from actstore.scoring import L1_SOLVERS
+
+    choice("--l1-solver", cfg.l1_solver, set(L1_SOLVERS))
+    integer("--seeds", cfg.seeds, 1)
+    choice("--metric-version", cfg.metric_version, set(METRIC_VERSIONS))
+    integer("--min-letters", cfg.min_letters, 1, " (SAEBench's floor is 20)")
+    integer("--bootstrap", cfg.bootstrap, 0, " (0: no intervals)")
+    for kind in cfg.null_kinds:
+        choice("--null-kinds", kind, set(NULLS))
 
 
 def _synth_saes(cfg) -> None:
@@ -331,7 +355,8 @@ def _report(cfg) -> None:
     if not results.is_dir() or not ((results / "saes.parquet").is_file() or (results / "parts").is_dir()):
         raise BadArgument(f"RESULTS {cfg.results}: not a results folder of `actstore score` (no saes.parquet or "
                           f"parts/ inside); run `actstore score STORE --out {cfg.results}` first")
-    writable_folder("--out", cfg.out)
+    if cfg.out is not None:
+        writable_folder("--out", cfg.out)
 
 
 def _probe(cfg) -> None:
@@ -361,7 +386,7 @@ def _demo(cfg) -> None:
 
 CHECKS = {
     "extract": _extract, "synth-model": _synth_model, "probe": _probe, "saes": _saes, "synth-saes": _synth_saes,
-    "score": _score, "report": _report, "info": lambda cfg: existing_store("STORE", cfg.store),
+    "score": _score, "report": _report, "explore": _report, "info": lambda cfg: existing_store("STORE", cfg.store),
     "verify": lambda cfg: existing_store("STORE", cfg.store), "demo": _demo,
 }
 

@@ -29,7 +29,7 @@ import torch
 from actstore.provenance import Provenance, redo_reason
 from actstore.results import part_done, part_name, read_part, write_tables
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
-from actstore.scoring import BACKENDS, L1_SOLVERS, ScoreConfig
+from actstore.scoring import BACKENDS, ScoreConfig
 from actstore.store import ActivationStore
 
 
@@ -218,26 +218,6 @@ def _checked(sae: SAEWeights, d_model: int | None) -> SAEWeights:
     return sae
 
 
-def check_metric_options(cfg: ScoreCommandConfig) -> None:
-    """One-line errors for the metric options (--l1-solver, --seeds, --metric-version, --min-letters, --null-kinds)."""
-    from actstore.metrics import METRIC_VERSIONS
-    from actstore.nulls import NULLS
-
-    if cfg.l1_solver not in L1_SOLVERS:
-        raise ValueError(f"--l1-solver must be one of {', '.join(L1_SOLVERS)}; got {cfg.l1_solver!r}")
-    if cfg.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1; got {cfg.seeds}")
-    if cfg.metric_version not in METRIC_VERSIONS:
-        raise ValueError(f"--metric-version must be one of {', '.join(METRIC_VERSIONS)}; got {cfg.metric_version!r}")
-    if cfg.min_letters < 1:
-        raise ValueError(f"--min-letters must be at least 1 (SAEBench's floor is 20); got {cfg.min_letters}")
-    if cfg.bootstrap < 0:
-        raise ValueError(f"--bootstrap must be 0 (no intervals) or more replicates; got {cfg.bootstrap}")
-    unknown = [k for k in cfg.null_kinds if k not in NULLS]
-    if unknown:
-        raise ValueError(f"--null-kinds {unknown} unknown; choose from {', '.join(NULLS)}")
-
-
 def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dict:
     """Score every SAE the command names that RESULTS does not hold yet; returns a summary."""
     from tqdm.auto import tqdm
@@ -250,7 +230,6 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
         raise ValueError(f"--dtype must be float32, bfloat16 or float16; got {cfg.dtype!r}")
     if cfg.backend != "auto" and cfg.backend not in BACKENDS:
         raise ValueError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
-    check_metric_options(cfg)
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)

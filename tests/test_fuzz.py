@@ -187,6 +187,25 @@ for dtype in ("float64", "int8", "bf16"):
     case(f"score --dtype {dtype}", ["score", S, "--out", NEW, "--saes", "{root}/saes", "--dtype", dtype], 2, "--dtype")
     case(f"extract --dtype {dtype}", ["extract", "--out", NEW, "--dtype", dtype], 2, "--dtype")
 
+# options of the metrics (issue 13), the real-model extract (issue 10) and the explorer (issue 12)
+SAES = ["score", S, "--out", NEW, "--saes", "{root}/saes"]
+for option, value, fragment in [("--seeds", "0", "positive integer"), ("--seeds", "-2", "positive integer"),
+                                ("--l1-solver", "adam", "--l1-solver"), ("--l1-solver", "", "--l1-solver"),
+                                ("--metric-version", "saebench-0.5", "--metric-version"),
+                                ("--metric-version", "0.6", "--metric-version"),
+                                ("--min-letters", "0", "SAEBench's floor is 20"), ("--bootstrap", "-1", "no intervals"),
+                                ("--null-kinds", "gaussian", "--null-kinds")]:
+    case(f"score {option} {value!r}", SAES + [option, value], 2, fragment)
+for option, value, fragment in [("--bos", "sometimes", "--bos"), ("--max-dropped", "1.5", "fraction"),
+                                ("--max-dropped", "-0.1", "fraction"), ("--log-interval", "0", "positive number"),
+                                ("--gguf-file", "absent.gguf", "--gguf-file")]:
+    case(f"extract {option} {value!r}", ["extract", "--out", NEW, "--model", "{root}/model", option, value], 2, fragment)
+case("extract --no-vocab without --contexts", ["extract", "--out", NEW, "--model", "{root}/model", "--no-vocab"], 2,
+     "--no-vocab")
+case("extract --model missing.gguf", ["extract", "--out", NEW, "--model", "{root}/missing.gguf"], 2, ".gguf file")
+case("explore: not a results folder", ["explore", "{root}/notastore"], 2, "not a results folder")
+case("explore --out an existing file", ["explore", R, "--out", "{root}/afile.txt"], 2, "an existing file")
+
 # devices and clusters (this machine has no GPU in CI)
 if not torch.cuda.is_available():
     case("score --device cuda", ["score", S, "--out", NEW, "--saes", "{root}/saes", "--device", "cuda"], 2, "no CUDA GPU")
