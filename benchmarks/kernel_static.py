@@ -140,7 +140,8 @@ def environment() -> dict:
     import datetime
     import platform
 
-    return {"device": "none: static compilation for sm_90a / sm_80 on a CPU machine", "python": platform.python_version(),
+    return {"device": "none: static compilation for sm_90a / sm_80 on a CPU machine",
+            "python": platform.python_version(),
             "torch": torch.__version__, "triton": triton.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

@@ -139,7 +139,7 @@ def loops(instructions: list[tuple[str, int]], labels: dict[str, int]) -> list[t
 
 def load_kind(text: str) -> tuple[str, int] | None:
     """('cp.async' | 'load' | 'tma', bytes per instruction) of a global-memory load instruction, else None."""
-    op = text.split()[0] if not text.startswith("@") else text.split()[1]
+    op = _opcode(text)
     if op.startswith("UTMALDG"):
         return "tma", 0
     if not (op.startswith("LDGSTS") or op.startswith("LDG.")):
@@ -167,7 +167,7 @@ def analyse(kernel, target: str, operands: dict[str, list[int]], ttgir_waits: bo
 
     def holds_gemm(span):  # the main loop: the innermost loop with MMAs that load the operands
         body = instructions[span[0]:span[1] + 1]
-        return any(_opcode(t).startswith(mma) for t, _ in body) and any(l in operand_lines for _, l in body)
+        return any(_opcode(t).startswith(mma) for t, _ in body) and any(line in operand_lines for _, line in body)
 
     main = next((span for span in found if holds_gemm(span)), None)
     if main is None:
@@ -176,9 +176,9 @@ def analyse(kernel, target: str, operands: dict[str, list[int]], ttgir_waits: bo
     body = instructions[main[0]:main[1] + 1]
     per_operand = {}
     for name, lines in operands.items():
-        kinds = [load_kind(t) for t, l in body if l in set(lines)]
-        kinds = [k for k in kinds if k is not None]
-        stores = sum(1 for t, l in body if l in set(lines) and _opcode(t).startswith("STS"))
+        mine = [t for t, line in body if line in set(lines)]
+        kinds = [k for k in map(load_kind, mine) if k is not None]
+        stores = sum(1 for t in mine if _opcode(t).startswith("STS"))
         per_operand[name] = {
             "kind": "+".join(sorted({k for k, _ in kinds})) or "none",
             "bytes": min((w for _, w in kinds), default=0),
@@ -200,14 +200,11 @@ def analyse(kernel, target: str, operands: dict[str, list[int]], ttgir_waits: bo
         "spills_per_k_step": count(main, spill),
         "operands": per_operand,
     }
-    if tile is not None:
-        outside = lambda op: True  # noqa: E731
-        figures["epilogue_instructions_per_tile"] = count(tile, outside) - figures["instructions_per_k_step"]
-        figures["epilogue_spills_per_tile"] = count(tile, spill) - figures["spills_per_k_step"]
-        figures["epilogue_barriers_per_tile"] = count(tile, lambda op: op.startswith("BAR")) - \
-            count(main, lambda op: op.startswith("BAR"))
-        figures["epilogue_global_stores_per_tile"] = count(tile, lambda op: op.startswith("STG")) - \
-            count(main, lambda op: op.startswith("STG"))
+    if tile is not None:  # the tile loop less the main loop: once per latent tile
+        for name, pred in (("instructions", lambda op: True), ("spills", spill),
+                           ("barriers", lambda op: op.startswith("BAR")),
+                           ("global_stores", lambda op: op.startswith("STG"))):
+            figures[f"epilogue_{name}_per_tile"] = count(tile, pred) - count(main, pred)
     if ttgir_waits:
         figures["dot_wait_pendings"] = [int(p) for p in
                                         re.findall(r"warp_group_dot_wait[^{]*\{pendings = (\d+)", kernel.asm["ttgir"])]

@@ -171,8 +171,9 @@ def _jumprelu_probe_kernel(
             tl.inline_asm_elementwise(
                 "{ .reg .pred p; setp.ne.b32 p, $5, 0; @p st.global.b32 [$1], $3; @p st.global.b32 [$2], $4; "
                 "mov.b32 $0, 0; }", "=r,l,l,r,r,r",
-                [((idx_ptr + list_start)[:, None] + slot).to(tl.int64), ((val_ptr + list_start)[:, None] + slot).to(tl.int64), local,
-                 pre * scale[None, :], keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                [((idx_ptr + list_start)[:, None] + slot).to(tl.int64),  # addresses as integers ("l")
+                 ((val_ptr + list_start)[:, None] + slot).to(tl.int64),
+                 local, pre * scale[None, :], keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
         else:
             tl.store((idx_ptr + list_start)[:, None] + slot, local, mask=keep)
             tl.store((val_ptr + list_start)[:, None] + slot, pre * scale[None, :], mask=keep)
@@ -275,11 +276,12 @@ _room = {"capacity": 64}
 fits then runs once, across token blocks and across SAEs); it grows and never shrinks."""
 
 
-def check_offsets(n: int, stride_xn: int, stride_wd: int, latents: int, capacity: int, config: triton.Config) -> None:
+def check_offsets(n: int, stride_xn: int, stride_wd: int, latents: int, capacity: int,
+                  configs: list[triton.Config]) -> None:
     """The kernel forms per-tile offsets in 32 bits from 64-bit per-program bases (tokens x row stride, latents x
     W_enc's stride and job x N x capacity can each pass 2^31 at Gemma Scope sizes; W_enc's pointers advance
-    along d_model in 64 bits): refuse a launch whose per-tile offsets would not fit."""
-    block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
+    along d_model in 64 bits): refuse a launch whose per-tile offsets would not fit under any of `configs`."""
+    block_n, block_k = (max(c.kwargs[name] for c in configs) for name in ("BLOCK_N", "BLOCK_K"))
     biggest = {"BLOCK_N x row stride of x": block_n * stride_xn, "BLOCK_K x row stride of W_enc": block_k * stride_wd,
                "BLOCK_N x list capacity": (block_n + 1) * capacity, "latents x probe columns": latents * P_PAD}
     over = [name for name, value in biggest.items() if value >= 2**31]
@@ -321,8 +323,8 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
     near = torch.empty_like(l0)
     retries = 0
     while True:
-        check_offsets(n, x.stride(0), group.w_enc.stride(0), group.v.shape[0], capacity, PINNED if not tuned else max(
-            CONFIGS, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]))
+        check_offsets(n, x.stride(0), group.w_enc.stride(0), group.v.shape[0], capacity,
+                      CONFIGS if tuned else [PINNED])
         index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
         value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)
         args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, group.v, group.offsets,
@@ -333,8 +335,8 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
                 *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET)
         else:
             _jumprelu_probe_kernel[(triton.cdiv(n, PINNED.kwargs["BLOCK_N"]), s * k)](
-                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET, num_warps=PINNED.num_warps,
-                num_stages=PINNED.num_stages, **PINNED.kwargs)
+                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET,
+                num_warps=PINNED.num_warps, num_stages=PINNED.num_stages, **PINNED.kwargs)
         shares = l0.view(s, k, n)
         # the launch's one host synchronisation: largest share L0 (overflow?), largest joined L0, entries per SAE
         stats = torch.cat([shares.amax().view(1), shares.sum(dim=1).amax().view(1), shares.sum(dim=(1, 2))]) \

@@ -58,3 +58,19 @@ def test_every_kept_config_compiles_for_hopper_with_async_16_byte_loads_and_a_sp
         # every list entry a thread holds is stored (index and value), from the MMA layout: one store each
         per_thread = c["BLOCK_N"] * c["BLOCK_M"] // (32 * c["num_warps"])
         assert f["epilogue_global_stores_per_tile"] == 2 * per_thread, (tile, f["epilogue_global_stores_per_tile"])
+
+
+def test_reading_sass_loops_and_load_widths():
+    """The parser on a hand-written listing: a loop is a branch back to a label above it (nested loops
+    found innermost first by length); loads are classified by opcode and width."""
+    from actstore.kernels import codegen
+
+    instructions = [("MOV R1, R2", 10), ("LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64]", 12),
+                    ("HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24", 13), ("@!P0 BRA `(.L_x_1)", 11),
+                    ("LDG.E.U16 R5, desc[UR4][R6.64]", 14), ("@P1 BRA `(.L_x_0)", 9), ("BRA `(.L_x_2)", 9),
+                    ("EXIT", -1)]
+    labels = {".L_x_0": 1, ".L_x_1": 1, ".L_x_2": 8}
+    assert sorted(codegen.loops(instructions, labels), key=lambda s: s[1] - s[0]) == [(1, 3), (1, 5)]
+    assert [codegen.load_kind(t) for t, _ in instructions[:5]] == [None, ("cp.async", 16), None, None, ("load", 2)]
+    assert codegen.load_kind("@P2 UTMALDG.2D [UR8], [UR4]") == ("tma", 0)
+    assert codegen.load_kind("LDGSTS.E.LTC128B.64 [R3], desc[UR4][R4.64]") == ("cp.async", 8)

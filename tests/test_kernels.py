@@ -86,8 +86,8 @@ def test_the_aligned_and_unaligned_paths_agree_with_the_reference(widths, aligne
     monkeypatch.setattr(kernel_module, "_jumprelu_probe_kernel", spy)
     d = 24
     saes = [make_sae(d, m, 20 + i) for i, m in enumerate(widths)]
-    group = pack_group(saes, torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(3)),
-                                                           dim=1), torch.float32)
+    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(3)), dim=1)
+    group = pack_group(saes, directions, torch.float32)
     x = torch.randn(37, d, generator=torch.Generator().manual_seed(5))
     out = jumprelu_probe(x, group, capacity=256, splits=splits)
     assert [launch["ALIGNED"] for launch in spy.launches] == [aligned]
@@ -143,7 +143,7 @@ def test_offsets_that_pass_2_to_the_31_are_formed_in_64_bits():
     bits; `check_offsets` bounds the per-tile ones and refuses a launch that would overflow them."""
     import triton
 
-    pinned = triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_K": 64})  # the GPU's pinned tiles
+    pinned = [triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_K": 64})]  # the GPU's pinned tiles
     d, tokens, group_width = 2304, 1 << 20, 10 * (1 << 20)
     assert tokens * d >= 2**31 and d * group_width >= 2**31 and 10 * 65536 * 4096 >= 2**31
     # per tile: 128 x 2304 into x, 64 x 10M into W_enc, 129 x 4096 list slots, 10M x 32 probe columns
