@@ -351,6 +351,7 @@ def test_a_full_disk_ends_in_one_line_and_nothing_partial_is_trusted(planted_sto
         assert not list(out.rglob("*.partial"))  # what was written is whole: a part is there entirely or not at all
         assert all(read_part(p) is not None for p in (out / "parts").glob("*.json"))
         # the store side: a shard write that runs out of space leaves the store resumable
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # metadata fits, a shard not
         store = ActivationStore.create(disk / "s.zarr", storeworld.spec(layers=[0]))
         store.add_group("vocab", rows=storeworld.ROWS)
         with pytest.raises(OSError) as caught:

@@ -81,6 +81,9 @@ class MergingTokenizer:
     def get_vocab(self):
         return self._vocab
 
+    def __getattr__(self, name):  # pad/eos ids, convert_ids_to_tokens: the inner tokenizer's
+        return getattr(self.inner, name)
+
     def __call__(self, text, add_special_tokens=True):
         if isinstance(text, list):
             return {"input_ids": [self(t, add_special_tokens)["input_ids"] for t in text]}
@@ -100,6 +103,16 @@ def test_rows_whose_tokenization_merges_are_dropped_and_counted(tokenizer):
         "the vocabulary task dropped 1 of 2111 rows (0.05%, more than --max-dropped 0.0001): 1 because the word merges "
         "with the text after it (' has the first letter:'), e.g. 'zzmerge'. Check the tokenizer (or raise --max-dropped)")
     assert len(task.token_id) == 26 * 80 + 4 + 26
+
+
+def test_extract_refuses_a_task_that_drops_more_than_max_dropped(tokenizer):
+    from actstore.extract import ExtractConfig, build_task
+
+    cfg = ExtractConfig(out="unused", max_dropped=0.0001)
+    with pytest.raises(ValueError, match=r"dropped 1 of 2111 rows .* because the word merges .* e.g. 'zzmerge'"):
+        build_task(cfg, MergingTokenizer(tokenizer))
+    cfg.max_dropped = 0.05
+    assert build_task(cfg, MergingTokenizer(tokenizer))[1]["vocab_drops"] == {"merge": {"count": 1, "examples": ["zzmerge"]}}
 
 
 def test_build_prompt_format():
