@@ -203,21 +203,20 @@ def encode_group_fused(x: torch.Tensor, saes: list[SAEWeights], token_chunk: int
     group = group or pack_group(saes, torch.zeros(0, saes[0].d_model, device=device), dtype)
     n_saes = len(saes)
     offsets = [[torch.zeros(1, dtype=torch.int64, device=device)] for _ in saes]
-    index, value, near = [[] for _ in saes], [[] for _ in saes], [0] * n_saes
-    capacity = 64
+    index, value = [[] for _ in saes], [[] for _ in saes]
+    near = torch.zeros(n_saes, dtype=torch.int64, device=device)
     for start in range(0, len(x), token_chunk):
         xb = x[start:start + token_chunk].to(device=device, dtype=dtype).contiguous()
-        out = jumprelu_probe(xb, group, capacity)
-        capacity = out.index.shape[2]  # keep the room a retry found
+        out = jumprelu_probe(xb, group)  # list room carried from the last launch; one host sync per launch
         for i in range(n_saes):
-            l0 = out.l0[i].long()
-            keep = torch.arange(capacity, device=device)[None, :] < l0[:, None]  # (n, capacity)
-            index[i].append(out.index[i][keep].long())
-            value[i].append(out.value[i][keep])
-            offsets[i].append(offsets[i][-1][-1] + l0.cumsum(0))
-            near[i] += int(out.near[i].sum())
+            ids, vals = out.csr(i)  # joined on the device, sized by that sync
+            index[i].append(ids)
+            value[i].append(vals)
+            offsets[i].append(offsets[i][-1][-1] + out.l0[i].long().cumsum(0))
+        near += out.near.sum(dim=1)
         if progress is not None:
             progress(len(xb))
+    near = near.tolist()
 
     def cat(t, dtype):
         return torch.cat(t) if t else torch.zeros(0, dtype=dtype, device=device)
@@ -692,10 +691,13 @@ def _in_context(runs: list[_Run], letters: list[int], singles: list[int], sae: S
 
 
 def _summary(rows: list[dict], acts: SparseActs) -> dict:
-    summary = {"status": "ok", "reason": "", "letters_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean())}
+    summary = {"status": "ok", "reason": "", "letters_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean()),
+               "dead_latent_share": float((torch.bincount(acts.index, minlength=acts.width) == 0).float().mean())}
     for key, name in (("mean_absorption_fraction", "absorption_fraction"), ("full_absorption_rate", "full_absorption"),
                       ("num_split_features", "num_split_features"), ("single_f1", "single_f1"),
-                      ("single_precision", "single_precision"), ("single_recall", "single_recall")):
+                      ("single_precision", "single_precision"), ("single_recall", "single_recall"),
+                      ("main_f1", "main_f1"), ("main_precision", "main_precision"), ("main_recall", "main_recall"),
+                      ("probe_test_f1", "probe_f1")):
         summary[f"mean_{name}"], summary[f"std_{name}"] = _mean_std([float(r[key]) for r in rows])
     for key in ("context_single_precision", "context_single_recall", "context_main_precision",
                 "context_main_recall"):
