@@ -124,7 +124,7 @@ def test_explore_command_and_its_errors(results, tmp_path, capsys):
     assert main(["explore", str(results), "--out", str(tmp_path / "x")]) == 0
     assert "3 SAEs" in capsys.readouterr().out and (tmp_path / "x" / "data" / "sae_0002.js").exists()
     assert main(["explore", str(tmp_path / "nothing")]) == 2
-    assert "has no saes.parquet: run `actstore score" in capsys.readouterr().err
+    assert "not a results folder of `actstore score`" in capsys.readouterr().err  # checks.py, before any work
 
 
 # ---- in the browser ---------------------------------------------------------------------------------------------
