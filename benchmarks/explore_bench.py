@@ -28,7 +28,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from store_bench import environment, write_result  # noqa: E402
+from store_bench import environment, print_table, write_result  # noqa: E402
 
 from actstore.results import part_name, write_tables  # noqa: E402
 from actstore.scoring import TOKEN_COLUMNS  # noqa: E402
@@ -187,12 +187,12 @@ def main() -> int:
         page = browse(explorer)
     result = {"benchmark": "explore_bench", "environment": environment(), "args": vars(args), "results_folder": built,
               "explorer_bytes": written["bytes"], "browser": page}
-    print(f"{'SAEs':>5s} {'tokens/SAE':>10s} {'tokens file/SAE':>15s} {'explorer total':>14s} {'first view':>11s} "
-          f"{'first view ms':>14s} {'switch SAE ms':>13s} {'first search ms':>15s}")
     total = sum(written["bytes"].values())
-    print(f"{built['saes']:5d} {built['tokens_per_sae']:10d} {built['token_file_bytes_per_sae'] / 1e3:12.0f} kB "
-          f"{total / 1e6:11.1f} MB {page['first_view_bytes'] / 1e3:8.0f} kB {min(page['first_view_ms']):14.0f} "
-          f"{page['switch_sae_ms']:13.0f} {page['first_search_ms']:15.0f}")
+    print_table(["SAEs", "tokens/SAE", "tokens file/SAE", "explorer total", "first view", "first view ms",
+                 "switch SAE ms", "first search ms"],
+                [[built["saes"], built["tokens_per_sae"], f"{built['token_file_bytes_per_sae'] / 1e3:.0f} kB",
+                  f"{total / 1e6:.1f} MB", f"{page['first_view_bytes'] / 1e3:.0f} kB", f"{min(page['first_view_ms']):.0f}",
+                  f"{page['switch_sae_ms']:.0f}", f"{page['first_search_ms']:.0f}"]])
     write_result(args.out, result)
     return 0
 

@@ -198,6 +198,14 @@ def write_result(path: str | Path, result: dict) -> None:
     print(f"wrote {path}")
 
 
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A benchmark's table on stdout: one line per row, each column right-aligned to its widest cell."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
 def environment() -> dict:
     import zarr
 
@@ -272,13 +280,14 @@ def main() -> int:
               "targets": {"write_vs_raw": 0.7, "read_vs_raw": 0.8}}
 
     print(f"\nstore_bench: {rows} x {D_MODEL} bf16 = {mb:.0f} MB, medians of {args.repeats}, {result['device']}")
-    print(f"{'method':12s} {'write MB/s':>11s} {'read cold':>10s} {'read warm':>10s} {'disk/raw':>9s}"
-          f" {'write/raw':>10s} {'read/raw':>9s} {'warm/raw':>9s}")
+    table = []
     for method in methods:
         s, r = summary[method], ratios.get(method, {"write_vs_raw": 1, "read_vs_raw": 1, "read_warm_vs_raw": 1})
-        print(f"{method:12s} {s['write_MBps']:11.0f} {s['read_cold_MBps']:10.0f} {s['read_warm_MBps']:10.0f}"
-              f" {s['disk_vs_raw_bytes']:9.3f} {r['write_vs_raw']:10.2f} {r['read_vs_raw']:9.2f}"
-              f" {r['read_warm_vs_raw']:9.2f}")
+        table.append([method, f"{s['write_MBps']:.0f}", f"{s['read_cold_MBps']:.0f}", f"{s['read_warm_MBps']:.0f}",
+                      f"{s['disk_vs_raw_bytes']:.3f}", f"{r['write_vs_raw']:.2f}", f"{r['read_vs_raw']:.2f}",
+                      f"{r['read_warm_vs_raw']:.2f}"])
+    print_table(["method", "write MB/s", "read cold", "read warm", "disk/raw", "write/raw", "read/raw", "warm/raw"],
+                table)
     write_result(args.out, result)
     return 0
 
