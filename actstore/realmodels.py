@@ -90,6 +90,7 @@ def run_real_demo(name: str, out: str, max_vocab: int = 3000, layers: str = "3,9
     from actstore.runner import ScoreCommandConfig, run_score
     from actstore.store import ActivationStore
     from actstore.synth_saes import SynthSAEConfig, write_synthetic_saes
+    from actstore.verify import verify
 
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -103,7 +104,7 @@ def run_real_demo(name: str, out: str, max_vocab: int = 3000, layers: str = "3,9
     print(f"2. extracted layers {summary['layers']}: {summary['vocab_rows']} vocabulary prompts "
           f"({summary['vocab_dropped']} dropped); computed {summary['rows_computed']} rows in {summary['seconds']:.1f}s")
     with ActivationStore.open(store_path) as store:
-        problems = store.verify()
+        problems = verify(store)
     print(f"3. verified every shard and checksum: {'ok' if not problems else problems}")
     trained = probe_store(str(store_path))
     print("4. probes (test F1 per layer):")
