@@ -13,7 +13,9 @@ truth is known by construction, not by measurement:
 - main latent of letter c (an "absorbed" letter): encoder p_c, fires when p_c . x > tau_c, with tau_c in
   the widest gap of all rows' scores between the round(f * n)-th and the next of the n test-split true
   positives' scores. So it is off on exactly round(f * n) of them; its activation B + p_c . x with B large
-  makes main >= act wherever it fires (absorption fraction 0 there);
+  makes main >= act wherever it fires (absorption fraction 0 there). A letter without test true positives
+  (one the probe misses) gets a silent main latent. Every threshold clears every row's score by more than
+  float32 rounding (`float32_slack`): the scorer encodes in float32, and real stores hold near-identical rows;
 - absorbing latents: one per test-split true positive of c where the main latent is off, a
   token-aligned latent: an encoder direction u_t (found by a perceptron) under which row t scores above
   every other row, a threshold in that margin, so it fires on row t alone; decoder normalize(d_c + n_t)
@@ -131,6 +133,38 @@ def token_aligned_encoders(x: torch.Tensor, targets: torch.Tensor, steps: int = 
     return u, mine - scores.max(dim=1).values
 
 
+def float32_slack(x: torch.Tensor, offset: float) -> float:
+    """A bound on how far a float32 pre-activation `u . x + b` (u a unit vector, |b| <= `offset`), compared
+    with a float32 threshold, can be from its exact value: the dot product's rounding (at most d x eps x |x|
+    in any summation order), the bias's and the threshold's. A planted firing decision must clear its
+    threshold by more than this, or the scorer, which encodes in float32, could decide it the other way."""
+    eps = float(torch.finfo(torch.float32).eps)
+    top = float(x.norm(dim=1).max())
+    return eps * ((x.shape[1] + 2) * top + 2 * (abs(offset) + top))
+
+
+def main_threshold(s: torch.Tensor, sorted_tp: torch.Tensor, j: int, slack: float) -> tuple[float, int]:
+    """A threshold tau on the scores `s` that leaves the main latent off on the j lowest of the test true
+    positives' sorted scores `sorted_tp` and on no higher one, in the widest gap there; when that gap is
+    within float32 `slack` of a row (near-identical scores), the nearest j that has a clear gap. Returns
+    (tau, the j planted). A letter with no test true positive gets a silent latent: a threshold under every
+    row would make it fire on every row, a feature the L1 probe ranks first for other letters."""
+    n = len(sorted_tp)
+    if n == 0:
+        return float(s.max()) + 4 * slack, 0
+    for k in sorted(range(n + 1), key=lambda k: (abs(k - j), k)) if j else range(n + 1):
+        if k == 0:
+            below = s[s < sorted_tp[0]]
+            tau = widest_gap(s, float(below.max()) if len(below) else float(sorted_tp[0]) - 1.0, float(sorted_tp[0]))
+        elif k == n:
+            tau = float(sorted_tp[-1]) + 4 * slack
+        else:
+            tau = widest_gap(s, float(sorted_tp[k - 1]), float(sorted_tp[k]))
+        if float((s - tau).abs().min()) > 2 * slack:
+            return tau, k
+    raise ValueError("no threshold clears every row's score by float32 rounding; the store's rows are too alike")
+
+
 class Latent(dict):
     """One planted latent: encoder (d,), b_enc, threshold, decoder (d,) and what it is."""
 
@@ -201,16 +235,8 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
             continue
         sorted_tp = torch.sort(s[test_tp]).values
         n = len(sorted_tp)
-        j = int(round(absorption * n)) if c in world.evaluated else 0
-        if n == 0:
-            tau = float(s.min()) - 1.0
-        elif j == 0:
-            below = s[s < sorted_tp[0]]
-            tau = widest_gap(s, float(below.max()) if len(below) else float(sorted_tp[0]) - 1.0, float(sorted_tp[0]))
-        elif j == n:
-            tau = float(sorted_tp[-1]) + 1e-3
-        else:
-            tau = widest_gap(s, float(sorted_tp[j - 1]), float(sorted_tp[j]))
+        tau, j = main_threshold(s, sorted_tp, int(round(absorption * n)) if c in world.evaluated else 0,
+                                float32_slack(x, bias))
         latents.append(Latent(kind="main", letter=c, enc=world.directions[c], b=bias, thr=bias + tau, dec=dec_dirs[c]))
         off = test_tp & (s <= tau)  # absorbers on the test split only: see the module docstring
         absorbed_rows += [(c, int(r)) for r in off.nonzero()[:, 0]]
@@ -226,8 +252,9 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
     absorbed = torch.zeros(len(x), dtype=torch.bool)
     if len(rows):
         u, margin = token_aligned_encoders(x, rows)
+        slack = float32_slack(x, 2 * bias)
         for (c, row), u_t, m_t in zip(absorbed_rows, u, margin):
-            if m_t <= 0:
+            if m_t / 2 <= slack:  # no margin, or one that float32 rounding in the scorer could cross: not absorbed
                 continue
             own = float(u_t @ x[row])
             dec = torch.nn.functional.normalize(dec_dirs[c] + null_unit(1)[0], dim=0)
@@ -259,7 +286,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
         b_enc[order[i]], threshold[order[i]] = lat["b"], lat["thr"]
     fill = order[len(latents):]
     w_enc[:, fill], w_dec[fill] = fill_enc.T, fill_dec
-    b_enc[fill], threshold[fill] = bias, bias + fill_top + 0.1
+    b_enc[fill], threshold[fill] = bias, bias + fill_top + max(0.1, 4 * float32_slack(x, bias))
 
     for lat, position in zip(latents, order.tolist()):
         entry = truth[LETTERS[lat["letter"]]]

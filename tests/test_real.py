@@ -102,9 +102,6 @@ def test_stored_activations_equal_transformers_hidden_states(smol_store, smollm2
     assert worst < 1e-4
 
 
-@pytest.mark.xfail(strict=False, reason="issue 10, open: on 1,000 SmolLM2 rows the L1 probe's k-sparse step takes an "
-                   "absorber for a second main latent of one letter (split 2 against 1 planted, full absorption 0 "
-                   "against 0.46); synth-saes must plant only what such a store supports")
 def test_probe_synth_saes_and_score_recover_the_planted_truth(smol_store, tmp_path):
     """probe, synth-saes (which plants only what 1000 rows support) and score: planted equals measured."""
     import pyarrow.parquet as pq

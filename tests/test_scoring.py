@@ -143,6 +143,31 @@ def test_planted_values_are_what_the_construction_says(planted_saes):
             assert params["W_enc"].shape == (64, 1500) and params["threshold"].shape == (1500,)
 
 
+def test_planted_thresholds_clear_every_row_by_more_than_float32_rounding():
+    """The scorer encodes in float32; a planted firing decision closer to its threshold than float32 rounding
+    could go either way, and the planted truth would be wrong by that row (real stores hold near-identical rows:
+    "about" and " about"). float32_slack bounds the rounding of u . x + b; main_threshold avoids such gaps."""
+    from actstore.synth_saes import float32_slack, main_threshold
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2000, 576, generator=gen, dtype=torch.float64) * 40  # norms about 960, like a real residual
+    u = torch.nn.functional.normalize(torch.randn(576, 8, generator=gen, dtype=torch.float64), dim=0)
+    b = 1234.5
+    exact = x @ u + b
+    rounded = (x.float() @ u.float() + torch.tensor(b, dtype=torch.float32)).double()
+    slack = float32_slack(x, b)
+    assert float((rounded - exact).abs().max()) < slack < 1e-3 * float(exact.abs().max())
+
+    s = torch.tensor([0.0, 1.0, 2.0, 2.0 + 1e-9, 3.0, 5.0], dtype=torch.float64)
+    tp = torch.sort(s[1:5]).values  # the true positives' scores: 1, 2, 2 + 1e-9, 3
+    assert main_threshold(s, tp, 0, 1e-6) == (0.5, 0)  # off on none: the widest gap below the lowest
+    assert main_threshold(s, tp, 2, 1e-12) == (pytest.approx(2.0 + 5e-10, abs=1e-15), 2)  # the gap is clear of rounding this small
+    assert main_threshold(s, tp, 2, 1e-6) == (1.5, 1)  # not of 1e-6: the nearest clear j, the lower on a tie
+    assert main_threshold(s, tp, 4, 1e-6) == (pytest.approx(3.0 + 4e-6, abs=1e-15), 4)
+    # no test true positive (a letter the probe misses): silent, not a latent that fires on every row
+    assert main_threshold(s, tp[:0], 0, 1e-6) == (pytest.approx(5.0 + 4e-6, abs=1e-15), 0)
+
+
 def test_scorer_recovers_every_planted_value(planted_store, planted_saes):
     store = ActivationStore.open(planted_store)
     from actstore.probes import load_probe
