@@ -93,6 +93,23 @@ def test_demo_runs_checks_itself_and_resumes(capsys, tmp_path, ray_session):
     assert "4 already in" in out and "all within" in out
 
 
+def test_the_real_model_demo_runs_its_whole_chain_on_a_model_folder(synth_model, tmp_path, monkeypatch, capsys,
+                                                                     ray_session):
+    """`make real-demo`'s chain (`actstore.realmodels.demo`) with the synthetic model in place of the fetched
+    GGUF: extract, verify, probe F1 per layer, synthetic SAEs, score, planted against measured, report."""
+    from actstore import realmodels
+
+    monkeypatch.setattr(realmodels, "fetch", lambda name: synth_model)
+    code = realmodels.main(["demo", "smollm2", "--out", str(tmp_path / "real"), "--layers", "0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2110 vocabulary prompts (0 dropped); computed 2110 rows" in out and "checksum: ok" in out
+    f1 = {int(l): float(v) for l, v in re.findall(r"layer (\d): mean test F1 (\d\.\d+), \d+ letters pass", out)}
+    assert list(f1) == [0] and f1[0] >= 0.9
+    assert "4 synthetic SAEs on layer" in out and "all within" in out and "MISS" not in out
+    assert (tmp_path / "real" / "results" / "report" / "report.html").exists()
+
+
 def test_readme_names_only_commands_that_exist():
     readme = (ROOT / "README.md").read_text()
     code = "\n".join(re.findall(r"^```[a-z]*\n(.*?)^```", readme, flags=re.M | re.S))

@@ -85,30 +85,30 @@ def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def suite20(planted_store, tmp_path_factory):
-    """20 synthetic SAEs (absorption 0%, 5%, ..., 95%) on the planted store's layer 0."""
+def suite10(planted_store, tmp_path_factory):
+    """10 synthetic SAEs (absorption 0%, 10%, ..., 90%) on the planted store's layer 0."""
     from actstore.synth_saes import SynthSAEConfig, write_synthetic_saes
 
-    out = tmp_path_factory.mktemp("suite20")
-    rates = tuple(round(0.05 * i, 2) for i in range(20))
+    out = tmp_path_factory.mktemp("suite10")
+    rates = tuple(round(0.1 * i, 1) for i in range(10))
     write_synthetic_saes(str(planted_store), 0, out, SynthSAEConfig(absorption=rates, width=1200))
     return out
 
 
-def test_a_killed_score_of_20_saes_resumes_with_identical_results(planted_store, suite20, tmp_path):
+def test_a_killed_score_of_10_saes_resumes_with_identical_results(planted_store, suite10, tmp_path):
     reference = tmp_path / "reference"
-    run_score(ScoreCommandConfig(str(planted_store), str(reference), [str(suite20)], local=True), log=lambda _: None)
+    run_score(ScoreCommandConfig(str(planted_store), str(reference), [str(suite10)], local=True), log=lambda _: None)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(suite20), "--out", str(out)]
+    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(suite10), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
-    while time.time() < deadline and len(list((out / "parts").glob("*.json"))) < 5:
+    while time.time() < deadline and len(list((out / "parts").glob("*.json"))) < 3:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray cluster and the worker, mid-run
     proc.wait()
     finished = len(list((out / "parts").glob("*.json")))
-    assert 5 <= finished < 20, "the kill should land mid-run"
+    assert 3 <= finished < 10, "the kill should land mid-run"
     assert not (out / "saes.parquet").exists()  # the tables are written at the end
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # the same command, once more
@@ -116,7 +116,7 @@ def test_a_killed_score_of_20_saes_resumes_with_identical_results(planted_store,
     # the killed run's Ray worker may outlive its driver for a moment and finish one more SAE before the
     # rerun looks: count what the rerun found, at least what was there at the kill
     already = int(again.stdout.split(" already in ")[0].split(", ")[-1])
-    assert finished <= already < 20 and f"computed {20 - already} of 20" in again.stdout
+    assert finished <= already < 10 and f"computed {10 - already} of 10" in again.stdout
     assert rows(out / "saes.parquet") == rows(reference / "saes.parquet")
     assert rows(out / "letters.parquet") == rows(reference / "letters.parquet")
     # per-token records: every finished part has its tokens beside it, and the combined table is the same
@@ -126,11 +126,11 @@ def test_a_killed_score_of_20_saes_resumes_with_identical_results(planted_store,
                                                                                         r["row"])) for d in (out, reference)]
     assert token_rows[0] == token_rows[1] and len(token_rows[0]) > 1000
 
-    summary = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite20)], local=True), log=lambda _: None)
+    summary = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite10)], local=True), log=lambda _: None)
     assert summary["computed"] == 0  # everything is there: nothing recomputed
-    params = next(suite20.rglob("params.npz"))
+    params = next(suite10.rglob("params.npz"))
     os.utime(params, ns=(time.time_ns(), time.time_ns()))  # a rewritten SAE file is scored again
-    assert run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite20)], local=True),
+    assert run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite10)], local=True),
                      log=lambda _: None)["computed"] == 1
 
 
