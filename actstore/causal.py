@@ -374,26 +374,31 @@ def add_causal(result, sae, layer: int, probe, runner: CausalRunner, dec_cos: to
                "causal_top_score": [math.nan] * n, "causal_second_score": [math.nan] * n,
                "causal_top_cos": [math.nan] * n}
     letter_index = {name: i for i, name in enumerate(LETTERS)}
+    pools, picks = {}, {}
+    for row in result.letters:  # every letter's sample first: the model then runs over them in full batches
+        name = row["letter"]
+        pools[name] = picked = candidates(records, name)
+        if len(picked) > cfg.samples:
+            rng = np.random.default_rng([cfg.seed, letter_index[name]])
+            picked = sorted(rng.choice(picked, size=cfg.samples, replace=False).tolist())
+        picks[name] = picked
+    order = [(i, row) for row in result.letters for i in picks[row["letter"]]]
+    outcome = runner.score_tokens(sae, layer, [records["row"][i] for i, _ in order],
+                                  [letter_index[row["letter"]] for _, row in order],
+                                  [row["split_latents"] for _, row in order], dec_cos)
+    for (i, _), o in zip(order, outcome):
+        columns["causal_sampled"][i] = True
+        columns["causal_absorption"][i] = o.absorbed
+        columns["causal_top_latent"][i] = o.top_latent
+        columns["causal_top_score"][i] = o.top_score
+        columns["causal_second_score"][i] = o.second_score
+        columns["causal_top_cos"][i] = o.top_cos
     rates = []
     for row in result.letters:
         name = row["letter"]
-        c = letter_index[name]
-        pool = candidates(records, name)
-        picked = pool
-        if len(pool) > cfg.samples:
-            rng = np.random.default_rng([cfg.seed, c])
-            picked = sorted(rng.choice(pool, size=cfg.samples, replace=False).tolist())
+        pool, picked = pools[name], picks[name]
         share = len(picked) / len(pool) if pool else 1.0
-        outcome = runner.score_tokens(sae, layer, [records["row"][i] for i in picked], [c] * len(picked),
-                                      [row["split_latents"]] * len(picked), dec_cos)
-        for i, o in zip(picked, outcome):
-            columns["causal_sampled"][i] = True
-            columns["causal_absorption"][i] = o.absorbed
-            columns["causal_top_latent"][i] = o.top_latent
-            columns["causal_top_score"][i] = o.top_score
-            columns["causal_second_score"][i] = o.second_score
-            columns["causal_top_cos"][i] = o.top_cos
-        found = sum(o.absorbed for o in outcome)
+        found = sum(columns["causal_absorption"][i] for i in picked)
         n_tp = row["num_probe_true_positives"]
         rate = found / share / n_tp if n_tp else 0.0
         rates.append(rate)
