@@ -294,3 +294,27 @@ def test_causal_arguments_are_checked(planted_store, tmp_path):
         check("score", cfg(causal_samples=0))
     with pytest.raises(BadArgument, match="--causal-letter-tokens"):
         check("score", cfg(causal_letter_tokens="lowercase"))
+
+
+def test_report_and_explorer_show_the_agreement(world, scored):
+    """The report's agreement tables hold the letters' counts; the explorer lists the decoy tokens (absorbed
+    by projection only) with causal 0 and the planted absorbed tokens with causal 1."""
+    from actstore.explore import sae_payload
+    from actstore.report import agreement_section, load_results
+
+    _, out = scored
+    truth = json.loads((world["decoy"] / "truth.json").read_text())
+    scored_rows, _ = load_results(out)
+    letters = pq.read_table(out / "letters.parquet").to_pylist()
+    text, tables = agreement_section(scored_rows, letters, scored_rows[0])
+    decoy = truth["decoy_letters"][0]
+    row = next(r for r in letters if r["letter"] == decoy)
+    assert tables == 2 and "Projection vs causal absorption" in text
+    assert (f"<td>{decoy}</td><td>{row['num_probe_true_positives']}</td>") in text
+    assert agreement_section([{**r, "mean_causal_absorption": None} for r in scored_rows], letters, scored_rows[0]) \
+        == ("", 0)
+    payload = sae_payload(letters, pq.read_table(out / "tokens.parquet").to_pylist(), [])
+    listed = {c: {t[0]: t[8] for t in tokens} for c, tokens in payload["tokens"].items()}
+    for c in truth["evaluated_letters"]:
+        want = 0 if c in truth["decoy_letters"] else 1
+        assert {r: want for r, _ in truth["letters"][c].get("absorbed_rows", [])} == listed.get(c, {}), c
