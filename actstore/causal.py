@@ -229,7 +229,7 @@ class CausalRunner:
         vocabulary hash, and a GGUF file's sha256, must match the record), its vocabulary task rebuilt with the
         recorded seed, --max-vocab and BOS policy, and checked row by row against the store's token ids and
         positions."""
-        from actstore.model import ModelSource, file_sha256, load_config_and_tokenizer, load_model, tokenizer_identity
+        from actstore.model import file_sha256, load_config_and_tokenizer, load_model, tokenizer_identity
         from actstore.vocab import build_vocab_task
 
         source, extra = recorded_source(store)

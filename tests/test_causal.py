@@ -5,9 +5,7 @@ with the probe, invisible to the spelling head)."""
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
