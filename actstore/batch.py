@@ -94,6 +94,15 @@ class LayerScorer:
         self.layer, self.data, self.probe = None, None, None
         self.crash = os.environ.get("ACTSTORE_FAULT_SCORE_CRASH_ONCE")  # "FLAGFILE:N" (tests)
         self.scored = 0
+        self.causal = None  # the store's model for --causal, loaded on first use
+
+    def _causal_runner(self):
+        from actstore.causal import CausalRunner
+        from actstore.probes import LETTERS
+
+        if self.causal is None:
+            self.causal = CausalRunner.from_store(self.store, self.device, LETTERS, self.score_cfg.causal)
+        return self.causal
 
     def run(self, job: Job, on_done=None) -> int:
         """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes (and passed to
@@ -180,6 +189,10 @@ class LayerScorer:
                 layer = self._layer_of(source, sae)
                 flags = degeneracies(sae)  # an SAE that cannot be measured raises SAEError here
                 result = score_sae(sae, *self._layer_data(layer), self.score_cfg, acts=encoded.get(source.key))
+                if self.score_cfg.causal is not None:
+                    from actstore.causal import add_causal
+
+                    add_causal(result, sae, layer, self.probe, self._causal_runner())
                 dead = result.summary.get("dead_latent_share", 0.0)
                 if dead > self.cfg.max_dead_share:
                     flags.append(f"{dead:.1%} of its latents never fire on the vocabulary task (more than "

@@ -335,6 +335,36 @@ def _metric_options(cfg) -> None:
     integer("--bootstrap", cfg.bootstrap, 0, " (0: no intervals)")
     for kind in cfg.null_kinds:
         choice("--null-kinds", kind, set(NULLS))
+    _causal_options(cfg)
+
+
+def _causal_options(cfg) -> None:
+    """--causal-*: the sample size and letter tokens; with --causal, the store must record a model that is here."""
+    from actstore.causal import LETTER_TOKENS
+
+    integer("--causal-samples", cfg.causal_samples, 1)
+    integer("--causal-seed", cfg.causal_seed, 0)
+    choice("--causal-letter-tokens", cfg.causal_letter_tokens, set(LETTER_TOKENS))
+    if cfg.causal:
+        causal_store("--causal", cfg.store)
+
+
+def causal_store(name: str, path: str) -> None:
+    """The store records the model it was extracted from (`actstore extract` does), and a local model is still
+    where the record says (a hub model is looked up when it loads)."""
+    from actstore.causal import CausalError, recorded_source
+    from actstore.store import ActivationStore
+
+    with ActivationStore.open(path) as store:
+        try:
+            source, _ = recorded_source(store)
+        except CausalError as err:
+            raise BadArgument(f"{name}: {err}") from None
+    if source.kind in ("folder", "gguf"):
+        where = Path(source.location) / (source.gguf_file or "")
+        if not where.exists():
+            raise BadArgument(f"{name}: the store {path} was extracted from {where}, which is not there any more; "
+                              f"the causal metric runs that model (put it back, or extract the store again)")
 
 
 def _synth_saes(cfg) -> None:
@@ -377,6 +407,9 @@ def _synth_model(cfg) -> None:
     writable_folder("--out", cfg.out)
     integer("--layers", cfg.layers, 1)
     integer("--seed", cfg.seed, 0)
+    if getattr(cfg, "spelling", False) and cfg.layers < 2:
+        raise BadArgument(f"--spelling --layers {cfg.layers}: the spelling head sits in the last block and the causal "
+                          f"metric hooks a block before it; use --layers 2 or more")
 
 
 def _demo(cfg) -> None:

@@ -2,7 +2,7 @@
 --help text (read from the source, so the two cannot drift).
 
     actstore extract --model M --layers SPEC --out STORE [...]   run a model once, store its activations
-    actstore synth-model --out DIR [--layers N] [--seed S]       the synthetic world's model
+    actstore synth-model --out DIR [--layers N] [--spelling]     the synthetic world's model
     actstore probe STORE [--layers SPEC]                         ground-truth first-letter probes
     actstore saes list [--release R] [--layer L] [--width W]     the SAEs of a release (sae-lens catalog)
     actstore synth-saes --store STORE --layer L --out DIR        synthetic SAEs with planted absorption
@@ -76,6 +76,8 @@ class SynthModelConfig:
     """number of transformer blocks"""
     seed: int = 0
     """random seed (pseudo-words, weights, planted directions)"""
+    spelling: bool = False
+    """plant a spelling circuit: an attention head in the last block moves the query word's letter to the final position and the unembedding reads it out as the tokens A..Z (for the causal metric, `score --causal`)"""
 
 
 @dataclass
@@ -343,8 +345,9 @@ def cmd_explore(cfg: ExploreConfig) -> int:
 def cmd_synth_model(cfg: SynthModelConfig) -> int:
     from actstore.synth import write_synthetic_model
 
-    path = write_synthetic_model(cfg.out, n_layers=cfg.layers, seed=cfg.seed)
-    print(f"wrote a {cfg.layers}-layer synthetic Gemma2 and its tokenizer to {path}")
+    path = write_synthetic_model(cfg.out, n_layers=cfg.layers, seed=cfg.seed, spelling=cfg.spelling)
+    kind = "spelling " if cfg.spelling else ""
+    print(f"wrote a {cfg.layers}-layer {kind}synthetic Gemma2 and its tokenizer to {path}")
     return 0
 
 

@@ -20,6 +20,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from actstore.causal import AGREEMENT
 from actstore.report import load_results, width_name
 from actstore.results import part_name
 from actstore.tokens import absorbed, token_absorbers, tokens_path
@@ -60,7 +61,8 @@ def _letters(rows: list[dict]) -> list[dict]:
     keep = ("letter", "probe_test_precision", "probe_test_recall", "probe_test_f1", "main_precision", "main_recall",
             "main_f1", "single_precision", "single_recall", "single_f1", "single_latent", "num_split_features",
             "split_latents", "split_cos_dec", "k_sparse_f1", "num_probe_true_positives", "mean_absorption_fraction",
-            "full_absorption_rate")
+            "full_absorption_rate", "causal_absorption_rate", "num_causal_absorption", "causal_candidates",
+            "causal_sampled", *AGREEMENT)
     out = []
     for row in rows:
         entry = {k: row.get(k) for k in keep}
@@ -77,14 +79,19 @@ def sae_payload(letters: list[dict], records: list[dict], absorbers: list[dict])
     """One SAE's data file: its letters, its absorbed tokens per letter and its absorbers.
 
     A token is [row, text, act, absorption fraction, full (0/1), k-sparse miss (0/1), main projection,
-    [[latent, cos, share], ...]]."""
+    [[latent, cos, share], ...], causal (1/0, null when the causal metric did not sample it), the causal top
+    latent and its score (null when not sampled)]. Listed: absorbed by either metric."""
     tokens = defaultdict(list)
     for r in records:
-        if absorbed(r):
+        sampled = bool(r.get("causal_sampled"))
+        if absorbed(r) or (sampled and r.get("causal_absorption")):
             tokens[r["letter"]].append([r["row"], r["text"], _round(r["probe_projection"]),
                                         _round(r["absorption_fraction"]), int(r["full_absorption"]),
                                         int(r["k_sparse_miss"]), _round(r["main_projection"]),
-                                        [[i, _round(c), _round(s)] for i, c, s in token_absorbers(r)]])
+                                        [[i, _round(c), _round(s)] for i, c, s in token_absorbers(r)],
+                                        int(r["causal_absorption"]) if sampled else None,
+                                        r["causal_top_latent"] if sampled else None,
+                                        _round(r["causal_top_score"]) if sampled else None])
     return {"letters": _letters(letters), "tokens": tokens,
             "absorbers": {str(a["latent"]): {"letters": a["letters"], "num_tokens": a["num_tokens"],
                                              "mean_share": _round(a["mean_share"]), "tokens": a["tokens"],

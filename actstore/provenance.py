@@ -30,6 +30,8 @@ class Provenance:
         score_cfg = dataclasses.asdict(cfg.score_config())
         for field in ("token_chunk", "latent_chunk"):  # tiling: the same numbers, bit for bit
             score_cfg.pop(field)
+        if score_cfg.get("causal") is None:  # parts scored before --causal existed stay valid
+            score_cfg.pop("causal", None)
         options = {"dtype": cfg.dtype, "device": device.split(":")[0], "score": score_cfg,
                    "actstore_version": actstore.__version__}
         self.options = json.loads(json.dumps(options))  # as a part stores them: tuples become lists

@@ -292,6 +292,37 @@ PAGE = Path(__file__).parent / "explorer" / "report.html"
 explorer's page files."""
 
 
+AGREEMENT_HEADERS = ["both", "projection only", "causal only", "neither", "not sampled"]
+
+
+def agreement_section(scored: list[dict], letters: list[dict], chosen: dict) -> tuple[str, int]:
+    """The projection-vs-causal tables (`score --causal`): per SAE, and per letter of the chosen SAE, the probe
+    true positives each metric calls absorbed (actstore.causal.AGREEMENT); ("", 0) without causal results."""
+    from actstore.causal import AGREEMENT
+
+    causal = [r for r in scored if r.get("mean_causal_absorption") is not None]
+    if not causal:
+        return "", 0
+    per_sae = [[r["sae_id"], r["layer"], width_name(r["width"]), r["mean_full_absorption"], r["mean_causal_absorption"],
+                *[r.get(f"total_{k}") for k in AGREEMENT]]
+               for r in sorted(causal, key=lambda r: (r["layer"], r["width"], r["l0"] or 0))]
+    mine = [r for r in letters if r["sae_key"] == chosen["sae_key"] and r.get("causal_absorption_rate") is not None]
+    per_letter = [[r["letter"], r["num_probe_true_positives"], r["full_absorption_rate"], r["causal_absorption_rate"],
+                   r["causal_candidates"], *[r[k] for k in AGREEMENT]] for r in mine]
+    html_text = (
+        "<h2>Projection vs causal absorption</h2><p>Probe true positives (test split) that the projection metric "
+        "(absorption fraction &gt; 0 or full absorption) and the paper's causal metric (integrated-gradient "
+        "ablation through the model) call absorbed. A token that is not a causal candidate (a main latent fires, or "
+        "the k-sparse probe does) counts as causally not absorbed; candidates outside the causal sample are "
+        "counted apart.</p>"
+        + _table(["SAE", "layer", "width", "full absorption", "causal absorption", *AGREEMENT_HEADERS], per_sae,
+                 "agreement")
+        + f"<h3>Per letter: {html.escape(chosen['sae_id'])}</h3>"
+        + _table(["letter", "probe true positives", "full absorption", "causal absorption", "causal candidates",
+                  *AGREEMENT_HEADERS], per_letter, "agreement_letters"))
+    return html_text, 2
+
+
 def write_report(results: str | Path, out: str | Path | None = None, sae: str | None = None) -> dict:
     """Write the figures and report.html (in RESULTS/report unless `out`); returns what was written."""
     import pyarrow.parquet as pq
@@ -326,8 +357,9 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
                  r["letters_evaluated"]]
                 for r in sorted(scored, key=lambda r: (r["layer"], r["width"], r["l0"] or 0))]
     sources = sorted({r["l0_source"] for r in scored})
+    agreement, n_agreement = agreement_section(scored, letters, chosen)
     page = Template(PAGE.read_text()).substitute(
-        title=html.escape(results.name), n_figures=len(written), n_tables=3,
+        title=html.escape(results.name), n_figures=len(written), n_tables=3 + n_agreement, agreement=agreement,
         summary=f"{len(scored)} SAEs scored, {len(failed)} failed; layers {sorted({r['layer'] for r in scored})}; "
                 f"widths {[width_name(w) for w in widths]}. Lower absorption is better. Figures use the L0 of: "
                 f"{', '.join(sources)} (the release's when it reports one, else measured on natural text, else on "

@@ -26,6 +26,9 @@ from actstore.scoring import ScoreConfig
 from actstore.tokens import combine_tokens, tokens_path, write_absorbers, write_tokens
 
 EVAL_TYPE_ID = "absorption_first_letter"  # SAEBench's eval_type_id for this eval
+CAUSAL_LETTER_FIELDS = ("causal_absorption_rate", "num_causal_absorption", "causal_candidates", "causal_sampled",
+                        "causal_sample_portion")
+"""Extra per-letter fields of the SAEBench JSON when --causal ran (the paper's metric; SAEBench has none)."""
 
 
 def part_name(key: str) -> str:
@@ -94,11 +97,15 @@ def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], c
             "std_dev_absorption_fraction_score": summary["std_absorption_fraction"],
             "std_dev_full_absorption_score": summary["std_full_absorption"],
             "std_dev_num_split_features": summary["std_num_split_features"],
+            **({"mean_causal_absorption_score": summary["mean_causal_absorption"],
+                "std_dev_causal_absorption_score": summary["std_causal_absorption"]}
+               if "mean_causal_absorption" in summary else {}),
         }},
         "eval_result_details": [{
             "first_letter": r["letter"], "mean_absorption_fraction": r["mean_absorption_fraction"],
             "full_absorption_rate": r["full_absorption_rate"], "num_full_absorption": r["num_full_absorption"],
             "num_probe_true_positives": r["num_probe_true_positives"], "num_split_features": r["num_split_features"],
+            **{k: r[k] for k in CAUSAL_LETTER_FIELDS if k in r},
         } for r in letters],
         "eval_result_unstructured": {"actstore": {"metric_version": summary.get("metric_version"),
                                                   "l1_solver": summary.get("l1_solver"), "summary": summary}},

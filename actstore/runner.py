@@ -88,13 +88,25 @@ class ScoreCommandConfig:
     """also score null SAEs matched to each SAE (--null-kinds) and report every metric beside its null value"""
     null_kinds: list[str] = field(default_factory=lambda: ["random_decoder", "shuffled_firing"])
     """the nulls --null scores: random_decoder (random unit decoders, same width and L0), shuffled_firing (the SAE's latents, firing renamed by a permutation)"""
+    causal: bool = False
+    """also compute the paper's causal absorption (integrated-gradient ablation through the store's own model, which must load here): per SAE and letter the causal rate, and its agreement with the projection metric"""
+    causal_samples: int = 200
+    """causal candidates sampled per letter (the paper: 200)"""
+    causal_seed: int = 0
+    """seed of the causal candidates' sample"""
+    causal_letter_tokens: str = "prompt"
+    """letter tokens of the causal metric: prompt (each letter as the prompt's answers write it, ' A'), or paper (the correct letter as tokenizer.encode('a')[-1], the others ' B', ' C', as lasr-spelling/sae-spelling)"""
 
     def score_config(self) -> ScoreConfig:
         """The scorer's constants these options set (what the workers score with, and what a part's
         provenance records)."""
+        from actstore.causal import CausalConfig
+
+        causal = CausalConfig(samples=self.causal_samples, seed=self.causal_seed,
+                              letter_tokens=self.causal_letter_tokens) if self.causal else None
         return ScoreConfig(min_probe_f1=self.min_probe_f1, backend=self.backend, l1_solver=self.l1_solver,
                            seeds=self.seeds, metric_version=self.metric_version, min_letters=self.min_letters,
-                           bootstrap=self.bootstrap, nulls=tuple(self.null_kinds) if self.null else ())
+                           bootstrap=self.bootstrap, nulls=tuple(self.null_kinds) if self.null else (), causal=causal)
 
 
 @dataclass

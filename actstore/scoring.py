@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 
 from actstore import metrics, uncertainty
+from actstore.causal import CausalConfig
 from actstore.metrics import precision_recall_f1
 from actstore.probes import LETTERS, Probe, ProbeConfig, fit_one_vs_rest
 from actstore.saes import SAEWeights
@@ -88,6 +89,8 @@ class ScoreConfig:
     """vocabulary tokens kept per absorbing latent, most active first"""
     text_l0_rows: int = 8192
     """alphabetic context tokens the L0 on natural text is measured on"""
+    causal: CausalConfig | None = None
+    """the paper's causal absorption metric beside the projection metrics (actstore.causal), or None"""
 
 
 class SparseActs(NamedTuple):

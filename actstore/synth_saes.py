@@ -409,3 +409,42 @@ def compare_with_truth(truth: dict, letters: list[dict], tolerance: dict[str, fl
             out.append({"scope": "mean", "metric": metric, "planted": planted, "measured": got,
                         "ok": abs(got - planted) <= tol + 1e-6})
     return out
+
+
+def plant_decoys(folder: str | Path, out: str | Path, model_dir: str | Path, probe_directions: torch.Tensor,
+                 letters: list[str]) -> Path:
+    """A copy of a planted SAE (folder with params.npz and truth.json) whose absorbing latents of `letters` are
+    causal decoys: each keeps its encoder and activation, but its decoder becomes w_c, the part of the probe
+    direction p_c orthogonal to everything the spelling model's head reads (its letter subspace span(d) and its
+    key direction z; planted.json of a `synth-model --spelling` model), scaled to the old row's norm.
+
+    So the projection metric still sees an absorber (cos(w_c, p_c) = |p_c outside the read subspace|, and the
+    activation is large), while ablating it leaves the model's output unchanged: the causal metric must reject
+    it. truth.json records, per decoy letter, `decoy_latents`, `decoy_cos` and `causal_absorption_rate` 0 (the
+    other letters keep their planted rate)."""
+    planted = json.loads((Path(model_dir) / "planted.json").read_text())
+    if "spelling" not in planted:
+        raise ValueError(f"{model_dir} is not a spelling model (synth-model --spelling): it has no head to read")
+    read = torch.cat([torch.tensor(planted["letter_directions"]), torch.tensor([planted["spelling"]["z"]])]).double()
+    basis = torch.linalg.qr(read.T)[0]  # (d, 27) orthonormal columns spanning what the head reads
+    params = dict(np.load(Path(folder) / "params.npz"))
+    truth = json.loads((Path(folder) / "truth.json").read_text())
+    w_dec = torch.as_tensor(params["W_dec"]).double()
+    for letter in letters:
+        entry = truth["letters"][letter]
+        p = probe_directions[LETTERS.index(letter)].double()
+        w = p - basis @ (basis.T @ p)
+        cos = float(w.norm())  # cos(w / |w|, p) for a unit p
+        latents = entry.get("absorbing_latents", [])
+        for latent in latents:
+            w_dec[latent] = w / w.norm() * w_dec[latent].norm()
+        entry.update(decoy_latents=latents, decoy_cos=cos, causal_absorption_rate=0.0)
+    for letter, entry in truth["letters"].items():
+        entry.setdefault("causal_absorption_rate", entry.get("full_absorption_rate", 0.0))
+    params["W_dec"] = w_dec.numpy().astype(np.float32)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "params.npz", **params)
+    truth["decoy_letters"] = list(letters)
+    (out / "truth.json").write_text(json.dumps(truth, indent=1))
+    return out

@@ -140,7 +140,10 @@ var ACTSTORE = (function () {
     var tokens = data.tokens[letter] || [];
     $("absorbed-count").textContent = "(" + tokens.length + " of " + l.num_probe_true_positives +
       " probe true positives; absorption fraction " + fmt(l.mean_absorption_fraction) + ", full absorption " +
-      fmt(l.full_absorption_rate) + ")";
+      fmt(l.full_absorption_rate) + (l.causal_absorption_rate === null || l.causal_absorption_rate === undefined ? "" :
+      "; causal absorption " + fmt(l.causal_absorption_rate) + ": both " + l.agree_both + ", projection only " +
+      l.agree_projection_only + ", causal only " + l.agree_causal_only + ", neither " + l.agree_neither +
+      ", not sampled " + l.agree_unsampled) + ")";
     var tb = $("absorbed").tBodies[0];
     clear(tb);
     tokens.forEach(function (t) {
@@ -156,6 +159,9 @@ var ACTSTORE = (function () {
       var cell = el("td");
       t[7].forEach(function (a) { cell.appendChild(latentNode(a[0], "(" + fmt(a[1], 2) + ", " + fmt(a[2], 2) + ")")); });
       tr.appendChild(cell);
+      var causal = el("td", t[8] === null || t[8] === undefined ? "-" : t[8] ? "yes" : "no");
+      if (t[9] !== null && t[9] !== undefined) causal.title = "top latent #" + t[9] + ", score " + fmt(t[10]);
+      tr.appendChild(causal);
       tb.appendChild(tr);
     });
   }
