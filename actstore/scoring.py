@@ -357,10 +357,21 @@ def fit_balanced_logistics(x: torch.Tensor, y: torch.Tensor, c: float = 1.0, max
     (Armijo); a problem stops when its gradient is below tol x N in absolute value or the decrease the Newton
     step predicts is within rounding of its objective."""
     p, n, k = x.shape
-    xb = torch.cat([x.double(), torch.ones(p, n, 1, dtype=torch.float64, device=x.device)], dim=2)  # (P, N, k+1)
-    t = y.double() * 2 - 1  # (P, N)
     n_pos = y.sum(dim=1, keepdim=True).double()
     s = n / (2 * torch.where(y, n_pos, n - n_pos).clamp(min=1))  # (P, N) balanced class weights
+    # rows whose features are all 0 have logit b: per class, they act as one row weighted by their summed s,
+    # so each problem keeps its other rows (first, padded with weight 0) and two such rows: the same objective
+    # on far fewer rows when the latents fire rarely
+    active = (x != 0).any(dim=2)  # (P, N)
+    keep = int(active.sum(dim=1).max())
+    order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :keep]  # (P, keep) active rows first
+    zero_pos, zero_neg = ((s * (~active & y)).sum(1), (s * (~active & ~y)).sum(1))  # (P,) each
+    x = torch.cat([x.double().gather(1, order[:, :, None].expand(p, keep, k)),
+                   torch.zeros(p, 2, k, dtype=torch.float64, device=x.device)], dim=1)  # (P, keep + 2, k)
+    y = torch.cat([y.gather(1, order), torch.tensor([[True, False]], device=y.device).expand(p, 2)], dim=1)
+    s = torch.cat([s.gather(1, order) * active.gather(1, order), torch.stack([zero_pos, zero_neg], 1)], dim=1)
+    xb = torch.cat([x, torch.ones(p, keep + 2, 1, dtype=torch.float64, device=x.device)], dim=2)  # (P, R, k+1)
+    t = y.double() * 2 - 1  # (P, R)
     reg = torch.ones(k + 1, dtype=torch.float64, device=x.device)
     reg[-1] = 0  # the intercept is not penalized
     theta = torch.zeros(p, k + 1, dtype=torch.float64, device=x.device)
