@@ -295,40 +295,38 @@ def train_sparse_probes(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig
     labels = labels.to(device)
     targets = torch.nn.functional.one_hot(labels, 26).float()  # (n, 26)
     pw = pos_weights(labels).to(device)  # (26,)
-    opt = torch.optim.Adam([weight, bias], lr=probe_cfg.lr, weight_decay=probe_cfg.weight_decay)
+    opt = torch.optim.Adam([weight, bias], lr=probe_cfg.lr, weight_decay=probe_cfg.weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.ExponentialLR(
         opt, gamma=(probe_cfg.end_lr / probe_cfg.lr) ** (1 / probe_cfg.epochs))
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     whole = n <= probe_cfg.batch_size  # one batch per epoch: every seed's batch is every train row
 
-    def step_gradient(batch: SparseActs, batch_t: torch.Tensor, rows: torch.Tensor, blocks: slice) -> None:
-        """Adds the BCE gradient of the given rows to the seeds of `blocks` (a slice of the 26 S columns);
-        batch_t: the batch's activations transposed, (m, B) sparse CSR."""
+    def gradient(batch: SparseActs, batch_t: torch.Tensor, y: torch.Tensor, pws: torch.Tensor, blocks: slice
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BCE gradient of a batch for the seeds of `blocks` (a slice of the 26 S columns): (m, 26 s) and
+        (26 s,). batch_t: the batch's activations transposed, (m, B) sparse CSR; y (B, 26 s) targets; pws (26 s,)."""
         z = torch.nn.functional.embedding_bag(batch.index, weight, batch.offsets[:-1], mode="sum",
                                               per_sample_weights=batch.value)[:, blocks] + bias[blocks]  # (B, 26 s)
-        y = targets[rows].repeat(1, z.shape[1] // 26)
-        pws = pw.repeat(z.shape[1] // 26)
-        dz = (torch.sigmoid(z) * (1 - y + pws * y) - pws * y) / (len(rows) * 26)  # (B, 26 s)
-        weight.grad[:, blocks] += batch_t @ dz  # (m, 26 s)
-        bias.grad[blocks] += dz.sum(dim=0)
+        dz = (torch.sigmoid(z) * (1 - y + pws * y) - pws * y) / (len(y) * 26)  # (B, 26 s)
+        return batch_t @ dz, dz.sum(dim=0)
 
-    acts_t = transposed_csr(acts) if whole else None
+    if whole:
+        acts_t, y_all, pw_all = transposed_csr(acts), targets.repeat(1, n_seeds), pw.repeat(n_seeds)
     for _ in range(probe_cfg.epochs):
         if whole:
-            steps = [[torch.arange(n, device=device)] * n_seeds]
+            weight.grad, bias.grad = gradient(acts, acts_t, y_all, pw_all, slice(None))
+            weight.grad.add_(weight.sign(), alpha=cfg.l1 / 26)
+            opt.step()
         else:
             orders = [torch.randperm(n, generator=gen).split(probe_cfg.batch_size) for gen in gens]
-            steps = list(zip(*orders))
-        for batches in steps:
-            weight.grad, bias.grad = torch.zeros_like(weight), torch.zeros_like(bias)
-            if whole:
-                step_gradient(acts, acts_t, batches[0], slice(None))
-            else:
+            for batches in zip(*orders):
+                weight.grad, bias.grad = torch.empty_like(weight), torch.empty_like(bias)
                 for s, rows in enumerate(batches):
-                    batch = acts.rows(rows)
-                    step_gradient(batch, transposed_csr(batch), rows.to(device), slice(26 * s, 26 * s + 26))
-            weight.grad += cfg.l1 / 26 * weight.sign()
-            opt.step()
+                    batch, block = acts.rows(rows), slice(26 * s, 26 * s + 26)
+                    weight.grad[:, block], bias.grad[block] = gradient(batch, transposed_csr(batch),
+                                                                       targets[rows.to(device)], pw, block)
+                weight.grad.add_(weight.sign(), alpha=cfg.l1 / 26)
+                opt.step()
         schedule.step()
     return list(weight.split(26, dim=1))
 
