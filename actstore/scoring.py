@@ -535,7 +535,14 @@ def _l1_weights(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig, seeds:
                                            "l1_converged": sol.converged}
     if cfg.l1_solver != "saebench":
         raise ValueError(f"unknown L1 solver {cfg.l1_solver!r}; choose one of {L1_SOLVERS}")
-    return train_sparse_probes(acts, labels, cfg, seeds), {}
+    group = max(1, SEED_GROUP_VALUES // (acts.width * 26))  # seeds per batched probe: bounded memory at any width
+    groups = [seeds[lo:lo + group] for lo in range(0, len(seeds), group)]
+    return [w for part in groups for w in train_sparse_probes(acts, labels, cfg, part)], {}
+
+
+SEED_GROUP_VALUES = 1 << 26
+"""The batched L1 probe's weight holds at most this many values (m x 26 x seeds; 256 MB in float32, about 1 GB
+with its gradient and Adam's two moments) unless one seed needs more: 39 seeds at 65k, 2 at 1M latents."""
 
 
 def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig = ScoreConfig(),
