@@ -20,8 +20,9 @@ Steps, for one SAE reading one layer:
 
 Letters are evaluated when their probe test F1 is above `min_probe_f1` (strictly; `metric_version` saebench-0.3:
 every letter with probe true positives); fewer than `min_letters` evaluated letters raise NotScorable (the runner
-writes a row saying so). Steps 3-5 depend on the L1 probe's seed: with `seeds` > 1 they run once per seed over
-the one encoding (`l1_solver` converged has no seed). Formulas live in `actstore.metrics`, intervals and seed
+writes a row saying so). Steps 3-5 depend on the L1 probe's seed: with `seeds` > 1 they run for every seed over
+the one encoding, batched (one L1 probe with 26 x seeds outputs, the k-sparse fits of all seeds solved together,
+the seed-free parts once; `l1_solver` converged has no seed). Formulas live in `actstore.metrics`, intervals and seed
 spreads in `actstore.uncertainty`, null SAEs in `actstore.nulls`.
 Everything runs on the device the SAE's weights are on; the layer's rows move there a tile at a time.
 """
