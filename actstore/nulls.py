@@ -16,7 +16,8 @@ Two nulls, each with the SAE's width and its L0 on the vocabulary rows:
   decodes to. Nothing is re-encoded: the SAE's sparse activations are permuted.
 
 Each null is scored like the SAE (same probe, metric version and L1 solver; one seed, no intervals, no context
-rows). Columns: every metric of NULL_METRICS with its null value and the SAE's value minus it.
+rows, no per-token records or top tokens: ScoreConfig.records off). Columns: every metric of NULL_METRICS with its
+null value and the SAE's value minus it.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def null_columns(sae: SAEWeights, data, probe, cfg, acts, summary: dict) -> dict
     """Score each null of cfg.nulls; every NULL_METRICS value of it and the SAE's value minus it."""
     from actstore.scoring import LayerData, score_sae
 
-    null_cfg = replace(cfg, nulls=(), seeds=1, bootstrap=0)
+    null_cfg = replace(cfg, nulls=(), seeds=1, bootstrap=0, records=False)
     rows = LayerData(data.x, data.labels, data.split)  # no context rows: the nulls are measured on the task
     out = {}
     for kind in cfg.nulls:

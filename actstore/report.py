@@ -11,9 +11,11 @@ from a results folder of `actstore score` (DIR defaults to RESULTS/report).
     layer_width_heatmap.png     mean absorption fraction by layer (rows) and by width and L0 rank (columns)
     f1_vs_l0.png                the best single latent's F1 (mean over letters) against L0
     splits_vs_l0.png            number of split features (mean over letters) against L0
-    *_ci_null_vs_l0.png         absorption, full absorption and single-latent F1 with 95% intervals and the
-                                null band (report_uncertainty.py), when the results carry them
     report.html                 one self-contained page: every figure (embedded) and the tables
+
+The four figures against L0 draw, when the results carry them, each SAE's 95% bootstrap interval as an error
+bar (absorption, full absorption and single-latent F1; on by default) and its null SAEs' values (`--null`) as
+a band in the width's colour.
 
 L0 is the one the release reports (Gemma Scope's average_l0) when there is one, else the L0 measured on
 natural text (the store's context tokens), else on the vocabulary prompts; each figure's axis says which.
@@ -28,8 +30,6 @@ import json
 from collections import defaultdict
 from pathlib import Path
 from string import Template
-
-from actstore.report_uncertainty import uncertainty_figures
 
 FIGURES = {
     "absorption_vs_l0": ("mean_absorption_fraction", "mean absorption fraction"),
@@ -111,7 +111,22 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def null_band(row: dict, key: str) -> tuple[float, float] | None:
+    """(lowest, highest) of the row's null values of `key` (`null_<kind>_<key>` columns: random decoder,
+    shuffled firing), or None when it has none."""
+    values = [v for k, v in row.items() if k.startswith("null_") and k.endswith(f"_{key}") and _finite(v)]
+    return (min(values), max(values)) if values else None
+
+
 def _panels(scored: list[dict], key: str, label: str, path: Path) -> None:
+    _save(panels_figure(scored, key, label), path)
+
+
+def panels_figure(scored: list[dict], key: str, label: str):
+    """One panel per layer, one line per width; where the rows carry them, each point's 95% bootstrap interval
+    as an error bar (`<key>_ci_low` / `_ci_high`) and the null SAEs' values as a band in the width's colour
+    (at each SAE's L0, its lowest to highest null): a point inside the band is what an SAE that knows
+    nothing of letters also scores."""
     plt = _plt()
     layers = sorted({r["layer"] for r in scored}, key=lambda l: (l is None, l or 0))
     cols = min(4, len(layers))
@@ -119,14 +134,30 @@ def _panels(scored: list[dict], key: str, label: str, path: Path) -> None:
     fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False, sharey=True)
     widths = sorted({r["width"] for r in scored})
     colors = {w: plt.cm.viridis(i / max(1, len(widths) - 1) * 0.9) for i, w in enumerate(widths)}
-    handles = {}
+    handles, extra = {}, {}
     for ax, layer in zip(axes.flat, layers):
         mine = [r for r in scored if r["layer"] == layer]
         for width in widths:
-            points = sorted((r["l0"], r[key]) for r in mine if r["width"] == width and _finite(r.get(key))
-                            and _finite(r["l0"]))
-            if points:
-                handles[width], = ax.plot(*zip(*points), marker="o", ms=5, color=colors[width])
+            points = sorted((r for r in mine if r["width"] == width and _finite(r.get(key)) and _finite(r["l0"])),
+                            key=lambda r: r["l0"])
+            if not points:
+                continue
+            l0s, ys = [r["l0"] for r in points], [r[key] for r in points]
+            handles[width], = ax.plot(l0s, ys, marker="o", ms=5, color=colors[width])
+            bars = [(r["l0"], r[key], r[f"{key}_ci_low"], r[f"{key}_ci_high"]) for r in points
+                    if _finite(r.get(f"{key}_ci_low")) and _finite(r.get(f"{key}_ci_high"))]
+            if bars:
+                x, y, low, high = zip(*bars)
+                extra["95% bootstrap interval"] = ax.errorbar(
+                    x, y, yerr=[[a - b for a, b in zip(y, low)], [b - a for a, b in zip(y, high)]], fmt="none",
+                    ecolor=colors[width], capsize=3, lw=1)
+            band = [(r["l0"], *null_band(r, key)) for r in points if null_band(r, key)]
+            if band:
+                x, low, high = zip(*band)
+                extra["null SAEs (lowest to highest)"] = ax.fill_between(x, low, high, color=colors[width], alpha=0.18,
+                                                                        lw=0)
+                if len(x) == 1:  # one SAE: a band needs two points, so mark its null range as a thick bar
+                    ax.vlines(x, low, high, color=colors[width], alpha=0.35, lw=8)
         l0_axis(ax, [r["l0"] for r in mine])
         ax.set_title(f"layer {layer}")
         ax.set_xlabel(l0_label(scored))
@@ -136,9 +167,10 @@ def _panels(scored: list[dict], key: str, label: str, path: Path) -> None:
     for row in axes:
         row[0].set_ylabel(label)
     fig.tight_layout()
-    _legend_right(fig, [handles[w] for w in widths if w in handles], [width_name(w) for w in widths if w in handles],
-                  "width")
-    _save(fig, path)
+    shown = [w for w in widths if w in handles]
+    _legend_right(fig, [handles[w] for w in shown] + list(extra.values()),
+                  [width_name(w) for w in shown] + list(extra), "width")
+    return fig
 
 
 def _by_layer(scored: list[dict], path: Path) -> None:
@@ -345,7 +377,6 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
         written.append(out / f"{name}.png")
     grid = _heatmap(scored, out / "layer_width_heatmap.png")
     written.insert(5, out / "layer_width_heatmap.png")
-    written += uncertainty_figures(scored, out)  # error bars and null bands (report_uncertainty.py)
 
     figures = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'

@@ -20,8 +20,9 @@ Steps, for one SAE reading one layer:
 
 Letters are evaluated when their probe test F1 is above `min_probe_f1` (strictly; `metric_version` saebench-0.3:
 every letter with probe true positives); fewer than `min_letters` evaluated letters raise NotScorable (the runner
-writes a row saying so). Steps 3-5 depend on the L1 probe's seed: with `seeds` > 1 they run once per seed over
-the one encoding (`l1_solver` converged has no seed). Formulas live in `actstore.metrics`, intervals and seed
+writes a row saying so). Steps 3-5 depend on the L1 probe's seed: with `seeds` > 1 they run for every seed over
+the one encoding, batched (one L1 probe with 26 x seeds outputs, the k-sparse fits of all seeds solved together,
+the seed-free parts once; `l1_solver` converged has no seed). Formulas live in `actstore.metrics`, intervals and seed
 spreads in `actstore.uncertainty`, null SAEs in `actstore.nulls`.
 Everything runs on the device the SAE's weights are on; the layer's rows move there a tile at a time.
 """
@@ -38,7 +39,7 @@ import torch
 from actstore import metrics, uncertainty
 from actstore.causal import CausalConfig
 from actstore.metrics import precision_recall_f1
-from actstore.probes import LETTERS, Probe, ProbeConfig, fit_one_vs_rest
+from actstore.probes import LETTERS, Probe, ProbeConfig, pos_weights
 from actstore.saes import SAEWeights
 from actstore.tokens import absorbed, token_absorbers
 
@@ -85,6 +86,9 @@ class ScoreConfig:
     bootstrap_seed: int = 0
     nulls: tuple[str, ...] = ()
     """null SAEs scored beside this one: keys of actstore.nulls.NULLS"""
+    records: bool = True
+    """per-token records and each absorbing latent's top tokens (SAEScore.tokens, latent_top_tokens); the null
+    SAEs skip them (only their metrics are read)"""
     top_tokens: int = 8
     """vocabulary tokens kept per absorbing latent, most active first"""
     text_l0_rows: int = 8192
@@ -249,32 +253,89 @@ def pick_backend(name: str, sae: SAEWeights) -> str:
     return name
 
 
+def transposed_csr(acts: SparseActs) -> torch.Tensor:
+    """The activations transposed: (m, N) sparse CSR, row i holding latent i's (row, value) entries."""
+    from actstore.l1solver import _csr
+
+    n = len(acts.offsets) - 1
+    owner = torch.repeat_interleave(torch.arange(n, device=acts.index.device), acts.l0)  # (nnz,) each entry's row
+    order = torch.argsort(acts.index * n + owner)
+    offsets = torch.zeros(acts.width + 1, dtype=torch.int64, device=acts.index.device)
+    offsets[1:] = torch.bincount(acts.index, minlength=acts.width).cumsum(0)
+    return _csr(offsets, owner[order], acts.value[order], (acts.width, n))
+
+
 def train_sparse_probe(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
-    """SAEBench's L1 probe on sparse activations: one-vs-rest BCE with pos_weight (the ground-truth probe's
-    loop, `fit_one_vs_rest`) plus cfg.l1 * mean over letters of sum_i |w_ci|, trained on rows of `acts`.
+    """SAEBench's L1 probe on sparse activations, seed cfg.sparse_probe.seed: `train_sparse_probes` for one seed."""
+    return train_sparse_probes(acts, labels, cfg, [cfg.sparse_probe.seed])[0]
 
-    The logits of a batch are an embedding bag (sum of value * weight row over each row's active latents),
-    so the cost is the number of active entries, not rows x width. Returns the weight, (m, 26).
-    Initialization is torch.nn.Linear's: uniform in +-1/sqrt(m), seeded.
+
+def train_sparse_probes(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig, seeds: list[int]
+                        ) -> list[torch.Tensor]:
+    """SAEBench's L1 probe, trained for several seeds at once on rows of `acts`: one-vs-rest BCE with
+    pos_weight plus cfg.l1 * mean over letters of sum_i |w_ci|, Adam with the ground-truth probe's recipe
+    (`fit_one_vs_rest`: batches in a seeded random order, the learning rate decayed per epoch).
+
+    The seeds train as one probe with 26 x S outputs, weight (m, 26 S): seed s's block (columns 26 s ..
+    26 s + 25) starts from torch.nn.Linear's initialization drawn from seed s's own generator (uniform in
+    +-1/sqrt(m)), sees seed s's own batch order, and gets its own loss's gradient. Adam is elementwise, so
+    each block follows exactly the steps a run of that seed alone takes (to float rounding); what the seeds
+    share is the work: when the train rows fit one batch (SAEBench's 4096), every seed's batch is every row, and
+    the logits of all seeds come from one pass over the active entries. The gradients are written out (no
+    autograd): logits z = embedding bag of the batch (sum of value x weight row over each row's active latents),
+    dLoss/dz = (sigmoid(z) (1 - y + pw y) - pw y) / (B x 26), dLoss/dW = A^T dLoss/dz (A^T the batch's
+    activations as a sparse (m, B) CSR matrix, `transposed_csr`), plus l1 / 26 sign(W). Cost: the active entries x 26 S per step, plus Adam on m x 26 S weights.
+    Returns each seed's (m, 26) weight.
     """
-    m, device = acts.width, acts.value.device
-    gen = torch.Generator().manual_seed(cfg.sparse_probe.seed)
+    m, device, n_seeds, n = acts.width, acts.value.device, len(seeds), len(labels)
+    probe_cfg = cfg.sparse_probe
     bound = 1 / math.sqrt(m)
-    weight = ((torch.rand(m, 26, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()  # (m, 26)
-    bias = ((torch.rand(26, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()
+    inits = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        inits.append(((torch.rand(m, 26, generator=gen) * 2 - 1) * bound, (torch.rand(26, generator=gen) * 2 - 1) * bound))
+    weight = torch.cat([w for w, _ in inits], dim=1).to(device)  # (m, 26 S)
+    bias = torch.cat([b for _, b in inits]).to(device)  # (26 S,)
+    labels = labels.to(device)
+    targets = torch.nn.functional.one_hot(labels, 26).float()  # (n, 26)
+    pw = pos_weights(labels).to(device)  # (26,)
+    opt = torch.optim.Adam([weight, bias], lr=probe_cfg.lr, weight_decay=probe_cfg.weight_decay, fused=True)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(
+        opt, gamma=(probe_cfg.end_lr / probe_cfg.lr) ** (1 / probe_cfg.epochs))
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    whole = n <= probe_cfg.batch_size  # one batch per epoch: every seed's batch is every train row
 
-    def logits(rows: torch.Tensor) -> torch.Tensor:
-        batch = acts.rows(rows)
-        out = torch.nn.functional.embedding_bag(batch.index, weight, batch.offsets[:-1], mode="sum",
-                                                per_sample_weights=batch.value)  # (B, 26)
-        return out + bias
+    def gradient(batch: SparseActs, batch_t: torch.Tensor, y: torch.Tensor, pws: torch.Tensor, blocks: slice
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BCE gradient of a batch for the seeds of `blocks` (a slice of the 26 S columns): (m, 26 s) and
+        (26 s,). batch_t: the batch's activations transposed, (m, B) sparse CSR; y (B, 26 s) targets; pws (26 s,)."""
+        z = torch.nn.functional.embedding_bag(batch.index, weight, batch.offsets[:-1], mode="sum",
+                                              per_sample_weights=batch.value)[:, blocks] + bias[blocks]  # (B, 26 s)
+        dz = (torch.sigmoid(z) * (1 - y + pws * y) - pws * y) / (len(y) * 26)  # (B, 26 s)
+        return batch_t @ dz, dz.sum(dim=0)
 
-    fit_one_vs_rest([weight, bias], logits, labels.to(device), cfg.sparse_probe,
-                    extra_loss=lambda: cfg.l1 * weight.abs().sum(dim=0).mean())
-    return weight.detach()
+    if whole:
+        acts_t, y_all, pw_all = transposed_csr(acts), targets.repeat(1, n_seeds), pw.repeat(n_seeds)
+    for _ in range(probe_cfg.epochs):
+        if whole:
+            weight.grad, bias.grad = gradient(acts, acts_t, y_all, pw_all, slice(None))
+            weight.grad.add_(weight.sign(), alpha=cfg.l1 / 26)
+            opt.step()
+        else:
+            orders = [torch.randperm(n, generator=gen).split(probe_cfg.batch_size) for gen in gens]
+            for batches in zip(*orders):
+                weight.grad, bias.grad = torch.empty_like(weight), torch.empty_like(bias)
+                for s, rows in enumerate(batches):
+                    batch, block = acts.rows(rows), slice(26 * s, 26 * s + 26)
+                    weight.grad[:, block], bias.grad[block] = gradient(batch, transposed_csr(batch),
+                                                                       targets[rows.to(device)], pw, block)
+                weight.grad.add_(weight.sign(), alpha=cfg.l1 / 26)
+                opt.step()
+        schedule.step()
+    return list(weight.split(26, dim=1))
 
 
-def fit_balanced_logistic(x: torch.Tensor, y: torch.Tensor, c: float = 1.0, max_iter: int = 500
+def fit_balanced_logistic(x: torch.Tensor, y: torch.Tensor, c: float = 1.0, max_iter: int = 100
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary logistic regression with balanced class weights, as scikit-learn's
     `LogisticRegression(class_weight="balanced", C=c)` (SAEBench's k-sparse probe):
@@ -282,24 +343,65 @@ def fit_balanced_logistic(x: torch.Tensor, y: torch.Tensor, c: float = 1.0, max_
         minimize 0.5 |w|^2 + c * sum_i s_i * log(1 + exp(-t_i (x_i . w + b))),  t_i = +-1,
         s_i = N / (2 * count of row i's class); the intercept b is not penalized.
 
-    Solved with L-BFGS in float64. x (N, k), y (N,) bool -> w (k,), b ().
+    x (N, k), y (N,) bool -> w (k,), b (). `fit_balanced_logistics` for one problem.
     """
-    x, t = x.double(), y.double() * 2 - 1
-    counts = torch.stack([(~y).sum(), y.sum()]).double()
-    s = len(y) / (2 * counts.clamp(min=1))[y.long()]
-    params = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([params], max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
-                            history_size=20, line_search_fn="strong_wolfe")
+    w, b = fit_balanced_logistics(x[None], y[None], c, max_iter)
+    return w[0], b[0]
 
-    def objective():
-        opt.zero_grad()
-        margin = t * (x @ params[:-1] + params[-1])
-        loss = 0.5 * params[:-1].square().sum() + c * (s * torch.nn.functional.softplus(-margin)).sum()
-        loss.backward()
-        return loss
 
-    opt.step(objective)
-    return params[:-1].detach(), params[-1].detach()
+def fit_balanced_logistics(x: torch.Tensor, y: torch.Tensor, c: float = 1.0, max_iter: int = 100,
+                           tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """P independent `fit_balanced_logistic` problems on the same number of rows, solved together: x (P, N, k),
+    y (P, N) bool -> w (P, k), b (P,).
+
+    Newton's method in float64 from 0 (the objective is strongly convex in w and convex in b, with a
+    (k + 1) x (k + 1) Hessian per problem), each step halved until it decreases its problem's objective
+    (Armijo); a problem stops when its gradient is below tol x N in absolute value or the decrease the Newton
+    step predicts is within rounding of its objective."""
+    p, n, k = x.shape
+    n_pos = y.sum(dim=1, keepdim=True).double()
+    s = n / (2 * torch.where(y, n_pos, n - n_pos).clamp(min=1))  # (P, N) balanced class weights
+    # rows whose features are all 0 have logit b: per class, they act as one row weighted by their summed s,
+    # so each problem keeps its other rows (first, padded with weight 0) and two such rows: the same objective
+    # on far fewer rows when the latents fire rarely
+    active = (x != 0).any(dim=2)  # (P, N)
+    keep = int(active.sum(dim=1).max())
+    order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :keep]  # (P, keep) active rows first
+    zero_pos, zero_neg = ((s * (~active & y)).sum(1), (s * (~active & ~y)).sum(1))  # (P,) each
+    x = torch.cat([x.double().gather(1, order[:, :, None].expand(p, keep, k)),
+                   torch.zeros(p, 2, k, dtype=torch.float64, device=x.device)], dim=1)  # (P, keep + 2, k)
+    y = torch.cat([y.gather(1, order), torch.tensor([[True, False]], device=y.device).expand(p, 2)], dim=1)
+    s = torch.cat([s.gather(1, order) * active.gather(1, order), torch.stack([zero_pos, zero_neg], 1)], dim=1)
+    xb = torch.cat([x, torch.ones(p, keep + 2, 1, dtype=torch.float64, device=x.device)], dim=2)  # (P, R, k+1)
+    t = y.double() * 2 - 1  # (P, R)
+    reg = torch.ones(k + 1, dtype=torch.float64, device=x.device)
+    reg[-1] = 0  # the intercept is not penalized
+    theta = torch.zeros(p, k + 1, dtype=torch.float64, device=x.device)
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:  # (P,)
+        margin = t * (xb @ theta[:, :, None])[:, :, 0]
+        return 0.5 * (reg * theta.square()).sum(1) + c * (s * torch.nn.functional.softplus(-margin)).sum(1)
+
+    for _ in range(max_iter):
+        z = (xb @ theta[:, :, None])[:, :, 0]  # (P, N)
+        q = torch.sigmoid(-t * z)  # (P, N) the loss's derivative in the margin, negated
+        grad = reg * theta - c * (xb.transpose(1, 2) @ (s * t * q)[:, :, None])[:, :, 0]  # (P, k+1)
+        hess = torch.diag(reg) + c * (xb * (s * q * (1 - q))[:, :, None]).transpose(1, 2) @ xb  # (P, k+1, k+1)
+        direction = -torch.linalg.solve(hess, grad[:, :, None])[:, :, 0]
+        decrement = -(grad * direction).sum(1)  # (P,) the squared Newton decrement: twice the predicted decrease
+        before = objective(theta)
+        # a problem is done when its gradient is small or the decrease Newton predicts is rounding noise
+        live = (grad.abs().amax(1) > tol * n) & (decrement > 1e-13 * before.abs().clamp(min=1))
+        if not bool(live.any()):
+            break
+        step = torch.ones(p, dtype=torch.float64, device=x.device)
+        for _ in range(40):
+            ok = ~live | (objective(theta + step[:, None] * direction) <= before - 1e-4 * step * decrement)
+            if bool(ok.all()):
+                break
+            step = torch.where(ok, step, step / 2)
+        theta = theta + torch.where(live, step, torch.zeros_like(step))[:, None] * direction
+    return theta[:, :-1], theta[:, -1]
 
 
 @dataclass
@@ -329,7 +431,7 @@ class SAEScore(NamedTuple):
     """The SAE's row: means and standard deviations over evaluated letters."""
     tokens: dict | None = None
     """Per-token records, one per (evaluated letter, probe true positive on the test split), as columns
-    (name -> list; `token_records`); None when not computed."""
+    (name -> list; `token_records`); None when not computed (ScoreConfig.records off)."""
     latent_top_tokens: dict | None = None
     """latent id -> its most active vocabulary rows [[row, text, activation], ...] (`top_tokens`), largest
     first, for every latent that absorbs some token (a reader sees whether it is token-aligned)."""
@@ -360,30 +462,57 @@ def _dense_latents(x: torch.Tensor, sae: SAEWeights, scale: torch.Tensor, latent
     return torch.cat(out) * scale[latents]
 
 
-def _k_sparse(dense: torch.Tensor, candidates: list[int], column: dict[int, int], truth: torch.Tensor,
-              train: torch.Tensor, cfg: ScoreConfig, fits: dict | None = None, letter: int = 0
-              ) -> tuple[list[float], int, torch.Tensor]:
-    """F1 on the test split of the balanced probe on the top-k candidates, k = 1, 2, ... until
-    `choose_split_k` stops; returns the F1s computed, the kept k and that probe's firing on the test rows.
-    `fits` keeps each (F1, firing) under (letter, latents), so seeds that rank the same latents first fit
-    them once."""
-    fits = {} if fits is None else fits
-    f1s: list[float] = []
-    fired: list[torch.Tensor] = []
-    for k in range(1, len(candidates) + 1):
-        key = (letter, tuple(candidates[:k]))
-        if key not in fits:
-            feats = dense[:, [column[i] for i in candidates[:k]]]  # (N, k)
-            w, b = fit_balanced_logistic(feats[train], truth[train])
-            fires = (feats[~train].double() @ w + b) > 0
-            fits[key] = (precision_recall_f1(fires, truth[~train]).f1, fires)
-        f1s.append(fits[key][0])
-        fired.append(fits[key][1])
-        kept = metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
-        if kept < k:
-            return f1s, kept, fired[kept - 1]
-    kept = metrics.choose_split_k(f1s, cfg.split_min_f1_gain)
-    return f1s, kept, fired[kept - 1]
+class _Probing(NamedTuple):
+    """k-sparse probing of one (seed, letter)."""
+
+    f1s: list[float]
+    """test F1 of the balanced probe on the top k candidates, k = 1, 2, ... as far as `choose_split_k` went"""
+    kept: int
+    """the number of main latents"""
+    fires: torch.Tensor
+    """(N_test,) bool: the kept probe's firing on the test rows"""
+
+
+class _Probing(NamedTuple):
+    """k-sparse probing of one (seed, letter)."""
+
+    f1s: list[float]
+    """test F1 of the balanced probe on the top k candidates, k = 1, 2, ... as far as `choose_split_k` went"""
+    main: list[int]
+    """the main latents: the kept k candidates"""
+    fires: torch.Tensor
+    """(N_test,) bool: the kept probe's firing on the test rows"""
+
+
+def _k_sparse(dense: torch.Tensor, column: dict[int, int], candidates: dict[tuple[int, int], list[int]],
+              labels: torch.Tensor, train: torch.Tensor, cfg: ScoreConfig) -> dict[tuple[int, int], _Probing]:
+    """k-sparse probing of every (seed, letter) of `candidates` (its latents, largest L1 weight first): the
+    balanced probe on the top k, k = 1, 2, ... until `choose_split_k` stops. The fits of one k are solved
+    together (`fit_balanced_logistics`, at most about 2^22 values a block), and a (letter, latents) pair that
+    several seeds rank first is fitted once. dense (N, U): the activations of the latents `column` names."""
+    x_train, x_test = dense[train], dense[~train]  # (N_train, U), (N_test, U)
+    fits: dict[tuple[int, tuple[int, ...]], tuple[float, torch.Tensor]] = {}
+    f1s: dict[tuple[int, int], list[float]] = {key: [] for key in candidates}
+    out: dict[tuple[int, int], _Probing] = {}
+    for k in range(1, max(map(len, candidates.values()), default=0) + 1):
+        active = [key for key in candidates if key not in out and len(candidates[key]) >= k]
+        need = sorted({(c, tuple(candidates[(s, c)][:k])) for s, c in active} - fits.keys())
+        block = max(1, (1 << 22) // (len(x_train) * (k + 1)))
+        for lo in range(0, len(need), block):
+            problems = need[lo:lo + block]
+            cols = torch.tensor([[column[i] for i in latents] for _, latents in problems], device=dense.device)
+            truth = torch.stack([labels == c for c, _ in problems])  # (P, N)
+            w, b = fit_balanced_logistics(x_train[:, cols].transpose(0, 1), truth[:, train])  # (P, k), (P,)
+            logits = (x_test[:, cols].transpose(0, 1).double() @ w[:, :, None])[:, :, 0] + b[:, None]  # (P, N_test)
+            for j, problem in enumerate(problems):
+                fires = logits[j] > 0
+                fits[problem] = (precision_recall_f1(fires, truth[j, ~train]).f1, fires)
+        for s, c in active:
+            f1s[(s, c)].append(fits[(c, tuple(candidates[(s, c)][:k]))][0])
+            kept = metrics.choose_split_k(f1s[(s, c)], cfg.split_min_f1_gain)
+            if kept < k or k == len(candidates[(s, c)]):
+                out[(s, c)] = _Probing(f1s[(s, c)], candidates[(s, c)][:kept], fits[(c, tuple(candidates[(s, c)][:kept]))][1])
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -410,8 +539,14 @@ def _l1_weights(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig, seeds:
                                            "l1_converged": sol.converged}
     if cfg.l1_solver != "saebench":
         raise ValueError(f"unknown L1 solver {cfg.l1_solver!r}; choose one of {L1_SOLVERS}")
-    return [train_sparse_probe(acts, labels, replace(cfg, sparse_probe=replace(cfg.sparse_probe, seed=s)))
-            for s in seeds], {}
+    group = max(1, SEED_GROUP_VALUES // (acts.width * 26))  # seeds per batched probe: bounded memory at any width
+    groups = [seeds[lo:lo + group] for lo in range(0, len(seeds), group)]
+    return [w for part in groups for w in train_sparse_probes(acts, labels, cfg, part)], {}
+
+
+SEED_GROUP_VALUES = 1 << 26
+"""The batched L1 probe's weight holds at most this many values (m x 26 x seeds; 256 MB in float32, about 1 GB
+with its gradient and Adam's two moments) unless one seed needs more: 39 seeds at 65k, 2 at 1M latents."""
 
 
 def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig = ScoreConfig(),
@@ -446,9 +581,8 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
     seeds = [cfg.sparse_probe.seed + i for i in range(max(1, cfg.seeds))]
     weights, solver_info = _l1_weights(acts.rows(train), labels[train], cfg, seeds)
     singles = enc_cos.argmax(dim=0).tolist()  # (26,)
-    fits: dict = {}
-    runs = [_score_letters(acts, w, letters, singles, probe, labels, train, tp_all, act_all, dec_cos, enc_cos, cfg,
-                           fits, data) for w in weights]
+    runs = _score_seeds(acts, weights, letters, singles, probe, labels, train, tp_all, act_all, dec_cos, enc_cos, cfg,
+                        data)
     if data.context_x is not None and len(data.context_x):
         _in_context(runs, letters, singles, sae, scale, data, cfg)
     rows = runs[0].rows
@@ -466,6 +600,8 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         from actstore.nulls import null_columns
 
         summary.update(null_columns(sae, data, probe, cfg, acts, summary))
+    if not cfg.records:
+        return SAEScore(rows, summary)
     records = runs[0].records
     absorbing = sorted({latent for record in _records(records) if absorbed(record)
                         for latent, _, _ in token_absorbers(record)})
@@ -515,7 +651,7 @@ def absorption_per_token(value: torch.Tensor, cos: torch.Tensor, is_main: torch.
 
 class _Run(NamedTuple):
     """One seed's letter rows, main latents per letter, per-token values (for the bootstrap) and per-token
-    records (columns, `token_records`)."""
+    records (columns, `token_records`; the first seed's only, empty for the others and when not asked for)."""
 
     rows: list[dict]
     mains: dict[int, list[int]]
@@ -523,45 +659,82 @@ class _Run(NamedTuple):
     records: dict[str, list]
 
 
-def _score_letters(acts: SparseActs, l1_weight: torch.Tensor, letters: list[int], singles: list[int], probe: Probe,
-                   labels: torch.Tensor, train: torch.Tensor, tp_all: torch.Tensor, act_all: torch.Tensor,
-                   dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig, fits: dict, data: LayerData
-                   ) -> _Run:
-    """k-sparse probing, single latents and absorption of every evaluated letter, given the L1 probe's weights.
-    `fits`: k-sparse F1s shared by the seeds of one SAE (`_k_sparse`)."""
+class _LetterRows(NamedTuple):
+    """What absorption needs of one letter that no seed changes: its probe true positives on the test split and
+    their active latents (`SparseActs.padded`)."""
+
+    tp: torch.Tensor
+    """(N,) bool"""
+    index: torch.Tensor
+    """(R, L) latent ids"""
+    value: torch.Tensor
+    """(R, L) folded activations, 0 on padding"""
+    cos: torch.Tensor
+    """(R, L) cos(W_dec[i], p_c), 0 on padding"""
+    valid: torch.Tensor
+    """(R, L) bool"""
+    act: torch.Tensor
+    """(R,) a . p_c"""
+
+
+def _score_seeds(acts: SparseActs, weights: list[torch.Tensor], letters: list[int], singles: list[int],
+                 probe: Probe, labels: torch.Tensor, train: torch.Tensor, tp_all: torch.Tensor, act_all: torch.Tensor,
+                 dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig, data: LayerData) -> list[_Run]:
+    """k-sparse probing, single latents and absorption of every evaluated letter, for each seed's L1-probe
+    weight (m, 26). What no seed changes is computed once: the activations of every latent any seed ranks
+    (one dense gather), the single latents' scores, each letter's true positives and their active latents; the
+    k-sparse fits of all seeds and letters are solved together per k (`_k_sparse`)."""
     device = acts.value.device
     k = min(cfg.max_k, acts.width)
-    candidates = l1_weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first
-    wanted = sorted({i for c in letters for i in candidates[c]} | {singles[c] for c in letters})
+    candidates = {}
+    for s, weight in enumerate(weights):
+        top = weight.topk(k, dim=0).indices.T.tolist()  # (26, k) largest signed weight first
+        candidates.update({(s, c): top[c] for c in letters})
+    wanted = sorted({i for ids in candidates.values() for i in ids} | {singles[c] for c in letters})
     column = {latent: j for j, latent in enumerate(wanted)}
     dense = acts.dense_columns(torch.tensor(wanted, device=device))  # (N, U)
-    rows, mains, tokens = [], {}, []
-    records: dict[str, list] = {name: [] for name in TOKEN_COLUMNS}
+    probing = _k_sparse(dense, column, candidates, labels, train, cfg)
+    shared = {}
     for c in letters:
-        truth = labels == c
-        f1s, kept, main_fires = _k_sparse(dense, candidates[c], column, truth, train, cfg, fits, c)
-        main = candidates[c][:kept]
-        mains[c] = main
-        main_prf = precision_recall_f1(main_fires, truth[~train])
-        single = singles[c]
-        single_fires = dense[~train, column[single]] > 0
-        single_prf = precision_recall_f1(single_fires, truth[~train])
-
         tp = tp_all[:, c]  # the probe's true positives on the test split
         index, value, valid = acts.rows(tp).padded()  # (R, L)
         cos = torch.where(valid, dec_cos[index, c], torch.zeros_like(value))
-        is_main = torch.isin(index, torch.tensor(main, device=device)) & valid
-        act = act_all[tp, c]
-        fraction, full, terms = absorption_per_token(value, cos, is_main, act, cfg.metric_version)
-        missed = torch.zeros(len(labels), dtype=torch.bool, device=device)
-        missed[~train] = ~main_fires.to(device)  # the k-sparse probe on the main latents says "not c"
-        letter_records = token_records(tp, index, value, cos, terms, act, fraction, full, missed[tp],
-                                       dense[tp][:, [column[i] for i in main]], data)
-        for name, values in letter_records.items():
-            records[name] += values
-        records["letter"] += [LETTERS[c]] * len(letter_records["row"])
-        n_tp = int(tp.sum())
+        shared[c] = _LetterRows(tp, index, value, cos, valid, act_all[tp, c])
+    return [_score_letters(s, probing, shared, dense, column, letters, singles, probe, labels, train, dec_cos,
+                           enc_cos, cfg, data, records=cfg.records and s == 0) for s in range(len(weights))]
+
+
+def _score_letters(seed: int, probing: dict[tuple[int, int], _Probing], shared: dict[int, _LetterRows],
+                   dense: torch.Tensor, column: dict[int, int], letters: list[int], singles: list[int], probe: Probe,
+                   labels: torch.Tensor, train: torch.Tensor, dec_cos: torch.Tensor, enc_cos: torch.Tensor,
+                   cfg: ScoreConfig, data: LayerData, records: bool) -> _Run:
+    """One seed's letter rows, from its k-sparse probing and the letters' shared rows (`_score_seeds`);
+    per-token records only when `records`."""
+    device = dense.device
+    rows, mains, tokens = [], {}, []
+    columns: dict[str, list] = {name: [] for name in TOKEN_COLUMNS}
+    for c in letters:
+        truth = labels == c
         truth_test = truth[~train]
+        f1s, main, main_fires = probing[(seed, c)]
+        mains[c] = main
+        main_prf = precision_recall_f1(main_fires, truth_test)
+        single = singles[c]
+        single_fires = dense[~train, column[single]] > 0
+        single_prf = precision_recall_f1(single_fires, truth_test)
+
+        tp, index, value, cos, valid, act = shared[c]
+        is_main = torch.isin(index, torch.tensor(main, device=device)) & valid
+        fraction, full, terms = absorption_per_token(value, cos, is_main, act, cfg.metric_version)
+        if records:
+            missed = torch.zeros(len(labels), dtype=torch.bool, device=device)
+            missed[~train] = ~main_fires.to(device)  # the k-sparse probe on the main latents says "not c"
+            letter_records = token_records(tp, index, value, cos, terms, act, fraction, full, missed[tp],
+                                           dense[tp][:, [column[i] for i in main]], data)
+            for name, values in letter_records.items():
+                columns[name] += values
+            columns["letter"] += [LETTERS[c]] * len(letter_records["row"])
+        n_tp = int(tp.sum())
         tokens.append(uncertainty.LetterTokens(fraction, full.double(), (
             int((single_fires & truth_test).sum()), int((single_fires & ~truth_test).sum()),
             int((~single_fires & truth_test).sum()), int((~single_fires & ~truth_test).sum()))))
@@ -573,14 +746,14 @@ def _score_letters(acts: SparseActs, l1_weight: torch.Tensor, letters: list[int]
             "mean_absorption_fraction": float(fraction.mean()) if n_tp else 0.0,
             "full_absorption_rate": float(full.double().mean()) if n_tp else 0.0,
             "num_full_absorption": int(full.sum()),
-            "num_split_features": kept, "split_latents": main, "k_sparse_f1": f1s,
+            "num_split_features": len(main), "split_latents": main, "k_sparse_f1": f1s,
             "split_cos_dec": [float(dec_cos[i, c]) for i in main],
             "main_precision": main_prf.precision, "main_recall": main_prf.recall, "main_f1": main_prf.f1,
             "single_latent": single, "single_latent_enc_cos": float(enc_cos[single, c]),
             "single_precision": single_prf.precision, "single_recall": single_prf.recall,
             "single_f1": single_prf.f1,
         })
-    return _Run(rows, mains, tokens, records)
+    return _Run(rows, mains, tokens, columns if records else {})
 
 
 TOKEN_COLUMNS = ("letter", "row", "token_id", "text", "probe_projection", "main_projection", "main_acts",

@@ -79,3 +79,32 @@ def test_report_names_an_sae_that_is_not_there(tmp_path):
     one = results_folder(tmp_path / "one", [3], (10,))
     with pytest.raises(ValueError, match="--sae 'nope' names no scored SAE"):
         write_report(one, sae="nope")
+
+
+def test_figures_against_l0_draw_each_saes_interval_and_its_null_band():
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    from actstore.report import panels_figure
+
+    rows = [{"layer": 3, "width": 16384, "l0": l0, "l0_source": "release", "mean_absorption_fraction": y,
+             "mean_absorption_fraction_ci_low": y - 0.02 * (i + 1), "mean_absorption_fraction_ci_high": y + 0.01,
+             "null_random_decoder_mean_absorption_fraction": 0.05 + i / 100,
+             "null_shuffled_firing_mean_absorption_fraction": 0.01}
+            for i, (l0, y) in enumerate(((10.0, 0.3), (40.0, 0.2), (90.0, 0.25)))]
+    rows.append({"layer": 3, "width": 65536, "l0": 20.0, "l0_source": "release", "mean_absorption_fraction": 0.4})  # neither: a plain point
+    fig = panels_figure(rows, "mean_absorption_fraction", "absorption")
+    ax = fig.axes[0]
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(bars) == 1  # only the 16k SAEs carry intervals
+    segments = sorted(seg.flatten().tolist() for seg in bars[0].get_segments())  # [x, y_low, x, y_high] per SAE
+    assert sum(segments, []) == pytest.approx([10, 0.28, 10, 0.31, 40, 0.16, 40, 0.21, 90, 0.19, 90, 0.26], abs=1e-12)
+    band = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(band) == 1
+    vertices = band[0].get_paths()[0].vertices
+    # the band spans each SAE's lowest to highest null: 0.01 to 0.05, 0.06, 0.07 at L0 10, 40, 90
+    for l0, low, high in ((10.0, 0.01, 0.05), (40.0, 0.01, 0.06), (90.0, 0.01, 0.07)):
+        ys = sorted(y for x, y in vertices if x == l0)
+        assert abs(ys[0] - low) < 1e-12 and abs(ys[-1] - high) < 1e-12, (l0, ys)
+    labels = fig.legends[0].get_texts()
+    assert [t.get_text() for t in labels] == ["16k", "65k", "95% bootstrap interval", "null SAEs (lowest to highest)"]
+    plt.close(fig)

@@ -3,6 +3,7 @@ logistic regression against scikit-learn, and planted-truth recovery on syntheti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from actstore import metrics
 from actstore.probes import ProbeConfig, fit_one_vs_rest
 from actstore.saes import SAEWeights, load_params_npz
 from actstore.scoring import (NotScorable, ScoreConfig, SparseActs, decoder_scale, encode_sparse,
-                              fit_balanced_logistic, score_sae, train_sparse_probe)
+                              fit_balanced_logistic, score_sae, train_sparse_probe, train_sparse_probes)
 from actstore.store import ActivationStore
 from actstore.synth_saes import compare_with_truth
 
@@ -97,10 +98,13 @@ def test_balanced_logistic_regression_matches_scikit_learn():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(400, 3, generator=gen) * torch.tensor([1.0, 5.0, 0.2])
     y = (x[:, 0] + 0.3 * x[:, 1] + torch.randn(400, generator=gen) > 1.5)  # imbalanced: about 20% positive
-    w, b = fit_balanced_logistic(x, y)
-    ref = LogisticRegression(class_weight="balanced", max_iter=10000, tol=1e-10).fit(x.numpy(), y.numpy())
-    np.testing.assert_allclose(w.numpy(), ref.coef_[0], rtol=0, atol=1e-4)
-    assert float(b) == pytest.approx(float(ref.intercept_[0]), abs=1e-4)
+    sparse = x * (torch.rand(400, 3, generator=gen) < 0.15)  # as latents fire: most rows all 0 (merged per class)
+    for features in (x, sparse):
+        w, b = fit_balanced_logistic(features, y)
+        ref = LogisticRegression(class_weight="balanced", max_iter=10000, tol=1e-10)
+        ref.fit(features.double().numpy(), y.numpy())  # float64: sklearn's float32 solve is good to about 4e-4
+        np.testing.assert_allclose(w.numpy(), ref.coef_[0], rtol=0, atol=1e-4)
+        assert float(b) == pytest.approx(float(ref.intercept_[0]), abs=1e-4)
 
 
 def test_sparse_l1_probe_equals_the_same_probe_trained_on_dense_activations():
@@ -118,6 +122,23 @@ def test_sparse_l1_probe_equals_the_same_probe_trained_on_dense_activations():
     fit_one_vs_rest([weight, bias], lambda rows: dense[rows] @ weight + bias, labels, cfg.sparse_probe,
                     extra_loss=lambda: 1e-2 * weight.abs().sum(dim=0).mean())
     torch.testing.assert_close(sparse, weight.detach(), rtol=0, atol=2e-6)
+
+
+def test_seeds_trained_together_equal_each_seed_trained_alone():
+    """train_sparse_probes trains several seeds as one probe with 26 x S outputs: each seed's block must follow
+    the steps of that seed alone, with several batches per epoch (each seed its own batch order) and with one."""
+    sae = random_sae(16, 90)
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(300) % 26
+    acts = encode_sparse(x, sae, decoder_scale(sae))
+    for batch_size in (64, 4096):
+        cfg = ScoreConfig(sparse_probe=ProbeConfig(epochs=6, batch_size=batch_size, weight_decay=1e-6))
+        together = train_sparse_probes(acts, labels, cfg, [0, 3, 5])
+        for seed, weight in zip((0, 3, 5), together):
+            alone = train_sparse_probe(acts, labels, dataclasses.replace(
+                cfg, sparse_probe=dataclasses.replace(cfg.sparse_probe, seed=seed)))
+            torch.testing.assert_close(weight, alone, rtol=0, atol=1e-7)
+        assert not torch.equal(together[0], together[1])  # the seeds differ
 
 
 # ---------------------------------------------------------------------------- planted truth
