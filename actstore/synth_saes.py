@@ -152,7 +152,7 @@ def main_threshold(s: torch.Tensor, sorted_tp: torch.Tensor, j: int, slack: floa
     n = len(sorted_tp)
     if n == 0:
         return float(s.max()) + 4 * slack, 0
-    for k in sorted(range(n + 1), key=lambda k: (abs(k - j), k)) if j else range(n + 1):
+    for k in sorted(range(n + 1), key=lambda k: (abs(k - j), k)):  # j first, then the nearest, lower on a tie
         if k == 0:
             below = s[s < sorted_tp[0]]
             tau = widest_gap(s, float(below.max()) if len(below) else float(sorted_tp[0]) - 1.0, float(sorted_tp[0]))
@@ -211,6 +211,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
     kappa = (dec_dirs * world.directions).sum(dim=1)  # (26,) cos(d_c, p_c)
     scores = x @ world.directions.T  # (N, 26) act = a . p_c
     bias = float(2 * scores.abs().max() / kappa.min() + 1)
+    slack = float32_slack(x, bias)  # the main latents' and fillers' (bias b); absorbers' below (bias 2 b)
 
     def null_unit(n: int) -> torch.Tensor:
         return torch.nn.functional.normalize(torch.randn(n, null.shape[1], dtype=x.dtype, generator=gen) @ null.T, dim=1)
@@ -235,8 +236,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
             continue
         sorted_tp = torch.sort(s[test_tp]).values
         n = len(sorted_tp)
-        tau, j = main_threshold(s, sorted_tp, int(round(absorption * n)) if c in world.evaluated else 0,
-                                float32_slack(x, bias))
+        tau, j = main_threshold(s, sorted_tp, int(round(absorption * n)) if c in world.evaluated else 0, slack)
         latents.append(Latent(kind="main", letter=c, enc=world.directions[c], b=bias, thr=bias + tau, dec=dec_dirs[c]))
         off = test_tp & (s <= tau)  # absorbers on the test split only: see the module docstring
         absorbed_rows += [(c, int(r)) for r in off.nonzero()[:, 0]]
@@ -252,9 +252,9 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
     absorbed = torch.zeros(len(x), dtype=torch.bool)
     if len(rows):
         u, margin = token_aligned_encoders(x, rows)
-        slack = float32_slack(x, 2 * bias)
+        absorber_slack = float32_slack(x, 2 * bias)
         for (c, row), u_t, m_t in zip(absorbed_rows, u, margin):
-            if m_t / 2 <= slack:  # no margin, or one that float32 rounding in the scorer could cross: not absorbed
+            if m_t / 2 <= absorber_slack:  # no margin, or one that float32 rounding in the scorer could cross: not absorbed
                 continue
             own = float(u_t @ x[row])
             dec = torch.nn.functional.normalize(dec_dirs[c] + null_unit(1)[0], dim=0)
@@ -286,7 +286,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
         b_enc[order[i]], threshold[order[i]] = lat["b"], lat["thr"]
     fill = order[len(latents):]
     w_enc[:, fill], w_dec[fill] = fill_enc.T, fill_dec
-    b_enc[fill], threshold[fill] = bias, bias + fill_top + max(0.1, 4 * float32_slack(x, bias))
+    b_enc[fill], threshold[fill] = bias, bias + fill_top + max(0.1, 4 * slack)
 
     for lat, position in zip(latents, order.tolist()):
         entry = truth[LETTERS[lat["letter"]]]
