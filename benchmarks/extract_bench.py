@@ -1,6 +1,6 @@
 """Extraction pipeline throughput next to a bare forward loop over the same model and prompts.
 
-    python benchmarks/extract_bench.py [--model DIR] [--context-rows 65536] [--repeats 3]
+    python benchmarks/extract_bench.py [--model DIR] [--context-rows 65536] [--repeats 3] [--bare-only]
 
 - bare:     a fresh Python process that builds the task (tokenizes), loads the model, runs every batch
             through ResidualReader, gathers the stored positions and copies them to host numpy arrays;
@@ -11,6 +11,7 @@
 Both do the same batches (batch size, padding, layers) on the same prompts: the vocabulary task and
 `--context-rows` context tokens. Reported: wall seconds, rows/s, tokens/s (every token the model reads,
 padding included) and `ratios.pipeline_vs_bare` = pipeline seconds / bare seconds (target <= 1.15).
+`--bare-only` runs the bare loop alone (no Ray: for a machine without it, such as the lent GPU).
 Both pay for one fresh process (imports, first use of every tensor shape), so the ratio is what Ray,
 the writer and the store add.
 Without --model the synthetic world's model is written to a scratch folder (4 layers, d_model 64).
@@ -138,8 +139,6 @@ def pipeline(cfg: ExtractConfig, tokens: int) -> dict:
 
 
 def main() -> int:
-    import ray
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="model id or directory (default: the synthetic model)")
     parser.add_argument("--layers", default="all")
@@ -151,6 +150,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/extract_bench[_full_size].json)")
     parser.add_argument("--full-size", action="store_true", help="a random full-size Gemma2 in bf16 (for a GPU)")
     parser.add_argument("--full-size-layers", type=int, default=26, help="depth of the --full-size model")
+    parser.add_argument("--bare-only", action="store_true", help="the bare loop alone, without Ray or the store")
     parser.add_argument("--bare-config", default=None, help=argparse.SUPPRESS)  # the child of bare_in_fresh_process
     args = parser.parse_args()
     if args.bare_config:
@@ -175,18 +175,24 @@ def main() -> int:
         cfg.dtype = "bfloat16" if cfg.device == "cuda" or args.full_size else "float32"
         layers = parse_layers(args.layers, load_config_and_tokenizer(model)[0].num_hidden_layers)
         fpt = flops_per_token(model, layers, tokens_per_row=args.context_length / 2)
-        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        runs = {"bare": [], "pipeline": []}
+        runs = {"bare": []} if args.bare_only else {"bare": [], "pipeline": []}
+        if not args.bare_only:
+            import ray
+
+            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         for rep in range(args.repeats):
             b = bare_in_fresh_process(cfg)
-            p = pipeline(cfg, b["tokens"])
             runs["bare"].append(b)
-            runs["pipeline"].append(p)
-            print(f"  repeat {rep + 1}/{args.repeats}: bare {b['seconds']:.2f}s (first batch at "
-                  f"{b['startup_seconds']:.2f}s of {b['inner_seconds']:.2f}s after imports), "
-                  f"pipeline {p['seconds']:.2f}s (startup {p['startup_seconds']:.2f}, worker busy "
-                  f"{p['worker_busy_seconds']:.2f}, writer busy {p['writer_busy_seconds']:.2f})", file=sys.stderr)
-        ray.shutdown()
+            line = (f"  repeat {rep + 1}/{args.repeats}: bare {b['seconds']:.2f}s (first batch at "
+                    f"{b['startup_seconds']:.2f}s of {b['inner_seconds']:.2f}s after imports)")
+            if not args.bare_only:
+                p = pipeline(cfg, b["tokens"])
+                runs["pipeline"].append(p)
+                line += (f", pipeline {p['seconds']:.2f}s (startup {p['startup_seconds']:.2f}, worker busy "
+                         f"{p['worker_busy_seconds']:.2f}, writer busy {p['writer_busy_seconds']:.2f})")
+            print(line, file=sys.stderr)
+        if not args.bare_only:
+            ray.shutdown()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -195,7 +201,7 @@ def main() -> int:
         seconds = statistics.median(r["seconds"] for r in results)
         summary[name] = {"seconds": seconds, "rows_per_s": results[0]["rows"] / seconds,
                          "tokens_per_s": results[0]["tokens"] / seconds, "runs": results}
-    ratio = summary["pipeline"]["seconds"] / summary["bare"]["seconds"]
+    ratio = summary["pipeline"]["seconds"] / summary["bare"]["seconds"] if "pipeline" in summary else None
     for s in summary.values():
         s["model_tflops"] = s["tokens_per_s"] * fpt / 1e12
     peak = gemm_peak_tflops() if torch.cuda.is_available() else None
@@ -218,7 +224,8 @@ def main() -> int:
         mfu = f"{s['mfu_vs_measured_gemm_peak']:.3f}" if peak else "-"
         print(f"{name:10s} {s['seconds']:8.2f} {s['rows_per_s']:9.0f} {s['tokens_per_s']:10.0f}"
               f" {s['model_tflops']:8.3f} {mfu:>6s}")
-    print(f"pipeline / bare time: {ratio:.3f} (target <= 1.15)")
+    if ratio is not None:
+        print(f"pipeline / bare time: {ratio:.3f} (target <= 1.15)")
     write_result(args.out or HERE / "results" / f"extract_bench{'_full_size' if args.full_size else ''}.json", result)
     return 0
 

@@ -170,6 +170,7 @@ def main() -> int:
         widths = [parse_width(w) for w in args.widths.split(",")]
         tokens = [int(t) for t in args.tokens.split(",")]
         groups = [int(g) for g in args.groups.split(",")]
+    out = args.out or (HERE / "scratch" / "kernel_bench_smoke.json" if args.smoke else HERE / "results" / "kernel_bench.json")
     budget = 0.6 * torch.cuda.get_device_properties(0).total_memory if device == "cuda" else float("inf")
 
     rows, skipped = [], []
@@ -190,11 +191,13 @@ def main() -> int:
                       f"{row['ratios']['fused_vs_torch']:8.2f} {extra:>9s}")
                 if device == "cuda":
                     torch.cuda.empty_cache()
+                    # the JSON so far: a run stopped at its time limit keeps the shapes it finished
+                    write_result(out, {"benchmark": "kernel_bench", "environment": env, "smoke": False,
+                                       "rows": rows, "skipped": skipped, "partial": True})
     for skip in skipped:
         print(f"skipped m={skip['m']} S={skip['saes']}: weights {skip['weights_bytes'] / 1e9:.1f} GB > 60% of GPU memory")
     result = {"benchmark": "kernel_bench", "environment": env, "smoke": args.smoke, "rows": rows, "skipped": skipped}
-    write_result(args.out or (HERE / "scratch" / "kernel_bench_smoke.json" if args.smoke
-                              else HERE / "results" / "kernel_bench.json"), result)
+    write_result(out, result)
     return 0
 
 

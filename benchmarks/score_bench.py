@@ -1,6 +1,6 @@
 """Whole-set scoring, end to end, against the I/O floor: the time to only read each SAE's file.
 
-    python benchmarks/score_bench.py [--layers 3,12,19] [--widths 16k,65k] [--vocab-rows 4096]
+    python benchmarks/score_bench.py [--layers 3,12,19] [--widths 16k,65k] [--vocab-rows 4096] [--local]
 
 Builds, in a scratch folder: a bf16 store with d_model 2304 (Gemma-2-2b's) whose vocabulary rows carry
 planted letter directions (so every letter's probe is good and every SAE is scored on 26 letters), trains
@@ -9,7 +9,8 @@ its probes, and writes random JumpReLU SAEs of Gemma Scope's shapes as params.np
 - io_floor: every SAE file of that width read once, cold (page cache dropped with posix_fadvise), with
   np.load, nothing else;
 - score: `actstore score` (Ray, one worker; the device's default backend) over the same files, cold, end to
-  end (weights read and converted, layers loaded, every metric, results written).
+  end (weights read and converted, layers loaded, every metric, results written). `--local` scores in this
+  process without Ray (`score --local`), for a machine without Ray.
 Reported per width: seconds per SAE for both, `ratios.per_sae_vs_io_floor` (target on a GPU <= 1.25; on CPU
 the ratio is reported as measured), and an extrapolation to the 316 SAEs of gemma-scope-2b-pt-res: each
 catalog SAE costs the measured per-byte rate of the nearest measured width times its bytes.
@@ -108,6 +109,7 @@ def main() -> int:
     parser.add_argument("--widths", default="16k,65k")
     parser.add_argument("--vocab-rows", type=int, default=4096)
     parser.add_argument("--context-rows", type=int, default=4096)
+    parser.add_argument("--local", action="store_true", help="score in this process, without Ray")
     parser.add_argument("--scratch", default=str(HERE / "scratch"))
     parser.add_argument("--out", default=str(HERE / "results" / "score_bench.json"))
     args = parser.parse_args()
@@ -135,7 +137,8 @@ def main() -> int:
             for file in files:
                 sync_and_drop(file)
             t = time.perf_counter()
-            summary = run_score(ScoreCommandConfig(str(root / "store.zarr"), str(root / f"results_{m}"), [str(folder)]),
+            summary = run_score(ScoreCommandConfig(str(root / "store.zarr"), str(root / f"results_{m}"), [str(folder)],
+                                                   local=args.local),
                                 log=lambda line: print("  " + line) if "failed:" in line else None)
             wall = time.perf_counter() - t
             assert summary["scored"] == len(files), summary
@@ -150,7 +153,7 @@ def main() -> int:
             }
             per_width[m]["ratio"] = per_width[m]["score_s_per_sae"] / per_width[m]["io_floor_s_per_sae"]
             print(f"width {m:7d}: {len(files)} SAEs, I/O floor {per_width[m]['io_floor_s_per_sae']:.2f} s/SAE, "
-                  f"score {per_width[m]['score_s_per_sae']:.2f} s/SAE (wall, Ray startup included), "
+                  f"score {per_width[m]['score_s_per_sae']:.2f} s/SAE (wall{'' if args.local else ', Ray startup included'}), "
                   f"ratio {per_width[m]['ratio']:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -164,7 +167,7 @@ def main() -> int:
     full_io = sum(io_rates[m] * b for m, b in zip(nearest, sizes))
     result = {
         "benchmark": "score_bench", "environment": env, "layers": layers, "vocab_rows": args.vocab_rows,
-        "context_rows": args.context_rows, "widths": {str(m): w for m, w in per_width.items()},
+        "context_rows": args.context_rows, "ray": not args.local, "widths": {str(m): w for m, w in per_width.items()},
         "ratios": {"per_sae_vs_io_floor": {str(m): w["ratio"] for m, w in per_width.items()}},
         "extrapolation_316": {"saes": len(sizes), "bytes": sum(sizes), "score_hours": full / 3600,
                               "io_floor_hours": full_io / 3600},

@@ -1,10 +1,10 @@
 """What `--seeds 5` costs against one seed: the seed-dependent steps rerun over one encoding.
 
     python benchmarks/seed_bench.py [--widths 16k,65k] [--solvers saebench,converged] [--vocab-rows 2048]
-                                    [--context-rows 1024] [--repeat 2]
+                                    [--context-rows 1024] [--repeat 2] [--device cuda]
 
-In process (no Ray, torch backend): vocabulary rows of d_model 2304 with planted letter directions and their
-trained probe (as score_bench.py builds them), a random JumpReLU SAE of each width with about 60 active
+In process (no Ray; the device's default backend: torch on CPU, the fused kernel on CUDA): vocabulary rows of
+d_model 2304 with planted letter directions and their trained probe (as score_bench.py builds them), a random JumpReLU SAE of each width with about 60 active
 latents per token (score_bench.write_sae's recipe), then `score_sae` with seeds 1 and 5 under each L1 solver
 (bootstrap intervals on, 1000 replicates, as the command's default). The machine may be shared, so the two are
 interleaved (1 seed, 5 seeds, 1 seed, 5 seeds, ...): reports seconds (best of --repeat), the ratio of the bests
@@ -48,7 +48,7 @@ def rows(n: int, context: int):
     return LayerData(x, labels, split, ctx, ctx_labels), probe
 
 
-def random_sae(m: int, seed: int, l0: int = 60):
+def random_sae(m: int, seed: int, l0: int = 60, device: str = "cpu"):
     from statistics import NormalDist
 
     from actstore.saes import SAEWeights
@@ -57,7 +57,8 @@ def random_sae(m: int, seed: int, l0: int = 60):
     w_enc = torch.randn(D, m, generator=gen) / D ** 0.5
     w_dec = torch.randn(m, D, generator=gen) / D ** 0.5
     threshold = torch.full((m,), NormalDist(0, (ROW_NORM_SQ / D) ** 0.5).inv_cdf(1 - l0 / m))
-    return SAEWeights(f"random-{m}", w_enc, torch.zeros(m), w_dec, torch.zeros(D), "jumprelu", threshold, layer=0)
+    return SAEWeights(f"random-{m}", w_enc.to(device), torch.zeros(m, device=device), w_dec.to(device),
+                      torch.zeros(D, device=device), "jumprelu", threshold.to(device), layer=0)
 
 
 def interleaved(repeat: int, one, five) -> tuple[list[float], list[float]]:
@@ -80,17 +81,23 @@ def main() -> int:
     parser.add_argument("--vocab-rows", type=int, default=2048)
     parser.add_argument("--context-rows", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the SAE lives and the scoring runs (cpu, cuda)")
     parser.add_argument("--out", default=str(HERE / "results" / "seed_bench.json"))
     args = parser.parse_args()
     data, probe = rows(args.vocab_rows, args.context_rows)
-    result = {"environment": environment(), "vocab_rows": args.vocab_rows, "context_rows": args.context_rows,
+    env = environment()
+    if args.device.startswith("cuda"):
+        env["device"] = torch.cuda.get_device_name()
+    result = {"environment": env, "vocab_rows": args.vocab_rows, "context_rows": args.context_rows,
               "d_model": D, "repeat": args.repeat, "load_average_before": os.getloadavg(), "widths": {}}
     print(f"{'width':>6s} {'solver':>10s} {'encode s':>9s} {'1 seed s':>9s} {'5 seeds s':>10s} {'ratio':>6s} "
           f"{'pair ratios':>12s}")
     for width in [parse_width(w) for w in args.widths.split(",")]:
-        sae = random_sae(width, seed=width)
+        sae = random_sae(width, seed=width, device=args.device)
         t = time.perf_counter()
         encode_sparse(data.x, sae, decoder_scale(sae))
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         encode = time.perf_counter() - t
         per_solver = {}
         for solver in args.solvers.split(","):
@@ -104,6 +111,7 @@ def main() -> int:
             print(f"{width:6d} {solver:>10s} {encode:9.2f} {one:9.2f} {five:10.2f} {five / one:6.2f} "
                   f"{' '.join(f'{r:.2f}' for r in pairs):>12s}", flush=True)
         result["widths"][str(width)] = {"encode_seconds": encode, **per_solver}
+        write_result(args.out, result)  # each width as it finishes: a run stopped at a time limit keeps them
     result["load_average_after"] = os.getloadavg()
     write_result(args.out, result)
     return 0

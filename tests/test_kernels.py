@@ -1,7 +1,8 @@
 """The fused JumpReLU + probe-projection kernel against its fp32 torch reference and the scorer's encoder.
 
 On a CPU machine these run in Triton's interpreter (conftest sets TRITON_INTERPRET=1): fp32, small shapes
-(the interpreter gets bf16 wrong and runs every program in numpy). Tests marked gpu need CUDA.
+(the interpreter gets bf16 wrong and runs every program in numpy). On a GPU the same tests run the compiled
+kernel on CUDA tensors (DEVICE). Tests marked gpu need CUDA.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from actstore.probes import Probe
 from actstore.saes import SAEWeights
 from actstore.scoring import LayerData, ScoreConfig, decoder_scale, encode_sparse, encode_sparse_fused, score_sae
 
+DEVICE = "cpu" if INTERPRET else "cuda"
+"""Where the kernel tests put their tensors: the interpreter runs on CPU tensors, the compiled kernel on CUDA."""
 needs_kernel = pytest.mark.skipif(not (INTERPRET or torch.cuda.is_available()),
                                   reason="needs CUDA or TRITON_INTERPRET=1")
 
 
-def make_sae(d: int, m: int, seed: int, architecture: str = "jumprelu", device: str = "cpu") -> SAEWeights:
+def make_sae(d: int, m: int, seed: int, architecture: str = "jumprelu", device: str = DEVICE) -> SAEWeights:
     gen = torch.Generator().manual_seed(seed)
     w_dec = torch.randn(m, d, generator=gen) * (0.5 + torch.rand(m, 1, generator=gen))
     return SAEWeights(f"s{seed}", (torch.randn(d, m, generator=gen) / d ** 0.5).to(device),
@@ -44,10 +47,10 @@ def check_against_reference(x, group, out, proj_atol):
 def test_several_saes_of_odd_widths_ragged_tokens_and_a_capacity_overflow(splits):
     d = 40
     saes = [make_sae(d, 50, 1), make_sae(d, 77, 2), make_sae(d, 133, 3)]  # none a multiple of the 64-wide tile
-    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(9)), dim=1)
+    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(9)), dim=1).to(DEVICE)
     group = pack_group(saes, directions, torch.float32)
     assert group.offsets.tolist() == [0, 50, 127, 260] and group.v.shape == (260, P_PAD)
-    x = torch.randn(45, d, generator=torch.Generator().manual_seed(4))  # 45 tokens: a partial token tile
+    x = torch.randn(45, d, generator=torch.Generator().manual_seed(4)).to(DEVICE)  # 45 tokens: a partial token tile
     out = jumprelu_probe(x, group, capacity=4, splits=splits)  # 3 splits: each SAE's latents in 3 shares
     assert out.retries == 1 and int(out.l0.max()) > 4  # lists overflowed 4 slots; relaunched with more room
     most = int(out.l0.max())
@@ -86,9 +89,9 @@ def test_the_aligned_and_unaligned_paths_agree_with_the_reference(widths, aligne
     monkeypatch.setattr(kernel_module, "_jumprelu_probe_kernel", spy)
     d = 24
     saes = [make_sae(d, m, 20 + i) for i, m in enumerate(widths)]
-    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(3)), dim=1)
+    directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(3)), dim=1).to(DEVICE)
     group = pack_group(saes, directions, torch.float32)
-    x = torch.randn(37, d, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(37, d, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     out = jumprelu_probe(x, group, capacity=256, splits=splits)
     assert [launch["ALIGNED"] for launch in spy.launches] == [aligned]
     check_against_reference(x, group, out, proj_atol=2e-5)
@@ -123,7 +126,7 @@ def test_one_host_read_per_launch_and_the_list_room_carried_across_blocks_and_sa
         return out
     monkeypatch.setattr(kernel_module, "jumprelu_probe", counting)
     first, second = make_sae(24, 150, 7), make_sae(24, 96, 8)
-    x = torch.randn(130, 24, generator=torch.Generator().manual_seed(8))
+    x = torch.randn(130, 24, generator=torch.Generator().manual_seed(8)).to(DEVICE)
     expected = [encode_sparse(x, sae, decoder_scale(sae)) for sae in (first, second)]
     reads = count_host_reads(monkeypatch)
     got = [encode_sparse_fused(x, sae, decoder_scale(sae), token_chunk=50) for sae in (first, second)]
@@ -158,10 +161,10 @@ def test_offsets_that_pass_2_to_the_31_are_formed_in_64_bits():
 def test_decisions_at_the_threshold_are_counted_as_near():
     d = 32
     sae = make_sae(d, 70, 5)
-    x = torch.randn(20, d, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(20, d, generator=torch.Generator().manual_seed(6)).to(DEVICE)
     pre = x.double() @ sae.w_enc.double() + sae.b_enc.double()
     sae.threshold[[3, 40]] = pre[7, [3, 40]].float()  # token 7 sits exactly on two latents' thresholds
-    group = pack_group([sae], torch.zeros(0, d), torch.float32)
+    group = pack_group([sae], torch.zeros(0, d, device=DEVICE), torch.float32)
     out = jumprelu_probe(x, group)
     assert int(out.near[0, 7]) >= 2
     assert int(out.near.sum()) - int(out.near[0, 7]) == sum(
@@ -176,7 +179,7 @@ def test_decisions_at_the_threshold_are_counted_as_near():
 @pytest.mark.parametrize("architecture", ["jumprelu", "relu"])
 def test_the_scorers_two_encoders_agree(architecture):
     sae = make_sae(24, 150, 7, architecture)
-    x = torch.randn(130, 24, generator=torch.Generator().manual_seed(8))
+    x = torch.randn(130, 24, generator=torch.Generator().manual_seed(8)).to(DEVICE)
     ref = encode_sparse(x, sae, decoder_scale(sae))
     fused = encode_sparse_fused(x, sae, decoder_scale(sae), token_chunk=50)  # 3 launches, the last partial
     assert torch.equal(fused.offsets, ref.offsets) and torch.equal(fused.index, ref.index)
