@@ -132,7 +132,7 @@ def absorption_terms(acts: torch.Tensor, cos: torch.Tensor, is_main: torch.Tenso
     k = min(top_k, proj.shape[1])
     n = proj.shape[0]
     picked = candidates.topk(k, dim=1) if k else None
-    top = picked.values.sum(dim=1) if k else torch.zeros(n, dtype=proj.dtype)
+    top = picked.values.sum(dim=1) if k else torch.zeros(n, dtype=proj.dtype, device=proj.device)
     slots = torch.full((n, top_k), -1, dtype=torch.int64, device=proj.device)
     if k:  # a slot counts only where its candidate is positive: zeros are not absorbers
         slots[:, :k] = torch.where(picked.values > 0, picked.indices, torch.full_like(picked.indices, -1))

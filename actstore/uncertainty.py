@@ -46,7 +46,8 @@ def _token_means(letter: LetterTokens, n_boot: int, gen: torch.Generator) -> tup
     if n == 0:
         return torch.zeros(n_boot, dtype=torch.float64), torch.zeros(n_boot, dtype=torch.float64)
     draw = torch.randint(n, (n_boot, n), generator=gen)  # (B, n)
-    return letter.fraction.double()[draw].mean(1), letter.full.double()[draw].mean(1)
+    # on the CPU whatever the scorer's device: the same draws give the same intervals on a GPU
+    return letter.fraction.double().cpu()[draw].mean(1), letter.full.double().cpu()[draw].mean(1)
 
 
 def _f1_replicates(counts: tuple[int, int, int, int], n_boot: int, gen: torch.Generator) -> torch.Tensor:

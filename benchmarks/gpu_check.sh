@@ -10,6 +10,7 @@
 # .gpu/pretrained_saes.yaml sae-lens's catalog (score_bench's extrapolation reads it; sae-lens is not there).
 # Ray is not there either (its wheel is larger than what a call carries), so scoring runs in process
 # (score_bench --local) and extraction's bare loop alone (extract_bench --bare-only).
+# GPU_CHECK_STEPS="seed_bench score_bench" runs only the steps named; GPU_CHECK_BUDGET the overall seconds.
 # Everything lands in $OUT/gpu_results.tgz (each step's log and JSON) and the table on stdout.
 set -u
 OUT=${OUT:-/tmp/gpu_check_out}
@@ -23,6 +24,7 @@ mkdir -p /tmp/site/sae_lens && touch /tmp/site/sae_lens/__init__.py && cp .gpu/p
 
 step() {  # step NAME LIMIT_S COMMAND...: run under min(LIMIT, what is left), log to $R/NAME.log
   local name=$1 limit=$2; shift 2
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then return; fi  # a chosen few
   local left=$((BUDGET - ($(date +%s) - START)))
   if [ "$left" -lt 25 ]; then echo "=== $name: skipped, ${left}s left"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -35,7 +37,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run under min(LIMIT, what is left), lo
 
 step env 20 bash -c 'nvidia-smi -L; python3 -c "import torch, triton, zarr, actstore.kernels.jumprelu_probe as k;
 print(torch.__version__, triton.__version__, zarr.__version__, torch.cuda.get_device_name())"'
-step kernel_tests 110 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
+step kernel_tests 200 python3 -m pytest -v -p no:cacheprovider --timeout 60 --durations 0 tests/test_kernels.py
 step kernel_bench 150 python3 benchmarks/kernel_bench.py --widths 16k,65k,262k --tokens 4096,16384 --groups 1,5 \
   --reps 100 --out "$R/kernel_bench.json"
 step seed_bench 80 python3 benchmarks/seed_bench.py --widths 16k,65k --vocab-rows 4096 --repeat 3 --device cuda \
