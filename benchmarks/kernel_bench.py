@@ -1,7 +1,8 @@
 """The fused JumpReLU + probe-projection kernel against the unfused torch path and the GEMM floor.
 
     python benchmarks/kernel_bench.py [--widths 16k,65k,262k,1m] [--tokens 4096,16384,65536] [--groups 1,5,10]
-    python benchmarks/kernel_bench.py --smoke     # tiny fp32 shapes on CPU (Triton interpreter): checks the script
+    python benchmarks/kernel_bench.py --smoke     # tiny fp32 shapes: checks the script (on CPU in Triton's
+                                                  # interpreter; on a GPU compiled)
 
 At each shape (d 2304, S SAEs of m latents each in one group, N tokens, bf16 in, fp32 accumulation):
 - fused: `actstore.kernels.jumprelu_probe` (projection on 26 probe directions, L0, sparse lists with
@@ -28,11 +29,14 @@ import os
 import sys
 from pathlib import Path
 
+import torch  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
+SMOKE_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+"""--smoke runs the compiled kernel on a GPU, the interpreter elsewhere"""
+if "--smoke" in sys.argv and SMOKE_DEVICE == "cpu" and not os.environ.get("TRITON_INTERPRET"):
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 
-import torch  # noqa: E402
 import triton  # noqa: E402
 
 sys.path.insert(0, str(HERE))
@@ -147,16 +151,16 @@ def main() -> int:
     parser.add_argument("--tokens", default="4096,16384,65536")
     parser.add_argument("--groups", default="1,5,10")
     parser.add_argument("--reps", type=int, default=200, help="do_bench's rep budget in ms per method and shape")
-    parser.add_argument("--smoke", action="store_true", help="tiny fp32 shapes on CPU under the Triton interpreter")
+    parser.add_argument("--smoke", action="store_true", help="tiny fp32 shapes (CPU: Triton's interpreter; GPU: compiled)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     env = environment()
     if args.smoke:
-        device, dtype, d = "cpu", torch.float32, 64
+        device, dtype, d = SMOKE_DEVICE, torch.float32, 64
         widths, tokens, groups = [200, 333], [96], [1, 2]
         # the interpreter cannot be timed meaningfully: the smoke run checks agreement and the JSON only
-        x = torch.randn(40, d)
+        x = torch.randn(40, d, device=device)
         group = make_group(d, 150, 2, dtype, device, l0_target=20)
         out, (proj, l0, _) = jumprelu_probe(x, group, 8), jumprelu_probe_reference(x, group)
         assert torch.equal(out.l0, l0) and torch.allclose(out.proj, proj, atol=1e-4), "fused != reference"
@@ -192,7 +196,7 @@ def main() -> int:
                 if device == "cuda":
                     torch.cuda.empty_cache()
                     # the JSON so far: a run stopped at its time limit keeps the shapes it finished
-                    write_result(out, {"benchmark": "kernel_bench", "environment": env, "smoke": False,
+                    write_result(out, {"benchmark": "kernel_bench", "environment": env, "smoke": args.smoke,
                                        "rows": rows, "skipped": skipped, "partial": True})
     for skip in skipped:
         print(f"skipped m={skip['m']} S={skip['saes']}: weights {skip['weights_bytes'] / 1e9:.1f} GB > 60% of GPU memory")

@@ -213,7 +213,8 @@ def environment() -> dict:
     if Path("/proc/cpuinfo").exists():
         cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                     if l.startswith("model name")), cpu)
-    return {"device": f"CPU: {cpu}", "cores": os.cpu_count(), "python": platform.python_version(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"device": gpu or f"CPU: {cpu}", "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "zarr": zarr.__version__, "numpy": np.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

@@ -32,8 +32,13 @@ def make_sae(d: int, m: int, seed: int, architecture: str = "jumprelu", device: 
 
 
 def check_against_reference(x, group, out, proj_atol):
+    """proj_atol: a number, or a tensor of per-element bounds shaped like proj."""
     proj, l0, lists = jumprelu_probe_reference(x, group)
-    torch.testing.assert_close(out.proj, proj, rtol=0, atol=proj_atol)
+    if isinstance(proj_atol, torch.Tensor):
+        excess = (out.proj - proj).abs() - proj_atol
+        assert float(excess.max()) <= 0, f"proj off by {float(excess.max())} past its bound"
+    else:
+        torch.testing.assert_close(out.proj, proj, rtol=0, atol=proj_atol)
     assert torch.equal(out.l0, l0)
     for s, per_token in enumerate(lists):
         for n, (ids, values) in enumerate(per_token):
@@ -259,8 +264,24 @@ def test_gemma_scope_shapes_on_the_gpu(dtype):
     out = jumprelu_probe(x, group, capacity=32)
     ref_group = group._replace(w_enc=group.w_enc.float())
     proj, l0, _ = jumprelu_probe_reference(x.float(), ref_group)
-    flips = (out.l0 - l0).abs()
-    assert bool((flips <= out.near).all())
+    if dtype == torch.float32:
+        # Measured on an H200 (benchmarks/NOTES.md, "First GPU run"): in fp32 a few decisions flip outside the
+        # near band, which is relative to max(|pre|, |threshold|) while a d-term dot's rounding is relative to
+        # sum |x_i w_i|; with thresholds near 0 the band is narrower than the rounding. What holds: every
+        # decision that differs from an exact (fp64) one lies within fp32's worst-case dot error of the threshold.
+        pre64 = x.double() @ group.w_enc.double() + group.b_enc.double()  # (N, M)
+        bound = d * 2.0 ** -24 * (x.double().abs() @ group.w_enc.double().abs())  # gamma_d sum |x_i w_i|
+        edge = group.threshold.double().clamp(min=0)
+        fires64 = pre64 > edge
+        offsets = group.offsets.tolist()
+        fires = torch.zeros_like(fires64)
+        for s, (a, b) in enumerate(zip(offsets, offsets[1:])):  # the kernel's decisions, from its lists
+            for n in range(len(x)):
+                fires[n, a + out.index[s, n, :int(out.l0[s, n])].long()] = True
+        flipped = fires != fires64
+        assert bool(((pre64 - edge).abs()[flipped] <= bound[flipped]).all())
+    else:
+        assert bool(((out.l0 - l0).abs() <= out.near).all())
     tol = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]  # tf32 second dot; input rounding
     scale = proj.abs().amax(dim=2, keepdim=True).clamp(min=1)
     assert float(((out.proj - proj).abs() / scale).max()) < tol
@@ -276,6 +297,14 @@ def test_lists_stored_by_inline_ptx_match_the_reference_on_the_gpu(widths):
     saes = [make_sae(d, m, i, device="cuda") for i, m in enumerate(widths)]
     group = pack_group(saes, torch.nn.functional.normalize(torch.randn(26, d, device="cuda"), dim=1), torch.float32)
     x = torch.randn(300, d, device="cuda")
+    # proj sums thousands of f_i v_ic in another order than the reference (1e-4 failed on an H200 by 2.4e-4 on
+    # values near 200): bounded by fp32's worst case for m + d roundings of sum |f_i v_ic|, in fp64
+    offsets, bounds = group.offsets.tolist(), []
+    for a, b in zip(offsets, offsets[1:]):
+        pre = x.double() @ group.w_enc[:, a:b].double() + group.b_enc[a:b].double()
+        f = torch.relu(pre) * (pre > group.threshold[a:b].double())
+        bounds.append(f @ group.v[a:b].double().abs())
+    bound = torch.stack(bounds) * (max(widths) + d) * 2.0 ** -24
     for splits in (1, 3):
-        check_against_reference(x, group, jumprelu_probe(x, group, splits=splits), proj_atol=1e-4)
+        check_against_reference(x, group, jumprelu_probe(x, group, splits=splits), proj_atol=bound.float())
 
