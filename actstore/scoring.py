@@ -92,7 +92,7 @@ class ScoreConfig:
     top_tokens: int = 8
     """vocabulary tokens kept per absorbing latent, most active first"""
     text_l0_rows: int = 8192
-    """alphabetic context tokens the L0 on natural text is measured on"""
+    """alphabetic context tokens the L0 on natural text is measured on (0: not measured; the null SAEs)"""
     causal: CausalConfig | None = None
     """the paper's causal absorption metric beside the projection metrics (actstore.causal), or None"""
 
@@ -550,10 +550,12 @@ with its gradient and Adam's two moments) unless one seed needs more: 39 seeds a
 
 
 def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig = ScoreConfig(),
-              progress=None, acts: SparseActs | None = None, cosines: tuple | None = None) -> SAEScore:
+              progress=None, acts: SparseActs | None = None, cosines: tuple | None = None,
+              source: torch.Tensor | None = None) -> SAEScore:
     """Every metric of one SAE against one layer's probe. `progress(rows)` is called as rows are encoded;
     `acts`: the vocabulary rows' sparse activations when already encoded (a group launch of the kernel);
-    `cosines`: (dec_cos, enc_cos), each (m, 26), when the caller knows them (a null SAE, `actstore.nulls`).
+    `cosines`: (dec_cos, enc_cos), each (m, 26), when the caller knows them (a null SAE, `actstore.nulls`);
+    `source` (m,): latent j fires where `sae`'s latent source[j] does (the shuffled-firing null), on context rows.
 
     The seed-dependent steps (L1 probe, k-sparse probing, absorption) run once per seed of cfg.seeds over the
     one encoding; the letter rows and the summary's plain columns are the first seed's."""
@@ -584,7 +586,7 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
     runs = _score_seeds(acts, weights, letters, singles, probe, labels, train, tp_all, act_all, dec_cos, enc_cos, cfg,
                         data)
     if data.context_x is not None and len(data.context_x):
-        _in_context(runs, letters, singles, sae, scale, data, cfg)
+        _in_context(runs, letters, singles, sae, scale, data, cfg, source)
     rows = runs[0].rows
     summary = _summary(rows, acts)
     summary.update(backend=backend, near_threshold_decisions=acts.near, metric_version=cfg.metric_version,
@@ -594,7 +596,7 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         row.update(metric_version=cfg.metric_version, l1_solver=cfg.l1_solver)
     if len(runs) > 1:
         _seed_columns(runs, acts, summary)
-    if data.context_x is not None and len(data.context_x):
+    if data.context_x is not None and len(data.context_x) and cfg.text_l0_rows > 0:
         summary["l0_text"] = text_l0(sae, scale, data, cfg, backend)
     if cfg.nulls:
         from actstore.nulls import null_columns
@@ -848,14 +850,18 @@ def _seed_columns(runs: list[_Run], acts: SparseActs, summary: dict) -> None:
 
 
 def _in_context(runs: list[_Run], letters: list[int], singles: list[int], sae: SAEWeights, scale: torch.Tensor,
-                data: LayerData, cfg: ScoreConfig) -> None:
+                data: LayerData, cfg: ScoreConfig, source: torch.Tensor | None = None) -> None:
     """Adds each letter's single-latent and main-latent precision/recall on alphabetic context tokens to every
-    run's rows; the context rows are encoded once, for the union of the runs' latents."""
+    run's rows; the context rows are encoded once, for the union of the runs' latents (latent j as `sae`'s
+    latent source[j] when a source is given: only whether it fires is read)."""
     alpha = data.context_labels >= 0
     x, labels = data.context_x[alpha], data.context_labels[alpha].to(sae.w_enc.device).long()
     wanted = sorted({singles[c] for c in letters} | {i for run in runs for c in letters for i in run.mains[c]})
     column = {latent: j for j, latent in enumerate(wanted)}
-    dense = _dense_latents(x, sae, scale, torch.tensor(wanted, device=sae.w_enc.device), cfg)  # (M', U)
+    encoded = torch.tensor(wanted, device=sae.w_enc.device)
+    if source is not None:
+        encoded = source.to(encoded.device)[encoded]
+    dense = _dense_latents(x, sae, scale, encoded, cfg)  # (M', U)
     for run in runs:
         for row, c in zip(run.rows, letters):
             truth = labels == c

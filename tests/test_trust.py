@@ -245,7 +245,7 @@ def test_planted_saes_sit_above_their_shuffled_null_by_the_planted_amount(world)
     data, probe, sae, truth = world
     cfg = ScoreConfig(bootstrap=0, l1_solver="converged")
     acts = encode_sparse(data.x, sae, decoder_scale(sae))
-    null_sae, null_acts, cosines = shuffled_firing_null(sae, data.x, acts, probe.directions())
+    null_sae, null_acts, cosines, _ = shuffled_firing_null(sae, data.x, acts, probe.directions())
     null = score_sae(null_sae, LayerData(data), probe, cfg, acts=null_acts, cosines=cosines)
     perm = shuffle_permutation(sae.width)
     fires = (data.x.float() @ probe.weight.T.float() + probe.bias.float()) > 0  # (N, 26) as the scorer's probe
@@ -275,12 +275,57 @@ def test_planted_saes_sit_above_their_shuffled_null_by_the_planted_amount(world)
 def test_random_decoder_null_matches_width_and_l0(world):
     data, probe, sae, _ = world
     acts = encode_sparse(data.x, sae, decoder_scale(sae))
-    null, _, _ = random_decoder_null(sae, data.x, acts, probe.directions())
+    null = random_decoder_null(sae, data.x, acts, probe.directions()).sae
     null_acts = encode_sparse(data.x, null, decoder_scale(null))
     assert null.width == sae.width
     # all 2080 rows fit the threshold's sample (2^24 / 1500 rows): the L0 matches to one firing in the whole set
     assert abs(int(null_acts.l0.sum()) - int(acts.l0.sum())) <= 1
     torch.testing.assert_close(null.w_dec.norm(dim=1), torch.ones(sae.width), rtol=0, atol=1e-6)
+
+
+def test_every_metric_has_its_null_and_the_shuffled_null_fires_on_context_rows_where_its_source_does(world):
+    """With context rows, each null carries every SAE-dependent metric of the summary (listed here by hand, not
+    read from the code) and the SAE's value minus it. The shuffled-firing null's latent j fires on a context token
+    where the SAE's latent perm^-1(j) does: its context precision and recall are recomputed here from the SAE's
+    own encoding of the context rows; its dead-latent share is the SAE's (a renaming keeps every count)."""
+    from actstore.metrics import precision_recall_f1
+    from actstore.scoring import LayerData as Rows
+
+    data, probe, sae, _ = world
+    rows = Rows(data.x, data.labels, data.split, data.context_x, data.context_labels)
+    assert int((data.context_labels >= 0).sum()) > 100
+    cfg = ScoreConfig(bootstrap=0, l1_solver="converged")
+    scored = score_sae(sae, rows, probe, dataclasses.replace(cfg, nulls=("random_decoder", "shuffled_firing")))
+    metrics = ["mean_absorption_fraction", "mean_full_absorption", "mean_num_split_features", "mean_single_f1",
+               "mean_single_precision", "mean_single_recall", "mean_main_f1", "mean_main_precision",
+               "mean_main_recall", "mean_context_single_precision", "mean_context_single_recall",
+               "mean_context_main_precision", "mean_context_main_recall", "dead_latent_share"]
+    for kind in ("random_decoder", "shuffled_firing"):
+        nulled = {k[len(f"null_{kind}_"):] for k in scored.summary if k.startswith(f"null_{kind}_")}
+        assert nulled == set(metrics) | {"l0_vocab"}, kind
+        for metric in metrics:
+            null_value = scored.summary[f"null_{kind}_{metric}"]
+            assert null_value == null_value, (kind, metric)  # a number, not NaN
+            assert scored.summary[f"{metric}_minus_null_{kind}"] == scored.summary[metric] - null_value
+    assert scored.summary["dead_latent_share_minus_null_shuffled_firing"] == 0.0
+
+    acts = encode_sparse(data.x, sae, decoder_scale(sae))
+    null_sae, null_acts, cosines, source = shuffled_firing_null(sae, data.x, acts, probe.directions())
+    null = score_sae(null_sae, Rows(data.x, data.labels, data.split), probe, cfg, acts=null_acts, cosines=cosines)
+    alpha = data.context_labels >= 0
+    fires = encode_sparse(data.context_x[alpha], sae, decoder_scale(sae)).dense_columns(
+        torch.arange(sae.width)) > 0  # (M, m) the SAE's own firing on the alphabetic context tokens
+    singles = cosines[1].argmax(dim=0)  # (26,) the null's single latents: the SAE's encoder cosines, kept
+    single_p, main_r = [], []
+    for row in null.letters:
+        c = "abcdefghijklmnopqrstuvwxyz".index(row["letter"])
+        truth = data.context_labels[alpha] == c
+        single_p.append(precision_recall_f1(fires[:, source[singles[c]]], truth).precision)
+        main_r.append(precision_recall_f1(fires[:, source[row["split_latents"]]].any(dim=1), truth).recall)
+    assert scored.summary["null_shuffled_firing_mean_context_single_precision"] == pytest.approx(
+        sum(single_p) / len(single_p), abs=1e-12)
+    assert scored.summary["null_shuffled_firing_mean_context_main_recall"] == pytest.approx(
+        sum(main_r) / len(main_r), abs=1e-12)
 
 
 # ---------------------------------------------------------------------------- the score command
