@@ -42,6 +42,8 @@ step kernel_bench 150 python3 benchmarks/kernel_bench.py --widths 16k,65k,262k -
   --reps 100 --out "$R/kernel_bench.json"
 step seed_bench 80 python3 benchmarks/seed_bench.py --widths 16k,65k --vocab-rows 4096 --repeat 3 --device cuda \
   --out "$R/seed_bench.json"
+step score_profile 90 python3 benchmarks/score_profile.py --device cuda --widths 16k,65k \
+  --out "$R/score_profile.json"
 step score_bench 100 python3 benchmarks/score_bench.py --local --widths 16k,65k --layers 3,12 --scratch /tmp/score_scratch \
   --out "$R/score_bench.json"
 step extract_full_size 70 python3 benchmarks/extract_bench.py --full-size --bare-only --repeats 1 \
