@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks and benchmarks for one lent GPU, in priority order, each under its own time limit, inside one
+# The checks and benchmarks for one lent GPU, in priority order (what the last lease left unmeasured first), each under its own time limit, inside one
 # overall budget (a lease is 15 minutes of device time, start included). Run on the device machine:
 #
 #   run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
@@ -38,12 +38,12 @@ step() {  # step NAME LIMIT_S COMMAND...: run under min(LIMIT, what is left), lo
 step env 20 bash -c 'nvidia-smi -L; python3 -c "import torch, triton, zarr, actstore.kernels.jumprelu_probe as k;
 print(torch.__version__, triton.__version__, zarr.__version__, torch.cuda.get_device_name())"'
 step kernel_tests 200 python3 -m pytest -v -p no:cacheprovider --timeout 60 --durations 0 tests/test_kernels.py
-step kernel_bench 150 python3 benchmarks/kernel_bench.py --widths 16k,65k,262k --tokens 4096,16384 --groups 1,5 \
-  --reps 100 --out "$R/kernel_bench.json"
-step seed_bench 80 python3 benchmarks/seed_bench.py --widths 16k,65k --vocab-rows 4096 --repeat 3 --device cuda \
-  --out "$R/seed_bench.json"
 step score_profile 90 python3 benchmarks/score_profile.py --device cuda --widths 16k,65k \
   --out "$R/score_profile.json"
+step seed_bench 120 python3 benchmarks/seed_bench.py --widths 16k,65k --vocab-rows 4096 --repeat 3 --device cuda \
+  --out "$R/seed_bench.json"
+step kernel_bench 150 python3 benchmarks/kernel_bench.py --widths 16k,65k,262k --tokens 4096,16384 --groups 1,5 \
+  --reps 100 --out "$R/kernel_bench.json"
 step score_bench 100 python3 benchmarks/score_bench.py --local --widths 16k,65k --layers 3,12 --scratch /tmp/score_scratch \
   --out "$R/score_bench.json"
 step extract_full_size 70 python3 benchmarks/extract_bench.py --full-size --bare-only --repeats 1 \
