@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The checks and benchmarks for one lent GPU, in priority order (what the last lease left unmeasured first), each under its own time limit, inside one
-# overall budget (a lease is 15 minutes of device time, start included). Run on the device machine:
+# The checks and benchmarks for one lent GPU, in priority order (what the last lease left unmeasured first),
+# each under its own time limit, inside one overall budget (a lease is 15 minutes of device time, start
+# included). Run on the device machine:
 #
 #   run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
 #                --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
