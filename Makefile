@@ -10,7 +10,7 @@ DEMO   ?= demo_out
 REAL   ?= smollm2
 REAL_OUT ?= real_demo_out
 
-.PHONY: setup browser demo real-models real-demo test bench clean
+.PHONY: setup browser demo real-models real-demo test bench gpu-carry clean
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,16 @@ bench: setup
 	$(BIN)/python benchmarks/store_bench.py
 	$(BIN)/python benchmarks/extract_bench.py
 	$(BIN)/python benchmarks/score_bench.py
+
+# What benchmarks/gpu_check.sh carries to a lent GPU (git-ignored): .whl, the cp312 wheels of the packages its
+# image lacks, at the versions installed here; .gpu, sae-lens's catalog file (sae-lens itself is not there).
+CARRIED = zarr numcodecs donfig google-crc32c
+gpu-carry: setup
+	grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.gpu/\n' >> .git/info/exclude
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/python -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in '$(CARRIED)'.split()))")
+	mkdir -p .gpu && cp "$$($(BIN)/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('sae_lens').submodule_search_locations[0]) / 'pretrained_saes.yaml')")" .gpu/
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(REAL_OUT) benchmarks/scratch

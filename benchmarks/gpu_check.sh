@@ -7,7 +7,7 @@
 #                --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
 #                bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=570)
 #
-# .whl holds what the device image lacks (zarr 3.1.6, numcodecs, donfig, google-crc32c; cp312 wheels) and
+# `make gpu-carry` makes both, here, first. .whl holds what the device image lacks (zarr 3.1.6, numcodecs, donfig, google-crc32c; cp312 wheels) and
 # .gpu/pretrained_saes.yaml sae-lens's catalog (score_bench's extrapolation reads it; sae-lens is not there).
 # Ray is not there either (its wheel is larger than what a call carries), so scoring runs in process
 # (score_bench --local) and extraction's bare loop alone (extract_bench --bare-only).
