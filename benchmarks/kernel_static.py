@@ -49,9 +49,10 @@ def launch_args(kernel_module, config: triton.Config, width: int, splits: int, a
     """The values a launch passes, by parameter name (parameters the kernel lacks are ignored)."""
     f32, i32, bf16 = torch.float32, torch.int32, torch.bfloat16
     values = dict(
-        x_ptr=bf16, w_ptr=bf16, b_ptr=f32, thr_ptr=f32, scale_ptr=f32, v_ptr=f32, off_ptr=i32,
+        x_ptr=bf16, w_ptr=bf16, b_ptr=f32, thr_ptr=f32, scale_ptr=f32, enorm_ptr=f32, xmax_ptr=f32, v_ptr=f32,
+        off_ptr=i32,
         proj_ptr=f32, l0_ptr=i32, near_ptr=i32, idx_ptr=i32, val_ptr=f32,
-        N=TOKENS, D=D_MODEL, CAP=CAPACITY, flip_tol=1.6e-2, n_key=TOKENS, splits=splits,
+        N=TOKENS, D=D_MODEL, CAP=CAPACITY, flip_tol=1.6e-2, flip_abs=1e-6, n_key=TOKENS, splits=splits,
         stride_xn=D_MODEL, stride_xd=1, stride_wd=width, stride_wm=1,
         SPLITS=splits, P=kernel_module.P_PAD, IEEE=False, ALIGNED=aligned, ASM_STORES=True, **config.kwargs)
     return values

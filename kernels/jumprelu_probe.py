@@ -10,8 +10,9 @@ latents offsets[s]..offsets[s+1] of W_enc (d, M), b_enc, threshold, scale and V)
     idx, val = the active latents (ids local to the SAE, increasing) and f_i * scale_i (folded values),
             the first `capacity` of each token; l0 > capacity marks an overflow, and the launcher runs
             again with room for the largest l0: lists are never silently cut
-    near  = #{i : |pre_i - threshold_i| <= flip_tol * max(|pre_i|, |threshold_i|)}, the firing decisions
-            close enough to the threshold that another backend's rounding may take them the other way
+    near  = #{i : |pre_i - thr_i| <= flip_tol * max(|pre_i|, |thr_i|) + flip_abs * |x|max |W_enc[:, i]|}, the
+            firing decisions close enough to the threshold that another order of summation or rounding of pre
+            may take them the other way (|x|max: the largest token norm of the launch)
 
 proj_c = sum_i f_i (W_dec[i] . p_c) = sum_i s_i cos(W_dec[i], p_c) with s_i = f_i |W_dec[i]|: the projection of
 the SAE's reconstruction (less b_dec) on the probe direction. The (N, m) matrix never exists: a program owns
@@ -74,6 +75,8 @@ def _jumprelu_probe_kernel(
     b_ptr,  # (M,) fp32 encoder biases
     thr_ptr,  # (M,) fp32 thresholds
     scale_ptr,  # (M,) fp32 decoder norms (folded values = f * scale)
+    enorm_ptr,  # (M,) fp32 encoder column norms |W_enc[:, i]|
+    xmax_ptr,  # () fp32 the largest token norm of the launch
     v_ptr,  # (M, P) fp32 W_dec @ p^T, padded
     off_ptr,  # (S + 1,) int32 latent offsets of the SAEs
     proj_ptr,  # (S * splits, N, P) fp32 out
@@ -81,7 +84,7 @@ def _jumprelu_probe_kernel(
     near_ptr,  # (S * splits, N) int32 out
     idx_ptr,  # (S * splits, N, CAP) int32 out
     val_ptr,  # (S * splits, N, CAP) fp32 out
-    N, D, CAP, flip_tol,
+    N, D, CAP, flip_tol, flip_abs,
     splits,  # shares per SAE
     n_key,  # tokens rounded up to a power of two: the autotuner's key, unused here
     stride_xn, stride_xd, stride_wd, stride_wm,
@@ -123,6 +126,7 @@ def _jumprelu_probe_kernel(
     else:
         earlier = (ms[:, None] < ms[None, :]).to(tl.float16)  # 0/1 and sums <= BLOCK_M: exact
     widen = 1 / (1 - flip_tol)
+    reach = flip_abs * tl.load(xmax_ptr) * widen  # times |W_enc[:, i]|: the band's absolute part, widened
     proj = tl.zeros((BLOCK_N, P), dtype=tl.float32)
     count = tl.zeros((BLOCK_N,), dtype=tl.int32)
     near = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -146,11 +150,13 @@ def _jumprelu_probe_kernel(
             x_ptrs += BLOCK_K * stride_xd
             w_ptrs += BLOCK_K * stride_wd
         # per latent, then one or two operations per element: JumpReLU fires iff pre > max(threshold, 0), and
-        # |pre - thr| <= flip_tol max(|pre|, |thr|) iff lo <= pre <= hi; NaN past the share: never near
+        # |pre - thr| <= flip_tol max(|pre|, |thr|) + a within lo <= pre <= hi (a widened by 1 / (1 - flip_tol),
+        # so the interval holds the band); NaN past the share: never near
         thr = tl.load(thr_ptr + lat, mask=lat_ok, other=float("nan"))
         edge = tl.where(lat_ok, tl.maximum(thr, 0.0), float("inf"))
-        lo = tl.minimum(thr * (1 - flip_tol), thr * widen)
-        hi = tl.maximum(thr * (1 - flip_tol), thr * widen)
+        spread = reach * tl.load(enorm_ptr + lat, mask=lat_ok, other=0.0)
+        lo = tl.minimum(thr * (1 - flip_tol), thr * widen) - spread
+        hi = tl.maximum(thr * (1 - flip_tol), thr * widen) + spread
         scale = tl.load(scale_ptr + lat, mask=lat_ok, other=0.0)
         fire = pre > edge[None, :]  # (BLOCK_N, BLOCK_M)
         near += tl.sum(((pre >= lo[None, :]) & (pre <= hi[None, :])).to(tl.int32), axis=1)
@@ -208,6 +214,8 @@ class Group(NamedTuple):
     """(S + 1,) int32"""
     widths: tuple = ()
     """the S widths, on the host (so a launch needs no device read to plan); empty: read from offsets"""
+    enc_norm: torch.Tensor | None = None
+    """(M,) fp32 encoder column norms (the near band's absolute part); None: computed at each launch"""
 
 
 class Fused(NamedTuple):
@@ -245,6 +253,7 @@ def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype, w_enc: 
     widths = [s.w_enc.shape[1] for s in saes]
     offsets = torch.tensor([0] + widths, device=device).cumsum(0).to(torch.int32)
     norms = torch.cat([s.w_dec.float().norm(dim=1) for s in saes])
+    enc_norm = torch.cat([torch.linalg.vector_norm(s.w_enc, dim=0, dtype=torch.float32) for s in saes])
     v = torch.zeros(sum(widths), P_PAD, device=device)
     v[:, :directions.shape[0]] = torch.cat([s.w_dec.float() @ directions.to(device).float().T for s in saes])
     if w_enc is None:  # one SAE: no copy
@@ -253,12 +262,17 @@ def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype, w_enc: 
                  torch.cat([s.b_enc.float() for s in saes]),
                  torch.cat([s.threshold.float() if getattr(s, "architecture", "jumprelu") == "jumprelu"
                             else torch.zeros_like(s.b_enc.float()) for s in saes]),  # ReLU: threshold 0
-                 torch.where(norms > 0, norms, torch.ones_like(norms)), v, offsets, tuple(widths))
+                 torch.where(norms > 0, norms, torch.ones_like(norms)), v, offsets, tuple(widths), enc_norm)
 
 
 FLIP_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 """Relative distance from the threshold within which a decision may differ from an fp32 reference: about
 sqrt(d_model) accumulated roundings of the input dtype, generous for fp32 (tf32 off)."""
+FLIP_ABS = 1e-6
+"""The near band's absolute part, times |x|max |W_enc[:, i]|: a d-term fp32 dot's rounding is relative to
+sum_j |x_j w_ji| (<= |x| |w_i|), not to |pre|; with summands of random sign its standard deviation is about
+2^-24 |x| |w_i| / sqrt(2) (4e-8), so 1e-6 is 25 of them. Without it, thresholds near 0 had a band narrower than
+the rounding: an H200 run found fp32 decisions flipped outside it (benchmarks/NOTES.md)."""
 
 
 def default_splits(n: int, s: int, width: int, device: torch.device) -> int:
@@ -316,6 +330,10 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
     s = len(widths)
     capacity = capacity or _room["capacity"]
     tol = FLIP_TOL[x.dtype] if flip_tol is None else flip_tol
+    enc_norm = group.enc_norm if group.enc_norm is not None else \
+        torch.linalg.vector_norm(group.w_enc, dim=0, dtype=torch.float32)
+    x_max = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).amax() if n else \
+        torch.zeros((), device=x.device)
     k = splits or default_splits(n, s, min(widths), x.device)
     aligned = all(w % ALIGN == 0 for w in widths)  # offsets are partial sums of the widths
     proj = torch.empty(s * k, n, P_PAD, device=x.device, dtype=torch.float32)
@@ -327,8 +345,8 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
                       CONFIGS if tuned else [PINNED])
         index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
         value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)
-        args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, group.v, group.offsets,
-                proj, l0, near, index, value, n, d, capacity, tol, k, triton.next_power_of_2(max(n, 1)),
+        args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, enc_norm, x_max, group.v, group.offsets,
+                proj, l0, near, index, value, n, d, capacity, tol, FLIP_ABS, k, triton.next_power_of_2(max(n, 1)),
                 x.stride(0), x.stride(1), group.w_enc.stride(0), group.w_enc.stride(1))
         if tuned:
             _jumprelu_probe_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), s * k)](
