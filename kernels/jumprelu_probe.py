@@ -150,8 +150,8 @@ def _jumprelu_probe_kernel(
             x_ptrs += BLOCK_K * stride_xd
             w_ptrs += BLOCK_K * stride_wd
         # per latent, then one or two operations per element: JumpReLU fires iff pre > max(threshold, 0), and
-        # |pre - thr| <= flip_tol max(|pre|, |thr|) + a within lo <= pre <= hi (a widened by 1 / (1 - flip_tol),
-        # so the interval holds the band); NaN past the share: never near
+        # |pre - thr| <= flip_tol max(|pre|, |thr|) + a (a = flip_abs |x|max |w_i|) lies within lo <= pre <= hi
+        # (a widened by 1 / (1 - flip_tol), so the interval holds the band); NaN past the share: never near
         thr = tl.load(thr_ptr + lat, mask=lat_ok, other=float("nan"))
         edge = tl.where(lat_ok, tl.maximum(thr, 0.0), float("inf"))
         spread = reach * tl.load(enorm_ptr + lat, mask=lat_ok, other=0.0)
