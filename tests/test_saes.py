@@ -121,18 +121,14 @@ def test_sae_lens_objects_and_saved_directories_encode_as_sae_lens_does(tmp_path
         assert ((ours.encode(x) > 0).sum(dim=1) <= 5).all()
 
 
-def test_a_catalog_sae_offline_says_how_to_supply_it(tmp_path, monkeypatch):
-    """Offline (HF_HUB_OFFLINE) with an empty Hugging Face cache: the fallback through sae-lens fails, and the
-    SAEError names the SAE and where to put its params.npz. Run in this process, where sae-lens is imported once
-    for the whole suite (a fresh process spent 15 of its 17 s importing it): huggingface_hub reads the switch
-    that HF_HUB_OFFLINE sets, and its cache folder, from `huggingface_hub.constants` at each call."""
-    import huggingface_hub.constants
+def test_a_catalog_sae_offline_says_how_to_supply_it(hub_offline):
+    """Offline with an empty Hugging Face cache: the fallback through sae-lens fails, and the SAEError names the
+    SAE and where to put its params.npz. In this process (conftest's hub_offline), where sae-lens is imported
+    once for the whole suite: a fresh process spent 15 of its 17 s importing it."""
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     from actstore.saes import load_catalog_entry
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     entry = [e for e in gemma_scope_catalog(layer=12) if e.id == "layer_12/width_16k/average_l0_82"][0]
     with pytest.raises(SAEError) as raised:
         load_catalog_entry(entry)
