@@ -76,3 +76,14 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def hub_offline(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 with an empty Hugging Face cache, in this process. huggingface_hub reads the switch that the
+    variable sets, and its cache folder, from `huggingface_hub.constants` at each call (transformers asks it too),
+    so no fresh process is needed: one spent most of its time importing torch, transformers or sae-lens again."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))

@@ -69,6 +69,14 @@ def write_shards(store: ActivationStore, group: str, shards: list[int], announce
             print(f"done {k}", flush=True)
 
 
+def resume(path: Path, announce: bool = False) -> None:
+    """What a resume does: open the store and write every shard that some array of `vocab` misses."""
+    store = ActivationStore.open(path, mode="a")
+    todo = sorted({k for shards in store.missing("vocab").values() for k in shards})
+    write_shards(store, "vocab", todo, announce=announce, only_missing=True)
+    store.close()
+
+
 def build(path: Path, shards: list[int] | None = None, **overrides) -> ActivationStore:
     """A fresh store with a `vocab` group of ROWS rows; writes `shards` (default: all)."""
     store = ActivationStore.create(path, spec(**overrides))
@@ -146,6 +154,9 @@ def main() -> int:
     if args.start_flag:
         while not Path(args.start_flag).exists():
             time.sleep(0.001)
+    if args.action == "resume":
+        resume(Path(args.store), announce=True)
+        return 0
     if args.action == "create":
         store = ActivationStore.create(args.store, spec())
         store.add_group("vocab", rows=ROWS)
@@ -153,11 +164,8 @@ def main() -> int:
         todo = list(range(store.num_shards("vocab")))
     else:
         store = ActivationStore.open(args.store, mode="a")
-        if args.action == "resume":
-            todo = sorted({k for shards in store.missing("vocab").values() for k in shards})
-        else:
-            todo = [int(k) for k in args.shards.split(",")]
-    write_shards(store, "vocab", todo, announce=True, only_missing=args.action == "resume")
+        todo = [int(k) for k in args.shards.split(",")]
+    write_shards(store, "vocab", todo, announce=True)
     store.close()
     return 0
 

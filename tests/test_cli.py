@@ -147,12 +147,9 @@ def test_synth_model_writes_a_loadable_hugging_face_directory(capsys, tmp_path):
     assert tokenizer.convert_ids_to_tokens(tokenizer(" has")["input_ids"]) == ["<bos>", "\u2581has"]
 
 
-def test_extract_cli_reports_an_unreachable_model_clearly(tmp_path):
-    # A fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is first imported.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "actstore.cli", "extract", "--model", "google/gemma-2-2b",
-                             "--out", str(tmp_path / "s.zarr")], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.startswith("actstore extract: error: could not load model 'google/gemma-2-2b'")
-    assert "pass its directory as --model" in result.stderr and "Traceback" not in result.stderr
+def test_extract_cli_reports_an_unreachable_model_clearly(tmp_path, capsys, hub_offline):
+    code, _, err = run_cli(capsys, "extract", "--model", "google/gemma-2-2b", "--out", str(tmp_path / "s.zarr"))
+    assert code == 2
+    assert err.startswith("actstore extract: error: could not load model 'google/gemma-2-2b'")
+    assert "pass its directory as --model" in err and "Traceback" not in err
     assert not (tmp_path / "s.zarr").exists()

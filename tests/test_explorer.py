@@ -147,9 +147,11 @@ def browser():
 
 
 def wait_for(driver, condition: str, timeout: float = 10):
+    """Poll `condition` (JavaScript) every 20 ms: Selenium's default 0.5 s would make each page step cost half a
+    second, since a render after a hash change is never done by the first look."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(f"return {condition};"))
+    WebDriverWait(driver, timeout, poll_frequency=0.02).until(lambda d: d.execute_script(f"return {condition};"))
 
 
 def open_page(driver, explorer: Path, hash_: str = ""):
@@ -162,16 +164,19 @@ def index_of(explorer: Path) -> list[dict]:
     return json.loads(text[text.index("(") + 1:text.rindex(")")])["saes"]
 
 
-def shown_tokens(driver) -> list[tuple]:
-    from selenium.webdriver.common.by import By
+SHOWN_TOKENS = """return Array.from(document.querySelectorAll('#absorbed tbody tr'), function (tr) {
+  var cells = tr.querySelectorAll('td');
+  return [tr.dataset.row, cells[0].innerText, cells[4].innerText, cells[5].innerText,
+          Array.from(tr.querySelectorAll('button.follow'), function (b) { return b.dataset.latent; })];
+});"""
+"""The absorbed-token table as the page shows it, read in one script call: a Selenium round trip per cell costs
+seconds for the hundreds of rows of the 50% SAE."""
 
-    out = []
-    for tr in driver.find_elements(By.CSS_SELECTOR, "#absorbed tbody tr"):
-        cells = tr.find_elements(By.TAG_NAME, "td")
-        latents = [int(b.get_attribute("data-latent")) for b in tr.find_elements(By.CSS_SELECTOR, "button.follow")]
-        out.append((int(tr.get_attribute("data-row")), cells[0].text, float(cells[4].text), cells[5].text == "yes",
-                    latents))
-    return out
+
+def shown_tokens(driver) -> list[tuple]:
+    """(row, token text, absorption fraction, full absorption, absorber latents) of each row of the table."""
+    return [(int(row), text.strip(), float(fraction), full.strip() == "yes", [int(l) for l in latents])
+            for row, text, fraction, full, latents in driver.execute_script(SHOWN_TOKENS)]
 
 
 def expected_tokens(results: Path, key: str, letter: str) -> list[tuple]:

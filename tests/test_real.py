@@ -23,7 +23,10 @@ from actstore.verify import verify
 from actstore.vocab import TEMPLATE, alphabetic_tokens, build_vocab_task
 
 pytestmark = pytest.mark.real
-LAYERS = [2, 5]  # non-final blocks: hidden_states[L + 1] is their output
+LAYERS = [0, 2]
+"""Non-final blocks (hidden_states[L + 1] is their output), the first among them. The forward pass stops after
+the deepest: 3 of SmolLM2's 30 blocks, half the time that layers 2 and 5 took. Measured on these 1000 prompts:
+14 letters pass the probe at layer 0 and 16 at layer 2, short of SAEBench's 20 as the probe test expects."""
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +54,8 @@ def english(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smol_store(smollm2, english, tmp_path_factory, ray_session):
     out = tmp_path_factory.mktemp("real") / "smol.zarr"
-    cfg = ExtractConfig(model=str(smollm2), out=str(out), layers="2,5", max_vocab=1000, batch_size=32,
-                        contexts=str(english), context_rows=1024, context_length=64, shard_rows=256)
+    cfg = ExtractConfig(model=str(smollm2), out=str(out), layers=",".join(map(str, LAYERS)), max_vocab=1000,
+                        batch_size=32, contexts=str(english), context_rows=1024, context_length=64, shard_rows=256)
     summary = extract(cfg, progress=False)
     assert summary["rows_computed"] == summary["vocab_rows"] + 1024
     return out

@@ -231,9 +231,7 @@ def test_sigkill_mid_write_then_resume_is_byte_identical(tmp_path, reference, di
     if die_at.startswith("marker:"):  # the killed shard's bytes are there, unmarked
         assert any(killed.shard_file("vocab", a.split("/")[1], k).exists()
                    for a, shards in killed.missing().items() for k in shards)
-    resumer = _run_world(path, "resume")
-    out, _ = resumer.communicate(timeout=120)
-    assert resumer.returncode == 0, out
+    storeworld.resume(path)  # in this process: a second start of Python, torch and zarr was half of each case
     assert tree(path) == tree(reference)
 
 
