@@ -232,6 +232,8 @@ class ModelWorker:
         model = load_model(source, device=cfg.device, dtype=self.dtype)
         self.reader = ResidualReader(model, layers)
         self.crash = os.environ.get("ACTSTORE_FAULT_CRASH_ONCE")  # "FLAGFILE:ROW" (tests)
+        # seconds added to every forward batch (tests: an interrupt must land while work is left)
+        self.slow = float(os.environ.get("ACTSTORE_FAULT_SLOW_BATCH", 0))
         self.busy = 0.0
 
     def busy_seconds(self) -> float:
@@ -245,6 +247,8 @@ class ModelWorker:
             parts = []
             for a in range(start, stop, rows_per_batch):
                 t = time.perf_counter()
+                if self.slow:
+                    time.sleep(self.slow)
                 parts.append(self._run(group, a, min(a + rows_per_batch, stop)))
                 b = min(a + rows_per_batch, stop)
                 self.progress.add.remote(group, a, b - a, self._tokens(group, a, b), time.perf_counter() - t)

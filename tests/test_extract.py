@@ -154,7 +154,10 @@ def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_fr
     resume command (absolute paths), which finishes the store from another working folder."""
     out = tmp_path / "interrupted.zarr"
     cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out), "--log-interval", "0.1"]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # each forward batch 0.15 s slower: the context shards left after the second one take well under a second
+    # otherwise, and a run that finished before the Ctrl-C landed exited 0 (seen in CI)
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "ACTSTORE_FAULT_SLOW_BATCH": "0.15"})
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*/layer_01/_manifest/*.json"))) < 2:
         time.sleep(0.05)
