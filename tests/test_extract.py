@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,15 +155,26 @@ def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_fr
     resume command (absolute paths), which finishes the store from another working folder."""
     out = tmp_path / "interrupted.zarr"
     cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out), "--log-interval", "0.1"]
-    # each forward batch 0.15 s slower: the context shards left after the second one take well under a second
-    # otherwise, and a run that finished before the Ctrl-C landed exited 0 (seen in CI)
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    # Ctrl-C once 300 rows are done, each forward batch 0.15 s slower: the writer gets a small model's rows in a
+    # few large tasks, so shard markers appear late, and a run that finished before the Ctrl-C landed exited 0
+    # (seen in CI when this waited for two markers)
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                            env={**os.environ, "ACTSTORE_FAULT_SLOW_BATCH": "0.15"})
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*/layer_01/_manifest/*.json"))) < 2:
-        time.sleep(0.05)
+    lines, started = [], threading.Event()
+
+    def read():
+        for line in run.stderr:
+            lines.append(line)
+            done = re.match(r"extract: ([\d,]+)/2,648 rows", line)
+            if done and int(done.group(1).replace(",", "")) >= 300:
+                started.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(timeout=120), "".join(lines)[-2000:]
     os.killpg(run.pid, signal.SIGINT)
-    stdout, stderr = run.communicate(timeout=120)
+    run.wait(timeout=120)
+    reader.join(timeout=30)
+    stderr = "".join(lines)
     try:
         os.killpg(run.pid, signal.SIGKILL)  # Ray's helpers, if any outlived the driver
     except ProcessLookupError:
