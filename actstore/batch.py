@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from actstore.errors import RunFailed
 from actstore.layers import load_layer
 from actstore.probes import load_probe
 from actstore.provenance import Provenance
@@ -36,7 +38,7 @@ from actstore.scoring import NotScorable, encode_group_fused, pick_backend, scor
 from actstore.store import StoreError
 
 
-class WorkerError(RuntimeError):
+class WorkerError(RunFailed):
     """A worker's failure as one plain, picklable line (what failed and why), so it crosses Ray intact."""
 
 
@@ -114,9 +116,10 @@ class LayerScorer:
             return self._run(job, on_done)
         except (StoreError, OSError, WorkerError):
             raise
-        except Exception as err:  # noqa: BLE001 - the type may not cross Ray; its message does
+        except Exception as err:  # noqa: BLE001 - the type may not cross Ray; its message and traceback do
             detail = str(err).splitlines()[0] if str(err) else ""
-            raise WorkerError(f"scoring layer {job.layer} failed: {type(err).__name__}: {detail}") from None
+            raise WorkerError(f"scoring layer {job.layer} failed: internal error (a bug in actstore): "
+                              f"{type(err).__name__}: {detail}", "".join(traceback.format_exception(err))) from None
 
     def _run(self, job: Job, on_done=None) -> int:
         count = 0

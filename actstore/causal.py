@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from actstore.errors import InputError
 from actstore.model import _Stop, decoder_layers, pad
 
 EPS = 1e-8
@@ -65,7 +66,7 @@ class CausalConfig:
     """prompts per forward pass (times `steps` sequences)"""
 
 
-class CausalError(ValueError):
+class CausalError(InputError):
     """The causal metric cannot run on this store (no recorded model, another tokenizer, misaligned rows)."""
 
 
@@ -79,7 +80,7 @@ def letter_token_ids(tokenizer, classes: str, scheme: str, word: str) -> tuple[l
     from actstore.vocab import TEMPLATE
 
     if scheme not in LETTER_TOKENS:
-        raise ValueError(f"--causal-letter-tokens must be one of {', '.join(LETTER_TOKENS)}; got {scheme!r}")
+        raise InputError(f"--causal-letter-tokens must be one of {', '.join(LETTER_TOKENS)}; got {scheme!r}")
     head = tokenizer(TEMPLATE.format(word=word), add_special_tokens=False)["input_ids"]
     answer = []
     for letter in classes:

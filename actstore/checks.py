@@ -16,8 +16,10 @@ import re
 import socket
 from pathlib import Path
 
+from actstore.errors import InputError
 
-class BadArgument(ValueError):
+
+class BadArgument(InputError):
     """An argument that cannot work; the message is one line saying what was expected and what to do."""
 
 

@@ -27,9 +27,11 @@ import sys
 import textwrap
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from actstore.errors import InputError, RunFailed
 from actstore.extract import ExtractConfig
 from actstore.runner import ScoreCommandConfig
 from actstore.synth_saes import SynthSAEConfig
@@ -260,7 +262,7 @@ def cmd_probe(cfg: ProbeCommandConfig) -> int:
     layers = have if cfg.layers == "all" else parse_layers(cfg.layers, max(have) + 1)
     absent = [l for l in layers if l not in have]
     if absent:
-        raise ValueError(f"{cfg.store} has layers {have}; --layers {cfg.layers} asks for {absent}")
+        raise InputError(f"{cfg.store} has layers {have}; --layers {cfg.layers} asks for {absent}")
     trained = probes.probe_store(cfg.store, layers, probes.ProbeConfig(epochs=cfg.epochs, seed=cfg.seed),
                                  progress=sys.stderr.isatty())
     print(f"{'layer':>5s} {'test F1 mean':>12s} {'min':>6s} {'letters evaluated (F1 > 0.6)':>30s}")
@@ -278,7 +280,7 @@ def cmd_saes(cfg: SaesConfig) -> int:
     from actstore.saes import gemma_scope_catalog, parse_width
 
     if cfg.action != "list":
-        raise ValueError(f"actstore saes knows one action, list; got {cfg.action!r}")
+        raise InputError(f"actstore saes knows one action, list; got {cfg.action!r}")
     entries = gemma_scope_catalog(cfg.release, cfg.layer, parse_width(cfg.width) if cfg.width else None)
     if cfg.json:
         print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
@@ -383,9 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Its input checks' errors (InputError) are one line and exit 2; a stopped run (Ctrl-C,
+    the disk, a worker) is one line and exit 1 (130 for Ctrl-C); anything else is a bug in actstore: one line
+    naming a log file that holds the traceback, exit 1."""
     from actstore import checks, locks
-    from actstore.model import ModelLoadError
-    from actstore.store import StoreError
 
     args = build_parser().parse_args(argv)
     config_cls, run = COMMANDS[args.command]
@@ -397,14 +400,49 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `actstore info ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (StoreError, ModelLoadError, KeyError, ValueError, TypeError, FileNotFoundError, locks.Busy) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"actstore {args.command}: error: {message}", file=sys.stderr)
+    except InputError as err:
+        print(f"actstore {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError, KeyboardInterrupt) as err:  # the disk, a worker, Ctrl-C: one line, exit 1
-        print(f"actstore {args.command}: {checks.failure_line(err)}", file=sys.stderr)
+    except (OSError, RunFailed, KeyboardInterrupt) as err:  # the disk, a worker, Ctrl-C: one line, exit 1
+        line = checks.failure_line(err)
+        if getattr(err, "remote_traceback", ""):  # a worker that could not start, for a reason not known here
+            line += f" (the worker's traceback is in {error_log(args.command, argv, err)})"
+        print(f"actstore {args.command}: {line}", file=sys.stderr)
         return 130 if isinstance(err, KeyboardInterrupt) else 1
+    except Exception as err:  # noqa: BLE001 - a bug in actstore, not the user's input: say so, keep the traceback
+        log = error_log(args.command, argv, err)
+        detail = str(err).splitlines()[0] if str(err) else ""
+        print(f"actstore {args.command}: internal error (a bug in actstore, not in your input): "
+              f"{type(err).__name__}: {detail}; the traceback is in {log}; please report it with that file",
+              file=sys.stderr)
+        return 1
 
+
+def error_log(command: str, argv: list[str] | None, err: BaseException) -> Path:
+    """Write the command line, versions and traceback of an unexpected error (and a worker's, when it carries
+    one) to $ACTSTORE_CACHE/logs/ (default ~/.cache/actstore/logs), or the temporary folder if that cannot be
+    written; returns the file's path."""
+    import platform
+    import tempfile
+    import time
+    import traceback
+
+    from actstore import __version__
+    from actstore.model import cache_dir
+
+    text = (f"actstore {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+            f"command: actstore {' '.join(sys.argv[1:] if argv is None else argv)}\n"
+            f"working folder: {os.getcwd()}\n\n" + "".join(traceback.format_exception(err))
+            + (f"\nthe worker's traceback:\n{err.remote_traceback}" if getattr(err, "remote_traceback", "") else ""))
+    name = f"internal-error-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (cache_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue
+    return Path("(no writable folder for the log)")
 
 if __name__ == "__main__":
     sys.exit(main())

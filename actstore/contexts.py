@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from actstore.errors import InputError, MissingFile
 from actstore.vocab import first_letter_label, token_text, tokenize
 
 
@@ -46,17 +47,17 @@ def read_documents(source: str) -> Iterator[str]:
         try:
             dataset = load_dataset(name, split=split or "train", streaming=True)
         except Exception as err:
-            raise ValueError(f"cannot load dataset {name!r}: {err}. Offline, pass local .txt or .jsonl files") from err
+            raise InputError(f"cannot load dataset {name!r}: {err}. Offline, pass local .txt or .jsonl files") from err
         for record in dataset:
             yield record["text"]
         return
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"contexts source {source} does not exist; expected a .txt or .jsonl file, a "
-                                f"folder of them, or hf:DATASET")
+        raise MissingFile(f"contexts source {source} does not exist; expected a .txt or .jsonl file, a "
+                          f"folder of them, or hf:DATASET")
     files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
     if not files:
-        raise ValueError(f"{source} holds no .txt or .jsonl files")
+        raise InputError(f"{source} holds no .txt or .jsonl files")
     for file in files:
         if file.suffix == ".jsonl":
             for n, line in enumerate(file.read_text().splitlines()):
@@ -64,7 +65,7 @@ def read_documents(source: str) -> Iterator[str]:
                     try:
                         yield json.loads(line)["text"]
                     except (json.JSONDecodeError, KeyError, TypeError) as err:
-                        raise ValueError(f"{file}:{n + 1}: expected a JSON object with a 'text' field") from err
+                        raise InputError(f"{file}:{n + 1}: expected a JSON object with a 'text' field") from err
         else:
             yield file.read_text()
 
@@ -73,7 +74,7 @@ def build_contexts(tokenizer, source: str, context_length: int, max_rows: int, b
     """Tokenize documents into windows until `max_rows` tokens (rounded down to whole windows); `bos`, when
     not None, starts every window."""
     if context_length < 2 or max_rows < context_length:
-        raise ValueError(f"need context_length >= 2 and max_rows >= context_length; got {context_length}, {max_rows}")
+        raise InputError(f"need context_length >= 2 and max_rows >= context_length; got {context_length}, {max_rows}")
     windows: list[list[int]] = []
     budget = max_rows // context_length
     head = [] if bos is None else [bos]
@@ -87,7 +88,7 @@ def build_contexts(tokenizer, source: str, context_length: int, max_rows: int, b
         if len(windows) == budget:
             break
     if not windows:
-        raise ValueError(f"{source} has no document of at least {context_length} tokens")
+        raise InputError(f"{source} has no document of at least {context_length} tokens")
     token_id = np.array(windows, dtype=np.int64).reshape(-1)
     labels = {}
     for t in np.unique(token_id):

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from actstore.causal import AGREEMENT
+from actstore.errors import InputError, MissingFile
 from actstore.report import load_results, width_name
 from actstore.results import part_name
 from actstore.tokens import absorbed, token_absorbers, tokens_path
@@ -135,11 +136,11 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
     out = Path(out) if out else results / "explorer"
     for name in ("saes.parquet", "tokens.parquet"):
         if not (results / name).exists():
-            raise FileNotFoundError(f"{results} has no {name}: run `actstore score ... --out {results}` first "
-                                    f"(tokens.parquet needs a score of this version)")
+            raise MissingFile(f"{results} has no {name}: run `actstore score ... --out {results}` first "
+                              f"(tokens.parquet needs a score of this version)")
     saes, _ = load_results(results)  # scored SAEs, each with the L0 the report uses and where it comes from
     if not saes:
-        raise ValueError(f"{results} holds no scored SAE: nothing to explore")
+        raise InputError(f"{results} holds no scored SAE: nothing to explore")
     saes.sort(key=lambda r: (r["layer"] if r["layer"] is not None else -1, r["width"], r["l0"] or 0, r["sae_id"]))
     letters = defaultdict(list)
     for row in pq.read_table(results / "letters.parquet").to_pylist():
@@ -160,9 +161,9 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
         file = f"sae_{n:04d}.js"
         own = tokens_path(results / "parts" / part_name(key))  # this SAE's rows of tokens.parquet
         if not own.exists():
-            raise FileNotFoundError(f"{results}: SAE {sae['sae_id']} has no per-token records ({own.name}); it was "
-                                    f"scored by an older actstore: rerun `actstore score ... --out {results}`, which "
-                                    f"scores it again")
+            raise MissingFile(f"{results}: SAE {sae['sae_id']} has no per-token records ({own.name}); it was "
+                              f"scored by an older actstore: rerun `actstore score ... --out {results}`, which "
+                              f"scores it again")
         records = pq.read_table(own).to_pylist()
         payload = sae_payload(letters[key], records, absorbers[key])
         (data / file).write_text(_script("ACTSTORE.loaded", {"n": n, **payload}))

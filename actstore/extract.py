@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actstore.errors import InputError, RunFailed
 from actstore.store import ActivationStore, StoreSpec
 from actstore.vocab import MAX_DROPPED, TEMPLATE
 
@@ -108,10 +109,10 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
             lo, sep, hi = part.partition("-")
             layers.update(range(int(lo), int(hi) + 1) if sep else [int(lo)])
     except ValueError:
-        raise ValueError(f"--layers must be a list (0,5,12), a range (0-25) or all; got {spec!r}") from None
+        raise InputError(f"--layers must be a list (0,5,12), a range (0-25) or all; got {spec!r}") from None
     bad = sorted(l for l in layers if not 0 <= l < n_layers)
     if bad or not layers:
-        raise ValueError(f"the model has blocks 0-{n_layers - 1}; --layers {spec!r} asks for {bad or 'none'}")
+        raise InputError(f"the model has blocks 0-{n_layers - 1}; --layers {spec!r} asks for {bad or 'none'}")
     return sorted(layers)
 
 
@@ -144,13 +145,13 @@ def build_task(cfg: ExtractConfig, tokenizer) -> tuple[Task, dict]:
     ids, positions, columns = [], np.zeros(0, dtype=np.int64), {}
     if cfg.no_vocab:
         if not cfg.contexts:
-            raise ValueError("--no-vocab stores contexts only, and needs --contexts (a .txt/.jsonl file or folder)")
+            raise InputError("--no-vocab stores contexts only, and needs --contexts (a .txt/.jsonl file or folder)")
         extra.update(vocab_rows=0, vocab_dropped=0)
     else:
         vocab = build_vocab_task(tokenizer, seed=cfg.seed, max_tokens=cfg.max_vocab, bos=cfg.bos)
         message = vocab.drop_message(cfg.max_dropped)
         if message:
-            raise ValueError(message)
+            raise InputError(message)
         ids, positions = vocab.input_ids, vocab.position
         columns = {"token_id": vocab.token_id, "label": vocab.label, "split": vocab.split, "position": vocab.position,
                    "text": vocab.text}
@@ -231,10 +232,8 @@ class ModelWorker:
         self.task, self.dtype, self.progress = ray.get(coordinator.task.remote()), DTYPE_NAMES[cfg.dtype], coordinator
         model = load_model(source, device=cfg.device, dtype=self.dtype)
         self.reader = ResidualReader(model, layers)
-        self.crash = os.environ.get("ACTSTORE_FAULT_CRASH_ONCE")  # "FLAGFILE:ROW" (tests)
-        # seconds added to every forward batch (tests: an interrupt must land while work is left)
-        self.slow = float(os.environ.get("ACTSTORE_FAULT_SLOW_BATCH", 0))
         self.busy = 0.0
+        _fault_hooks(self)
 
     def busy_seconds(self) -> float:
         return self.busy
@@ -243,12 +242,9 @@ class ModelWorker:
         """Rows [start, stop) of a group, as forward batches of rows_per_batch rows from `start`."""
         t0 = time.perf_counter()
         try:
-            self._maybe_crash(start)
             parts = []
             for a in range(start, stop, rows_per_batch):
                 t = time.perf_counter()
-                if self.slow:
-                    time.sleep(self.slow)
                 parts.append(self._run(group, a, min(a + rows_per_batch, stop)))
                 b = min(a + rows_per_batch, stop)
                 self.progress.add.remote(group, a, b - a, self._tokens(group, a, b), time.perf_counter() - t)
@@ -273,12 +269,39 @@ class ModelWorker:
             acts = {l: x.reshape(-1, x.shape[-1]) for l, x in self.reader(batch).items()}
         return {l: to_numpy(x.to(self.dtype)) for l, x in acts.items()}
 
-    def _maybe_crash(self, start: int) -> None:
-        if self.crash:
-            flag, row = self.crash.rsplit(":", 1)
+
+def _fault_hooks(worker: ModelWorker) -> None:
+    """Test-only faults, asked for through the workers' environment (ExtractConfig.worker_env, or the driver's
+    own); with neither variable set the worker is left as it is, and its forward batches run no extra check.
+
+    ACTSTORE_FAULT_CRASH_ONCE=FLAGFILE:ROW     the process dies as a real crash would (no exception, no cleanup)
+                                               at the forward batch that starts at ROW, if FLAGFILE does not exist
+                                               yet (it is created first, so the restarted worker goes on)
+    ACTSTORE_FAULT_PAUSE_AFTER=FLAGFILE:ROWS   once this worker has computed ROWS rows it creates FLAGFILE and
+                                               waits there until it is killed: a test interrupts a run at a known
+                                               point, with work certainly left, however fast the machine is
+    """
+    crash, pause = os.environ.get("ACTSTORE_FAULT_CRASH_ONCE"), os.environ.get("ACTSTORE_FAULT_PAUSE_AFTER")
+    if not (crash or pause):
+        return
+    run, done = worker._run, [0]
+
+    def faulty_run(group: str, start: int, stop: int) -> dict[int, np.ndarray]:
+        if crash:
+            flag, row = crash.rsplit(":", 1)
             if start == int(row) and not Path(flag).exists():
                 Path(flag).touch()
-                os._exit(1)  # the process dies as a real crash would: no exception, no cleanup
+                os._exit(1)
+        if pause:
+            flag, rows = pause.rsplit(":", 1)
+            if done[0] >= int(rows):
+                Path(flag).touch()
+                while True:
+                    time.sleep(1)
+        done[0] += stop - start
+        return run(group, start, stop)
+
+    worker._run = faulty_run
 
 
 class StoreWriter:
@@ -350,14 +373,14 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
     cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
     cfg.shard_rows = cfg.shard_rows or SHARD_ROWS["cpu" if cfg.device == "cpu" else "cuda"]
     if cfg.dtype not in DTYPE_NAMES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPE_NAMES)}; got {cfg.dtype!r}")
+        raise InputError(f"--dtype must be one of {sorted(DTYPE_NAMES)}; got {cfg.dtype!r}")
     if not 0 <= cfg.max_dropped <= 1:
-        raise ValueError(f"--max-dropped is a share of the vocabulary rows, 0 to 1; got {cfg.max_dropped}")
+        raise InputError(f"--max-dropped is a share of the vocabulary rows, 0 to 1; got {cfg.max_dropped}")
     source = resolve_model(cfg.model, cfg.gguf_file, cfg.revision)
     config, tokenizer = load_config_and_tokenizer(source)
     layers = parse_layers(cfg.layers, config.num_hidden_layers)
     if cfg.contexts and cfg.shard_rows % cfg.context_length:
-        raise ValueError(f"--shard-rows ({cfg.shard_rows}) must be a multiple of --context-length "
+        raise InputError(f"--shard-rows ({cfg.shard_rows}) must be a multiple of --context-length "
                          f"({cfg.context_length}), so that no context window straddles two shards")
     task, extra = build_task(cfg, tokenizer)
     extra["provenance"] = provenance(source, config, tokenizer)
@@ -401,24 +424,28 @@ def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, la
     """Start the actors, feed them `work` with backpressure, follow their progress; kill them on the way out."""
     import ray
 
+    from actstore.actors import get, kill, launch, ready
+
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device.startswith("cuda") else 0
     n_workers = cfg.workers or max(1, gpus)
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n_workers)
     options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
                    runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
     name = f"actstore-extract-{os.getpid()}-{time.time_ns()}"
-    counter = ray.remote(Coordinator).options(num_cpus=0, name=name).remote(task)
-    workers = [ray.remote(ModelWorker).options(**options).remote(cfg, source, name, layers, threads)
-               for _ in range(n_workers)]
-    columns = {"vocab": task.vocab_columns, "context": task.context_columns}
-    writer = ray.remote(StoreWriter).options(num_cpus=0).remote(cfg.out, columns)
+    t0 = time.perf_counter()
     store.close()
+    (counter,) = launch(Coordinator, 1, dict(num_cpus=0, name=name), task)
+    (writer,) = launch(StoreWriter, 1, dict(num_cpus=0), cfg.out,
+                       {"vocab": task.vocab_columns, "context": task.context_columns})
+    workers = launch(ModelWorker, n_workers, options, cfg, source, name, layers, threads)
+    actors = [counter, writer, *workers]
+    ready({"progress counter": [counter], "store writer": [writer], "model worker": workers})
 
     rows_total = sum(stop - start for _, start, stop in work)
     tokens_total = sum(sum(map(len, task.vocab_ids[a:b])) if g == "vocab" else b - a for g, a, b in work)
     shown = ProgressDisplay(rows_total, progress, cfg.log_interval)
     queue, pending = deque(work), {}
-    i, t0, out = 0, time.perf_counter(), {}
+    i, out = 0, {}
     try:
         while queue or pending:
             while queue and len(pending) < cfg.in_flight * n_workers:
@@ -428,21 +455,20 @@ def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, la
                 i += 1
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in done:
-                ray.get(ref)
+                get(ref, "model worker or the store writer")
                 del pending[ref]
-            rows, first = ray.get(counter.poll.remote())
+            rows, first = get(counter.poll.remote(), "progress counter")
             if first is not None and out.get("startup_seconds") is None:
                 out["startup_seconds"] = time.perf_counter() - t0
                 shown.estimate(_plan_line(cfg, task, layers, n_workers, first, tokens_total))
             shown.update(rows)
-        out["worker_busy_seconds"] = sum(ray.get([w.busy_seconds.remote() for w in workers]))
-        complete, out["writer_busy_seconds"] = ray.get(writer.close.remote())
+        out["worker_busy_seconds"] = sum(get([w.busy_seconds.remote() for w in workers], "model worker"))
+        complete, out["writer_busy_seconds"] = get(writer.close.remote(), "store writer")
     finally:
         shown.close()
-        for actor in workers + [writer, counter]:
-            ray.kill(actor)
+        kill(actors)
     if not complete:
-        raise RuntimeError("the writer ended with shards still buffered; rerun with --resume")
+        raise RunFailed("the writer ended with shards still buffered; rerun with --resume")
     return out
 
 
@@ -505,18 +531,18 @@ def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: di
     path = Path(cfg.out)
     if (path / "zarr.json").exists():
         if not cfg.resume:
-            raise ValueError(f"{path} already exists: pass --resume to finish it, or choose another --out")
+            raise InputError(f"{path} already exists: pass --resume to finish it, or choose another --out")
         store = ActivationStore.open(path, mode="a")
         theirs, ours = _comparable(asdict(store.spec)), _comparable(asdict(spec))
         if theirs["identity"] != ours["identity"]:
             store.close()
-            raise ValueError(f"{path} was written from another model or tokenizer: stored {theirs['identity']}, now "
+            raise InputError(f"{path} was written from another model or tokenizer: stored {theirs['identity']}, now "
                              f"{ours['identity']}. Resume with the original model (`{store.spec.resume_command}`), or "
                              f"choose another --out")
         if theirs != ours:
             diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
             store.close()
-            raise ValueError(f"{path} was written by a different run; (stored, now) differ in {diff}. "
+            raise InputError(f"{path} was written by a different run; (stored, now) differ in {diff}. "
                              f"Resume with the original arguments, or choose another --out")
         return store
     store = ActivationStore.create(path, spec)

@@ -24,8 +24,10 @@ import socket
 import time
 from pathlib import Path
 
+from actstore.errors import InputError
 
-class Busy(Exception):
+
+class Busy(InputError):
     """Another process holds a lock this command needs; the message names it and says what to do."""
 
 

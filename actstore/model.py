@@ -28,8 +28,10 @@ from pathlib import Path
 
 import torch
 
+from actstore.errors import InputError, MissingFile
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(InputError, RuntimeError):
     """The model could not be loaded (no network, gated weights, a wrong path)."""
 
 
@@ -76,22 +78,22 @@ def resolve_model(model: str, gguf_file: str | None = None, revision: str | None
     path = Path(model).expanduser()
     if gguf_file is not None:
         if not path.is_dir():
-            raise FileNotFoundError(f"--gguf-file {gguf_file} needs --model to be the folder that holds it; "
-                                    f"{model} is not a folder")
+            raise MissingFile(f"--gguf-file {gguf_file} needs --model to be the folder that holds it; "
+                              f"{model} is not a folder")
         path = path / gguf_file
     if path.is_dir() and not (path / "config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             path = ggufs[0]
         elif ggufs:
-            raise ValueError(f"{model} holds {len(ggufs)} .gguf files ({', '.join(p.name for p in ggufs[:4])}); "
+            raise InputError(f"{model} holds {len(ggufs)} .gguf files ({', '.join(p.name for p in ggufs[:4])}); "
                              f"name one with --gguf-file")
         else:
-            raise FileNotFoundError(f"{model} is a folder without config.json or a .gguf file; expected a "
-                                    f"Hugging Face model folder, a .gguf file, or a hub id")
+            raise MissingFile(f"{model} is a folder without config.json or a .gguf file; expected a "
+                              f"Hugging Face model folder, a .gguf file, or a hub id")
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ValueError(f"--model {model} is a file but not a .gguf file; expected a hub id, a model folder, "
+            raise InputError(f"--model {model} is a file but not a .gguf file; expected a hub id, a model folder, "
                              f"or a .gguf file")
         path = path.resolve()
         return ModelSource(model, str(path.parent), "gguf", path.name, file_sha256(path))
@@ -204,6 +206,13 @@ def _explained(source: ModelSource):
             f"where you can (`hf download {name}`), copy it here, and pass its directory as --model, or point "
             f"HF_HOME at a cache that holds it (and set HF_HUB_OFFLINE=1)."
         ) from err
+    except ImportError:  # the environment, not the model: the caller says what to do about it
+        raise
+    except Exception as err:  # noqa: BLE001 - damaged weights fail in the reader's own types (SafetensorError, ...)
+        where = f"{source.location}/{source.gguf_file}" if source.kind == "gguf" else source.location
+        raise ModelLoadError(f"could not load the model at {where}: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}; its files are damaged or not a model "
+                             f"transformers can read: fetch or copy it again") from err
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -216,7 +225,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
         except AttributeError:
             continue
         return obj
-    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}; supported layouts: model.layers, "
+    raise InputError(f"cannot find the decoder blocks of {type(model).__name__}; supported layouts: model.layers, "
                      f"transformer.h, gpt_neox.layers, model.decoder.layers")
 
 
@@ -251,7 +260,7 @@ class ResidualReader:
         blocks = decoder_layers(model)
         bad = [l for l in layers if not 0 <= l < len(blocks)]
         if bad:
-            raise ValueError(f"the model has blocks 0-{len(blocks) - 1}; asked for {bad}")
+            raise InputError(f"the model has blocks 0-{len(blocks) - 1}; asked for {bad}")
         self.model, self.layers, self.blocks = model, sorted(layers), blocks
         self.device = next(model.parameters()).device
 

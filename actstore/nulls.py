@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import torch
 
+from actstore.errors import InputError
 from actstore.saes import SAEWeights
 
 NOT_NULLED = ("mean_probe_f1",)
@@ -111,7 +112,7 @@ def null_columns(sae: SAEWeights, data, probe, cfg, acts, summary: dict) -> dict
     out = {}
     for kind in cfg.nulls:
         if kind not in NULLS:
-            raise ValueError(f"unknown null {kind!r}; choose from {sorted(NULLS)}")
+            raise InputError(f"unknown null {kind!r}; choose from {sorted(NULLS)}")
         null = NULLS[kind](sae, data.x, acts, probe.directions())
         result = score_sae(null.sae, data, probe, null_cfg, acts=null.acts, cosines=null.cosines, source=null.source)
         out[f"null_{kind}_l0_vocab"] = result.summary["l0_vocab"]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from actstore.errors import InputError
 from actstore.metrics import precision_recall_f1
 
 MIN_PROBE_F1 = 0.6  # letters below this test F1 are not evaluated (SAEBench)
@@ -121,7 +122,7 @@ def probe_store(path: str, layers: list[int] | None = None, cfg: ProbeConfig = P
     store = ActivationStore.open(path, mode="a", require_complete=True)
     if "vocab" not in store.groups:
         store.close()
-        raise ValueError(f"{path} holds no vocabulary task (it was extracted with --no-vocab): probes train on it; "
+        raise InputError(f"{path} holds no vocabulary task (it was extracted with --no-vocab): probes train on it; "
                          f"extract again without --no-vocab")
     labels = torch.as_tensor(store.column("vocab", "label")).long()
     split = torch.as_tensor(store.column("vocab", "split")).long()

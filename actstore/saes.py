@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actstore.errors import InputError, MissingFile, MissingKey
 from actstore.metrics import jumprelu
 
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 WIDTH_SUFFIX = {"k": 1000, "m": 1000 * 1000}
 
 
-class SAEError(ValueError):
+class SAEError(InputError):
     """One SAE cannot be used; the message names it and says what to do. Other SAEs are unaffected."""
 
 
@@ -204,7 +205,7 @@ def parse_width(text: str) -> int:
     '1m' -> 1048576; a plain number is taken as it is."""
     match = re.fullmatch(r"(\d+)([km]?)", text)
     if not match:
-        raise ValueError(f"a width looks like 16k, 65k or 1m; got {text!r}")
+        raise InputError(f"a width looks like 16k, 65k or 1m; got {text!r}")
     if not match[2]:
         return int(match[1])
     approx = int(match[1]) * WIDTH_SUFFIX[match[2]]
@@ -220,7 +221,7 @@ def _pretrained_yaml() -> dict:
 
     found = importlib.util.find_spec("sae_lens")
     if found is None or not found.submodule_search_locations:
-        raise KeyError("the SAE catalog comes from sae-lens, which is not installed: pip install sae-lens")
+        raise MissingKey("the SAE catalog comes from sae-lens, which is not installed: pip install sae-lens")
     text = (Path(found.submodule_search_locations[0]) / "pretrained_saes.yaml").read_text()
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1.5 MB: C parser, 10x faster
 
@@ -235,7 +236,7 @@ def gemma_scope_catalog(release: str = "gemma-scope-2b-pt-res", layer: int | Non
     catalog = _pretrained_yaml()
     if release not in catalog:
         near = [r for r in catalog if r.startswith(release.split("-")[0])][:12] or sorted(catalog)[:12]
-        raise KeyError(f"unknown release {release!r}; for example: {near} ({len(catalog)} in all)")
+        raise MissingKey(f"unknown release {release!r}; for example: {near} ({len(catalog)} in all)")
     entries = []
     for sae in catalog[release]["saes"]:
         parts = sae["path"].split("/")
@@ -279,8 +280,8 @@ def local_saes(root: str | Path) -> list[tuple[str, Path]]:
     """(id, params.npz path) of every params.npz under root; the id is its folder relative to root."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder of params.npz files (laid out like Gemma Scope: "
-                                f"layer_12/width_16k/average_l0_82/params.npz)")
+        raise MissingFile(f"{root} is not a folder of params.npz files (laid out like Gemma Scope: "
+                          f"layer_12/width_16k/average_l0_82/params.npz)")
     return [(str(p.parent.relative_to(root)), p) for p in sorted(root.rglob("params.npz"))]
 
 

@@ -38,13 +38,14 @@ import torch
 
 from actstore import metrics, uncertainty
 from actstore.causal import CausalConfig
+from actstore.errors import InputError
 from actstore.metrics import precision_recall_f1
 from actstore.probes import LETTERS, Probe, ProbeConfig, pos_weights
 from actstore.saes import SAEWeights
 from actstore.tokens import absorbed, token_absorbers
 
 
-class NotScorable(ValueError):
+class NotScorable(InputError):
     """This SAE (or its layer) cannot be scored; the message says why. Other SAEs are unaffected."""
 
 
@@ -249,7 +250,7 @@ def pick_backend(name: str, sae: SAEWeights) -> str:
     if name == "auto":
         return "triton" if sae.w_enc.is_cuda and sae.architecture in ("jumprelu", "relu") else "torch"
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose auto or one of {sorted(BACKENDS)}")
+        raise InputError(f"unknown backend {name!r}; choose auto or one of {sorted(BACKENDS)}")
     return name
 
 
@@ -538,7 +539,7 @@ def _l1_weights(acts: SparseActs, labels: torch.Tensor, cfg: ScoreConfig, seeds:
         return [sol.weight] * len(seeds), {"l1_kkt": sol.kkt, "l1_iterations": sol.iterations,
                                            "l1_converged": sol.converged}
     if cfg.l1_solver != "saebench":
-        raise ValueError(f"unknown L1 solver {cfg.l1_solver!r}; choose one of {L1_SOLVERS}")
+        raise InputError(f"unknown L1 solver {cfg.l1_solver!r}; choose one of {L1_SOLVERS}")
     group = max(1, SEED_GROUP_VALUES // (acts.width * 26))  # seeds per batched probe: bounded memory at any width
     groups = [seeds[lo:lo + group] for lo in range(0, len(seeds), group)]
     return [w for part in groups for w in train_sparse_probes(acts, labels, cfg, part)], {}
@@ -560,7 +561,7 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
     The seed-dependent steps (L1 probe, k-sparse probing, absorption) run once per seed of cfg.seeds over the
     one encoding; the letter rows and the summary's plain columns are the first seed's."""
     if cfg.metric_version not in metrics.METRIC_VERSIONS:
-        raise ValueError(f"unknown metric version {cfg.metric_version!r}; choose one of {sorted(metrics.METRIC_VERSIONS)}")
+        raise InputError(f"unknown metric version {cfg.metric_version!r}; choose one of {sorted(metrics.METRIC_VERSIONS)}")
     device = sae.w_enc.device
     x, labels, split = data.x, data.labels.to(device).long(), data.split.to(device).long()
     train = split == 0

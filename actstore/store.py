@@ -42,6 +42,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from actstore import manifest, shardio
+from actstore.errors import InputError, MissingKey
 
 FORMAT_VERSION = 1
 
@@ -66,7 +67,7 @@ STANDARD_COLUMNS: dict[str, dict[str, str]] = {
 }
 
 
-class StoreError(Exception):
+class StoreError(InputError):
     """A store that is missing, not a store, half-written or damaged; the message says what to do."""
 
 
@@ -122,17 +123,17 @@ class StoreSpec:
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
+            raise InputError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
         if self.codec not in CODECS:
-            raise ValueError(f"codec must be one of {sorted(CODECS)}; got {self.codec!r}")
+            raise InputError(f"codec must be one of {sorted(CODECS)}; got {self.codec!r}")
         if self.d_model <= 0:
-            raise ValueError(f"d_model must be positive; got {self.d_model}")
+            raise InputError(f"d_model must be positive; got {self.d_model}")
         if not self.layers or any(not isinstance(l, int) or l < 0 for l in self.layers):
-            raise ValueError(f"layers must be a non-empty list of block indices >= 0; got {self.layers!r}")
+            raise InputError(f"layers must be a non-empty list of block indices >= 0; got {self.layers!r}")
         if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers must not repeat; got {self.layers!r}")
+            raise InputError(f"layers must not repeat; got {self.layers!r}")
         if self.shard_rows <= 0 or self.chunk_rows <= 0 or self.shard_rows % self.chunk_rows:
-            raise ValueError(
+            raise InputError(
                 f"chunk_rows must be positive and divide shard_rows; got shard_rows={self.shard_rows}, "
                 f"chunk_rows={self.chunk_rows}"
             )
@@ -263,7 +264,7 @@ class ActivationStore:
     def _meta(self, group: str) -> dict:
         groups = self._group_meta()
         if group not in groups:
-            raise KeyError(f"{self.path} has no row group {group!r}; it has {sorted(groups) or 'none'}")
+            raise MissingKey(f"{self.path} has no row group {group!r}; it has {sorted(groups) or 'none'}")
         return groups[group]
 
     def _array(self, group: str, array: str) -> zarr.Array:
@@ -274,14 +275,15 @@ class ActivationStore:
     def _layer_array(self, layer: int) -> str:
         """`layer_LL`, checked against the store's layers."""
         if layer not in self.spec.layers:
-            raise KeyError(f"{self.path} has layers {_ranges(self.spec.layers)}; layer {layer} was not extracted into it")
+            raise MissingKey(f"{self.path} has layers {_ranges(self.spec.layers)}; layer {layer} was not extracted "
+                             f"into it")
         return layer_name(int(layer))
 
     def _array_name(self, group: str, key: str | int) -> str:
         if isinstance(key, (int, np.integer)):
             return self._layer_array(key)
         if key not in self.arrays(group):
-            raise KeyError(f"{group} has no array {key!r}; it has {self.arrays(group)}")
+            raise MissingKey(f"{group} has no array {key!r}; it has {self.arrays(group)}")
         return key
 
     def num_shards(self, group: str) -> int:
@@ -425,7 +427,7 @@ class ActivationStore:
     def column(self, group: str, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Values of rows [start, stop) of one metadata column."""
         if name.startswith("layer_") or name not in self.columns(group):
-            raise KeyError(f"{group} has no column {name!r}; it has {sorted(self.columns(group))}")
+            raise MissingKey(f"{group} has no column {name!r}; it has {sorted(self.columns(group))}")
         return self._read_array(group, name, start, stop)
 
     def _read_array(self, group: str, array: str, start: int, stop: int | None):
@@ -523,8 +525,8 @@ class ActivationStore:
         """(weight, bias, attrs) of a layer's saved probe."""
         name = layer_name(layer)
         if "probes" not in self._root or name not in self._root["probes"]:
-            raise KeyError(f"{self.path} has no probe for layer {layer}; train it with "
-                           f"`actstore probe {self.path} --layers {layer}`")
+            raise MissingKey(f"{self.path} has no probe for layer {layer}; train it with "
+                             f"`actstore probe {self.path} --layers {layer}`")
         group = self._root["probes"][name]
         return group["weight"][:], group["bias"][:], dict(group.attrs)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actstore.errors import InputError
 from actstore.vocab import first_letter_label, token_text
 
 PROMPT_WORDS = ["\u2581has", "\u2581the", "\u2581first", "\u2581letter", ":", "\n"]
@@ -149,7 +150,7 @@ def plant_spelling(model, vocab: list[str], directions: torch.Tensor, mix: float
     attn = last.self_attn
     hd = attn.head_dim
     if hd < n:
-        raise ValueError(f"the spelling head needs head_dim >= {n} letter dimensions; got {hd}")
+        raise InputError(f"the spelling head needs head_dim >= {n} letter dimensions; got {hd}")
     phases, margin = rope_offset_phases(model.model.rotary_emb.inv_freq, SPELL_OFFSET)
     with torch.no_grad():
         model.get_input_embeddings().weight += constant * z

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actstore.errors import InputError
 from actstore.probes import LETTERS, MIN_PROBE_F1, load_probe
 
 
@@ -89,7 +90,7 @@ def letter_decoders(directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     an orthonormal basis of the complement of all 26 directions' span (d, d - 26)."""
     n, d = directions.shape
     if d <= n:
-        raise ValueError(f"planting needs d_model > 26 (room outside the probes' span); the store has {d}")
+        raise InputError(f"planting needs d_model > 26 (room outside the probes' span); the store has {d}")
     out = []
     for c in range(n):
         others = torch.cat([directions[:c], directions[c + 1:]])  # (25, d)
@@ -162,7 +163,7 @@ def main_threshold(s: torch.Tensor, sorted_tp: torch.Tensor, j: int, slack: floa
             tau = widest_gap(s, float(sorted_tp[k - 1]), float(sorted_tp[k]))
         if float((s - tau).abs().min()) > 2 * slack:
             return tau, k
-    raise ValueError("no threshold clears every row's score by float32 rounding; the store's rows are too alike")
+    raise InputError("no threshold clears every row's score by float32 rounding; the store's rows are too alike")
 
 
 class Latent(dict):
@@ -226,7 +227,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
         if c in split_letters:
             planted = plant_split(world, c, split_letters[c], null, bias, cfg)
             if planted is None:
-                raise ValueError(f"letter {LETTERS[c]}: no split into {split_letters[c]} latents found")
+                raise InputError(f"letter {LETTERS[c]}: no split into {split_letters[c]} latents found")
             for lat in planted:
                 lat["dec"] = torch.nn.functional.normalize(dec_dirs[c] + 0.3 * null_unit(1)[0], dim=0)
             latents += planted
@@ -271,7 +272,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
         entry["full_absorption_rate"] = entry["absorption_fraction"]
 
     if len(latents) > cfg.width:
-        raise ValueError(f"{len(latents)} planted latents do not fit in width {cfg.width}; raise --width")
+        raise InputError(f"{len(latents)} planted latents do not fit in width {cfg.width}; raise --width")
     n_fill = cfg.width - len(latents)
     fill_enc, fill_dec = null_unit(n_fill), null_unit(n_fill)
     fill_top = (x @ fill_enc.T).max(dim=0).values if n_fill else torch.zeros(0, dtype=x.dtype)  # (n_fill,)
@@ -302,7 +303,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
                  if int(((labels == c) & world.probe_fires[:, c] & world.test).sum()) >= cfg.min_truth_positives]
     evaluated = [LETTERS[c] for c in supported]
     if not evaluated:
-        raise ValueError(f"no evaluated letter has {cfg.min_truth_positives} test true positives: too few vocabulary "
+        raise InputError(f"no evaluated letter has {cfg.min_truth_positives} test true positives: too few vocabulary "
                          f"rows to plant a truth the scorer can measure; extract more (--max-vocab)")
     summary = {key: float(np.mean([truth[c][key] for c in evaluated]))
                for key in ("absorption_fraction", "full_absorption_rate", "num_split_features")}
@@ -323,7 +324,7 @@ def load_world(store_path: str, layer: int) -> LayerWorld:
     try:
         probe = load_probe(store, layer)
     except KeyError as err:
-        raise ValueError(f"{store_path} has no probe for layer {layer}: run `actstore probe {store_path} "
+        raise InputError(f"{store_path} has no probe for layer {layer}: run `actstore probe {store_path} "
                          f"--layers {layer}` first") from err
     x = store.read("vocab", layer).double()  # (N, d)
     labels = torch.as_tensor(store.column("vocab", "label")).long()
@@ -346,7 +347,7 @@ def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: Synt
     split no letter can carry (too few test true positives) is left out and `log` (a callable) says so."""
     world = load_world(store_path, layer)
     if not world.evaluated:
-        raise ValueError(f"no letter of layer {layer} reaches probe test F1 {MIN_PROBE_F1}: nothing to plant against; "
+        raise InputError(f"no letter of layer {layer} reaches probe test F1 {MIN_PROBE_F1}: nothing to plant against; "
                          f"extract more vocabulary rows (see `actstore probe`'s guidance) or choose another layer")
     order = [int(c) for c in torch.randperm(26, generator=torch.Generator().manual_seed(cfg.seed))]
     test_tp = ((world.labels[:, None] == torch.arange(26)) & world.probe_fires & world.test[:, None]).sum(dim=0)
@@ -424,7 +425,7 @@ def plant_decoys(folder: str | Path, out: str | Path, model_dir: str | Path, pro
     other letters keep their planted rate)."""
     planted = json.loads((Path(model_dir) / "planted.json").read_text())
     if "spelling" not in planted:
-        raise ValueError(f"{model_dir} is not a spelling model (synth-model --spelling): it has no head to read")
+        raise InputError(f"{model_dir} is not a spelling model (synth-model --spelling): it has no head to read")
     read = torch.cat([torch.tensor(planted["letter_directions"]), torch.tensor([planted["spelling"]["z"]])]).double()
     basis = torch.linalg.qr(read.T)[0]  # (d, 27) orthonormal columns spanning what the head reads
     params = dict(np.load(Path(folder) / "params.npz"))

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actstore.errors import InputError
+
 TEMPLATE = "{word} has the first letter:"
 N_EXAMPLES = 10
 TEST_FRACTION = 0.2
@@ -106,12 +108,12 @@ def alphabetic_tokens(tokenizer) -> list[tuple[int, str, int]]:
 def bos_id(tokenizer, policy: str = "auto") -> int | None:
     """The token id to prepend under a BOS policy (auto, always, never), or None."""
     if policy not in BOS_POLICIES:
-        raise ValueError(f"--bos must be one of {', '.join(BOS_POLICIES)}; got {policy!r}")
+        raise InputError(f"--bos must be one of {', '.join(BOS_POLICIES)}; got {policy!r}")
     if policy == "never":
         return None
     bos = tokenizer.bos_token_id
     if policy == "always" and bos is None:
-        raise ValueError(f"--bos always: the tokenizer ({type(tokenizer).__name__}) has no BOS token; pass --bos auto "
+        raise InputError(f"--bos always: the tokenizer ({type(tokenizer).__name__}) has no BOS token; pass --bos auto "
                          f"or --bos never")
     if policy == "auto" and bos is not None:
         own = tokenizer("a")["input_ids"]  # with the tokenizer's own specials: does it put BOS first?
@@ -140,7 +142,7 @@ def build_vocab_task(tokenizer, seed: int = 42, max_tokens: int | None = None, b
     tokens = alphabetic_tokens(tokenizer)
     alphabetic = len(tokens)
     if len(tokens) < N_EXAMPLES + 2:
-        raise ValueError(f"the tokenizer has only {len(tokens)} alphabetic tokens; the task needs at least "
+        raise InputError(f"the tokenizer has only {len(tokens)} alphabetic tokens; the task needs at least "
                          f"{N_EXAMPLES + 2}")
     rng = np.random.default_rng(seed)
     if max_tokens is not None and max_tokens < len(tokens):

@@ -155,22 +155,31 @@ def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_fr
     resume command (absolute paths), which finishes the store from another working folder."""
     out = tmp_path / "interrupted.zarr"
     cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out), "--log-interval", "0.1"]
-    # Ctrl-C once 300 rows are done, each forward batch 0.15 s slower: the writer gets a small model's rows in a
-    # few large tasks, so shard markers appear late, and a run that finished before the Ctrl-C landed exited 0
-    # (seen in CI when this waited for two markers)
+    # The interrupt lands at a point the run itself announces: the worker stops after 300 of the 2,648 rows and
+    # creates `paused` (ACTSTORE_FAULT_PAUSE_AFTER), so work is certainly left however fast the machine is; the
+    # driver goes on polling and printing meanwhile. Ctrl-C follows once that file and both kinds of progress
+    # line are there. (Timing-based versions raced: a run finished before the Ctrl-C landed, exit 0.)
+    paused = tmp_path / "paused"
     run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           env={**os.environ, "ACTSTORE_FAULT_SLOW_BATCH": "0.15"})
-    lines, started = [], threading.Event()
+                           env={**os.environ, "ACTSTORE_FAULT_PAUSE_AFTER": f"{paused}:300"})
+    lines, seen = [], {"estimate": threading.Event(), "rows": threading.Event()}
 
     def read():
         for line in run.stderr:
             lines.append(line)
-            done = re.match(r"extract: ([\d,]+)/2,648 rows", line)
-            if done and int(done.group(1).replace(",", "")) >= 300:
-                started.set()
+            if line.startswith("extract: ") and " first batch of " in line:
+                seen["estimate"].set()
+            if re.match(r"extract: [\d,]+/2,648 rows \([\d.]+%\), [\d.,]+ rows/s", line):
+                seen["rows"].set()
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    assert started.wait(timeout=120), "".join(lines)[-2000:]
+    deadline = time.time() + 120
+    while not paused.exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    assert paused.exists(), "".join(lines)[-2000:]
+    for event in seen.values():
+        assert event.wait(timeout=30), "".join(lines)[-2000:]
+    assert run.poll() is None, "the paused run cannot have finished"
     os.killpg(run.pid, signal.SIGINT)
     run.wait(timeout=120)
     reader.join(timeout=30)
