@@ -1,24 +1,30 @@
-# One-word entry points. `make demo` and `make test` each set up .venv first (once; again when
-# pyproject.toml changes), so on a fresh machine with only Python they are the whole story.
+# One-word entry points. `make demo` and `make test` each set up .venv first (once; again when pyproject.toml or
+# the lock changes), so on a fresh machine with only Python they are the whole story.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch first, pinned: on CPU-only machines here this is the CPU wheel already on disk; elsewhere pip
 # picks the platform's build. The project's own `torch>=2.4` is then satisfied and left alone.
 TORCH  ?= torch==2.13.0
+# Every package's version, known to pass `make test` (Linux x86_64, Python 3.11): installs take them, so a new
+# upstream release cannot break a fresh clone. `make setup LOCK=` (empty) resolves the newest releases that
+# pyproject.toml allows instead; `make upgrade-deps` moves the lock to them once the suite passes on them.
+LOCK   ?= requirements.lock
 DEMO   ?= demo_out
 REAL   ?= smollm2
 REAL_OUT ?= real_demo_out
 
-.PHONY: setup browser demo real-models real-demo test bench gpu-carry clean
+.PHONY: setup browser demo real-models real-demo test test-fast upgrade-deps lock bench gpu-carry clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# A fresh environment each time its inputs change: what an older lock or pyproject.toml installed does not linger.
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq "$(TORCH)"
-	$(BIN)/python -m pip install -qq -e ".[test]"
+	$(BIN)/python -m pip install -qq $(if $(LOCK),-c $(LOCK)) --upgrade pip
+	$(BIN)/python -m pip install -qq $(if $(LOCK),-c $(LOCK)) "$(TORCH)"
+	$(BIN)/python -m pip install -qq $(if $(LOCK),-c $(LOCK)) -e ".[test]"
 	touch $@
 
 demo: setup
@@ -45,7 +51,30 @@ browser:
 		echo "could not install Debian's chromium and chromium-driver (needs root and apt): the browser tests will be skipped"
 
 test: setup browser real-models
-	$(BIN)/pytest -q
+	ACTSTORE_LOCK=$(LOCK) $(BIN)/pytest -q
+
+# The development loop: every test not marked slow (under 3 minutes on 2 cores). `make test` runs them all.
+test-fast: setup browser real-models
+	ACTSTORE_LOCK=$(LOCK) $(BIN)/pytest -q -m "not slow"
+
+# The newest releases pyproject.toml allows, in a fresh environment beside .venv (.venv-upgrade); the whole suite
+# runs there, and only if it passes is the lock rewritten from it (the next `make setup` reinstalls .venv from the
+# new lock). Run it to take upstream fixes, or before raising a bound in pyproject.toml; commit the lock with the
+# README's list of locked versions.
+upgrade-deps:
+	rm -rf .venv-upgrade
+	$(MAKE) --no-print-directory test VENV=.venv-upgrade LOCK=
+	$(MAKE) --no-print-directory lock VENV=.venv-upgrade
+	rm -rf .venv-upgrade
+
+# The lock from what $(VENV) has installed: every distribution at its version (local labels such as +cpu dropped,
+# so the CUDA build of the same torch version also satisfies it), the project itself left out.
+lock:
+	{ echo "# Versions known to pass \`make test\` ($$($(BIN)/python -c 'import platform; print(platform.system(), platform.machine(), "Python", platform.python_version())'), $$(date -u +%Y-%m-%d))."; \
+	  echo "# Written by \`make upgrade-deps\`; installs use it as pip constraints (-c). Do not edit by hand."; \
+	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -v -i '^actstore' | sed 's/+[A-Za-z0-9.]*$$//' | LC_ALL=C sort -f; \
+	} > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 bench: setup
 	$(BIN)/python benchmarks/store_bench.py
@@ -63,4 +92,4 @@ gpu-carry: setup
 	mkdir -p .gpu && cp "$$($(BIN)/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('sae_lens').submodule_search_locations[0]) / 'pretrained_saes.yaml')")" .gpu/
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(REAL_OUT) benchmarks/scratch
+	rm -rf $(VENV) .venv-upgrade $(DEMO) $(REAL_OUT) benchmarks/scratch

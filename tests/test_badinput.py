@@ -307,8 +307,10 @@ def test_worker_errors_cross_ray_as_one_plain_line():
     scorer._run = lambda job, on_done: (_ for _ in ()).throw(Unpicklable("weird\nsecond line"))
     with pytest.raises(WorkerError) as caught:
         scorer.run(Job(4, []))
-    assert str(caught.value) == "scoring layer 4 failed: Unpicklable: weird"
-    assert str(pickle.loads(pickle.dumps(caught.value))) == str(caught.value)
+    assert str(caught.value) == "scoring layer 4 failed: internal error (a bug in actstore): Unpicklable: weird"
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert str(again) == str(caught.value)
+    assert "Traceback" in again.remote_traceback and "Unpicklable: weird\nsecond line" in again.remote_traceback
 
 
 def test_ctrl_c_in_score_ends_in_one_line_and_the_rerun_resumes(planted_store, planted_saes, tmp_path, capsys,

@@ -63,6 +63,7 @@ def test_parse_layers():
         parse_layers("first", 4)
 
 
+@pytest.mark.slow
 def test_store_holds_what_the_model_computes_row_by_row(reference, synth_model):
     store = ActivationStore.open(reference)
     assert store.layers == [0, 1, 3] and store.groups == {"vocab": 600, "context": 2048}
@@ -86,6 +87,7 @@ def test_store_holds_what_the_model_computes_row_by_row(reference, synth_model):
     assert store.spec.extra["vocab_dropped"] == 0 and store.spec.extra["context_rows"] == 2048
 
 
+@pytest.mark.slow
 def test_a_probe_finds_the_planted_letters_on_layer_0(reference):
     """The ground-truth probe recipe on layer-0 vocabulary activations: mean test F1 >= 0.9; with the
     labels shuffled (the negative control) it falls to chance (about 1/26 precision)."""
@@ -102,6 +104,7 @@ def test_a_probe_finds_the_planted_letters_on_layer_0(reference):
     assert np.mean(shuffled.metrics["test"]["f1"]) < 0.2
 
 
+@pytest.mark.slow
 def test_a_crashed_worker_is_restarted_and_its_batch_retried(synth_model, corpus, tmp_path, reference, ray_session):
     flag = tmp_path / "crashed"
     cfg = config(synth_model, corpus, tmp_path / "s.zarr", worker_env={"ACTSTORE_FAULT_CRASH_ONCE": f"{flag}:256"})
@@ -111,6 +114,7 @@ def test_a_crashed_worker_is_restarted_and_its_batch_retried(synth_model, corpus
     assert store_bytes(tmp_path / "s.zarr") == store_bytes(reference)
 
 
+@pytest.mark.slow
 def test_resume_on_a_complete_store_computes_nothing_and_a_different_run_is_refused(
         synth_model, corpus, reference, ray_session):
     before = tree(reference)
@@ -122,6 +126,7 @@ def test_resume_on_a_complete_store_computes_nothing_and_a_different_run_is_refu
         extract(config(synth_model, corpus, reference, resume=True, layers="0-1"), progress=False)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_a_byte_identical_store(synth_model, corpus, tmp_path, reference):
     out = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out)]
@@ -149,6 +154,7 @@ def test_sigkill_then_resume_gives_a_byte_identical_store(synth_model, corpus, t
     assert store_bytes(out) == store_bytes(reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_from_any_folder(
         synth_model, corpus, tmp_path, reference):
     """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, no traceback, one line with the

@@ -36,6 +36,7 @@ def compiled(tmp_path_factory) -> list[dict]:
     return json.loads(out.read_text())["rows"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PTXAS.exists(), reason="this Triton has no NVIDIA backend tools")
 def test_every_kept_config_compiles_for_hopper_with_async_16_byte_loads_and_a_spill_free_main_loop(compiled):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

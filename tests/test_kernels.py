@@ -226,6 +226,7 @@ def test_score_with_either_backend_gives_the_same_rows():
     assert ScoreConfig().backend == "auto"
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_its_smoke_shapes(tmp_path):
     """benchmarks/kernel_bench.py --smoke: every method at tiny fp32 shapes, agreement checked, JSON written."""
     import json

@@ -61,6 +61,7 @@ def smol_store(smollm2, english, tmp_path_factory, ray_session):
     return out
 
 
+@pytest.mark.slow
 def test_smollm2_store_is_complete_verified_and_records_its_provenance(smol_store, smollm2):
     with ActivationStore.open(smol_store) as store:
         assert verify(store) == []
@@ -76,6 +77,7 @@ def test_smollm2_store_is_complete_verified_and_records_its_provenance(smol_stor
     assert extra["vocab_rows"] + extra["vocab_dropped"] == 1000 and extra["vocab_dropped"] <= 50
 
 
+@pytest.mark.slow
 def test_stored_activations_equal_transformers_hidden_states(smol_store, smollm2, smol_tokenizer):
     """A plain transformers forward pass of each prompt alone (no hooks, no padding, no Ray) gives the stored
     rows at the query position, and the query position holds the word by character offsets."""
@@ -105,6 +107,7 @@ def test_stored_activations_equal_transformers_hidden_states(smol_store, smollm2
     assert worst < 1e-4
 
 
+@pytest.mark.slow
 def test_probe_synth_saes_and_score_recover_the_planted_truth(smol_store, tmp_path):
     """probe, synth-saes (which plants only what 1000 rows support) and score: planted equals measured."""
     import pyarrow.parquet as pq
@@ -181,6 +184,7 @@ def saebench_alpha_tokens(tokenizer) -> set[int]:
     return out
 
 
+@pytest.mark.slow
 def test_gemma3_vocabulary_task_matches_saebench_and_every_position_is_right(gemma_tokenizer):
     tok = gemma_tokenizer
     assert len(tok.get_vocab()) == 262144 and tok("a")["input_ids"][0] == tok.bos_token_id

@@ -95,6 +95,7 @@ def suite10(planted_store, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_killed_score_of_10_saes_resumes_with_identical_results(planted_store, suite10, tmp_path, capsys,
                                                                    ray_session):
     reference = tmp_path / "reference"
@@ -218,6 +219,7 @@ def test_weights_load_in_the_asked_dtype(planted_store, planted_saes, tmp_path):
         run_score(ScoreCommandConfig(str(planted_store), str(out), [str(planted_saes[1])], dtype="int8"))
 
 
+@pytest.mark.slow
 def test_ray_workers_retry_a_crashed_group_and_match_a_local_run(planted_store, planted_saes, tmp_path, ray_session):
     root = planted_saes[0].parents[2]
     local = tmp_path / "local"
