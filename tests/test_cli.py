@@ -147,3 +147,49 @@ def test_extract_cli_reports_an_unreachable_model_clearly(tmp_path, capsys, hub_
     assert err.startswith("actstore extract: error: could not load model 'google/gemma-2-2b'")
     assert "pass its directory as --model" in err and "Traceback" not in err
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("bug", [KeyError("n_layers"), TypeError("unsupported operand type(s) for +: 'int' and 'str'"),
+                                 ValueError("too many values to unpack (expected 2)"), ZeroDivisionError("division by zero")])
+def test_a_bug_is_an_internal_error_with_a_log_never_the_users_bad_input(capsys, world, tmp_path, monkeypatch, bug):
+    """Only the input checks' errors (InputError) are exit 2; a KeyError, TypeError or ValueError from a bug in our
+    code is exit 1 with one line naming a log file that holds the traceback."""
+    import actstore.cli as cli
+
+    def buggy(cfg):
+        raise bug
+
+    monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(cli.COMMANDS, "info", (cli.InfoConfig, buggy))
+    code, out, err = run_cli(capsys, "info", str(world))
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    match = re.fullmatch(r"actstore info: internal error \(a bug in actstore, not in your input\): (\w+): (.+); "
+                         r"the traceback is in (\S+); please report it with that file", line)
+    assert match, line
+    assert match[1] == type(bug).__name__ and match[2] == str(bug)
+    log = Path(match[3])
+    assert log.parent == tmp_path / "cache" / "logs"
+    text = log.read_text()
+    assert f"command: actstore info {world}" in text and "Traceback (most recent call last)" in text
+    assert "in buggy" in text and f"{type(bug).__name__}: " in text
+
+
+def test_the_input_checks_errors_are_exit_2_and_a_worker_failure_is_exit_1(capsys, world, tmp_path, monkeypatch):
+    from actstore.errors import RunFailed
+
+    code, _, err = run_cli(capsys, "probe", str(world), "--layers", "5")  # deep in the command: still an input check
+    assert code == 2 and re.fullmatch(r"actstore probe: error: \S+ has layers \[0, 3, 7\]; --layers 5 asks for \[5\]",
+                                      err.strip()), err
+    import actstore.cli as cli
+
+    def worker_failed(cfg):
+        raise RunFailed("a model worker could not start: RuntimeError: CUDA out of memory", "Traceback (remote)\n")
+
+    monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(cli.COMMANDS, "info", (cli.InfoConfig, worker_failed))
+    code, _, err = run_cli(capsys, "info", str(world))
+    match = re.fullmatch(r"actstore info: error: a model worker could not start: RuntimeError: CUDA out of memory "
+                         r"\(the worker's traceback is in (\S+)\)", err.strip())
+    assert code == 1 and match, err
+    assert Path(match[1]).read_text().endswith("the worker's traceback:\nTraceback (remote)\n")
