@@ -167,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_real_demo(args.name, args.out, args.max_vocab, args.layers)
     except KeyboardInterrupt:
         return 130
-    except (RuntimeError, ValueError) as err:
+    except InputError as err:
         print(f"actstore.realmodels: error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:  # pip could not install a model's wheels
+        print(f"actstore.realmodels: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
