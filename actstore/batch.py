@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 
-from actstore.errors import RunFailed
+from actstore.errors import InputError, RunFailed
 from actstore.layers import load_layer
 from actstore.probes import load_probe
 from actstore.provenance import Provenance
 from actstore.results import part_done, part_name, record_failure, record_result, write_atomic
 from actstore.saes import SAEError, SAEWeights, degeneracies
 from actstore.scoring import NotScorable, encode_group_fused, pick_backend, score_sae
-from actstore.store import StoreError
 
 
 class WorkerError(RunFailed):
@@ -110,11 +109,11 @@ class LayerScorer:
         """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes (and passed to
         on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk.
 
-        A failure of the store, the disk or the code ends the job: store errors and OSError as they are (both
-        pickle), anything else as a WorkerError of one line."""
+        A failure of the input, the disk or the code ends the job: input errors (the store's among them) and OSError
+        as they are (they pickle), anything else as a WorkerError of one line with its traceback."""
         try:
             return self._run(job, on_done)
-        except (StoreError, OSError, WorkerError):
+        except (InputError, OSError, RunFailed):  # bad input, the disk, a worker: as they are (they pickle)
             raise
         except Exception as err:  # noqa: BLE001 - the type may not cross Ray; its message and traceback do
             detail = str(err).splitlines()[0] if str(err) else ""
