@@ -8,7 +8,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -164,42 +163,38 @@ def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_fr
     # The interrupt lands at a point the run itself announces: the worker stops after 300 of the 2,648 rows and
     # creates `paused` (ACTSTORE_FAULT_PAUSE_AFTER), so work is certainly left however fast the machine is; the
     # driver goes on polling and printing meanwhile. Ctrl-C follows once that file and both kinds of progress
-    # line are there. (Timing-based versions raced: a run finished before the Ctrl-C landed, exit 0.)
-    paused = tmp_path / "paused"
-    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           env={**os.environ, "ACTSTORE_FAULT_PAUSE_AFTER": f"{paused}:300"})
-    lines, seen = [], {"estimate": threading.Event(), "rows": threading.Event()}
-
-    def read():
-        for line in run.stderr:
-            lines.append(line)
-            if line.startswith("extract: ") and " first batch of " in line:
-                seen["estimate"].set()
-            if re.match(r"extract: [\d,]+/2,648 rows \([\d.]+%\), [\d.,]+ rows/s", line):
-                seen["rows"].set()
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.time() + 120
-    while not paused.exists() and time.time() < deadline and run.poll() is None:
+    # line are there. (Timing-based versions raced: a run finished before the Ctrl-C landed, exit 0.) stderr goes
+    # to a file, not a pipe, so the driver's writes can never wait on this test reading them; if the driver does not
+    # end, SIGABRT makes it print every thread's stack there (PYTHONFAULTHANDLER) for the failure message.
+    paused, log = tmp_path / "paused", tmp_path / "stderr.txt"
+    with open(log, "w") as stderr_file:
+        run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True,
+                               env={**os.environ, "ACTSTORE_FAULT_PAUSE_AFTER": f"{paused}:300",
+                                    "PYTHONFAULTHANDLER": "1"})
+    estimate = r"extract: [\d,]+ prompts \+ 32 context windows x 3 layers on cpu \(1 worker\); first batch of " \
+               r"8 rows took [\d.]+s \([\d,]+ tokens/s\): estimate \S+ for [\d,]+ tokens"
+    progress = r"extract: [\d,]+/2,648 rows \([\d.]+%\), [\d.,]+ rows/s, ETA \S+"
+    deadline = time.time() + 180
+    while time.time() < deadline and run.poll() is None and not (
+            paused.exists() and re.search(estimate, log.read_text()) and re.search(progress, log.read_text())):
         time.sleep(0.05)
-    assert paused.exists(), "".join(lines)[-2000:]
-    for event in seen.values():
-        assert event.wait(timeout=30), "".join(lines)[-2000:]
-    assert run.poll() is None, "the paused run cannot have finished"
+    assert run.poll() is None and paused.exists(), log.read_text()[-2000:]
     os.killpg(run.pid, signal.SIGINT)
-    run.wait(timeout=120)
-    reader.join(timeout=30)
-    stderr = "".join(lines)
     try:
-        os.killpg(run.pid, signal.SIGKILL)  # Ray's helpers, if any outlived the driver
-    except ProcessLookupError:
-        pass
+        run.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGABRT)
+        run.wait(timeout=30)
+        pytest.fail(f"the driver did not end within 120 s of Ctrl-C; its stderr and stacks:\n{log.read_text()[-8000:]}")
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)  # Ray's helpers, if any outlived the driver
+        except ProcessLookupError:
+            pass
+    stderr = log.read_text()
     assert run.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
     assert "constructor arguments in the object store" not in stderr  # Ray's warning is not shown
-    assert re.search(r"extract: [\d,]+ prompts \+ 32 context windows x 3 layers on cpu \(1 worker\); first batch of "
-                     r"8 rows took [\d.]+s \([\d,]+ tokens/s\): estimate \S+ for [\d,]+ tokens", stderr), stderr
-    assert re.search(r"extract: [\d,]+/2,648 rows \([\d.]+%\), [\d.,]+ rows/s, ETA \S+", stderr), stderr
     (line,) = [l for l in stderr.splitlines() if "Resume with:" in l]
     assert re.match(r"extract: interrupted; \d+ of 11 shards \(256 rows each\) are complete and kept", line)
     resume = shlex.split(line.split("Resume with: ")[1])
