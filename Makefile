@@ -14,18 +14,24 @@ DEMO   ?= demo_out
 REAL   ?= smollm2
 REAL_OUT ?= real_demo_out
 
-.PHONY: setup browser demo real-models real-demo test test-fast upgrade-deps lock bench gpu-carry clean
+.PHONY: setup browser demo real-models real-demo test test-fast upgrade-deps lock bench gpu-carry clean FORCE
 
 setup: $(VENV)/.installed
 
-# A fresh environment each time its inputs change: what an older lock or pyproject.toml installed does not linger.
+# A fresh environment each time its inputs change: pyproject.toml, the lock's contents, or the TORCH and LOCK it was
+# made with (recorded in the stamp), so `make setup LOCK=` rebuilds an existing .venv. What an older lock or
+# pyproject.toml installed does not linger.
+SETTINGS := $(TORCH) lock=$(LOCK)
+ifneq ($(shell cat $(VENV)/.installed 2>/dev/null),$(SETTINGS))
+$(VENV)/.installed: FORCE
+endif
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq $(if $(LOCK),-c $(LOCK)) --upgrade pip
 	$(BIN)/python -m pip install -qq $(if $(LOCK),-c $(LOCK)) "$(TORCH)"
 	$(BIN)/python -m pip install -qq $(if $(LOCK),-c $(LOCK)) -e ".[test]"
-	touch $@
+	echo "$(SETTINGS)" > $@
 
 demo: setup
 	$(BIN)/actstore demo --out $(DEMO)

@@ -17,10 +17,9 @@ calls retried, as the options given say.
 
 from __future__ import annotations
 
-import os
 import traceback
 
-from actstore.errors import InputError, RunFailed
+from actstore.errors import InputError, RunFailed, import_advice
 
 
 def _guarded(cls: type) -> type:
@@ -44,17 +43,11 @@ def _guarded(cls: type) -> type:
 
 
 def _cause_line(err: BaseException) -> str:
-    """One line for an exception raised while an actor started: its message, plus what to do for an import
-    that failed (a broken environment, or a folder in the working directory shadowing an installed package)."""
+    """One line for an exception raised while an actor started: its message (with what to do for an import)."""
     detail = str(err).splitlines()[0] if str(err) else ""
     if isinstance(err, InputError):
         return detail
-    line = f"{type(err).__name__}: {detail}"
-    if isinstance(err, ImportError):
-        line += (f". The workers' Python cannot import what actstore needs: reinstall the environment "
-                 f"(`make setup`), and check that nothing in the working folder {os.getcwd()} is named like an "
-                 f"installed package (a folder with an __init__.py shadows it)")
-    return line
+    return f"{type(err).__name__}: {detail}" + (import_advice() if isinstance(err, ImportError) else "")
 
 
 def launch(cls: type, count: int, options: dict, *args, **kwargs) -> list:

@@ -314,6 +314,9 @@ def _score(cfg) -> None:
     dev = device("--device", cfg.device)
     dtype_on_device("--dtype", cfg.dtype, dev)
     choice("--backend", cfg.backend, {"auto", *BACKENDS})
+    if cfg.backend == "triton" and not dev.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise BadArgument(f"--backend triton: the fused kernel runs on CUDA, and --device is {dev}; use --backend "
+                          f"torch (or auto) here")
     fraction("--min-probe-f1", cfg.min_probe_f1, closed=True)
     fraction("--max-dead-share", cfg.max_dead_share, closed=True)
     _metric_options(cfg)

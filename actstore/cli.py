@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actstore.errors import InputError, RunFailed
+from actstore.errors import InputError, RunFailed, import_advice
 from actstore.extract import ExtractConfig
 from actstore.runner import ScoreCommandConfig
 from actstore.synth_saes import SynthSAEConfig
@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             line += f" (the worker's traceback is in {error_log(args.command, argv, err)})"
         print(f"actstore {args.command}: {line}", file=sys.stderr)
         return 130 if isinstance(err, KeyboardInterrupt) else 1
+    except ImportError as err:  # the environment, not our code nor the input: say what to do
+        print(f"actstore {args.command}: error: {type(err).__name__}: {err}{import_advice()}", file=sys.stderr)
+        return 1
     except Exception as err:  # noqa: BLE001 - a bug in actstore, not the user's input: say so, keep the traceback
         log = error_log(args.command, argv, err)
         detail = str(err).splitlines()[0] if str(err) else ""

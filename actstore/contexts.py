@@ -59,15 +59,23 @@ def read_documents(source: str) -> Iterator[str]:
     if not files:
         raise InputError(f"{source} holds no .txt or .jsonl files")
     for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{file} is not UTF-8 text ({err.reason} at byte {err.start}); expected UTF-8 .txt or "
+                             f".jsonl files: convert it, or leave it out of --contexts") from None
         if file.suffix == ".jsonl":
-            for n, line in enumerate(file.read_text().splitlines()):
+            for n, line in enumerate(text.splitlines()):
                 if line.strip():
                     try:
-                        yield json.loads(line)["text"]
+                        document = json.loads(line)["text"]
                     except (json.JSONDecodeError, KeyError, TypeError) as err:
                         raise InputError(f"{file}:{n + 1}: expected a JSON object with a 'text' field") from err
+                    if not isinstance(document, str):
+                        raise InputError(f"{file}:{n + 1}: 'text' is a {type(document).__name__}; expected a string")
+                    yield document
         else:
-            yield file.read_text()
+            yield text
 
 
 def build_contexts(tokenizer, source: str, context_length: int, max_rows: int, bos: int | None = None) -> Contexts:

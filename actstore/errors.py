@@ -16,6 +16,15 @@ FileNotFoundError (a path that is not there), MissingKey and MissingFile are bot
 from __future__ import annotations
 
 
+def import_advice() -> str:
+    """What to do about an ImportError: the environment is broken or something shadows an installed package."""
+    import os
+
+    return (f". Python cannot import what actstore needs: reinstall the environment (`make setup`), and check that "
+            f"nothing in the working folder {os.getcwd()} is named like an installed package (a folder with an "
+            f"__init__.py shadows it)")
+
+
 class InputError(ValueError):
     """Input that cannot work; its message is one line saying what was expected and what to do."""
 

@@ -57,7 +57,9 @@ def read_markers(array_dir: Path) -> dict[int, dict]:
         if not name.endswith(".json"):
             continue
         try:
-            markers[int(name[:-5])] = json.loads(Path(entry.path).read_text())
+            shard, marker = int(name[:-5]), json.loads(Path(entry.path).read_text())
         except (ValueError, json.JSONDecodeError):
             continue  # cut short by a kill: the shard counts as not done, and resume rewrites it
+        if isinstance(marker, dict):  # anything else is damage: the shard counts as not done, like a torn one
+            markers[shard] = marker
     return markers

@@ -200,9 +200,13 @@ def _explained(source: ModelSource):
             raise ModelLoadError(f"could not load {source.gguf_file} from {source.location}: "
                                  f"{str(err).splitlines()[0]} (GGUF needs the `gguf` package and a model type "
                                  f"transformers can read from GGUF)") from err
+        if source.kind != "hub":
+            raise ModelLoadError(f"could not load the model at {source.location}: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0]}; its files are damaged or not a model transformers can "
+                                 f"read: fetch or copy it again") from err
         raise ModelLoadError(
             f"could not load model {name!r}" + (f" at revision {revision!r}" if revision else "") +
-            f": {str(err).splitlines()[0]}\nWithout network access or for gated weights (Gemma), download it "
+            f": {str(err).splitlines()[0]}. Without network access or for gated weights (Gemma), download it "
             f"where you can (`hf download {name}`), copy it here, and pass its directory as --model, or point "
             f"HF_HOME at a cache that holds it (and set HF_HUB_OFFLINE=1)."
         ) from err

@@ -201,8 +201,8 @@ def encode_group_fused(x: torch.Tensor, saes: list[SAEWeights], token_chunk: int
 
     for sae in saes:
         if sae.architecture not in ("jumprelu", "relu"):
-            raise ValueError(f"SAE {sae.id}: the fused kernel encodes JumpReLU and ReLU SAEs, not {sae.architecture}; "
-                             f"use --backend torch")
+            raise NotScorable(f"SAE {sae.id}: the fused kernel encodes JumpReLU and ReLU SAEs, not "
+                              f"{sae.architecture}; use --backend torch")
         if sae.apply_b_dec_to_input and len(saes) > 1:
             raise ValueError(f"SAE {sae.id} subtracts b_dec from its input: encode it alone")
     device, dtype = saes[0].w_enc.device, saes[0].w_enc.dtype

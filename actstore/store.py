@@ -269,7 +269,15 @@ class ActivationStore:
 
     def _array(self, group: str, array: str) -> zarr.Array:
         if (group, array) not in self._arrays:
-            self._arrays[group, array] = self._root[group][array]
+            try:
+                self._arrays[group, array] = self._root[group][array]
+            except (ValueError, TypeError, KeyError) as err:  # zarr reads the array's zarr.json here
+                meta = self.path / group / array / "zarr.json"
+                problem = _metadata_problem(self.path, [meta]) if meta.exists() else None
+                if problem is None and meta.exists():
+                    problem = (f"its metadata file {meta} does not describe an array zarr can read "
+                               f"({type(err).__name__}: {err}); restore it from a copy, or make the store again")
+                raise StoreError(f"{self.path}: {problem or err}") from err
         return self._arrays[group, array]
 
     def _layer_array(self, layer: int) -> str:
@@ -604,11 +612,12 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
     return root
 
 
-def _metadata_problem(path: Path) -> str | None:
-    """'<file> is not valid JSON (...)' for the first unreadable zarr.json of a store's root and groups."""
+def _metadata_problem(path: Path, files: list[Path] | None = None) -> str | None:
+    """'<file> is damaged (...)' for the first unreadable zarr.json of `files` (default: the store's root and
+    groups)."""
     import json
 
-    for meta in [path / "zarr.json", *sorted(path.glob("*/zarr.json"))]:
+    for meta in files or [path / "zarr.json", *sorted(path.glob("*/zarr.json"))]:
         try:
             json.loads(meta.read_bytes())
         except (OSError, ValueError) as err:

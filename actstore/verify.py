@@ -88,12 +88,22 @@ def structure(store) -> list[Problem]:
             problem(name, f"the store's attributes list group {name!r}, but {store.path / name} is gone or not a "
                           f"row group")
     for group, rows in store.groups.items():
-        present = {key for key, _ in root[group].arrays()}
+        present, damaged = set(), set()
+        for meta in sorted((store.path / group).glob("*/zarr.json")):  # each array's metadata, read alone
+            try:
+                root[group][meta.parent.name]
+                present.add(meta.parent.name)
+            except (ValueError, TypeError, KeyError) as err:
+                damaged.add(meta.parent.name)
+                problem(f"{group}/{meta.parent.name}", f"its metadata file {meta} is damaged ({type(err).__name__}: "
+                                                       f"{err}); restore it from a copy, or make the store again")
         expected = {layer_name(l): ((rows, spec.d_model), DTYPES[spec.dtype][1]) for l in spec.layers}
         expected.update({col: ((rows,), None if dtype == "str" else np.dtype(dtype))
                          for col, dtype in store.columns(group).items()})
         for name, (shape, dtype) in expected.items():
             where = f"{group}/{name}"
+            if name in damaged:
+                continue
             if name not in present:
                 problem(where, f"missing: the store's attributes promise it ({'layer' if name.startswith('layer_') else 'column'})")
                 continue

@@ -45,7 +45,7 @@ def test_actors_that_start_work_as_usual(ray_session, tmp_path):
      "a test worker could not start: RuntimeError: CUDA out of memory"),
     (InputError("could not load the model at /m: damaged"), InputError, "could not load the model at /m: damaged"),
     (ImportError("cannot import name 'CUDAProperties' from 'kernels'"), RunFailed,
-     "a test worker could not start: ImportError: cannot import name 'CUDAProperties' from 'kernels'. The workers' "
+     "a test worker could not start: ImportError: cannot import name 'CUDAProperties' from 'kernels'. "
      "Python cannot import what actstore needs: reinstall the environment (`make setup`), and check that nothing "
      "in the working folder {cwd} is named like an installed package (a folder with an __init__.py shadows it)"),
 ])

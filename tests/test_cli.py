@@ -193,3 +193,46 @@ def test_the_input_checks_errors_are_exit_2_and_a_worker_failure_is_exit_1(capsy
                          r"\(the worker's traceback is in (\S+)\)", err.strip())
     assert code == 1 and match, err
     assert Path(match[1]).read_text().endswith("the worker's traceback:\nTraceback (remote)\n")
+
+
+def test_contexts_that_are_not_utf8_text_or_whose_text_is_not_a_string_are_bad_input(tmp_path):
+    from actstore.contexts import read_documents
+    from actstore.errors import InputError
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café au lait\n".encode("latin-1"))
+    with pytest.raises(InputError, match=rf"^{re.escape(str(latin1))} is not UTF-8 text \(invalid continuation byte "
+                                         r"at byte 3\); expected UTF-8"):
+        list(read_documents(str(latin1)))
+    numbers = tmp_path / "n.jsonl"
+    numbers.write_text('{"text": "fine"}\n{"text": 5}\n')
+    with pytest.raises(InputError, match=rf"^{re.escape(str(numbers))}:2: 'text' is a int; expected a string$"):
+        list(read_documents(str(numbers)))
+
+
+def test_the_fused_backend_without_cuda_is_refused_before_any_work(capsys, world, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, _, err = run_cli(capsys, "score", str(world), "--saes", str(tmp_path), "--out", str(tmp_path / "r"),
+                           "--backend", "triton", "--device", "cpu")
+    assert code == 2 and err.strip() == ("actstore score: error: --backend triton: the fused kernel runs on CUDA, and "
+                                         "--device is cpu; use --backend torch (or auto) here"), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_damaged_array_metadata_and_a_marker_that_is_not_an_object_are_named_not_internal_errors(capsys, tmp_path):
+    store = tmp_path / "s.zarr"
+    storeworld.build(store).close()
+    meta = store / "vocab" / "layer_00" / "zarr.json"
+    meta.write_text("{broken")
+    (marker,) = sorted((store / "vocab" / "layer_03" / "_manifest").glob("*.json"))[-1:]
+    original = marker.read_text()
+    marker.write_text("[]")  # valid JSON, not a marker: that shard counts as unfinished
+    code, out, _ = run_cli(capsys, "verify", str(store))
+    assert code == 1
+    assert out.splitlines()[0] == (f"structure  vocab/layer_00: its metadata file {meta} is damaged (JSONDecodeError: "
+                                   f"Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
+                                   f"restore it from a copy, or make the store again")
+    assert re.search(rf"incomplete vocab/layer_03 shard {int(marker.stem)} .*never finished", out), out
+    marker.write_text(original)
+    code, _, err = run_cli(capsys, "probe", str(tmp_path / "s.zarr"))
+    assert code == 2 and f"its metadata file {meta} is damaged" in err, err

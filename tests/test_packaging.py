@@ -124,6 +124,8 @@ def project_requirements() -> list[Requirement]:
     return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
 
 
+@pytest.mark.skipif(os.environ.get("ACTSTORE_LOCK") == "", reason="resolving without the lock (`make upgrade-deps`): "
+                    "the lock is rewritten from this environment once the suite passes")
 def test_the_lock_pins_every_requirement_inside_pyprojects_bounds():
     pins = locked()
     assert "actstore" not in pins
