@@ -7,7 +7,8 @@ fails), so a retry gains nothing and the user sees pages of noise. Here the cons
 keeps its failure instead of dying, the driver asks every actor for it before giving it work, and a failure is
 raised in the driver as one line: an InputError for bad input (exit 2), a RunFailed otherwise (exit 1), with the
 worker's traceback kept for the log. An actor whose process dies after it has started is still restarted and its
-calls retried, as the options given say.
+calls retried, as the options given say; if its constructor fails on that restart, the process exits, so those
+calls end as a dead actor's (one line), not as errors of a half-built one.
 
     workers = launch(ModelWorker, 2, options, cfg, source)   # constructors running, each under the guard
     ready({"model worker": workers})                         # raises InputError or RunFailed (one line)
@@ -17,6 +18,7 @@ calls retried, as the options given say.
 
 from __future__ import annotations
 
+import os
 import traceback
 
 from actstore.errors import InputError, RunFailed, import_advice
@@ -32,6 +34,10 @@ def _guarded(cls: type) -> type:
             try:
                 super().__init__(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - reported to the driver, which raises it as one line
+                import ray
+
+                if ray.get_runtime_context().was_current_actor_reconstructed:
+                    os._exit(1)  # a restart after a crash, and the driver asks no one: die, so its calls fail as "died"
                 self._startup_failure = (isinstance(err, InputError), _cause_line(err),
                                          "".join(traceback.format_exception(err)))
 
@@ -61,7 +67,8 @@ def launch(cls: type, count: int, options: dict, *args, **kwargs) -> list:
 
 def ready(actors: dict[str, list]) -> None:
     """Wait until every actor ({what they are: actors}, e.g. {"model worker": [...]}) has started. A constructor's
-    failure ends them all and raises: InputError for bad input, else RunFailed naming what failed (with the worker's traceback)."""
+    failure ends them all and raises: InputError for bad input, else RunFailed naming what failed (with the
+    worker's traceback)."""
     everyone = [a for group in actors.values() for a in group]
     try:
         for what, group in actors.items():
