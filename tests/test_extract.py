@@ -166,11 +166,16 @@ def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_fr
     # line are there. (Timing-based versions raced: a run finished before the Ctrl-C landed, exit 0.) stderr goes
     # to a file, not a pipe, so the driver's writes can never wait on this test reading them; if the driver does not
     # end, SIGABRT makes it print every thread's stack there (PYTHONFAULTHANDLER) for the failure message.
+    # The driver starts with SIGINT's default action, as a command typed at a terminal does. A suite started in the
+    # background by a non-interactive shell (`make test &`, a CI runner) ignores SIGINT, every child inherits that, and
+    # Python then installs no KeyboardInterrupt handler: the driver never heard the Ctrl-C and ran on (seen in two
+    # fresh-clone runs here, and the cause of the earlier "exit 0, not 130" failures in CI).
     paused, log = tmp_path / "paused", tmp_path / "stderr.txt"
     with open(log, "w") as stderr_file:
         run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True,
                                env={**os.environ, "ACTSTORE_FAULT_PAUSE_AFTER": f"{paused}:300",
-                                    "PYTHONFAULTHANDLER": "1"})
+                                    "PYTHONFAULTHANDLER": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     estimate = r"extract: [\d,]+ prompts \+ 32 context windows x 3 layers on cpu \(1 worker\); first batch of " \
                r"8 rows took [\d.]+s \([\d,]+ tokens/s\): estimate \S+ for [\d,]+ tokens"
     progress = r"extract: [\d,]+/2,648 rows \([\d.]+%\), [\d.,]+ rows/s, ETA \S+"
