@@ -230,16 +230,11 @@ class CausalRunner:
         vocabulary hash, and a GGUF file's sha256, must match the record), its vocabulary task rebuilt with the
         recorded seed, --max-vocab and BOS policy, and checked row by row against the store's token ids and
         positions."""
-        from actstore.model import file_sha256, load_config_and_tokenizer, load_model, tokenizer_identity
+        from actstore.model import load_config_and_tokenizer, load_model, tokenizer_identity
         from actstore.vocab import build_vocab_task
 
         source, extra = recorded_source(store)
-        if source.kind == "gguf":
-            from pathlib import Path
-
-            if file_sha256(Path(source.location) / source.gguf_file) != source.gguf_sha256:
-                raise CausalError(f"{source.gguf_file} in {source.location} is not the file the store {store.path} "
-                                  f"was extracted from (its sha256 differs)")
+        check_weights(store, source, extra)
         _, tokenizer = load_config_and_tokenizer(source)
         recorded = extra["provenance"].get("tokenizer")
         if recorded is not None and tokenizer_identity(tokenizer) != recorded:
@@ -338,6 +333,25 @@ def recorded_source(store):
         raise CausalError(f"the store {store.path} records no model (it was not written by `actstore extract`); "
                           f"--causal runs the store's own model")
     return ModelSource(**{f.name: record.get(f.name) for f in fields(ModelSource)}), extra
+
+
+def check_weights(store, source, extra: dict) -> None:
+    """The model's files are the ones the store was extracted from: a GGUF file by its sha256, a model folder by
+    the digest of its files (stores extracted before folders were hashed record none, and are not checked).
+    Raises CausalError."""
+    from pathlib import Path
+
+    from actstore.digests import file_sha256, folder_sha256
+
+    if source.kind == "gguf" and file_sha256(Path(source.location) / source.gguf_file) != source.gguf_sha256:
+        raise CausalError(f"{source.gguf_file} in {source.location} is not the file the store {store.path} was "
+                          f"extracted from (its sha256 differs); the causal metric must run the store's own model: put "
+                          f"that file back, or extract the store again")
+    recorded = (extra.get("provenance") or {}).get("folder_sha256")
+    if source.kind == "folder" and recorded and folder_sha256(source.location) != recorded:
+        raise CausalError(f"the model folder {source.location} is not the one the store {store.path} was extracted "
+                          f"from (its files' sha256 differs: weights, config or tokenizer replaced); the causal metric "
+                          f"must run the store's own model: put those files back, or extract the store again")
 
 
 CAUSAL_TOKEN_COLUMNS = ("causal_sampled", "causal_absorption", "causal_top_latent", "causal_top_score",

@@ -2,7 +2,7 @@
 the requested blocks.
 
 `resolve_model` turns what the user typed into a `ModelSource`: where the weights are (an absolute path or
-a hub id at a revision), which GGUF file if any, and its content hash. The store records it as provenance,
+a hub id at a revision), which GGUF file if any, and its content hash (a folder's: `provenance`). The store records it as provenance,
 so a resume can be checked against it from any working folder. GGUF files (llama.cpp's format, as the
 offline wheels of SmolLM2 and Gemma 3 ship them) load through transformers' `gguf_file=`, dequantized to
 fp32, once: parsing and dequantizing take a minute or more on 2 cores, so the result is saved as a plain
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from actstore.digests import file_sha256
 from actstore.errors import InputError, MissingFile
 
 
@@ -65,9 +66,11 @@ class ModelSource:
 
     def as_args(self) -> str:
         """The --model/--gguf-file/--revision arguments that name this source from any working folder."""
+        from shlex import quote
+
         if self.kind == "gguf":
-            return f"--model {Path(self.location) / self.gguf_file}"
-        return f"--model {self.location}" + (f" --revision {self.revision}" if self.revision else "")
+            return f"--model {quote(str(Path(self.location) / self.gguf_file))}"
+        return f"--model {quote(self.location)}" + (f" --revision {quote(self.revision)}" if self.revision else "")
 
 
 def resolve_model(model: str, gguf_file: str | None = None, revision: str | None = None) -> ModelSource:
@@ -139,14 +142,6 @@ def as_source(model: str | ModelSource, revision: str | None = None) -> ModelSou
     return model if isinstance(model, ModelSource) else resolve_model(model, revision=revision)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_identity(tokenizer) -> dict:
     """class, vocabulary size and a sha256 of the vocabulary (token -> id, sorted) and special tokens."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
@@ -155,10 +150,15 @@ def tokenizer_identity(tokenizer) -> dict:
 
 
 def provenance(source: ModelSource, config, tokenizer) -> dict:
-    """What the store records about the model and tokenizer (resolved hub commit when transformers knows it)."""
+    """What the store records about the model and tokenizer (resolved hub commit when transformers knows it; a
+    model folder's content digest, so that a later run of the model, the causal metric's, finds it changed)."""
+    from actstore.digests import folder_sha256
+
     out = asdict(source)
     if source.kind == "hub":
         out["commit"] = getattr(config, "_commit_hash", None)
+    if source.kind == "folder":
+        out["folder_sha256"] = folder_sha256(source.location)
     out["tokenizer"] = tokenizer_identity(tokenizer)
     return out
 

@@ -105,7 +105,10 @@ def redo_reason(out, source, provenance: Provenance | None = None) -> str | None
         return f"its part {path} is torn or unreadable"
     if record["summary"].get("status") not in ("ok", "flagged"):
         return "it failed before"
-    if record.get("fingerprint", "") != source.fingerprint:
+    found = record.get("fingerprint", "")
+    if found != source.fingerprint:
+        if found.count(":") == 1 and found.replace(":", "").isdigit():  # size:mtime, before content identities
+            return "its part records only the file's size and time (an older actstore), not its content"
         return "its file changed"
     if not tokens_path(path).exists():
         return "it was scored before per-token records existed"

@@ -124,7 +124,7 @@ class SAESource:
     """(d_model, device, dtype) -> weights, converted once on loading; raises SAEError for a bad file"""
     layer: int | None = None
     fingerprint: str = ""
-    """size and modification time of a local file: a rewritten SAE is scored again"""
+    """a local SAE's content identity (digests.py): a rewritten SAE is scored again, whatever its size and mtime"""
     width: int | None = None
     """latents, when known without loading"""
     nbytes: int = 0
@@ -134,15 +134,20 @@ class SAESource:
 
 
 def fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """The content identity of an SAE: a params.npz's zip CRCs, a folder's files' sha256 (cached per file)."""
+    from actstore.digests import folder_sha256, npz_identity
+
+    return f"folder:{folder_sha256(path)}" if path.is_dir() else npz_identity(path)
 
 
-def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
-    """Every SAE named by the specs, in order, without loading any weights."""
+def resolve_saes(specs: list[str], layer: int | None = None, notes: list[str] | None = None) -> list[SAESource]:
+    """Every SAE named by the specs, in order, without loading any weights. A params.npz that is a broken or
+    looping link becomes an SAE that fails alone; a folder under a spec that is not searched (a loop, a second
+    link to one folder, a broken link) is named in `notes` with why."""
     from actstore import saes
 
     out: list[SAESource] = []
+    notes = [] if notes is None else notes
     for spec in specs:
         path = Path(spec)
         if path.is_dir() and (path / "params.npz").is_file() and not (path / "cfg.json").exists():
@@ -154,18 +159,30 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
         elif path.is_dir() and (path / "cfg.json").exists():
             out.append(SAESource(str(path.resolve()), path.resolve().parent.name, path.name,
                                  lambda d_model, device, dtype, p=path: _checked(saes.load_sae_lens_dir(p, dtype, device), d_model),
-                                 layer, fingerprint(path / "cfg.json"),
+                                 layer, fingerprint(path),
                                  nbytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file())))
             continue
         elif path.is_dir():
-            found, root = saes.local_saes(path), path
-            if not found:
+            skipped: list = []
+            found, root = saes.local_saes(path, skipped), path
+            for where, why, sae_id in skipped:
+                if sae_id is None:
+                    notes.append(f"not searched under {spec}: {where} is {why}")
+                    continue
+                id_layer, l0 = layer_and_l0_from_id(sae_id)
+                out.append(SAESource(str(where.parent.absolute()), path.resolve().name, sae_id,
+                                     lambda d_model, device, dtype, where=where, why=why:
+                                     _fail(f"SAE {where}: {why}"),
+                                     id_layer if id_layer is not None else layer, "", l0=l0))
+            if not found and not skipped:
                 raise MissingFile(f"{path} holds no params.npz files (expected Gemma Scope's layout: "
                                   f"layer_12/width_16k/average_l0_82/params.npz)")
         elif spec.partition("/")[0] not in saes.releases():  # a path that is not there: that SAE fails alone
             def missing(d_model, device, dtype, spec=spec):
                 hint = "" if spec.startswith(("/", ".")) or spec.endswith(".npz") else \
                     f", and {spec.partition('/')[0]!r} is not a release of the sae-lens catalog (`actstore saes list`)"
+                if Path(spec).is_symlink():
+                    raise SAEError(f"SAE {spec}: {saes.link_problem(Path(spec))}")
                 raise SAEError(f"SAE {spec}: no such file or folder{hint}")
             out.append(SAESource(str(path.absolute()), path.absolute().parent.name, path.name, missing, layer))
             continue
@@ -191,6 +208,10 @@ def resolve_saes(specs: list[str], layer: int | None = None) -> list[SAESource]:
     return [s for s in out if unique.get(s.key) is s]
 
 
+def _fail(message: str):
+    raise SAEError(message)
+
+
 def npz_width(path: Path) -> int | None:
     """Latents of a params.npz from its small b_enc array alone (None when unreadable: loading says why)."""
     import numpy as np
@@ -202,8 +223,9 @@ def npz_width(path: Path) -> int | None:
         return None
 
 
-def select_saes(cfg: ScoreCommandConfig) -> list[SAESource]:
-    """The SAEs a score command names: --saes (and @FILE lists) and --release, filtered by --layers/--widths."""
+def select_saes(cfg: ScoreCommandConfig, notes: list[str] | None = None) -> list[SAESource]:
+    """The SAEs a score command names: --saes (and @FILE lists) and --release, filtered by --layers/--widths;
+    `notes` gets the folders not searched (resolve_saes)."""
     from actstore.checks import layer_spec, read_list
     from actstore.saes import parse_width
 
@@ -214,7 +236,7 @@ def select_saes(cfg: ScoreCommandConfig) -> list[SAESource]:
         specs.append(cfg.release)
     if not specs:
         raise InputError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
-    sources = resolve_saes(specs, cfg.layer)
+    sources = resolve_saes(specs, cfg.layer, notes)
     if cfg.layers:
         wanted = set(layer_spec("--layers", cfg.layers) or [])  # a filter: layers no SAE reads select nothing
         sources = [s for s in sources if s.layer in wanted]
@@ -245,7 +267,10 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "saebench").mkdir(exist_ok=True)
-    sources = select_saes(cfg)
+    notes: list[str] = []
+    sources = select_saes(cfg, notes)
+    for note in notes:
+        log(f"  {note}")
     with ActivationStore.open(cfg.store) as store:  # refuses an incomplete store up front, saying how to resume
         provenance = Provenance(store, cfg, device)
         reasons = {s.key: redo_reason(out, s, provenance) for s in sources}
@@ -264,12 +289,16 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     for reason, names in redo.items():  # a rerun says why it recomputes what RESULTS already holds
         log(f"  recomputing {len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): {reason}")
     bar = tqdm(total=len(todo), desc="score", unit="SAE", disable=not progress, smoothing=0.1)
-    failed_now = []
+    failed_now, flagged_now = [], []
 
     def done(record: dict) -> None:
         bar.update(1)
         bar.set_postfix(last=f"{record['seconds']:.1f}s")
-        if record["summary"]["status"] != "ok":
+        status = record["summary"]["status"]
+        if status == "flagged":  # scored, with a warning: counted as scored here and in the tables
+            flagged_now.append(record)
+            log(f"  {record['sae_id']}: scored, flagged: {record['summary']['reason']}")
+        elif status != "ok":
             failed_now.append(record)
             log(f"  {record['sae_id']}: failed: {record['summary']['reason']}")
 
@@ -287,7 +316,8 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     wall = time.perf_counter() - t0
     summary = {"named": len(sources), "computed": len(todo), "scored": scored, "failed": failed, "seconds": wall,
                "saes_per_minute": len(todo) / wall * 60 if wall else 0.0, "out": str(out)}
-    log(f"scored {len(todo) - len(failed_now)} and failed {len(failed_now)} of {len(todo)} in {wall:.1f}s "
+    flagged = f" ({len(flagged_now)} flagged)" if flagged_now else ""
+    log(f"scored {len(todo) - len(failed_now)}{flagged} and failed {len(failed_now)} of {len(todo)} in {wall:.1f}s "
         f"({summary['saes_per_minute']:.1f} SAEs/min); {out} holds {scored} scored, {failed} failed")
     return summary
 

@@ -316,3 +316,40 @@ def test_report_and_explorer_show_the_agreement(world, scored):
     for c in truth["evaluated_letters"]:
         want = 0 if c in truth["decoy_letters"] else 1
         assert {r: want for r, _ in truth["letters"][c].get("absorbed_rows", [])} == listed.get(c, {}), c
+
+
+def test_a_model_folder_with_other_weights_is_refused(world, tmp_path, capsys):
+    """The store records its model folder's digest; `score --causal` refuses a folder whose weights were replaced
+    (before: the causal rate changed silently), and runs on the intact one. A copy of the world's store is pointed at
+    a copy of its model, which is then given another model's weights of the same shape and size."""
+    import shutil
+
+    import zarr
+
+    from actstore.checks import check
+    from actstore.cli import main
+    from actstore.runner import ScoreCommandConfig
+    from actstore.synth import write_synthetic_model
+
+    model, store = tmp_path / "model", tmp_path / "s.zarr"
+    shutil.copytree(world["model_dir"], model)
+    shutil.copytree(world["store"], store)
+    root = zarr.open_group(store, mode="r+")
+    extra = dict(root.attrs["extra"])
+    extra["provenance"] = {**extra["provenance"], "location": str(model), "given": str(model)}
+    root.attrs.update({"model": str(model), "extra": extra})
+    argv = ["score", str(store), "--saes", str(world["decoy"]), "--out", str(tmp_path / "r"), "--local", "--causal",
+            "--causal-samples", "2", "--bootstrap", "0"]
+    check("score", ScoreCommandConfig(store=str(store), saes=[str(world["decoy"])], out=str(tmp_path / "r"),
+                                      local=True, causal=True))  # the intact copy passes
+
+    other = write_synthetic_model(tmp_path / "other", n_layers=2, seed=1, spelling=True, n_per_letter=20)
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    shutil.copyfile(other / "model.safetensors", weights)
+    assert weights.stat().st_size == size
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"the model folder {model} is not the one the store" in err[0], err
+    assert not (tmp_path / "r" / "parts").exists() or not any((tmp_path / "r" / "parts").iterdir())

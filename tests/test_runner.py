@@ -134,7 +134,15 @@ def test_a_killed_score_of_10_saes_resumes_with_identical_results(planted_store,
     summary = run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite10)], local=True), log=lambda _: None)
     assert summary["computed"] == 0  # everything is there: nothing recomputed
     params = next(suite10.rglob("params.npz"))
-    os.utime(params, ns=(time.time_ns(), time.time_ns()))  # a rewritten SAE file is scored again
+    stat = params.stat()
+    os.utime(params, ns=(time.time_ns(), time.time_ns()))  # touched, the same bytes: its numbers hold
+    assert run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite10)], local=True),
+                     log=lambda _: None)["computed"] == 0
+    with np.load(params) as p:  # other weights of the same size, the old mtime put back: scored again
+        arrays = {k: p[k] for k in p.files}
+    np.savez(params, **{**arrays, "threshold": arrays["threshold"] * 1.5})
+    os.utime(params, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (params.stat().st_size, params.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     assert run_score(ScoreCommandConfig(str(planted_store), str(out), [str(suite10)], local=True),
                      log=lambda _: None)["computed"] == 1
 
