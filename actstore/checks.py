@@ -11,6 +11,7 @@ directory listing, a TCP connect with a short timeout, a tiny tensor on the chos
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -49,6 +50,15 @@ def choice(name: str, value: str | None, allowed) -> None:
         raise BadArgument(f"{name} {value!r}: expected one of {', '.join(sorted(allowed))}")
 
 
+MAX_LAYER = 9999
+"""the largest block index a --layers spec may name (the deepest models have a few hundred blocks)"""
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def layer_spec(name: str, spec: str | None) -> list[int] | None:
     """'0,5,12', '0-25' (ascending) or 'all' (None) -> sorted layers; anything else is BadArgument."""
     if spec is None or spec.strip() == "all":
@@ -62,6 +72,9 @@ def layer_spec(name: str, spec: str | None) -> list[int] | None:
         lo, hi = int(match[1]), int(match[2] if match[2] is not None else match[1])
         if hi < lo:
             raise BadArgument(f"{name} {spec!r}: the range {lo}-{hi} runs backwards; write {hi}-{lo}")
+        if hi > MAX_LAYER:  # checked before the range is expanded: 0-999999999 would fill the memory
+            raise BadArgument(f"{name} {spec!r}: layer {hi} is beyond any model's blocks (at most {MAX_LAYER} here); "
+                              f"name the layers the model or store has")
         layers.update(range(lo, hi + 1))
     return sorted(layers)
 
@@ -91,6 +104,36 @@ def existing_store(name: str, path: str) -> None:
                           f"`actstore extract`")
     if not (p / "zarr.json").is_file():
         raise BadArgument(f"{path} is not an actstore store: it has no zarr.json (not a Zarr v3 group)")
+    outer = enclosing_store(p.parent)
+    if outer is not None and not _is_store_root(p):
+        raise BadArgument(f"{name} {path}: a folder inside the store {outer}, not a store; pass {outer}")
+
+
+def _is_store_root(path: Path) -> bool:
+    """A folder whose zarr.json is an actstore store's root (it records a format_version)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in (meta.get("attributes") or {})
+
+
+def enclosing_store(path: Path) -> Path | None:
+    """The actstore store that `path` is, or lies inside (its nearest ancestor that is one), if any."""
+    for folder in [path.absolute(), *path.absolute().parents]:
+        if folder.is_dir() and _is_store_root(folder):
+            return folder
+    return None
+
+
+def outside_stores(name: str, path: str) -> None:
+    """An output folder that is neither a store nor inside one: results written there would mix with, or be
+    read as, the store's arrays (and `create` or a resume could delete them)."""
+    target = Path(path).resolve()
+    store = enclosing_store(target)
+    if store is not None:
+        where = "is the store" if store == target else "lies inside the store"
+        raise BadArgument(f"{name} {path}: {where} {store}; write outside it (for example {store.parent / 'results'})")
 
 
 def writable_folder(name: str, path: str) -> None:
@@ -271,6 +314,10 @@ def check(command: str, cfg) -> None:
 
 def _extract(cfg) -> None:
     writable_folder("--out", cfg.out)
+    store = enclosing_store(Path(cfg.out).parent)
+    if store is not None:
+        raise BadArgument(f"--out {cfg.out}: lies inside the store {store}; a store cannot hold another, choose a "
+                          f"path outside it")
     model = cfg.model
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith(".gguf") or Path(model).exists():
         p = Path(os.path.expanduser(model))
@@ -306,6 +353,7 @@ def _score(cfg) -> None:
 
     existing_store("STORE", cfg.store)
     writable_folder("--out", cfg.out)
+    outside_stores("--out", cfg.out)
     sae_specs(cfg.saes)
     release("--release", cfg.release)
     layer_spec("--layers", cfg.layers)
@@ -326,6 +374,38 @@ def _score(cfg) -> None:
     ray_address("--address", cfg.address)
     if not cfg.local:
         workers_placeable("--workers", cfg.workers, dev, cfg.address)
+    if cfg.memory_gb is not None and not dev.startswith("cuda") and cfg.memory_gb * 2**30 > physical_memory():
+        raise BadArgument(f"--memory-gb {cfg.memory_gb}: this machine has {physical_memory() / 2**30:.1f} GB of RAM; "
+                          f"give less (the default is a third of it)")
+    _score_against_store(cfg)
+
+
+BOOTSTRAP_BYTES = (16, 72)
+"""bytes per bootstrap replicate, per token of the largest class and per class (measured: uncertainty.py holds
+two (replicates, tokens) arrays of one class at a time and a few (replicates, classes) ones; NOTES.md)"""
+
+
+def _score_against_store(cfg) -> None:
+    """--layers and --bootstrap against what the store holds and what the memory takes."""
+    import numpy as np
+
+    from actstore.store import ActivationStore, _ranges
+
+    with ActivationStore.open(cfg.store) as store:  # an incomplete store is refused here, saying how to resume
+        wanted = layer_spec("--layers", cfg.layers)
+        if wanted is not None and not set(wanted) & set(store.layers):
+            raise BadArgument(f"--layers {cfg.layers}: the store {cfg.store} holds layers {_ranges(store.layers)} "
+                              f"only; name some of those")
+        if cfg.bootstrap and "vocab" in store.groups and "label" in store.columns("vocab"):
+            labels = np.asarray(store.column("vocab", "label"))
+            counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(1, int)
+            need = cfg.bootstrap * (BOOTSTRAP_BYTES[0] * int(counts.max()) + BOOTSTRAP_BYTES[1] * len(counts))
+            have = physical_memory() / 4
+            if need > have:
+                raise BadArgument(f"--bootstrap {cfg.bootstrap}: the intervals would take about {need / 2**30:.1f} GB "
+                                  f"on this store (its largest class has {int(counts.max())} tokens), more than a "
+                                  f"quarter of this machine's {physical_memory() / 2**30:.0f} GB; use --bootstrap "
+                                  f"{int(have // (need / cfg.bootstrap))} or fewer (the default is 1000)")
 
 
 def _metric_options(cfg) -> None:
@@ -357,25 +437,28 @@ def _causal_options(cfg) -> None:
 def causal_store(name: str, path: str) -> None:
     """The store records the model it was extracted from (`actstore extract` does), and a local model is still
     where the record says (a hub model is looked up when it loads)."""
-    from actstore.causal import CausalError, recorded_source
+    from actstore.causal import CausalError, check_weights, recorded_source
     from actstore.store import ActivationStore
 
     with ActivationStore.open(path) as store:
         try:
-            source, _ = recorded_source(store)
+            source, extra = recorded_source(store)
+            if source.kind in ("folder", "gguf"):
+                where = Path(source.location) / (source.gguf_file or "")
+                if not where.exists():
+                    raise BadArgument(f"{name}: the store {path} was extracted from {where}, which is not there any "
+                                      f"more; the causal metric runs that model (put it back, or extract the store "
+                                      f"again)")
+                check_weights(store, source, extra)
         except CausalError as err:
             raise BadArgument(f"{name}: {err}") from None
-    if source.kind in ("folder", "gguf"):
-        where = Path(source.location) / (source.gguf_file or "")
-        if not where.exists():
-            raise BadArgument(f"{name}: the store {path} was extracted from {where}, which is not there any more; "
-                              f"the causal metric runs that model (put it back, or extract the store again)")
 
 
 def _synth_saes(cfg) -> None:
     existing_store("--store", cfg.store)
     integer("--layer", cfg.layer, 0)
     writable_folder("--out", cfg.out)
+    outside_stores("--out", cfg.out)
     for value in cfg.absorption:
         fraction("--absorption", value)
     for value in cfg.splits:
@@ -392,6 +475,7 @@ def _report(cfg) -> None:
                           f"parts/ inside); run `actstore score STORE --out {cfg.results}` first")
     if cfg.out is not None:
         writable_folder("--out", cfg.out)
+        outside_stores("--out", cfg.out)
 
 
 def _probe(cfg) -> None:
@@ -410,6 +494,7 @@ def _saes(cfg) -> None:
 
 def _synth_model(cfg) -> None:
     writable_folder("--out", cfg.out)
+    outside_stores("--out", cfg.out)
     integer("--layers", cfg.layers, 1)
     integer("--seed", cfg.seed, 0)
     if getattr(cfg, "spelling", False) and cfg.layers < 2:
@@ -419,6 +504,7 @@ def _synth_model(cfg) -> None:
 
 def _demo(cfg) -> None:
     writable_folder("--out", cfg.out)
+    outside_stores("--out", cfg.out)
     integer("--seed", cfg.seed, 0)
 
 

@@ -1,7 +1,8 @@
 """Natural-text contexts: documents tokenized into fixed-length windows, every token a row.
 
 Sources: local `.txt` files (one document each), `.jsonl` files (one document per line, its "text"
-field), a folder of those, or a Hugging Face dataset name (`hf:NAME[:SPLIT]`) where one is reachable.
+field), a folder of those, or a Hugging Face dataset name (`hf:NAME[:SPLIT]`) where one is reachable. A file
+that is not UTF-8 text (or holds NUL characters: binary) is refused, naming it, before any work.
 Each document is tokenized without the tokenizer's own special tokens and cut into windows; with a BOS
 token (the vocabulary task's BOS policy) every window is that token and `context_length - 1` tokens of
 text, as TransformerLens and SAELens build their contexts, else `context_length` tokens of text. A shorter
@@ -64,6 +65,9 @@ def read_documents(source: str) -> Iterator[str]:
         except UnicodeDecodeError as err:
             raise InputError(f"{file} is not UTF-8 text ({err.reason} at byte {err.start}); expected UTF-8 .txt or "
                              f".jsonl files: convert it, or leave it out of --contexts") from None
+        if "\x00" in text:  # valid UTF-8 can still be binary: no text file holds NUL characters
+            raise InputError(f"{file} holds NUL characters (at character {text.index(chr(0))}): a binary file, not "
+                             f"text; expected UTF-8 .txt or .jsonl files: leave it out of --contexts")
         if file.suffix == ".jsonl":
             for n, line in enumerate(text.splitlines()):
                 if line.strip():

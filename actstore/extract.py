@@ -20,6 +20,7 @@ so the finished store is byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections import deque
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from actstore.errors import InputError, RunFailed
-from actstore.store import ActivationStore, StoreSpec
+from actstore.store import ActivationStore, StoreSpec, resume_command
 from actstore.vocab import MAX_DROPPED, TEMPLATE
 
 DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -100,16 +101,11 @@ class ExtractConfig:
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
     """'all' | '0-25' | '0,5,12' -> sorted block indices, checked against the model's n_layers."""
-    spec = spec.strip()
-    if spec == "all":
+    from actstore.checks import layer_spec
+
+    layers = layer_spec("--layers", spec)
+    if layers is None:
         return list(range(n_layers))
-    layers: set[int] = set()
-    try:
-        for part in spec.split(","):
-            lo, sep, hi = part.partition("-")
-            layers.update(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        raise InputError(f"--layers must be a list (0,5,12), a range (0-25) or all; got {spec!r}") from None
     bad = sorted(l for l in layers if not 0 <= l < n_layers)
     if bad or not layers:
         raise InputError(f"the model has blocks 0-{n_layers - 1}; --layers {spec!r} asks for {bad or 'none'}")
@@ -139,7 +135,8 @@ def build_task(cfg: ExtractConfig, tokenizer) -> tuple[Task, dict]:
     from actstore.vocab import bos_id, build_vocab_task
 
     bos = bos_id(tokenizer, cfg.bos)
-    extra = {"seed": cfg.seed, "max_vocab": cfg.max_vocab, "batch_size": cfg.batch_size, "contexts": cfg.contexts,
+    extra = {"seed": cfg.seed, "max_vocab": cfg.max_vocab, "batch_size": cfg.batch_size,
+             "contexts": _contexts_source(cfg.contexts),
              "bos": {"policy": cfg.bos, "token_id": bos,
                      "token": None if bos is None else tokenizer.convert_ids_to_tokens(bos)}}
     ids, positions, columns = [], np.zeros(0, dtype=np.int64), {}
@@ -534,10 +531,12 @@ def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: di
             raise InputError(f"{path} already exists: pass --resume to finish it, or choose another --out")
         store = ActivationStore.open(path, mode="a")
         theirs, ours = _comparable(asdict(store.spec)), _comparable(asdict(spec))
+        if theirs["identity"]["weights"] is None:  # extracted before model folders were hashed: not compared
+            ours["identity"]["weights"] = None
         if theirs["identity"] != ours["identity"]:
             store.close()
             raise InputError(f"{path} was written from another model or tokenizer: stored {theirs['identity']}, now "
-                             f"{ours['identity']}. Resume with the original model (`{store.spec.resume_command}`), or "
+                             f"{ours['identity']}. Resume with the original model (`{resume_command(store)}`), or "
                              f"choose another --out")
         if theirs != ours:
             diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
@@ -553,26 +552,36 @@ def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: di
     return store
 
 
+def _contexts_source(contexts: str | None) -> str | None:
+    """--contexts as recorded and compared: a path resolved (a resume from another folder, or with the path written
+    otherwise, names the same files), a dataset name as given."""
+    if contexts is None or contexts.startswith("hf:"):
+        return contexts
+    return str(Path(contexts).resolve())
+
+
 def _comparable(spec: dict) -> dict:
     """A store spec as a resume compares it: without the resume command or the model as typed, and the
     model reduced to its identity (a GGUF file by its bytes, so it may move)."""
     spec = {**spec, "extra": dict(spec["extra"])}
+    spec["extra"]["contexts"] = _contexts_source(spec["extra"].get("contexts"))  # stores recorded it as typed
     prov = spec["extra"].pop("provenance", None) or {}
     spec.pop("resume_command")
     model = spec.pop("model")
     spec["identity"] = {"model": prov.get("gguf_sha256") and f"GGUF sha256 {prov['gguf_sha256'][:16]}" or model,
-                        "revision": prov.get("revision"), "tokenizer": prov.get("tokenizer")}
+                        "revision": prov.get("revision"), "tokenizer": prov.get("tokenizer"),
+                        "weights": prov.get("folder_sha256")}
     return spec
 
 
 def _resume_command(cfg: ExtractConfig, source) -> str:
     """The command that finishes this store, valid from any working folder (absolute paths)."""
-    args = [f"actstore extract {source.as_args()} --layers {cfg.layers} --out {Path(cfg.out).resolve()}"]
-    for name in ("contexts", "max_vocab"):
-        value = getattr(cfg, name)
-        if value is not None:
-            args.append(f"--{name.replace('_', '-')} " + (str(Path(value).resolve()) if name == "contexts"
-                                                          and not value.startswith("hf:") else str(value)))
+    quote = shlex.quote
+    args = [f"actstore extract {source.as_args()} --layers {quote(cfg.layers)} --out {quote(str(Path(cfg.out).resolve()))}"]
+    if cfg.contexts is not None:
+        args.append(f"--contexts {quote(_contexts_source(cfg.contexts))}")
+    if cfg.max_vocab is not None:
+        args.append(f"--max-vocab {cfg.max_vocab}")
     if cfg.contexts:
         args.append(f"--context-rows {cfg.context_rows} --context-length {cfg.context_length}")
     if cfg.no_vocab:

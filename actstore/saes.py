@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -276,13 +277,59 @@ def load_catalog_entry(entry: CatalogEntry, d_model: int | None = None, dtype: t
 # ---------------------------------------------------------------------------- local folders and sae-lens
 
 
-def local_saes(root: str | Path) -> list[tuple[str, Path]]:
-    """(id, params.npz path) of every params.npz under root; the id is its folder relative to root."""
+def local_saes(root: str | Path, skipped: list[tuple[Path, str, str | None]] | None = None
+               ) -> list[tuple[str, Path]]:
+    """(id, params.npz path) of every params.npz under root; the id is its folder relative to root, as named
+    (links kept in it). Linked folders and files are followed, each real folder searched once (under its own
+    name before a link's). What cannot be
+    followed goes into `skipped` as (path, why, id): id is the SAE's for a params.npz that is a broken or looping
+    link (it is then not in the list: its SAE fails with `why`), None for a folder (a loop, a second link to a
+    folder already searched, an unreadable or broken link)."""
     root = Path(root)
     if not root.is_dir():
         raise MissingFile(f"{root} is not a folder of params.npz files (laid out like Gemma Scope: "
                           f"layer_12/width_16k/average_l0_82/params.npz)")
-    return [(str(p.parent.relative_to(root)), p) for p in sorted(root.rglob("params.npz"))]
+    skipped = [] if skipped is None else skipped
+    found: list[tuple[str, Path]] = []
+    searched: dict[Path, Path] = {}  # real folder -> the path it was first searched under
+
+    def search(folder: Path, relative: Path) -> None:
+        real = folder.resolve()
+        if real in searched:
+            skipped.append((folder, f"a link to {real}, already searched as {searched[real]}", None))
+            return
+        searched[real] = folder
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))  # a folder before links
+        except OSError as err:
+            skipped.append((folder, f"cannot be listed ({err.strerror})", None))
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            target = link_problem(path) if entry.is_symlink() else None
+            if entry.name == "params.npz":
+                if target is None and path.is_file():
+                    found.append((str(relative) if relative.parts else ".", path))
+                else:
+                    skipped.append((path, target or "not a file", str(relative) if relative.parts else "."))
+            elif target is not None:
+                skipped.append((path, target, None))
+            elif path.is_dir():
+                search(path, relative / entry.name)
+
+    search(root, Path())
+    return found
+
+
+def link_problem(path: Path) -> str | None:
+    """Why a link cannot be followed (broken, looping), or None."""
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"a broken link (to {os.readlink(path)}, which is not there)"
+    except (RuntimeError, OSError) as err:  # ELOOP, or Python's own loop detection
+        return f"a link that loops ({getattr(err, 'strerror', None) or err})"
+    return None
 
 
 def layer_and_l0_from_id(sae_id: str) -> tuple[int | None, float | None]:

@@ -676,11 +676,27 @@ def incomplete_message(store: ActivationStore, missing: dict[str, list[int]]) ->
     total = sum(len(v) for v in missing.values())
     shown = ", ".join(f"{name} ({_ranges(shards)})" for name, shards in list(missing.items())[:4])
     more = f" and {len(missing) - 4} more arrays" if len(missing) > 4 else ""
-    how = (f"resume it with `{store.spec.resume_command}`" if store.spec.resume_command
+    how = (f"resume it with `{resume_command(store)}`" if store.spec.resume_command
            else "rerun the command that wrote it with --resume (or open it with mode='a' and write the "
                 "missing shards)")
     return (f"{store.path} is incomplete: {total} shards were never finished, in {shown}{more}. "
             f"It was probably killed mid-write; {how}. Only the missing shards are rewritten.")
+
+
+def resume_command(store: ActivationStore) -> str | None:
+    """The recorded command that finishes the store, aimed at the store as opened now (a copied or moved store
+    is resumed where it is, not where it was written)."""
+    import shlex
+
+    command = store.spec.resume_command
+    try:
+        args = shlex.split(command or "")
+    except ValueError:  # not a shell command line: quote it as recorded
+        return command
+    if "--out" not in args[:-1]:
+        return command
+    args[args.index("--out") + 1] = str(store.path.resolve())
+    return shlex.join(args)
 
 
 def probe_digest(weight: np.ndarray, bias: np.ndarray) -> str:

@@ -94,6 +94,10 @@ def digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def lock_files(paths: list[Path]) -> set[Path]:
+    return {p for top in paths if top.is_dir() for p in top.rglob("*.lock")}
+
+
 S, R = "{root}/store.zarr", "{root}/results"
 NEW = "{root}/new/out"  # a fresh output path
 
@@ -273,7 +277,29 @@ case("score: a bad SAE file fails alone", ["score", S, "--out", "{root}/new/r1",
 case("score: a missing SAE fails alone", ["score", S, "--out", "{root}/new/r2", "--saes", "{root}/no such.npz",
                                           "--local"], 1, "")
 
-assert len(CASES) >= 150, len(CASES)
+# round 2 (issue 24): outputs inside a store, a store's inner folder as the store, counts beyond the store or memory
+for out in ("{root}/store.zarr", "{root}/store.zarr/results", "{root}/store.zarr/vocab"):
+    case(f"score --out {out.removeprefix('{root}/')}", ["score", S, "--out", out, "--saes", "{root}/saes"], 2,
+         "store")
+    case(f"report --out {out.removeprefix('{root}/')}", ["report", R, "--out", out], 2, "store")
+    case(f"synth-saes --out {out.removeprefix('{root}/')}", ["synth-saes", "--store", S, "--layer", "0", "--out", out],
+         2, "store")
+case("extract --out inside a store", ["extract", "--out", "{root}/store.zarr/inner.zarr"], 2, "inside the store")
+for inner in ("vocab", "vocab/layer_00", "probes"):
+    for command in ("info", "verify", "probe"):
+        case(f"{command} STORE/{inner}", [command, f"{{root}}/store.zarr/{inner}"], 2, "a folder inside the store")
+    case(f"score STORE/{inner}", ["score", f"{{root}}/store.zarr/{inner}", "--out", NEW, "--saes", "{root}/saes"], 2,
+         "a folder inside the store")
+for command in ("probe", "score", "extract"):
+    argv = {"probe": ["probe", S], "score": SAES, "extract": ["extract", "--out", NEW, "--model", "{root}/model"]}[command]
+    for spec in ("0-999999999", "5,10000", "99999999999999999999"):
+        case(f"{command} --layers {spec}", argv + ["--layers", spec], 2, "beyond any model's blocks")
+case("score --layers not in the store", SAES + ["--layers", "5-9"], 2, "holds layers 0-1 only")
+for value in ("100000000", "2000000000"):
+    case(f"score --bootstrap {value}", SAES + ["--bootstrap", value], 2, "--bootstrap")
+case("score --memory-gb beyond the RAM", SAES + ["--memory-gb", "1000000"], 2, "GB of RAM")
+
+assert len(CASES) >= 190, len(CASES)
 
 
 @pytest.mark.timeout(30)
@@ -281,7 +307,7 @@ assert len(CASES) >= 150, len(CASES)
 def test_bad_input(world, tmp_path, name, argv, code, fragment):
     root = world["root"]
     argv = [a.replace("{root}", str(root)).replace(str(root) + "/new", str(tmp_path / "new")) for a in argv]
-    before = digest(world["written"])
+    before, locks_before = digest(world["written"]), lock_files(world["written"])
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -298,6 +324,8 @@ def test_bad_input(world, tmp_path, name, argv, code, fragment):
     else:
         assert len(lines) <= 1, stderr
     assert digest(world["written"]) == before, "a bad input changed what was already written"
+    left = [p for p in lock_files(world["written"]) - locks_before if p.name != ".lock"]  # a results folder's own
+    assert not left, f"lock files left inside what was already written: {left}"
     if code == 2:  # bad input writes nothing new either (the lock file of a refused run aside)
         assert not (tmp_path / "new").exists() or not any(
             p for p in (tmp_path / "new").rglob("*") if p.is_file() and not p.name.endswith("lock"))
