@@ -6,7 +6,8 @@ are separate files (never one shared JSON), so writers in different processes th
 never race on the manifest.
 
     <store>/<group>/<array>/_manifest/000003.json   {"rows": [49152, 65536], "file": true,
-                                                      "crc32c": 2882343476, "chunks": [...]}
+                                                      "array": "vocab/layer_05", "crc32c": 2882343476,
+                                                      "chunks": [...]}
 
 `rows` is the row range the shard held when it was written: after an append grows the array, the last
 shard's range changes and its old marker stops counting. `file` says whether Zarr wrote a shard file at
@@ -15,6 +16,9 @@ legitimately empty from one whose file was lost. `crc32c` (of the file but its l
 `chunks` (each chunk's crc32c, null where empty) are the shard's identity: a checksum says a file is intact,
 the identity says it is the right shard. Reads compare the chunks, `actstore verify` the whole file, so a
 shard file swapped with another is caught. Markers written before identities were recorded lack both.
+`array` (`group/array`) is the rest of the identity: the same bytes under another array's folder (a layer's
+folder copied over another's, markers and all) are that other array's data, and reads and `verify` refuse
+them. Markers written before it was recorded lack it and are accepted.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def marker_path(array_dir: Path, shard: int) -> Path:
 
 def write_marker(array_dir: Path, shard: int, rows: tuple[int, int], has_file: bool,
                  identity: dict | None = None) -> None:
-    """Record shard `shard` of the array at `array_dir` as complete.
+    """Record shard `shard` of the array at `array_dir` as complete. `identity`: what the shard is (`array`,
+    `crc32c`, `chunks`; see above), None for a shard written without a file.
 
     Written in place, not through a temp file: a marker is one short JSON object, and every strict
     prefix of a JSON object is invalid JSON, so a write cut short reads as "not done".
@@ -47,7 +52,7 @@ def remove_marker(array_dir: Path, shard: int) -> None:
 
 
 def read_markers(array_dir: Path) -> dict[int, dict]:
-    """All markers of one array: shard index -> {"rows": [start, stop], "file": bool}."""
+    """All markers of one array: shard index -> {"rows": [start, stop], "file": bool, and the identity}."""
     folder = array_dir / MANIFEST_DIR
     if not folder.is_dir():
         return {}

@@ -76,18 +76,21 @@ class IncompleteStoreError(StoreError):
 
 
 class CorruptShardError(StoreError):
-    """A shard whose bytes fail their checksum or cannot be decoded."""
+    """A shard whose bytes fail their checksum or cannot be decoded, or that belongs to another array.
+    `advice`: what to do, when it is not "delete that file and its marker, then resume"."""
 
-    def __init__(self, array: str, shard: int, rows: tuple[int, int], file: str, reason: str):
-        self.array, self.shard, self.rows, self.file, self.reason = array, shard, rows, file, reason
+    def __init__(self, array: str, shard: int, rows: tuple[int, int], file: str, reason: str,
+                 advice: str | None = None):
+        self.array, self.shard, self.rows, self.file = array, shard, rows, file
+        self.reason, self.advice = reason, advice
         super().__init__(
             f"{array} shard {shard} (rows {rows[0]}-{rows[1] - 1}, file {file}) is corrupt: {reason}. "
-            f"Delete that file and its marker {array}/_manifest/{shard:06d}.json, then resume the write "
-            f"that made the store to rewrite it."
+            + (advice or f"Delete that file and its marker {array}/_manifest/{shard:06d}.json, then resume the write "
+                         f"that made the store to rewrite it.")
         )
 
     def __reduce__(self):  # picklable with its fields, so it crosses Ray intact
-        return type(self), (self.array, self.shard, self.rows, self.file, self.reason)
+        return type(self), (self.array, self.shard, self.rows, self.file, self.reason, self.advice)
 
 
 @dataclass
@@ -157,7 +160,11 @@ class ActivationStore:
 
     def __init__(self, path: Path, root: zarr.Group, mode: str, io_threads: int):
         self.path, self._root, self.mode = path, root, mode
-        self.spec = StoreSpec(**{k: v for k, v in root.attrs.items() if k in StoreSpec.__dataclass_fields__})
+        try:
+            self.spec = StoreSpec(**{k: v for k, v in root.attrs.items() if k in StoreSpec.__dataclass_fields__})
+        except TypeError as err:  # a required attribute is gone
+            raise StoreError(f"{path}: its metadata file {path / 'zarr.json'} lacks store attributes ({err}); restore "
+                             f"it from a copy") from err
         self._pool = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="actstore-io")
         self._known_complete = False  # set by open() after checking; reads then skip the manifest
         self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio I/O
@@ -196,12 +203,66 @@ class ActivationStore:
             raise ValueError(f"mode must be 'r' (read a complete store) or 'a' (resume writing); got {mode!r}")
         path = Path(path)
         store = cls(path, _open_root(path, mode), mode, io_threads)
+        problem = store._attribute_problem()
+        if problem:
+            store.close()
+            raise StoreError(problem)
         if require_complete if require_complete is not None else mode == "r":
             missing = store.missing()
             if missing:
                 raise IncompleteStoreError(incomplete_message(store, missing))
             store._known_complete = True
         return store
+
+    def _attribute_problem(self) -> str | None:
+        """An attribute of the root or a group zarr.json that is invalid, or that every array's zarr.json contradicts
+        in the same way (d_model, dtype, rows): then the attribute was changed, not the arrays, and reading would
+        blame their intact metadata (or an SAE's width). Checked once, on open, from the arrays' zarr.json read as
+        JSON; one that cannot be read, or that disagrees alone, is left to `_array`, which names it."""
+        import json
+
+        root = self.path / "zarr.json"
+        try:
+            self.spec.validate()
+        except (InputError, TypeError) as err:
+            return (f"{self.path}: its metadata file {root} holds invalid store attributes ({err}); restore it from "
+                    f"a copy")
+        layers = []  # (zarr.json, its JSON, its shape) of every layer array
+        for group, meta in self._group_meta().items():
+            arrays = []
+            for name in self.arrays(group):
+                try:
+                    found = json.loads((self.path / group / name / "zarr.json").read_bytes())
+                    arrays.append((self.path / group / name / "zarr.json", found, tuple(found["shape"])))
+                except (OSError, ValueError, TypeError, KeyError):
+                    continue
+            layers += [a for a in arrays if a[0].parent.name.startswith("layer_")]
+            rows = {shape[0] for *_, shape in arrays if shape}
+            if len(arrays) >= 2 and len(rows) == 1 and rows != {meta["rows"]}:
+                held = rows.pop()
+                return (f"{self.path}: its metadata file {self.path / group / 'zarr.json'} says {group} has "
+                        f"{meta['rows']} rows, but all {len(arrays)} of its arrays hold {held} (their zarr.json): "
+                        f"its 'rows' attribute was changed (or an append was cut short); restore that file from a "
+                        f"copy (or set rows back to {held})")
+        try:
+            # A layer's width counts when its shape agrees with its own chunk grid (an edited shape alone does not).
+            widths = {shape[1] if shape[1] == found["chunk_grid"]["configuration"]["chunk_shape"][1] else None
+                      for _, found, shape in layers}
+            dtypes = {(found["attributes"]["logical_dtype"], found["data_type"]) for _, found, _ in layers}
+        except (TypeError, KeyError, IndexError):
+            return None
+        if len(widths) == 1 and None not in widths and widths != {self.spec.d_model}:
+            width = widths.pop()
+            return (f"{self.path}: its metadata file {root} says d_model {self.spec.d_model}, but every layer array "
+                    f"holds rows of {width} (e.g. {layers[0][0]}): the store's 'd_model' attribute was changed; "
+                    f"restore {root} from a copy (or set d_model back to {width})")
+        if len(dtypes) == 1:
+            logical, stored = dtypes.pop()
+            if logical != self.spec.dtype and logical in DTYPES and str(DTYPES[logical][1]) == stored:
+                return (f"{self.path}: its metadata file {root} says dtype {self.spec.dtype}, but every layer array "
+                        f"holds {logical} (e.g. {layers[0][0]}): the store's 'dtype' attribute was changed; restore "
+                        f"{root} from a copy (or set dtype back to {logical!r})")
+        return None
 
     # ------------------------------------------------------------------ layout
 
@@ -219,11 +280,22 @@ class ActivationStore:
         (add_group, append; one coordinator grows a store), and re-reading it per call cost more than
         copying a shard."""
         if self._groups is None:
-            try:
-                self._groups = {name: {"rows": g.attrs["rows"], "columns": dict(g.attrs["columns"])}
-                                for name, g in self._root.groups() if g.attrs.get("kind") == "rows"}
-            except Exception as err:  # a damaged group zarr.json: name it
-                raise StoreError(f"{self.path}: {_metadata_problem(self.path) or err}") from err
+            # Each group read alone, found on disk: the probes are not a row group, and damage there is theirs
+            # (verify and load_probe name it), not a reason the activations cannot be read.
+            names = sorted(p.name for p in self.path.iterdir() if p.name != "probes" and (p / "zarr.json").is_file())
+            groups = {}
+            for name in names:
+                meta = self.path / name / "zarr.json"
+                try:
+                    group = self._root[name]
+                    if isinstance(group, zarr.Group) and group.attrs.get("kind") == "rows":
+                        groups[name] = {"rows": int(group.attrs["rows"]), "columns": dict(group.attrs["columns"])}
+                except Exception as err:  # a damaged group zarr.json: name it
+                    problem = _metadata_problem(self.path, [meta]) or (
+                        f"its metadata file {meta} does not describe a row group ({type(err).__name__}: {err}); "
+                        f"restore it from a copy, or make the store again")
+                    raise StoreError(f"{self.path}: {problem}") from err
+            self._groups = groups
         return self._groups
 
     def _rows(self, group: str) -> int:
@@ -268,17 +340,51 @@ class ActivationStore:
         return groups[group]
 
     def _array(self, group: str, array: str) -> zarr.Array:
+        """An array of a row group, checked once (when first opened) against what the store's attributes promise."""
         if (group, array) not in self._arrays:
+            meta = self.path / group / array / "zarr.json"
             try:
-                self._arrays[group, array] = self._root[group][array]
+                arr = self._root[group][array]
             except (ValueError, TypeError, KeyError) as err:  # zarr reads the array's zarr.json here
-                meta = self.path / group / array / "zarr.json"
                 problem = _metadata_problem(self.path, [meta]) if meta.exists() else None
                 if problem is None and meta.exists():
                     problem = (f"its metadata file {meta} does not describe an array zarr can read "
                                f"({type(err).__name__}: {err}); restore it from a copy, or make the store again")
                 raise StoreError(f"{self.path}: {problem or err}") from err
+            if not isinstance(arr, zarr.Array):
+                raise StoreError(f"{self.path}: its metadata file {meta} describes a group, not the array {group}/"
+                                 f"{array}; restore it from a copy, or make the store again")
+            problem = self._layout_problem(group, array, arr)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}")
+            self._arrays[group, array] = arr
         return self._arrays[group, array]
+
+    def _layout_problem(self, group: str, array: str, arr: zarr.Array) -> str | None:
+        """What is wrong with an array's metadata (its zarr.json) against the store's attributes: its shape (rows
+        from the group's zarr.json, d_model from the root's), its dtype, and for a layer, the layer it holds."""
+        meta, where = self.path / group / array / "zarr.json", f"{group}/{array}"
+        if array.startswith("layer_"):
+            layer = arr.attrs.get("layer")
+            if layer is not None and layer != int(array.removeprefix("layer_")):
+                return (f"its metadata file {meta} says the array holds layer {layer}, but it is {where}: the folder "
+                        f"was copied from another array, and its shards are layer {layer}'s data; restore the folder "
+                        f"from a copy of the store, or make the store again")
+            shape, dtype = (self._rows(group), self.spec.d_model), DTYPES[self.spec.dtype][1]
+        else:
+            kind = self.columns(group)[array]
+            shape, dtype = (self._rows(group),), None if kind == "str" else np.dtype(kind)
+        found = []
+        if tuple(arr.shape) != shape:
+            found.append(f"shape {tuple(arr.shape)}, but the store's attributes promise {shape}")
+        if dtype is not None and arr.dtype != dtype:
+            found.append(f"dtype {arr.dtype}, but the store's attributes promise {dtype}")
+        if dtype is None and arr.dtype.kind not in "OUT" and "str" not in str(arr.dtype).lower():
+            found.append(f"dtype {arr.dtype}, but the store's attributes promise strings")
+        if not found:
+            return None
+        return (f"the metadata file {meta} of {where} was changed: it says {' and '.join(found)}; its shard files are "
+                f"not at fault (keep them): restore {meta} from a copy of the store")
 
     def _layer_array(self, layer: int) -> str:
         """`layer_LL`, checked against the store's layers."""
@@ -392,7 +498,8 @@ class ActivationStore:
         else:
             identity = shardio.write_shard(str(path), np.ascontiguousarray(values), chunk_shape[0],
                                            self.spec.shard_rows // chunk_shape[0])
-        manifest.write_marker(array_dir, shard, (lo, hi), identity is not None, identity)
+        manifest.write_marker(array_dir, shard, (lo, hi), identity is not None,
+                              {"array": f"{group}/{array}", **(identity or {})})
 
     def append(self, group: str, data: Mapping[str | int, Any]) -> None:
         """Grow a group by n rows, writing every one of its arrays (all layers and columns).
@@ -459,6 +566,10 @@ class ActivationStore:
             todo = [k for k in shards if not self._done(markers, group, k)]
             if todo:
                 raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
+        name = f"{group}/{array}"
+        for k in shards:  # one lookup per shard read: the array is part of a shard's identity
+            if markers.get(k, {}).get("array", name) != name:
+                raise self._foreign_shard(group, array, k, markers)
         arr = self._array(group, array)
         chunk_shape = self._direct_io(group, array)
         if chunk_shape is None:
@@ -498,6 +609,18 @@ class ActivationStore:
         except Exception as err:  # crc mismatch is a ValueError; a torn file fails in other ways
             raise CorruptShardError(f"{group}/{array}", shard, (lo, hi), str(path), str(err)) from err
 
+    def _foreign_shard(self, group: str, array: str, shard: int, markers: dict[int, dict]) -> CorruptShardError:
+        """The error for a shard whose marker records another array: its folder's files were copied from there."""
+        name, owner = f"{group}/{array}", markers[shard]["array"]
+        foreign = [k for k, m in markers.items() if m.get("array", name) != name]
+        return CorruptShardError(
+            name, shard, self.shard_rows(group, shard), str(self.shard_file(group, array, shard)),
+            f"it holds the shard of {owner}, as its marker {name}/_manifest/{shard:06d}.json records: copied from "
+            f"another array (shards {_ranges(foreign)} of {name} are such copies)",
+            f"Delete the files and markers of those shards (or the folder {self.path / group / array}'s c/ and "
+            f"_manifest/), then resume the write that made the store to rewrite them; or restore the folder from a "
+            f"copy of the store.")
+
     def _direct_io(self, group: str, array: str) -> tuple[int, ...] | None:
         """The inner chunk shape if `shardio` can read and write this array's shards directly, else None."""
         key = f"{group}/{array}"
@@ -522,6 +645,9 @@ class ActivationStore:
         if weight.shape != (26, self.spec.d_model) or bias.shape != (26,):
             raise ValueError(f"a probe is weight (26, {self.spec.d_model}) and bias (26,); got {weight.shape}, "
                              f"{bias.shape}")
+        meta = self.path / "probes" / "zarr.json"
+        if meta.exists() and _metadata_problem(self.path, [meta]):
+            meta.unlink()  # it says only "a group" (each probe's data and attributes are in its folder): remake it
         probes = self._root.require_group("probes")
         attrs = {**attrs, "sha256": probe_digest(weight, bias)}  # its identity: verify and results check it
         group = probes.create_group(name, overwrite=True, attributes=attrs)
@@ -530,13 +656,46 @@ class ActivationStore:
             group.create_array(key, data=values, chunks=values.shape, compressors=CODECS["none"]())
 
     def load_probe(self, layer: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """(weight, bias, attrs) of a layer's saved probe."""
+        """(weight, bias, attrs) of a layer's saved probe. Raises MissingKey when there is none, StoreError naming
+        the probe and the file when it cannot be read."""
         name = layer_name(layer)
-        if "probes" not in self._root or name not in self._root["probes"]:
+        folder, retrain = self.path / "probes" / name, f"retrain it with `actstore probe {self.path} --layers {layer}`"
+        if not folder.is_dir():
             raise MissingKey(f"{self.path} has no probe for layer {layer}; train it with "
                              f"`actstore probe {self.path} --layers {layer}`")
-        group = self._root["probes"][name]
-        return group["weight"][:], group["bias"][:], dict(group.attrs)
+        where = f"{self.path}: the probe of layer {layer} (probes/{name})"
+        metas = [self.path / "probes" / "zarr.json", *(folder / key / "zarr.json" for key in ("", "weight", "bias"))]
+        for meta in metas:  # checked on disk: zarr calls a folder without its zarr.json absent
+            if not meta.is_file():
+                raise StoreError(f"{where} cannot be read: its metadata file {meta} is missing; {retrain}")
+        problem = _metadata_problem(self.path, metas, retrain)
+        if problem:
+            raise StoreError(f"{where} cannot be read: {problem}")
+        try:
+            group = self._root["probes"][name]
+            arrays, attrs = {key: group[key] for key in ("weight", "bias")}, dict(group.attrs)
+            for key, arr in arrays.items():
+                if not isinstance(arr, zarr.Array):
+                    raise TypeError(f"{folder / key / 'zarr.json'} describes a group, not an array")
+        except Exception as err:  # noqa: BLE001 - valid JSON that zarr cannot read as a probe
+            raise StoreError(f"{where} cannot be read: its metadata in {folder} is not a probe's "
+                             f"({type(err).__name__}: {err}); {retrain}") from err
+        values = []
+        for key, arr in arrays.items():
+            file = folder / key / arr.metadata.encode_chunk_key((0,) * arr.ndim)  # one chunk per array
+            try:
+                values.append(arr[:])
+            except Exception as err:  # noqa: BLE001 - a checksum mismatch is a ValueError; a torn file fails otherwise
+                why = "fails its crc32c checksum" if "checksum" in str(err) else f"cannot be decoded ({err})"
+                raise StoreError(f"{where} is damaged: {file} {why}; {retrain}") from err
+        if "sha256" in attrs and probe_digest(*values) != attrs["sha256"]:  # a chunk file deleted reads as zeros
+            raise StoreError(f"{where} is damaged: its weights are not the ones saved (sha256 differs: a chunk file "
+                             f"in {folder} was deleted, replaced or edited); {retrain}")
+        problem = _probe_metrics_problem(attrs.get("metrics"), len(values[0]))
+        if problem:
+            raise StoreError(f"{where} is damaged: its 'metrics' attribute in {folder / 'zarr.json'} {problem}; "
+                             f"{retrain}")
+        return values[0], values[1], attrs
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -602,27 +761,33 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
     try:
         root = zarr.open_group(path, mode="r" if mode == "r" else "r+")
     except Exception as err:  # zarr raises several types for a node that is not a group
-        raise StoreError(f"{path} is not an actstore store: {_metadata_problem(path) or err}") from err
+        problem = (_metadata_problem(path)
+                   or f"its metadata file {path / 'zarr.json'} does not describe a Zarr group ({err})")
+        raise StoreError(f"{path} is not an actstore store: {problem}") from err
     version = root.attrs.get("format_version")
     if version is None:
-        raise StoreError(f"{path} is a Zarr group but not an actstore store (no 'format_version' attribute)")
+        raise StoreError(f"{path} is a Zarr group but not an actstore store (no 'format_version' attribute in "
+                         f"{path / 'zarr.json'}; if it was one, restore that file from a copy)")
     if version > FORMAT_VERSION:
         raise StoreError(f"{path} has store format {version}; this actstore reads up to {FORMAT_VERSION}: "
                          f"upgrade actstore")
     return root
 
 
-def _metadata_problem(path: Path, files: list[Path] | None = None) -> str | None:
-    """'<file> is damaged (...)' for the first unreadable zarr.json of `files` (default: the store's root and
-    groups)."""
+def _metadata_problem(path: Path, files: list[Path] | None = None,
+                      advice: str = "restore it from a copy, or make the store again") -> str | None:
+    """'<file> is damaged (...); <advice>' for the first unreadable zarr.json of `files` (default: the store's root
+    and groups)."""
     import json
 
-    for meta in files or [path / "zarr.json", *sorted(path.glob("*/zarr.json"))]:
+    if files is None:  # the probes' metadata is not the store's: load_probe names it
+        files = [path / "zarr.json", *sorted(p for p in path.glob("*/zarr.json") if p.parent.name != "probes")]
+    for meta in files:
         try:
-            json.loads(meta.read_bytes())
+            if not isinstance(json.loads(meta.read_bytes()), dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as err:
-            return (f"its metadata file {meta} is damaged ({err}); restore it from a copy, or make the store "
-                    f"again")
+            return f"its metadata file {meta} is damaged ({err}); {advice}"
     return None
 
 
@@ -697,6 +862,20 @@ def resume_command(store: ActivationStore) -> str | None:
         return command
     args[args.index("--out") + 1] = str(store.path.resolve())
     return shlex.join(args)
+
+
+def _probe_metrics_problem(metrics: Any, classes: int) -> str | None:
+    """What is wrong with a probe's metrics as the scorer reads them (test precision, recall and F1, one number per
+    class), or None."""
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    if not isinstance(test, dict):
+        return "holds no test metrics (expected {'test': {'precision': [...], 'recall': [...], 'f1': [...]}})"
+    for key in ("precision", "recall", "f1"):
+        values = test.get(key)
+        if not isinstance(values, list) or len(values) != classes or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return f"has no test {key} as {classes} numbers, one per class"
+    return None
 
 
 def probe_digest(weight: np.ndarray, bias: np.ndarray) -> str:

@@ -53,6 +53,12 @@ def verify(store, progress: bool = False) -> list[Problem]:
 def _check_shard(store, group: str, array: str, shard: int, markers: dict) -> tuple[str, str] | None:
     """(kind, detail) of what is wrong with one shard, or None."""
     marker, path = markers.get(shard), store.shard_file(group, array, shard)
+    owner = (marker or {}).get("array", f"{group}/{array}")  # markers written before it was recorded lack it
+    if owner != f"{group}/{array}":
+        return "corrupt", (f"{path} holds the shard of {owner}, as its marker "
+                           f"{manifest.marker_path(store.path / group / array, shard)} records: copied from another "
+                           f"array; delete that file and its marker, then resume the write that made the store to "
+                           f"rewrite it (or restore {store.path / group / array} from a copy of the store)")
     if not store._done(markers, group, shard):
         return "incomplete", "never finished (no manifest marker)"
     if marker.get("file") and not path.exists():
@@ -75,10 +81,11 @@ def _check_shard(store, group: str, array: str, shard: int, markers: dict) -> tu
 
 
 def structure(store) -> list[Problem]:
-    """The groups, arrays and columns the store's attributes promise, with their shapes and dtypes."""
-    from actstore.store import DTYPES, layer_name
+    """The groups, arrays and columns the store's attributes promise, with their shapes and dtypes, and for a layer
+    the layer its metadata says it holds (as reading checks them: `ActivationStore._array`)."""
+    from actstore.store import StoreError
 
-    spec, root, problems = store.spec, store._root, []
+    root, problems = store._root, []
 
     def problem(where: str, detail: str) -> None:
         problems.append(Problem(where, -1, (0, 0), "structure", detail))
@@ -87,51 +94,48 @@ def structure(store) -> list[Problem]:
         if name not in store.groups:
             problem(name, f"the store's attributes list group {name!r}, but {store.path / name} is gone or not a "
                           f"row group")
-    for group, rows in store.groups.items():
-        present, damaged = set(), set()
-        for meta in sorted((store.path / group).glob("*/zarr.json")):  # each array's metadata, read alone
+    for group in store.groups:
+        for name in store.arrays(group):
+            if not (store.path / group / name / "zarr.json").is_file():
+                problem(f"{group}/{name}", f"missing: the store's attributes promise it "
+                                           f"({'layer' if name.startswith('layer_') else 'column'})")
+                continue
             try:
-                root[group][meta.parent.name]
-                present.add(meta.parent.name)
-            except (ValueError, TypeError, KeyError) as err:
-                damaged.add(meta.parent.name)
-                problem(f"{group}/{meta.parent.name}", f"its metadata file {meta} is damaged ({type(err).__name__}: "
-                                                       f"{err}); restore it from a copy, or make the store again")
-        expected = {layer_name(l): ((rows, spec.d_model), DTYPES[spec.dtype][1]) for l in spec.layers}
-        expected.update({col: ((rows,), None if dtype == "str" else np.dtype(dtype))
-                         for col, dtype in store.columns(group).items()})
-        for name, (shape, dtype) in expected.items():
-            where = f"{group}/{name}"
-            if name in damaged:
-                continue
-            if name not in present:
-                problem(where, f"missing: the store's attributes promise it ({'layer' if name.startswith('layer_') else 'column'})")
-                continue
-            arr = root[group][name]
-            if tuple(arr.shape) != shape:
-                problem(where, f"has shape {tuple(arr.shape)}; expected {shape}")
-            if dtype is not None and arr.dtype != dtype:
-                problem(where, f"has dtype {arr.dtype}; expected {dtype}")
-            if dtype is None and arr.dtype.kind not in "OUT" and "str" not in str(arr.dtype).lower():
-                problem(where, f"has dtype {arr.dtype}; expected strings")
+                store._array(group, name)  # its metadata read, and checked against the attributes
+            except StoreError as err:
+                problem(f"{group}/{name}", str(err).removeprefix(f"{store.path}: "))
     return problems
 
 
 def check_probes(store) -> list[Problem]:
     """Each saved probe: a layer of the store, weight (classes, d_model) and bias (classes,) float32, finite,
     its metrics present and its bytes the ones recorded when it was saved."""
-    from actstore.store import probe_digest
+    from actstore.store import _metadata_problem, probe_digest
 
-    root, problems = store._root, []
-    if "probes" not in root:
+    folder, problems = store.path / "probes", []
+    if not folder.is_dir():
         return []
-    for name, group in root["probes"].groups():
+    # Found on disk, not through zarr: a probe folder whose metadata is gone is invisible to zarr, not absent.
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    retrain = f"retrain them with `actstore probe {store.path}` (it rewrites that file)"
+    meta = folder / "zarr.json"
+    if not meta.is_file():
+        return [Problem("probes", -1, (0, 0), "probe", f"its metadata file {meta} is missing: zarr cannot see the "
+                                                        f"probes {', '.join(names) or '(none)'}; {retrain}")]
+    damaged = _metadata_problem(store.path, [meta], retrain)
+    if damaged:
+        return [Problem("probes", -1, (0, 0), "probe", damaged)]
+    for name in names:
         where = f"probes/{name}"
+        if not (name.startswith("layer_") and name.removeprefix("layer_").isdigit()):
+            problems.append(Problem(where, -1, (0, 0), "probe", f"{folder / name} is not a probe folder (they "
+                                                                f"are named layer_LL); move it out of the store"))
+            continue
+        layer = int(name.removeprefix("layer_"))
         try:
-            layer = int(name.removeprefix("layer_"))
             weight, bias, attrs = store.load_probe(layer)
         except Exception as err:  # noqa: BLE001 - an unreadable probe is a finding
-            problems.append(Problem(where, -1, (0, 0), "probe", f"cannot be read: {err}"))
+            problems.append(Problem(where, -1, (0, 0), "probe", str(err).removeprefix(f"{store.path}: ")))
             continue
         found = []
         if layer not in store.layers:

@@ -39,7 +39,8 @@ def tiny_store(path: Path, layers=(0, 1)) -> None:
                              "position": np.zeros(n, int), "text": np.array([f"w{i}" for i in range(n)])})
     for l in layers:
         store.save_probe(l, np.ones((26, D), np.float32), np.zeros(26, np.float32),
-                         {"metrics": {"test": {"f1": [0.9] * 26}}})
+                         {"metrics": {split: {k: [0.9] * 26 for k in ("precision", "recall", "f1")}
+                                      for split in ("train", "test")}})
     store.close()
 
 
