@@ -341,17 +341,22 @@ def check_weights(store, source, extra: dict) -> None:
     Raises CausalError."""
     from pathlib import Path
 
-    from actstore.digests import file_sha256, folder_sha256
+    from actstore.digests import changed_files, file_sha256, folder_files, folder_sha256
 
     if source.kind == "gguf" and file_sha256(Path(source.location) / source.gguf_file) != source.gguf_sha256:
         raise CausalError(f"{source.gguf_file} in {source.location} is not the file the store {store.path} was "
                           f"extracted from (its sha256 differs); the causal metric must run the store's own model: put "
                           f"that file back, or extract the store again")
-    recorded = (extra.get("provenance") or {}).get("folder_sha256")
-    if source.kind == "folder" and recorded and folder_sha256(source.location) != recorded:
+    record = extra.get("provenance") or {}
+    if source.kind != "folder" or not record.get("folder_sha256"):
+        return
+    files = folder_files(source.location)
+    if folder_sha256(source.location, files) != record["folder_sha256"]:
+        what = changed_files(record["folder_files"], files) if record.get("folder_files") else "weights, config or " \
+            "tokenizer"
         raise CausalError(f"the model folder {source.location} is not the one the store {store.path} was extracted "
-                          f"from (its files' sha256 differs: weights, config or tokenizer replaced); the causal metric "
-                          f"must run the store's own model: put those files back, or extract the store again")
+                          f"from (its files' sha256 differs: {what}); the causal metric must run the store's own "
+                          f"model: put those files back, or extract the store again")
 
 
 CAUSAL_TOKEN_COLUMNS = ("causal_sampled", "causal_absorption", "causal_top_latent", "causal_top_score",

@@ -61,7 +61,7 @@ def read_documents(source: str) -> Iterator[str]:
         raise InputError(f"{source} holds no .txt or .jsonl files")
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is no text
         except UnicodeDecodeError as err:
             raise InputError(f"{file} is not UTF-8 text ({err.reason} at byte {err.start}); expected UTF-8 .txt or "
                              f".jsonl files: convert it, or leave it out of --contexts") from None

@@ -1,7 +1,8 @@
 """What a file or folder holds, cheaply: content digests that a rewrite cannot keep, computed once per file.
 
     file_sha256(path)     sha256 of a file's bytes, cached by its inode, size, mtime and ctime
-    folder_sha256(path)   one sha256 over the names and file_sha256 of every file under a folder
+    folder_files(path)    relative path -> file_sha256 of every file under a folder but hidden ones and documents
+    folder_sha256(path)   one sha256 over folder_files
     npz_identity(path)    a .npz's members with their zip CRC-32s and sizes, from its central directory
 
 A size and a modification time say nothing about content: a file rewritten in place at the same size, its
@@ -81,17 +82,37 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _memory[key]
 
 
-def folder_sha256(path: str | os.PathLike) -> str:
-    """sha256 over the relative path and file_sha256 of every file under a folder (hidden ones aside: caches,
-    locks); links are followed. Any file added, removed, renamed or rewritten changes it."""
+DOCUMENTS = ("*.md", "*.rst", "*.png", "*.jpg", "*.jpeg", "*.gif", "*.svg", "*.pdf", "README*", "LICENSE*",
+             "NOTICE*", "USE_POLICY*")
+"""files of a model or SAE folder that say nothing about its numbers (a model card, a licence, pictures)"""
+
+
+def folder_files(path: str | os.PathLike) -> dict[str, str]:
+    """relative path -> file_sha256 of every file under a folder that can change a number: all of them but hidden
+    ones (caches, locks, .gitattributes) and DOCUMENTS. Links are followed."""
     root = Path(path)
-    digest = hashlib.sha256()
+    files = {}
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = file.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
+        if any(part.startswith(".") for part in relative.parts) or any(file.match(p) for p in DOCUMENTS):
             continue
-        digest.update(f"{relative.as_posix()}\0{file_sha256(file)}\0".encode())
-    return digest.hexdigest()
+        files[relative.as_posix()] = file_sha256(file)
+    return files
+
+
+def folder_sha256(path: str | os.PathLike, files: dict[str, str] | None = None) -> str:
+    """One sha256 over `folder_files` (given, or computed): any such file added, removed, renamed or rewritten
+    changes it."""
+    files = folder_files(path) if files is None else files
+    return hashlib.sha256("".join(f"{name}\0{sha}\0" for name, sha in sorted(files.items())).encode()).hexdigest()
+
+
+def changed_files(recorded: dict[str, str], now: dict[str, str]) -> str:
+    """'model.safetensors changed, extra.bin added' between two folder_files records."""
+    parts = [f"{name} changed" for name in sorted(recorded) if name in now and now[name] != recorded[name]]
+    parts += [f"{name} added" for name in sorted(set(now) - set(recorded))]
+    parts += [f"{name} removed" for name in sorted(set(recorded) - set(now))]
+    return ", ".join(parts[:5]) + (f" and {len(parts) - 5} more" if len(parts) > 5 else "")
 
 
 def npz_identity(path: str | os.PathLike) -> str:

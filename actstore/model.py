@@ -152,13 +152,14 @@ def tokenizer_identity(tokenizer) -> dict:
 def provenance(source: ModelSource, config, tokenizer) -> dict:
     """What the store records about the model and tokenizer (resolved hub commit when transformers knows it; a
     model folder's content digest, so that a later run of the model, the causal metric's, finds it changed)."""
-    from actstore.digests import folder_sha256
+    from actstore.digests import folder_files, folder_sha256
 
     out = asdict(source)
     if source.kind == "hub":
         out["commit"] = getattr(config, "_commit_hash", None)
     if source.kind == "folder":
-        out["folder_sha256"] = folder_sha256(source.location)
+        out["folder_files"] = folder_files(source.location)
+        out["folder_sha256"] = folder_sha256(source.location, out["folder_files"])
     out["tokenizer"] = tokenizer_identity(tokenizer)
     return out
 

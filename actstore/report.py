@@ -48,7 +48,8 @@ def _finite(x) -> bool:
 
 
 def load_results(results: Path) -> tuple[list[dict], list[dict]]:
-    """(scored SAE rows, failed SAE rows) of a results folder; each row gets `l0` and `l0_source`."""
+    """(scored SAE rows, failed SAE rows) of a results folder; each row gets `l0` and `l0_source`. A flagged SAE
+    (status `flagged`: scored, its numbers suspect for the reason given) is scored, as `score` counts it."""
     import pyarrow.parquet as pq
 
     path = Path(results) / "saes.parquet"
@@ -58,7 +59,8 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
     for row in rows:
         row["l0"], row["l0_source"] = next(((row[k], name) for k, name in L0_SOURCES if _finite(row.get(k))),
                                            (None, "none"))
-    return [r for r in rows if r["status"] == "ok"], [r for r in rows if r["status"] != "ok"]
+    scored = ("ok", "flagged")
+    return [r for r in rows if r["status"] in scored], [r for r in rows if r["status"] not in scored]
 
 
 def width_name(width: int) -> str:
@@ -390,10 +392,12 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
                  r["letters_evaluated"]]
                 for r in sorted(scored, key=lambda r: (r["layer"], r["width"], r["l0"] or 0))]
     sources = sorted({r["l0_source"] for r in scored})
+    flagged = [r for r in scored if r["status"] == "flagged"]
+    flagged_note = f" ({len(flagged)} flagged: their numbers are suspect, see the last table)" if flagged else ""
     agreement, n_agreement = agreement_section(scored, letters, chosen)
     page = Template(PAGE.read_text()).substitute(
         title=html.escape(results.name), n_figures=len(written), n_tables=3 + n_agreement, agreement=agreement,
-        summary=f"{len(scored)} SAEs scored, {len(failed)} failed; layers {sorted({r['layer'] for r in scored})}; "
+        summary=f"{len(scored)} SAEs scored{flagged_note}, {len(failed)} failed; layers {sorted({r['layer'] for r in scored})}; "
                 f"widths {[width_name(w) for w in widths]}. Lower absorption is better. Figures use the L0 of: "
                 f"{', '.join(sources)} (the release's when it reports one, else measured on natural text, else on "
                 f"the vocabulary prompts; the SAE table lists all three).",
@@ -402,10 +406,11 @@ def write_report(results: str | Path, out: str | Path | None = None, sae: str | 
         sae_table=_table(["SAE", "layer", "width", "L0 release", "L0 text", "L0 vocab prompts", "absorption",
                           "full absorption", "split features", "probe F1", "main latents F1", "single-latent F1",
                           "letters"], sae_rows, "saes"),
-        failed_table=_table(["SAE", "reason"], [[r["sae_id"], r["reason"]] for r in failed], "failed"))
+        failed_table=_table(["SAE", "status", "reason"], [[r["sae_id"], r["status"], r["reason"]]
+                                                          for r in failed + flagged], "failed"))
     (out / "report.html").write_text(page)
-    (out / "report.json").write_text(json.dumps({"scored": len(scored), "failed": len(failed),
+    (out / "report.json").write_text(json.dumps({"scored": len(scored), "flagged": len(flagged), "failed": len(failed),
                                                  "figures": [p.name for p in written], "sae": chosen["sae_id"],
                                                  "l0_sources": sources}, indent=1))
     return {"html": str(out / "report.html"), "figures": [str(p) for p in written], "scored": len(scored),
-            "failed": len(failed)}
+            "flagged": len(flagged), "failed": len(failed)}

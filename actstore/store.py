@@ -249,8 +249,15 @@ class ActivationStore:
             widths = {shape[1] if shape[1] == found["chunk_grid"]["configuration"]["chunk_shape"][1] else None
                       for _, found, shape in layers}
             dtypes = {(found["attributes"]["logical_dtype"], found["data_type"]) for _, found, _ in layers}
+            shards = {found["chunk_grid"]["configuration"]["chunk_shape"][0] for _, found, _ in layers}
         except (TypeError, KeyError, IndexError):
             return None
+        if len(shards) == 1 and shards != {self.spec.shard_rows}:
+            held = shards.pop()
+            return (f"{self.path}: its metadata file {root} says shard_rows {self.spec.shard_rows}, but every layer "
+                    f"array is cut into shards of {held} rows (e.g. {layers[0][0]}): the store's 'shard_rows' "
+                    f"attribute was changed (its shards are intact: do not resume over them); restore {root} from a "
+                    f"copy (or set shard_rows back to {held})")
         if len(widths) == 1 and None not in widths and widths != {self.spec.d_model}:
             width = widths.pop()
             return (f"{self.path}: its metadata file {root} says d_model {self.spec.d_model}, but every layer array "
@@ -364,9 +371,20 @@ class ActivationStore:
         """What is wrong with an array's metadata (its zarr.json) against the store's attributes: its shape (rows
         from the group's zarr.json, d_model from the root's), its dtype, and for a layer, the layer it holds."""
         meta, where = self.path / group / array / "zarr.json", f"{group}/{array}"
+        recorded = [m.get("array", where) for m in self._markers(group, array).values()]
+        owners = sorted(set(recorded)) if recorded and where not in recorded else []
+        if owners:  # every shard's marker names another array: the whole folder came from there (a shard or a few
+            # copied in alone are named shard by shard, on read)
+            return (f"the folder {self.path / group / array} holds the shards of {', '.join(owners)} (its manifest "
+                    f"markers record so): it was copied over {where} from another array; restore the folder from a "
+                    f"copy of the store, or make the store again")
         if array.startswith("layer_"):
             layer = arr.attrs.get("layer")
             if layer is not None and layer != int(array.removeprefix("layer_")):
+                if self._markers(group, array):  # the markers record this array: only the metadata was replaced
+                    return (f"its metadata file {meta} says the array holds layer {layer}, but it is {where}, and its "
+                            f"shards' markers record {where}: the metadata file was replaced (its shard files are not "
+                            f"at fault: keep them); restore {meta} from a copy of the store")
                 return (f"its metadata file {meta} says the array holds layer {layer}, but it is {where}: the folder "
                         f"was copied from another array, and its shards are layer {layer}'s data; restore the folder "
                         f"from a copy of the store, or make the store again")
@@ -649,7 +667,7 @@ class ActivationStore:
         if meta.exists() and _metadata_problem(self.path, [meta]):
             meta.unlink()  # it says only "a group" (each probe's data and attributes are in its folder): remake it
         probes = self._root.require_group("probes")
-        attrs = {**attrs, "sha256": probe_digest(weight, bias)}  # its identity: verify and results check it
+        attrs = {**attrs, "layer": int(layer), "sha256": probe_digest(weight, bias)}  # its identity, checked on load
         group = probes.create_group(name, overwrite=True, attributes=attrs)
         for key, values in (("weight", weight), ("bias", bias)):
             values = np.ascontiguousarray(values, dtype=np.float32)
@@ -688,6 +706,10 @@ class ActivationStore:
             except Exception as err:  # noqa: BLE001 - a checksum mismatch is a ValueError; a torn file fails otherwise
                 why = "fails its crc32c checksum" if "checksum" in str(err) else f"cannot be decoded ({err})"
                 raise StoreError(f"{where} is damaged: {file} {why}; {retrain}") from err
+        if attrs.get("layer", layer) != layer:  # probes saved before the layer was recorded lack it
+            raise StoreError(f"{where} holds the probe of layer {attrs['layer']} (its attributes in "
+                             f"{folder / 'zarr.json'} say so): the folder was copied from probes/"
+                             f"{layer_name(attrs['layer']) if isinstance(attrs['layer'], int) else '?'}; {retrain}")
         if "sha256" in attrs and probe_digest(*values) != attrs["sha256"]:  # a chunk file deleted reads as zeros
             raise StoreError(f"{where} is damaged: its weights are not the ones saved (sha256 differs: a chunk file "
                              f"in {folder} was deleted, replaced or edited); {retrain}")
@@ -873,8 +895,8 @@ def _probe_metrics_problem(metrics: Any, classes: int) -> str | None:
     for key in ("precision", "recall", "f1"):
         values = test.get(key)
         if not isinstance(values, list) or len(values) != classes or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            return f"has no test {key} as {classes} numbers, one per class"
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+            return f"has no test {key} as {classes} numbers in [0, 1], one per class"
     return None
 
 

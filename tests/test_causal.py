@@ -342,6 +342,10 @@ def test_a_model_folder_with_other_weights_is_refused(world, tmp_path, capsys):
             "--causal-samples", "2", "--bootstrap", "0"]
     check("score", ScoreCommandConfig(store=str(store), saes=[str(world["decoy"])], out=str(tmp_path / "r"),
                                       local=True, causal=True))  # the intact copy passes
+    (model / "README.md").write_text("a model card")  # documents and hidden files change no number
+    (model / ".gitattributes").write_text("*.safetensors filter=lfs")
+    check("score", ScoreCommandConfig(store=str(store), saes=[str(world["decoy"])], out=str(tmp_path / "r"),
+                                      local=True, causal=True))
 
     other = write_synthetic_model(tmp_path / "other", n_layers=2, seed=1, spelling=True, n_per_letter=20)
     weights = model / "model.safetensors"
@@ -352,4 +356,5 @@ def test_a_model_folder_with_other_weights_is_refused(world, tmp_path, capsys):
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and f"the model folder {model} is not the one the store" in err[0], err
+    assert "(its files' sha256 differs: model.safetensors changed)" in err[0], err
     assert not (tmp_path / "r" / "parts").exists() or not any((tmp_path / "r" / "parts").iterdir())

@@ -132,10 +132,50 @@ def test_grafted_layer_folder_is_refused(clean, store):
     """vocab/layer_01 copied whole (zarr.json, shards, markers) over vocab/layer_00."""
     shutil.rmtree(store / "vocab" / "layer_00")
     shutil.copytree(store / "vocab" / "layer_01", store / "vocab" / "layer_00")
-    meta = str(store / "vocab" / "layer_00" / "zarr.json")
-    listed(store, "structure", "vocab/layer_00", meta, "holds layer 1", "copied from another array")
+    folder = str(store / "vocab" / "layer_00")
+    listed(store, "structure", "vocab/layer_00", folder, "holds the shards of vocab/layer_01", "copied over")
     for name in ("score", "probe"):
-        refused(store, clean, name, meta, "holds layer 1", "copied from another array", "restore the folder")
+        refused(store, clean, name, folder, "holds the shards of vocab/layer_01", "copied over", "restore the folder")
+
+
+def test_grafted_column_folder_is_a_graft_not_edited_metadata(clean, store):
+    """vocab/token_id copied whole over vocab/label: its dtype differs too, but the markers say whose shards these
+    are, so the message is the graft's (before: "metadata changed, keep the shards", which was wrong)."""
+    shutil.rmtree(store / "vocab" / "label")
+    shutil.copytree(store / "vocab" / "token_id", store / "vocab" / "label")
+    line = refused(store, clean, "score", str(store / "vocab" / "label"), "holds the shards of vocab/token_id",
+                   "restore the folder")
+    assert "keep them" not in line
+
+
+def test_only_the_layer_metadata_swapped_keeps_the_shards(clean, store):
+    """layer_01's zarr.json copied over layer_00's, shards and markers kept: the metadata is at fault, not the
+    shards (their markers record vocab/layer_00)."""
+    meta = store / "vocab" / "layer_00" / "zarr.json"
+    shutil.copyfile(store / "vocab" / "layer_01" / "zarr.json", meta)
+    line = refused(store, clean, "score", str(meta), "says the array holds layer 1", "the metadata file was replaced",
+                   "keep them")
+    assert "copied from another array" not in line
+
+
+def test_edited_shard_rows_attribute_is_named_not_called_a_killed_write(clean, store):
+    """shard_rows 128 -> 64 in the root zarr.json: every shard would look unfinished, and resuming would rewrite
+    intact data; the attribute is named instead."""
+    meta = store / "zarr.json"
+    edit_json(meta, lambda m: m["attributes"].update(shard_rows=64))
+    for name in ("verify", "score", "probe"):
+        line = refused(store, clean, name, str(meta), "says shard_rows 64", "shards of 128 rows", "was changed")
+        assert "killed" not in line and "--resume" not in line, line
+
+
+def test_a_probe_folder_copied_from_another_layer_is_refused(clean, store):
+    """probes/layer_01 copied over probes/layer_00: the probe records its layer (before: scored with the other
+    layer's probe at exit 0)."""
+    shutil.rmtree(store / "probes" / "layer_00")
+    shutil.copytree(store / "probes" / "layer_01", store / "probes" / "layer_00")
+    advice = f"actstore probe {store} --layers 0"
+    listed(store, "probes/layer_00", "holds the probe of layer 1", advice)
+    refused(store, clean, "score", "probes/layer_00", "holds the probe of layer 1", advice)
 
 
 def test_grafted_shards_and_markers_are_refused(clean, store):
@@ -143,14 +183,10 @@ def test_grafted_shards_and_markers_are_refused(clean, store):
     for part in ("c", "_manifest"):
         shutil.rmtree(store / "vocab" / "layer_00" / part)
         shutil.copytree(store / "vocab" / "layer_01" / part, store / "vocab" / "layer_00" / part)
-    code, stdout, _ = run(["verify", store])
-    assert code == 1
-    found = [line for line in stdout.splitlines() if line.startswith("corrupt    vocab/layer_00 shard")]
-    assert len(found) == 3 and all("holds the shard of vocab/layer_01" in line and "copied from another array"
-                                   in line for line in found), stdout
+    folder = str(store / "vocab" / "layer_00")
+    listed(store, "structure", "vocab/layer_00", folder, "holds the shards of vocab/layer_01", "copied over")
     for name in ("score", "probe"):
-        line = refused(store, clean, name, "vocab/layer_00 shard 0", "holds the shard of vocab/layer_01",
-                       "copied from another array", "shards 0-2", "resume the write")
+        refused(store, clean, name, folder, "holds the shards of vocab/layer_01", "copied over", "restore the folder")
 
 
 def test_one_grafted_shard_is_the_only_one_refused(store):

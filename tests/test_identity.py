@@ -117,7 +117,35 @@ def test_a_flagged_sae_is_reported_as_scored_everywhere(planted_store, planted_s
     out = capsys.readouterr().out
     assert "failed:" not in out
     assert "layer_0/width_1500/odd: scored, flagged: 3 of 1500 decoder rows are zero" in out
-    assert "scored 1 (1 flagged) and failed 0 of 1" in out and "1 SAEs scored, 0 failed" in out
+    assert "scored 1 (1 flagged) and failed 0 of 1" in out and "1 SAEs scored (1 flagged), 0 failed" in out
+    assert main(["report", str(tmp_path / "r")]) == 0  # the report counts it as score does, and shows why
+    assert "1 SAEs (0 failed, 1 flagged)" in capsys.readouterr().out
+    page = (tmp_path / "r" / "report" / "report.html").read_text()
+    assert "1 SAEs scored (1 flagged" in page and "3 of 1500 decoder rows are zero" in page
+
+
+def test_a_refused_score_leaves_no_results_folder(planted_store, tmp_path):
+    """SAE specs that name nothing are refused before RESULTS is made (before: an empty parts/ and saebench/)."""
+    from actstore.errors import InputError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="holds no params.npz"):
+        run_score(ScoreCommandConfig(str(planted_store), str(tmp_path / "r"), [str(empty)], local=True),
+                  log=lambda _: None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_contexts_with_a_byte_order_mark_read_as_text(tmp_path):
+    from actstore.contexts import read_documents
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "abc def"}\n{"text": "ghi"}\n')
+    assert list(read_documents(str(path))) == ["abc def", "ghi"]
+    binary = tmp_path / "nul.txt"
+    binary.write_bytes(b"some words " * 10 + b"\x00\x01" * 100)
+    with pytest.raises(ValueError, match=f"{binary} holds NUL characters .*a binary file"):
+        list(read_documents(str(binary)))
 
 
 @pytest.mark.slow
