@@ -323,3 +323,18 @@ def test_edited_store_attribute_is_named_on_open(clean, store, rel, key, value, 
     for name in ("info", "verify", "score", "probe"):
         line = refused(store, clean, name, str(meta), fault, "was changed")
         assert "SAE" not in line and "shard" not in line, line
+
+
+def test_a_damaged_marker_is_named_and_verify_quotes_the_resume(store):
+    """A marker that is not JSON counts as never finished (a kill mid-marker looks the same), but verify names the
+    file, and quotes the store's resume command for incomplete shards."""
+    import zarr
+
+    zarr.open_group(store, mode="r+").attrs["resume_command"] = f"actstore extract --out {store} --resume"
+    marker = store / "vocab" / "layer_00" / "_manifest" / "000001.json"
+    marker.write_text("{ bad json")
+    code, stdout, lines = run(["verify", store])
+    assert code == 1 and not lines
+    assert f"incomplete vocab/layer_00 shard 1 (rows 128-255): its manifest marker {marker} is not readable JSON" \
+        in stdout, stdout
+    assert f"resume the write with `actstore extract --out {store.resolve()} --resume`" in stdout.replace("'", ""), stdout
