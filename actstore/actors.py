@@ -14,6 +14,9 @@ calls end as a dead actor's (one line), not as errors of a half-built one.
     ready({"model worker": workers})                         # raises InputError or RunFailed (one line)
     start(LayerScorer, 1, options, "score worker", cfg)      # both at once, for one kind of actor
     get(refs, "model worker")                                # ray.get; its errors as one line
+
+Ray itself is started here too (`init_ray`), quiet: a worker's failure reaches the user as actstore's one line,
+not as Ray's notices about it, and a SIGTERM as the command's own line, not as a native stack dump.
 """
 
 from __future__ import annotations
@@ -22,6 +25,39 @@ import os
 import traceback
 
 from actstore.errors import InputError, RunFailed, import_advice
+
+
+def init_ray(address: str | None) -> None:
+    """ray.init as actstore runs it: no dashboard, workers' logs not copied to this terminal, no "(raylet) Task ...
+    failed. There are 1 retries remaining" notice when work is retried or its actors are killed on the way out
+    (the driver says what failed, in one line), and this process's own SIGINT and SIGTERM handlers kept. Ray
+    replaces the SIGTERM handler as it starts, with one that exits (code 15) and, once connected, with a native
+    one that dumps a stack ("*** SIGTERM received ***") and aborts; actstore's entry point (actstore/__main__.py)
+    turns SIGTERM into one line and exit 143 after the same cleanup as Ctrl-C. A process without handlers of its
+    own (a notebook, a library caller) keeps Ray's."""
+    import signal
+
+    import ray
+
+    # read from the environment by Ray's core when the driver connects (RayConfig); a caller's setting wins
+    os.environ.setdefault("RAY_enable_output_error_log_if_still_retry", "0")
+    kept = {s: h for s in (signal.SIGINT, signal.SIGTERM)
+            if callable(h := signal.getsignal(s)) and h is not signal.default_int_handler}
+    if signal.SIGTERM in kept:
+        # nor the native handler while Ray starts (RAY_DISABLE_FAILURE_SIGNAL_HANDLER, which Ray reads from this module
+        # as the driver connects); Ray's worker processes keep theirs, whose dumps go to their log files
+        from ray._private import ray_constants
+
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    except SystemExit as stop:  # Ray's handler got a SIGTERM while Ray started (it exits, code 15): pass it on
+        if stop.code != signal.SIGTERM or signal.SIGTERM not in kept:
+            raise
+        signal.signal(signal.SIGTERM, kept[signal.SIGTERM])
+        kept[signal.SIGTERM](signal.SIGTERM, None)  # ours: raises KeyboardInterrupt, as for any SIGTERM
+    for signum, handler in kept.items():
+        signal.signal(signum, handler)
 
 
 def _guarded(cls: type) -> type:

@@ -16,6 +16,11 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m actstore.cli`: the entry point, whose guard covers the imports below
+    from actstore.__main__ import main as _entry
+
+    raise SystemExit(_entry())
+
 import argparse
 import ast
 import dataclasses
@@ -231,7 +236,7 @@ def cmd_info(cfg: InfoConfig) -> int:
 
 def cmd_verify(cfg: VerifyConfig) -> int:
     from actstore import verify
-    from actstore.store import ActivationStore
+    from actstore.store import ActivationStore, resume_command
 
     store = ActivationStore.open(cfg.store, require_complete=False)  # incomplete shards become problems
     problems = verify.verify(store, progress=sys.stderr.isatty())
@@ -241,6 +246,8 @@ def cmd_verify(cfg: VerifyConfig) -> int:
         for p in problems:
             where = f" shard {p.shard} (rows {p.rows[0]}-{p.rows[1] - 1})" if p.shard >= 0 else ""
             print(f"{p.kind:10s} {p.array}{where}: {p.detail}")
+        if any(p.kind == "incomplete" for p in problems) and resume_command(store):
+            print(f"resume the write with `{resume_command(store)}`: only the unfinished shards are rewritten")
     else:
         print(f"{cfg.store}: structure as promised, every shard present, intact and in its place, probes intact")
     return 1 if problems else 0
@@ -321,7 +328,8 @@ def cmd_score(cfg: ScoreCommandConfig) -> int:
     from actstore.runner import run_score
 
     summary = run_score(cfg, progress=sys.stderr.isatty())
-    print(f"{summary['out']}: {summary['scored']} SAEs scored, {summary['failed']} failed; computed "
+    flagged = f" ({summary['flagged']} flagged)" if summary["flagged"] else ""
+    print(f"{summary['out']}: {summary['scored']} SAEs scored{flagged}, {summary['failed']} failed; computed "
           f"{summary['computed']} of {summary['named']} in {summary['seconds']:.1f}s "
           f"({summary['saes_per_minute']:.1f} SAEs/min)")
     return 1 if summary["failed"] else 0
@@ -331,7 +339,8 @@ def cmd_report(cfg: ReportConfig) -> int:
     from actstore.report import write_report
 
     written = write_report(cfg.results, cfg.out or os.path.join(cfg.results, "report"), sae=cfg.sae)
-    print(f"{written['html']}: {written['scored']} SAEs ({written['failed']} failed), "
+    flagged = f", {written['flagged']} flagged" if written["flagged"] else ""
+    print(f"{written['html']}: {written['scored']} SAEs ({written['failed']} failed{flagged}), "
           f"{len(written['figures'])} figures")
     return 0
 
@@ -386,38 +395,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Its input checks' errors (InputError) are one line and exit 2; a stopped run (Ctrl-C,
-    the disk, a worker) is one line and exit 1 (130 for Ctrl-C); anything else is a bug in actstore: one line
-    naming a log file that holds the traceback, exit 1."""
+    SIGTERM, the disk, a worker) is one line and exit 1 (130 for Ctrl-C, 143 for SIGTERM); anything else is a bug
+    in actstore: one line naming a log file that holds the traceback, exit 1. A Ctrl-C while the arguments are
+    parsed is one line too; one in the imports before this runs is actstore/__main__.py's (the entry point)."""
     from actstore import checks, locks
+    from actstore.__main__ import say, stopped
 
-    args = build_parser().parse_args(argv)
-    config_cls, run = COMMANDS[args.command]
-    cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if f.name not in HIDDEN})
+    if argv is None:  # a process's own command line: a console script installed when it named actstore.cli:main
+        from actstore.__main__ import main as entry
+
+        return entry()  # the entry point's handling, which calls this again with the arguments
+    words = [a for a in argv if not a.startswith("-")]
+    command = words[0] if words else ""  # for a line before parsing ends; then the parsed one
     try:
-        checks.check(args.command, cfg)  # every argument, before any work
-        with locks.hold(args.command, cfg):
+        args = build_parser().parse_args(argv)
+        command = args.command
+        config_cls, run = COMMANDS[command]
+        cfg = config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+                            if f.name not in HIDDEN})
+        checks.check(command, cfg)  # every argument, before any work
+        with locks.hold(command, cfg):
             return run(cfg)
     except BrokenPipeError:  # `actstore info ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except InputError as err:
-        print(f"actstore {args.command}: error: {err}", file=sys.stderr)
+        say(f"{_who(command)}: error: {err}")
         return 2
-    except (OSError, RunFailed, KeyboardInterrupt) as err:  # the disk, a worker, Ctrl-C: one line, exit 1
-        line = checks.failure_line(err)
-        if getattr(err, "remote_traceback", ""):  # a worker that could not start, for a reason not known here
-            line += f" (the worker's traceback is in {error_log(args.command, argv, err)})"
-        print(f"actstore {args.command}: {line}", file=sys.stderr)
-        return 130 if isinstance(err, KeyboardInterrupt) else 1
+    except (OSError, RunFailed, KeyboardInterrupt) as err:  # the disk, a worker, Ctrl-C, SIGTERM: one line
+        line, code = stopped() or (checks.failure_line(err), 130 if isinstance(err, KeyboardInterrupt) else 1)
+        if getattr(err, "remote_traceback", "") and code == 1:  # a worker's unforeseen failure: keep its traceback
+            line += f" (the worker's traceback is in {error_log(command, argv, err)})"
+        say(f"{_who(command)}: {line}")
+        return code
     except ImportError as err:  # the environment, not our code nor the input: say what to do
-        print(f"actstore {args.command}: error: {type(err).__name__}: {err}{import_advice()}", file=sys.stderr)
+        say(f"{_who(command)}: error: {type(err).__name__}: {err}{import_advice()}")
         return 1
     except Exception as err:  # noqa: BLE001 - a bug in actstore, not the user's input: say so, keep the traceback
-        log = error_log(args.command, argv, err)
+        if stop := stopped():  # what a Ctrl-C or SIGTERM broke on its way (Ray's processes get Ctrl-C too)
+            say(f"{_who(command)}: {stop[0]}")
+            return stop[1]
+        log = error_log(command, argv, err)
         detail = str(err).splitlines()[0] if str(err) else ""
-        print(f"actstore {args.command}: internal error (a bug in actstore, not in your input): "
-              f"{type(err).__name__}: {detail}; the traceback is in {log}; please report it with that file",
-              file=sys.stderr)
+        say(f"{_who(command)}: internal error (a bug in actstore, not in your input): "
+            f"{type(err).__name__}: {detail}; the traceback is in {log}; please report it with that file")
         return 1
 
 
@@ -447,5 +468,10 @@ def error_log(command: str, argv: list[str] | None, err: BaseException) -> Path:
             continue
     return Path("(no writable folder for the log)")
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+def _who(command: str) -> str:
+    """What a line of main() starts with: `actstore score`, or `actstore` before a command is known."""
+    return f"actstore {command}" if command else "actstore"
+
+
+# `python -m actstore.cli` runs actstore/__main__.py's entry point instead: see the top of this file.

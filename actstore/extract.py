@@ -401,7 +401,9 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
     started_ray = not ray.is_initialized()
     try:
         if started_ray:
-            ray.init(address=cfg.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            from actstore.actors import init_ray
+
+            init_ray(cfg.address)
         summary.update(_run_work(cfg, source, store, task, layers, work, batch_rows, progress))
     except KeyboardInterrupt:
         with ActivationStore.open(cfg.out, require_complete=False) as done:
@@ -533,6 +535,11 @@ def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: di
         theirs, ours = _comparable(asdict(store.spec)), _comparable(asdict(spec))
         if theirs["identity"]["weights"] is None:  # extracted before model folders were hashed: not compared
             ours["identity"]["weights"] = None
+        if {**theirs["identity"], "weights": None} == {**ours["identity"], "weights": None} and _nothing_written(store):
+            # the folder's files changed before any shard was written (a damaged model, repaired): nothing here came
+            # from the recorded files, so the store records the files it is now written from
+            store._root.attrs["extra"] = store.spec.extra = {**store.spec.extra, "provenance": spec.extra["provenance"]}
+            theirs["identity"]["weights"] = ours["identity"]["weights"]
         if theirs["identity"] != ours["identity"]:
             store.close()
             raise InputError(f"{path} was written from another model or tokenizer: stored {theirs['identity']}, now "
@@ -550,6 +557,12 @@ def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: di
     if task.windows:
         store.add_group("context", rows=len(task.windows) * task.context_length)
     return store
+
+
+def _nothing_written(store: ActivationStore) -> bool:
+    """No shard of any array of the store is complete."""
+    missing = sum(len(shards) for shards in store.missing().values())
+    return missing == sum(store.num_shards(group) * len(store.arrays(group)) for group in store.groups)
 
 
 def _contexts_source(contexts: str | None) -> str | None:

@@ -265,8 +265,6 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     if cfg.backend != "auto" and cfg.backend not in BACKENDS:
         raise InputError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
     out = Path(cfg.out)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    (out / "saebench").mkdir(exist_ok=True)
     notes: list[str] = []
     sources = select_saes(cfg, notes)
     for note in notes:
@@ -274,6 +272,8 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     with ActivationStore.open(cfg.store) as store:  # refuses an incomplete store up front, saying how to resume
         provenance = Provenance(store, cfg, device)
         reasons = {s.key: redo_reason(out, s, provenance) for s in sources}
+    (out / "parts").mkdir(parents=True, exist_ok=True)  # once the input holds: a refused run leaves no folder
+    (out / "saebench").mkdir(exist_ok=True)
     todo = [s for s in sources if reasons[s.key] is not None]
     from actstore.probes import score_notes
 
@@ -313,13 +313,25 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     finally:
         bar.close()
     scored, failed = write_tables(out)
+    flagged_total = _count_flagged(out)
     wall = time.perf_counter() - t0
-    summary = {"named": len(sources), "computed": len(todo), "scored": scored, "failed": failed, "seconds": wall,
+    summary = {"named": len(sources), "computed": len(todo), "scored": scored, "flagged": flagged_total,
+               "failed": failed, "seconds": wall,
                "saes_per_minute": len(todo) / wall * 60 if wall else 0.0, "out": str(out)}
-    flagged = f" ({len(flagged_now)} flagged)" if flagged_now else ""
-    log(f"scored {len(todo) - len(failed_now)}{flagged} and failed {len(failed_now)} of {len(todo)} in {wall:.1f}s "
-        f"({summary['saes_per_minute']:.1f} SAEs/min); {out} holds {scored} scored, {failed} failed")
+    flagged_here = f" ({len(flagged_now)} flagged)" if flagged_now else ""
+    flagged_there = f" ({flagged_total} flagged)" if flagged_total else ""
+    log(f"scored {len(todo) - len(failed_now)}{flagged_here} and failed {len(failed_now)} of {len(todo)} in "
+        f"{wall:.1f}s ({summary['saes_per_minute']:.1f} SAEs/min); {out} holds {scored} scored{flagged_there}, "
+        f"{failed} failed")
     return summary
+
+
+def _count_flagged(out: Path) -> int:
+    """Flagged SAEs (scored, numbers suspect) in a results folder's saes.parquet."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "saes.parquet")
+    return table.column("status").to_pylist().count("flagged") if "status" in table.column_names else 0
 
 
 def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: Path, done, provenance) -> None:
@@ -327,11 +339,11 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
     write. A crashed actor is restarted and its job retried once."""
     import ray
 
-    from actstore.actors import get, kill, start
+    from actstore.actors import get, init_ray, kill, start
     from actstore.batch import LayerScorer
 
     if not ray.is_initialized():
-        ray.init(address=cfg.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        init_ray(cfg.address)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
     n_workers = cfg.workers or max(1, gpus)
     cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -62,7 +62,7 @@ def _check_shard(store, group: str, array: str, shard: int, markers: dict) -> tu
     if not store._done(markers, group, shard):
         marker_file = manifest.marker_path(store.path / group / array, shard)
         if marker_file.exists() and shard not in markers:  # unreadable: a kill mid-marker, or damage
-            return "incomplete", (f"its manifest marker {marker_file} is not readable JSON (cut short by a kill, or "
+            return "incomplete", (f"its manifest marker {marker_file} is not a readable marker (cut short by a kill, or "
                                   f"damaged): the shard counts as never finished, and resuming rewrites it")
         return "incomplete", "never finished (no manifest marker)"
     if marker.get("file") and not path.exists():

@@ -335,6 +335,6 @@ def test_a_damaged_marker_is_named_and_verify_quotes_the_resume(store):
     marker.write_text("{ bad json")
     code, stdout, lines = run(["verify", store])
     assert code == 1 and not lines
-    assert f"incomplete vocab/layer_00 shard 1 (rows 128-255): its manifest marker {marker} is not readable JSON" \
+    assert f"incomplete vocab/layer_00 shard 1 (rows 128-255): its manifest marker {marker} is not a readable marker" \
         in stdout, stdout
     assert f"resume the write with `actstore extract --out {store.resolve()} --resume`" in stdout.replace("'", ""), stdout

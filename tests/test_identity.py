@@ -117,6 +117,7 @@ def test_a_flagged_sae_is_reported_as_scored_everywhere(planted_store, planted_s
     out = capsys.readouterr().out
     assert "failed:" not in out
     assert "layer_0/width_1500/odd: scored, flagged: 3 of 1500 decoder rows are zero" in out
+    assert "holds 1 scored (1 flagged), 0 failed" in out
     assert "scored 1 (1 flagged) and failed 0 of 1" in out and "1 SAEs scored (1 flagged), 0 failed" in out
     assert main(["report", str(tmp_path / "r")]) == 0  # the report counts it as score does, and shows why
     assert "1 SAEs (0 failed, 1 flagged)" in capsys.readouterr().out
@@ -150,15 +151,17 @@ def test_contexts_with_a_byte_order_mark_read_as_text(tmp_path):
 
 @pytest.mark.slow
 def test_resume_advice_works_for_a_relative_contexts_path_and_for_a_copied_store(synth_model, corpus, tmp_path,
-                                                                                 monkeypatch, ray_session):
+                                                                                 monkeypatch, ray_session, capsys):
     """A store extracted with a relative --contexts resumes with the command it quotes (absolute paths) from another
     folder; a copy of a half-written store quotes a command for the copy, which then completes the copy (before:
     "written by a different run", and a copy's command finished the original, "computed 0 rows")."""
     from actstore.store import ActivationStore, IncompleteStoreError
 
+    model = tmp_path / "model"
+    shutil.copytree(synth_model, model)
     monkeypatch.chdir(corpus.parent)
     original = tmp_path / "first run" / "s.zarr"  # a space: the quoted command must quote it
-    args = ["extract", "--model", str(synth_model), "--out", str(original), "--contexts", corpus.name, "--layers", "0",
+    args = ["extract", "--model", str(model), "--out", str(original), "--contexts", corpus.name, "--layers", "0",
             "--max-vocab", "200", "--context-rows", "256", "--context-length", "64", "--shard-rows", "128",
             "--batch-size", "16"]
     assert main(args) == 0
@@ -182,3 +185,14 @@ def test_resume_advice_works_for_a_relative_contexts_path_and_for_a_copied_store
             assert done.complete
         assert {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()
                 and p.name != "zarr.json"} == complete
+
+    # the model folder's weights replaced after shards were written: a resume is refused, naming the weights
+    from actstore.synth import write_synthetic_model
+
+    other = write_synthetic_model(tmp_path / "other", n_layers=4, seed=1)
+    shutil.copyfile(other / "model.safetensors", model / "model.safetensors")
+    (original / "vocab" / "layer_00" / "_manifest" / "000001.json").unlink()
+    capsys.readouterr()
+    assert main(command[1:]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert "was written from another model or tokenizer" in line and "'weights'" in line, line
