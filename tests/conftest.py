@@ -87,3 +87,35 @@ def hub_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory: `small_disk("300k")` mounts a tmpfs of that size at tmp_path/disk and returns the folder;
+    `resize(disk, "64m")` makes room later. Needs root (mount -t tmpfs): a test without it is skipped. Unmounted at
+    the end."""
+    import shutil
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str):
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("a small tmpfs needs root (mount -t tmpfs): the full-disk test is skipped here")
+        disk = tmp_path / "disk"
+        disk.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]).returncode:
+            pytest.skip("could not mount a tmpfs here: the full-disk test is skipped")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def resize(disk, size: str) -> None:
+    """Give a small_disk tmpfs another size."""
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import storeworld
+from conftest import resize
 from actstore import checks, locks, verify
 from actstore.cli import main
 from actstore.provenance import Provenance, redo_reason
@@ -337,32 +338,25 @@ def test_ctrl_c_in_score_ends_in_one_line_and_the_rerun_resumes(planted_store, p
     assert "2 SAEs named, 1 already in" in capsys.readouterr().out
 
 
-def test_a_full_disk_ends_in_one_line_and_nothing_partial_is_trusted(planted_store, planted_saes, tmp_path, capsys):
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a small tmpfs needs root (mount -t tmpfs): the full-disk test is skipped here")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(disk)]).returncode:
-        pytest.skip("could not mount a tmpfs here: the full-disk test is skipped")
-    try:
-        out = disk / "r"
-        argv = ["score", str(planted_store), "--saes", str(planted_saes[0]), "--out", str(out), "--local"]
-        assert main(argv) == 1
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("actstore score: error: no space left on the device") and len(err.splitlines()) == 1
-        assert not list(out.rglob("*.partial"))  # what was written is whole: a part is there entirely or not at all
-        assert all(read_part(p) is not None for p in (out / "parts").glob("*.json"))
-        # the store side: a shard write that runs out of space leaves the store resumable
-        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # metadata fits, a shard not
-        store = ActivationStore.create(disk / "s.zarr", storeworld.spec(layers=[0]))
-        store.add_group("vocab", rows=storeworld.ROWS)
-        with pytest.raises(OSError) as caught:
-            storeworld.write_shards(store, "vocab", [0])
-        assert caught.value.errno == errno.ENOSPC
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        assert main(argv) == 0  # the rerun scores it whole
-        storeworld.write_shards(store, "vocab", list(range(store.num_shards("vocab"))), only_missing=True)
-        assert store.missing() == {} and verify.verify(store) == []
-        store.close()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])
+def test_a_full_disk_ends_in_one_line_and_nothing_partial_is_trusted(planted_store, planted_saes, tmp_path, capsys,
+                                                                     small_disk):
+    disk = small_disk("40k")
+    out = disk / "r"
+    argv = ["score", str(planted_store), "--saes", str(planted_saes[0]), "--out", str(out), "--local"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("actstore score: error: no space left on the device") and len(err.splitlines()) == 1
+    assert not list(out.rglob("*.partial"))  # what was written is whole: a part is there entirely or not at all
+    assert all(read_part(p) is not None for p in (out / "parts").glob("*.json"))
+    # the store side: a shard write that runs out of space leaves the store resumable
+    resize(disk, "1m")  # metadata fits, a shard not
+    store = ActivationStore.create(disk / "s.zarr", storeworld.spec(layers=[0]))
+    store.add_group("vocab", rows=storeworld.ROWS)
+    with pytest.raises(OSError) as caught:
+        storeworld.write_shards(store, "vocab", [0])
+    assert caught.value.errno == errno.ENOSPC
+    resize(disk, "64m")
+    assert main(argv) == 0  # the rerun scores it whole
+    storeworld.write_shards(store, "vocab", list(range(store.num_shards("vocab"))), only_missing=True)
+    assert store.missing() == {} and verify.verify(store) == []
+    store.close()

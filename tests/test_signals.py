@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 from actstore.cli import main
 from actstore.results import read_part
 from actstore.store import ActivationStore
+from conftest import resize
 from test_fuzz import tiny_store, write_sae
 
 INTERRUPTED = "interrupted; what finished is kept: run the same command again to resume"  # checks.failure_line
@@ -139,30 +139,23 @@ def test_sigterm_ends_a_ray_score_in_one_line_keeps_its_parts_and_the_rerun_resu
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_full_disk_under_rays_store_writer_is_one_line_and_the_resume_completes(synth_model, tmp_path, ray_session):
+def test_a_full_disk_under_rays_store_writer_is_one_line_and_the_resume_completes(synth_model, tmp_path, ray_session,
+                                                                                   small_disk):
     """The store's disk fills while Ray's StoreWriter writes shards: one line on stderr (after the run's own progress
     lines), nothing of Ray's ("(raylet) Task ... failed. There are 1 retries remaining" went to stdout); the finished
     shards are kept and --resume completes the store once there is space."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a small tmpfs needs root (mount -t tmpfs): the full-disk test is skipped here")
-    disk = tmp_path / "disk"
-    disk.mkdir()
     # the store's metadata and a shard or two fit; all 3 vocab shards of 2 layers (about 590 KB) do not
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)]).returncode:
-        pytest.skip("could not mount a tmpfs here: the full-disk test is skipped")
-    try:
-        argv = ["extract", "--model", str(synth_model), "--out", str(disk / "s.zarr"), "--max-vocab", "600",
-                "--shard-rows", "256", "--batch-size", "8", "--layers", "0,1", "--log-interval", "600"]
-        run = start(argv, tmp_path)
-        stdout, stderr = finish(run, tmp_path, timeout=240)
-        assert run.returncode == 1, stderr[-3000:]
-        lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith("extract: ")]  # progress lines
-        assert lines == ["actstore extract: error: no space left on the device; free space, then run the same "
-                         "command again to resume"], stderr[-3000:]
-        assert stdout == "" and not [n for n in NOISE if n in stderr], (stdout + stderr)[-3000:]
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        assert main(argv + ["--resume"]) == 0
-        with ActivationStore.open(disk / "s.zarr") as store:  # complete: open refuses an incomplete store
-            assert store.layers == [0, 1]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])
+    disk = small_disk("300k")
+    argv = ["extract", "--model", str(synth_model), "--out", str(disk / "s.zarr"), "--max-vocab", "600",
+            "--shard-rows", "256", "--batch-size", "8", "--layers", "0,1", "--log-interval", "600"]
+    run = start(argv, tmp_path)
+    stdout, stderr = finish(run, tmp_path, timeout=240)
+    assert run.returncode == 1, stderr[-3000:]
+    lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith("extract: ")]  # progress lines
+    assert lines == ["actstore extract: error: no space left on the device; free space, then run the same "
+                     "command again to resume"], stderr[-3000:]
+    assert stdout == "" and not [n for n in NOISE if n in stderr], (stdout + stderr)[-3000:]
+    resize(disk, "64m")
+    assert main(argv + ["--resume"]) == 0
+    with ActivationStore.open(disk / "s.zarr") as store:  # complete: open refuses an incomplete store
+        assert store.layers == [0, 1]
