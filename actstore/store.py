@@ -227,6 +227,9 @@ class ActivationStore:
         except (InputError, TypeError) as err:
             return (f"{self.path}: its metadata file {root} holds invalid store attributes ({err}); restore it from "
                     f"a copy")
+        problem = self._layers_problem() if self.mode == "r" else None  # a write in progress may lack arrays yet
+        if problem:
+            return problem
         layers = []  # (zarr.json, its JSON, its shape) of every layer array
         for group, meta in self._group_meta().items():
             arrays = []
@@ -270,6 +273,28 @@ class ActivationStore:
                         f"holds {logical} (e.g. {layers[0][0]}): the store's 'dtype' attribute was changed; restore "
                         f"{root} from a copy (or set dtype back to {logical!r})")
         return None
+
+    def _layers_problem(self) -> str | None:
+        """The root's 'layers' attribute against the layer folders every row group holds on disk: a layer listed
+        that no group has, or one every group has that is not listed, means the attribute was changed (reading would
+        call the store incomplete, or a probe a stray)."""
+        groups = self._group_meta()
+        if not groups:
+            return None
+        root, listed = self.path / "zarr.json", set(self.spec.layers)
+        held = [{int(p.parent.name.removeprefix("layer_")) for p in (self.path / g).glob("layer_*/zarr.json")
+                 if p.parent.name.removeprefix("layer_").isdigit()} for g in groups]
+        absent = sorted(set.intersection(*[listed - h for h in held]))  # listed, in no group
+        extra = sorted(set.intersection(*[h - listed for h in held]))  # in every group, not listed
+        if not absent and not extra:
+            return None
+        first = next(iter(groups))
+        found = sorted(listed - set(absent) | set(extra))
+        what = (f"no group has layer {absent[0]}'s array ({first}/{layer_name(absent[0])})" if absent else
+                f"every group holds layer {extra[0]} too ({first}/{layer_name(extra[0])})")
+        return (f"{self.path}: its metadata file {root} says layers {_ranges(self.spec.layers)}, but {what}: the "
+                f"store's 'layers' attribute was changed (or those folders {'deleted' if absent else 'copied in'}); "
+                f"restore {root} from a copy (or set layers back to {found})")
 
     # ------------------------------------------------------------------ layout
 

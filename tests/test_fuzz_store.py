@@ -338,3 +338,17 @@ def test_a_damaged_marker_is_named_and_verify_quotes_the_resume(store):
     assert f"incomplete vocab/layer_00 shard 1 (rows 128-255): its manifest marker {marker} is not a readable marker" \
         in stdout, stdout
     assert f"resume the write with `actstore extract --out {store.resolve()} --resume`" in stdout.replace("'", ""), stdout
+
+
+@pytest.mark.parametrize("layers,fault", [
+    ([0, 1, 2], "says layers 0-2, but no group has layer 2's array (vocab/layer_02)"),
+    ([0], "says layers 0, but every group holds layer 1 too (vocab/layer_01)"),
+])
+def test_edited_layers_attribute_is_named_not_called_incomplete(clean, store, layers, fault):
+    """The root's 'layers' edited: before, [0, 1, 2] read as a killed write ("resume it"), and [0] made verify advise
+    retraining the probe of a layer the store had "not got"."""
+    meta = store / "zarr.json"
+    edit_json(meta, lambda m: m["attributes"].update(layers=layers))
+    for name in ("info", "verify", "score", "probe"):
+        line = refused(store, clean, name, str(meta), fault, "'layers' attribute was changed", "[0, 1]")
+        assert "resume" not in line and "retrain" not in line, line
