@@ -1,4 +1,4 @@
-"""The `actstore` command's entry point: the console script, `python -m actstore` and `python -m actstore.cli` all
+"""The `actstore` command's entry point: the console script, `python -m actstore` and `python -m actstore.cli.main` all
 start here, so that Ctrl-C or SIGTERM at any moment of a command ends it in one line.
 
 The command line imports torch (about a second) before it parses anything; a Ctrl-C there used to end in Python's
@@ -10,7 +10,7 @@ imports the CLI inside its guard:
               waits for their end (under a second): raised in torch's, it can abort the process from C++
     SIGTERM   KeyboardInterrupt too, so that every cleanup written for Ctrl-C runs for it; one line ("stopped
               (SIGTERM); ..."), exit 143. Ray's core replaces the handler on connecting, with a native stack dump:
-              actstore.actors.init_ray puts it back.
+              actstore.cluster.init_ray puts it back.
     again     a second signal while the first one's cleanup runs ends the process at once, with the line if it is
               not out yet: what was written is whole (parts and shards are renamed into place; the locks are the
               kernel's, freed with the process)
@@ -88,7 +88,7 @@ def say(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command (sys.argv's by default) under the handlers; returns its exit code (see actstore.cli.main)."""
+    """Run one command (sys.argv's by default) under the handlers; returns its exit code (see actstore.cli.main.main)."""
     argv = sys.argv[1:] if argv is None else argv
     _HANDLER.__init__()
     _HANDLER.command = next((a for a in argv if not a.startswith("-")), "")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         # torch and the rest: a second of imports. A signal meanwhile is acted on once they are done: an exception
         # raised in some of torch's import code passes through C++ that cannot pass it on, which aborts the process
         # ("terminate called after throwing an instance of 'pybind11::error_already_set'")
-        from actstore import cli
+        from actstore.cli import main as cli
 
         _HANDLER.importing = False
         if _HANDLER.received is not None:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 def _stop_line(signum: int) -> tuple[str, int]:
     if signum == signal.SIGTERM:
         return SIGTERM_LINE, 143  # 128 + the signal, as a shell reports a process it ended
-    from actstore.checks import failure_line  # the standard library and actstore.errors: milliseconds
+    from actstore.cli.checks import failure_line  # the standard library and actstore.errors: milliseconds
 
     return failure_line(KeyboardInterrupt()), 130
 

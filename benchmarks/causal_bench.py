@@ -5,7 +5,7 @@
 
 Writes a spelling synthetic model (synth-model --spelling, `--blocks` blocks of width `--d-model`) in a
 scratch folder, takes `--prompts` vocabulary prompts, and for each hooked layer scores `--saes` random JumpReLU
-SAEs (width 4 x d_model, about 20 active latents per token) with actstore.causal's CausalRunner twice:
+SAEs (width 4 x d_model, about 20 active latents per token) with actstore.score.causal's CausalRunner twice:
 - shared: blocks 0..L run once per layer (ResidualCache), each SAE runs the later blocks with its splice;
 - whole: every SAE runs the whole model for every interpolation step (the paper's way), no cache.
 Both give the same scores (checked). The modes alternate, `--repeat` times, and each keeps its fastest run.
@@ -34,7 +34,7 @@ from store_bench import environment, write_result  # noqa: E402
 
 def random_sae(d: int, width: int, x: torch.Tensor, seed: int):
     """A JumpReLU SAE whose thresholds let about 20 latents fire on the rows x."""
-    from actstore.saes import SAEWeights
+    from actstore.saes.loading import SAEWeights
 
     gen = torch.Generator().manual_seed(seed)
     w_enc = torch.nn.functional.normalize(torch.randn(d, width, generator=gen), dim=0)
@@ -47,7 +47,7 @@ def random_sae(d: int, width: int, x: torch.Tensor, seed: int):
 
 def block_flops(model, layer: int) -> float:
     """2 x parameters of one block (per token, forward)."""
-    from actstore.model import decoder_layers
+    from actstore.extract.model import decoder_layers
 
     return 2.0 * sum(p.numel() for p in decoder_layers(model)[layer].parameters())
 
@@ -64,15 +64,15 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "causal_bench.json"))
     args = parser.parse_args()
 
-    from actstore.causal import CausalConfig, CausalRunner
-    from actstore.model import load_model
-    from actstore.probes import LETTERS
-    from actstore.synth import write_synthetic_model
-    from actstore.vocab import build_vocab_task
+    from actstore.score.causal import CausalConfig, CausalRunner
+    from actstore.extract.model import load_model
+    from actstore.score.probes import LETTERS
+    from actstore.extract.synthetic import write_synthetic_model
+    from actstore.tasks.vocab import build_vocab_task
     from transformers import AutoTokenizer
 
     if args.model:
-        from actstore.model import decoder_layers, load_config_and_tokenizer, resolve_model
+        from actstore.extract.model import decoder_layers, load_config_and_tokenizer, resolve_model
 
         source = resolve_model(args.model)
         model, tokenizer = load_model(source), load_config_and_tokenizer(source)[1]

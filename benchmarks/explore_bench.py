@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from store_bench import environment, print_table, write_result  # noqa: E402
 
-from actstore.results import part_name, write_tables  # noqa: E402
-from actstore.scoring import TOKEN_COLUMNS  # noqa: E402
-from actstore.tokens import tokens_path, write_tokens  # noqa: E402
+from actstore.run.results import part_name, write_tables  # noqa: E402
+from actstore.score.scorer import TOKEN_COLUMNS  # noqa: E402
+from actstore.run.tokens import tokens_path, write_tokens  # noqa: E402
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -48,7 +48,7 @@ def pseudo_words(n: int, rng) -> list[str]:
 
 def synthetic_results(out: Path, n_tokens: int, absorbed_share: float, seed: int = 0) -> dict:
     """A results folder shaped like a whole-set score of Gemma Scope; returns its sizes."""
-    from actstore.saes import gemma_scope_catalog
+    from actstore.saes.loading import gemma_scope_catalog
 
     rng = np.random.default_rng(seed)
     entries = gemma_scope_catalog("gemma-scope-2b-pt-res")
@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--absorbed", type=float, default=0.2, help="share of them absorbed")
     parser.add_argument("--out", default=str(HERE / "results" / "explore_bench.json"))
     args = parser.parse_args()
-    from actstore.explore import write_explorer
+    from actstore.report.explorer import write_explorer
 
     with tempfile.TemporaryDirectory(dir=HERE) as scratch:
         results = Path(scratch) / "results"

@@ -5,7 +5,7 @@
 - bare:     a fresh Python process that builds the task (tokenizes), loads the model, runs every batch
             through ResidualReader, gathers the stored positions and copies them to host numpy arrays;
             no Ray, no store. Timed from outside, start to exit.
-- pipeline: `actstore.extract.extract` with Ray already running (as on a cluster): the driver tokenizes,
+- pipeline: `actstore.extract.pipeline.extract` with Ray already running (as on a cluster): the driver tokenizes,
             a fresh worker process loads the model and runs the same batches, the StoreWriter writes
             a complete store. Timed start to end.
 Both do the same batches (batch size, padding, layers) on the same prompts: the vocabulary task and
@@ -41,8 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_bench import environment, write_result  # noqa: E402
 
-from actstore.extract import ExtractConfig, build_task, extract, parse_layers, to_numpy  # noqa: E402
-from actstore.model import ResidualReader, load_config_and_tokenizer, load_model, pad  # noqa: E402
+from actstore.extract.pipeline import ExtractConfig, build_task, extract, parse_layers, to_numpy  # noqa: E402
+from actstore.extract.model import ResidualReader, load_config_and_tokenizer, load_model, pad  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,7 +76,7 @@ def write_full_size_model(folder: Path, layers: int) -> Path:
     """A random Gemma2Config() model (bf16) with the synthetic world's word-level tokenizer."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from actstore.synth import write_synthetic_model
+    from actstore.extract.synthetic import write_synthetic_model
 
     write_synthetic_model(folder / "tokenizer_source", n_layers=1)
     config = Gemma2Config(num_hidden_layers=layers, attn_implementation="eager", pad_token_id=0, eos_token_id=1,
@@ -159,8 +159,8 @@ def main() -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="extract_bench_", dir=HERE))
     try:
-        from actstore.demo import write_corpus
-        from actstore.synth import write_synthetic_model
+        from actstore.cli.demo import write_corpus
+        from actstore.extract.synthetic import write_synthetic_model
 
         if args.full_size:
             model = str(write_full_size_model(scratch, args.full_size_layers))

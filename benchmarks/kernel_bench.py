@@ -46,7 +46,7 @@ from store_bench import environment, write_result  # noqa: E402
 
 from actstore.kernels.jumprelu_probe import (Group, P_PAD, default_splits, jumprelu_probe,  # noqa: E402
                                              jumprelu_probe_reference)
-from actstore.saes import parse_width  # noqa: E402
+from actstore.saes.loading import parse_width  # noqa: E402
 
 CAPACITY = 64
 

@@ -2,7 +2,7 @@
 
     python benchmarks/real_models_bench.py [--models smollm2,gemma3] [--batches 4] [--batch-size 32]
 
-For each model (fetched and converted once, `actstore.realmodels.fetch`): the vocabulary task's first prompts
+For each model (fetched and converted once, `actstore.extract.realmodels.fetch`): the vocabulary task's first prompts
 (seed 42), batches of `--batch-size` through `ResidualReader` (the extraction workers' forward pass, fp32),
 once to block 9 (the forward stops after the deepest block asked for) and once through every block. One batch
 warms up; `--batches` more are timed. Reported per case: prompts/s and tokens/s (every token the model reads,
@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_bench import environment, print_table, write_result  # noqa: E402
 
-from actstore.model import ResidualReader, load_config_and_tokenizer, load_model, pad  # noqa: E402
-from actstore.realmodels import fetch  # noqa: E402
-from actstore.vocab import build_vocab_task  # noqa: E402
+from actstore.extract.model import ResidualReader, load_config_and_tokenizer, load_model, pad  # noqa: E402
+from actstore.extract.realmodels import fetch  # noqa: E402
+from actstore.tasks.vocab import build_vocab_task  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from store_bench import environment, sync_and_drop, write_result  # noqa: E402
 
-from actstore.saes import parse_width  # noqa: E402
+from actstore.saes.loading import parse_width  # noqa: E402
 
 D = 2304
 SIGNAL, NOISE = 8.0, 0.25  # rows: SIGNAL x their letter's unit direction + NOISE x N(0, 1) per dimension
@@ -43,8 +43,8 @@ ROW_NORM_SQ = SIGNAL ** 2 + NOISE ** 2 * D
 
 
 def build_store(path: Path, layers: list[int], rows: int, context_rows: int) -> None:
-    from actstore.probes import probe_store
-    from actstore.store import ActivationStore, StoreSpec
+    from actstore.score.probes import probe_store
+    from actstore.store.zarrstore import ActivationStore, StoreSpec
 
     gen = torch.Generator().manual_seed(0)
     directions = torch.nn.functional.normalize(torch.randn(26, D, generator=gen), dim=1)
@@ -96,13 +96,13 @@ def io_floor(files: list[Path]) -> list[float]:
 
 def catalog_bytes() -> list[int]:
     """fp32 bytes of every gemma-scope-2b-pt-res SAE (W_enc, W_dec, b_enc, threshold, b_dec)."""
-    from actstore.saes import gemma_scope_catalog
+    from actstore.saes.loading import gemma_scope_catalog
 
     return [e.width * (2 * D + 2) * 4 + D * 4 for e in gemma_scope_catalog("gemma-scope-2b-pt-res")]
 
 
 def main() -> int:
-    from actstore.runner import ScoreCommandConfig, run_score
+    from actstore.run.runner import ScoreCommandConfig, run_score
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", default="3,12,19")

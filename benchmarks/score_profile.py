@@ -32,8 +32,10 @@ sys.path.insert(0, str(HERE))
 from seed_bench import random_sae, rows  # noqa: E402
 from store_bench import environment, print_table, write_result  # noqa: E402
 
-from actstore import scoring, uncertainty  # noqa: E402
-from actstore.saes import load_params_npz, parse_width  # noqa: E402
+from actstore.score import intervals as uncertainty  # noqa: E402
+
+from actstore.score import scorer as scoring
+from actstore.saes.loading import load_params_npz, parse_width  # noqa: E402
 
 PHASES = {  # phase name -> (module, attribute) of a function score_sae calls
     "cosines": (scoring, "latent_cosines"),

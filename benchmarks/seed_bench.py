@@ -29,12 +29,12 @@ sys.path.insert(0, str(HERE))
 from score_bench import D, NOISE, ROW_NORM_SQ, SIGNAL  # noqa: E402
 from store_bench import environment, write_result  # noqa: E402
 
-from actstore.saes import parse_width  # noqa: E402
+from actstore.saes.loading import parse_width  # noqa: E402
 
 
 def rows(n: int, context: int):
-    from actstore.probes import train_probe
-    from actstore.scoring import LayerData
+    from actstore.score.probes import train_probe
+    from actstore.score.scorer import LayerData
 
     gen = torch.Generator().manual_seed(0)
     directions = torch.nn.functional.normalize(torch.randn(26, D, generator=gen), dim=1)
@@ -51,7 +51,7 @@ def rows(n: int, context: int):
 def random_sae(m: int, seed: int, l0: int = 60, device: str = "cpu"):
     from statistics import NormalDist
 
-    from actstore.saes import SAEWeights
+    from actstore.saes.loading import SAEWeights
 
     gen = torch.Generator().manual_seed(seed)
     w_enc = torch.randn(D, m, generator=gen) / D ** 0.5
@@ -73,7 +73,7 @@ def interleaved(repeat: int, one, five) -> tuple[list[float], list[float]]:
 
 
 def main() -> int:
-    from actstore.scoring import ScoreConfig, decoder_scale, encode_sparse, score_sae
+    from actstore.score.scorer import ScoreConfig, decoder_scale, encode_sparse, score_sae
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", default="16k,65k")

@@ -54,11 +54,11 @@ def write_mixed(folder: Path, out: Path, seed: int = 0) -> Path:
 
 
 def main() -> int:
-    from actstore.layers import load_layer
-    from actstore.probes import load_probe
-    from actstore.saes import load_params_npz
-    from actstore.scoring import ScoreConfig, score_sae
-    from actstore.store import ActivationStore
+    from actstore.store.layers import load_layer
+    from actstore.score.probes import load_probe
+    from actstore.saes.loading import load_params_npz
+    from actstore.score.scorer import ScoreConfig, score_sae
+    from actstore.store.zarrstore import ActivationStore
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", required=True)

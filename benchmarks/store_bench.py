@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actstore.store import ActivationStore, StoreSpec
-from actstore.verify import bytes_on_disk
+from actstore.store.zarrstore import ActivationStore, StoreSpec
+from actstore.store.verify import bytes_on_disk
 
 D_MODEL, SHARD_ROWS, CHUNK_ROWS = 2304, 16384, 1024
 HERE = Path(__file__).resolve().parent

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter; 
 
 @pytest.fixture(scope="session")
 def synth_model(tmp_path_factory):
-    from actstore.synth import write_synthetic_model
+    from actstore.extract.synthetic import write_synthetic_model
 
     return write_synthetic_model(tmp_path_factory.mktemp("world") / "model", n_layers=4, seed=0)
 
@@ -23,7 +23,7 @@ def synth_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """40 documents of 200 words of the synthetic vocabulary (plus numbers), as JSONL: the demo's corpus."""
-    from actstore.demo import write_corpus
+    from actstore.cli.demo import write_corpus
 
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     write_corpus(path, seed=0, docs=40, words_per_doc=200)
@@ -34,8 +34,8 @@ def corpus(tmp_path_factory):
 def planted_store(tmp_path_factory):
     """A store of a planted world without a model: each row is 3 x its letter's direction plus noise
     (d 64), a context group of the same kind, and trained ground-truth probes."""
-    from actstore.probes import probe_store
-    from actstore.store import ActivationStore, StoreSpec
+    from actstore.score.probes import probe_store
+    from actstore.store.zarrstore import ActivationStore, StoreSpec
 
     path = tmp_path_factory.mktemp("planted") / "s.zarr"
     gen = torch.Generator().manual_seed(0)
@@ -62,7 +62,7 @@ def planted_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def planted_saes(planted_store, tmp_path_factory):
-    from actstore.synth_saes import SynthSAEConfig, write_synthetic_saes
+    from actstore.saes.synthetic import SynthSAEConfig, write_synthetic_saes
 
     out = tmp_path_factory.mktemp("saes")
     return write_synthetic_saes(str(planted_store), 0, out, SynthSAEConfig(absorption=(0.0, 0.3, 0.5), width=1500))

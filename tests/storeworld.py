@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actstore.store import ActivationStore, StoreSpec
+from actstore.store.zarrstore import ActivationStore, StoreSpec
 
 SPEC = dict(model="world/tiny", d_model=1024, layers=[0, 3, 7], shard_rows=1024, chunk_rows=256,
             prompt_template="{word} has the first letter:", resume_command="python tests/storeworld.py S resume")
@@ -89,7 +89,9 @@ def die_at(where: str, n: int) -> None:
     """Patch the write path so that the n-th write of kind `where` kills this process midway."""
     import zarr.storage._local as local
 
-    from actstore import manifest, shardio
+    from actstore.store import manifest
+
+    from actstore.store import shardio
 
     calls, lock = [0], threading.Lock()
 

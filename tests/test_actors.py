@@ -32,7 +32,7 @@ def make_worker(failure: BaseException | None):
 
 
 def test_actors_that_start_work_as_usual(ray_session, tmp_path):
-    from actstore.actors import get, kill, start
+    from actstore.cluster import get, kill, start
 
     actors = start(make_worker(None), 2, OPTIONS, "test worker", str(tmp_path / "log"))
     assert get([a.double.remote(i) for i, a in enumerate(actors)], "test worker") == [0, 2]
@@ -58,7 +58,7 @@ def test_a_constructor_that_raises_is_one_line_in_the_driver_runs_once_and_ray_p
 
     import ray
 
-    from actstore.actors import start
+    from actstore.cluster import start
 
     log = tmp_path / "log"
     with pytest.raises(kind) as caught:
@@ -78,7 +78,7 @@ def test_an_extraction_whose_model_cannot_load_in_the_workers_ends_in_one_line(s
     naming the model and what to do, exit 2, none of Ray's output, and the store keeps what it has (nothing)."""
     import shutil
 
-    from actstore.cli import main
+    from actstore.cli.main import main
 
     model = tmp_path / "model"
     shutil.copytree(synth_model, model)

@@ -24,12 +24,14 @@ import torch
 
 import storeworld
 from conftest import resize
-from actstore import checks, locks, verify
-from actstore.cli import main
-from actstore.provenance import Provenance, redo_reason
-from actstore.results import part_name, read_part, saebench_name, write_atomic, write_tables
-from actstore.runner import ScoreCommandConfig, resolve_saes, run_score
-from actstore.store import ActivationStore, CorruptShardError
+from actstore.cli import checks
+from actstore.store import locks
+from actstore.store import verify
+from actstore.cli.main import main
+from actstore.run.provenance import Provenance, redo_reason
+from actstore.run.results import part_name, read_part, saebench_name, write_atomic, write_tables
+from actstore.run.runner import ScoreCommandConfig, resolve_saes, run_score
+from actstore.store.zarrstore import ActivationStore, CorruptShardError
 
 VOLATILE = {"seconds"}
 
@@ -277,7 +279,7 @@ def test_probe_while_score_reads_and_two_extract_resumes_are_refused(planted_sto
         assert main(["probe", str(planted_store)]) == 2
         assert "is in use by other actstore processes reading it" in capsys.readouterr().err
     store = tmp_path / "s.zarr"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from actstore import locks; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from actstore.store import locks; "
                                "from types import SimpleNamespace as N\n"
                                "with locks.hold('extract', N(out=sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
                                str(store)], stdout=subprocess.PIPE, text=True)
@@ -298,7 +300,7 @@ def test_worker_errors_cross_ray_as_one_plain_line():
     err = CorruptShardError("vocab/layer_00", 3, (0, 10), "/s/c/3/0", "chunk 1: crc mismatch")
     again = pickle.loads(pickle.dumps(err))
     assert type(again) is CorruptShardError and str(again) == str(err)
-    from actstore.batch import Job, LayerScorer, WorkerError
+    from actstore.run.batch import Job, LayerScorer, WorkerError
 
     class Unpicklable(Exception):
         def __reduce__(self):
@@ -316,7 +318,7 @@ def test_worker_errors_cross_ray_as_one_plain_line():
 
 def test_ctrl_c_in_score_ends_in_one_line_and_the_rerun_resumes(planted_store, planted_saes, tmp_path, capsys,
                                                                  monkeypatch):
-    from actstore import batch
+    from actstore.run import batch
 
     real, calls = batch.LayerScorer._write, []
 

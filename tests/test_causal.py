@@ -1,4 +1,4 @@
-"""The paper's causal absorption metric (actstore.causal) on a synthetic world where causality is known: a
+"""The paper's causal absorption metric (actstore.score.causal) on a synthetic world where causality is known: a
 model that spells (synth-model --spelling), SAEs with planted absorbing latents, and planted decoys (aligned
 with the probe, invisible to the spelling head)."""
 
@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actstore.causal import (CausalConfig, CausalError, CausalRunner, letter_token_ids, replaced_output,
+from actstore.score.causal import (CausalConfig, CausalError, CausalRunner, letter_token_ids, replaced_output,
                              spliced_blocks)
-from actstore.probes import LETTERS
+from actstore.score.probes import LETTERS
 
 LAYER = 0  # the 2-block spelling model's head is in block 1; the metric hooks block 0
 ROWS = 520
@@ -24,12 +24,12 @@ def world(tmp_path_factory):
     """A 2-block spelling model, a store of its block-0 residuals on 520 vocabulary prompts (written here, in
     process, as `extract` writes it, with the model's provenance), probes, and one SAE with planted absorption
     0.5 whose first three letters' absorbers are made decoys."""
-    from actstore.model import ResidualReader, load_config_and_tokenizer, load_model, pad, provenance, resolve_model
-    from actstore.probes import load_probe, probe_store
-    from actstore.store import ActivationStore, StoreSpec
-    from actstore.synth import write_synthetic_model
-    from actstore.synth_saes import SynthSAEConfig, plant_decoys, write_synthetic_saes
-    from actstore.vocab import build_vocab_task
+    from actstore.extract.model import ResidualReader, load_config_and_tokenizer, load_model, pad, provenance, resolve_model
+    from actstore.score.probes import load_probe, probe_store
+    from actstore.store.zarrstore import ActivationStore, StoreSpec
+    from actstore.extract.synthetic import write_synthetic_model
+    from actstore.saes.synthetic import SynthSAEConfig, plant_decoys, write_synthetic_saes
+    from actstore.tasks.vocab import build_vocab_task
 
     root = tmp_path_factory.mktemp("spelling")
     model_dir = write_synthetic_model(root / "model", n_layers=2, seed=0, spelling=True, n_per_letter=20)
@@ -69,7 +69,7 @@ def test_the_spelling_model_spells_and_its_head_is_what_spells(world):
     (as the prompt's answers write it, ' A'..' Z') >= 95% of the time; with the spelling head's output zeroed it
     is right only by chance (< 15%)."""
     model, tokenizer, task = world["model"], world["tokenizer"], world["task"]
-    from actstore.model import pad
+    from actstore.extract.model import pad
 
     letters = torch.tensor([tokenizer.convert_tokens_to_ids(f"\u2581{c.upper()}") for c in LETTERS])
     rows = range(0, len(task.input_ids), 2)
@@ -97,7 +97,7 @@ def test_the_spelling_model_spells_and_its_head_is_what_spells(world):
 
 @pytest.fixture(scope="module")
 def runner(world):
-    from actstore.store import ActivationStore
+    from actstore.store.zarrstore import ActivationStore
 
     with ActivationStore.open(world["store"]) as store:
         return CausalRunner.from_store(store, "cpu", LETTERS, CausalConfig())
@@ -106,7 +106,7 @@ def runner(world):
 def test_spliced_later_blocks_reproduce_the_model(world, runner):
     """Blocks 0..L replaced by the stored residual (the precompute path) and the whole model with block L's
     output replaced (the baseline) both give the plain model's final logits, fp32, to 1e-5 of their scale."""
-    from actstore.model import pad
+    from actstore.extract.model import pad
 
     model, rows = world["model"], [0, 7, 100, 301]
     batch, _ = pad([runner.input_ids[r] for r in rows], runner.pad_id, side="left")
@@ -134,7 +134,7 @@ def reference_scores(model, runner, sae, row: int, letter: int) -> torch.Tensor:
     output hooked; at the word position the SAE's latents are a leaf (the patched hook_sae_acts_post),
     decoded with b_dec, plus the scaled error; gradients with respect to the latents, averaged over alpha; the
     score vector over ALL latents is mean grad x (0 - activation)."""
-    from actstore.model import decoder_layers
+    from actstore.extract.model import decoder_layers
 
     ids = torch.tensor([runner.input_ids[row]])
     pos = int(runner.positions[row])
@@ -168,7 +168,7 @@ def test_scores_match_a_literal_reference_of_the_papers_procedure(world, runner)
     """For absorbed, decoy and clean tokens: the top latent and the top two scores from CausalRunner (residual
     gradients through the spliced later blocks) equal the reference's (latent gradients through the whole
     model), to 1e-4 relative."""
-    from actstore.saes import load_params_npz
+    from actstore.saes.loading import load_params_npz
 
     sae = load_params_npz(world["decoy"] / "params.npz", "decoy", LAYER, None, 64, torch.float32, "cpu")
     truth = json.loads((world["decoy"] / "truth.json").read_text())
@@ -194,7 +194,7 @@ def test_scores_match_a_literal_reference_of_the_papers_procedure(world, runner)
 
 @pytest.fixture(scope="module")
 def scored(world):
-    from actstore.runner import ScoreCommandConfig, run_score
+    from actstore.run.runner import ScoreCommandConfig, run_score
 
     out = world["root"] / "results"
     cfg = ScoreCommandConfig(store=str(world["store"]), saes=[str(world["decoy"])], out=str(out), local=True,
@@ -247,9 +247,9 @@ def test_planted_absorbers_are_found_at_the_planted_rate_and_decoys_are_rejected
 def test_causal_options_are_provenance_and_the_default_leaves_old_parts_valid(world, scored):
     """Another --causal-samples recomputes (and says why); a run without --causal records no causal options,
     so parts scored before --causal existed stay valid."""
-    from actstore.provenance import Provenance, redo_reason
-    from actstore.runner import resolve_saes
-    from actstore.store import ActivationStore
+    from actstore.run.provenance import Provenance, redo_reason
+    from actstore.run.runner import resolve_saes
+    from actstore.store.zarrstore import ActivationStore
 
     cfg, out = scored
     [source] = resolve_saes([str(world["decoy"])])
@@ -265,7 +265,7 @@ def test_letter_tokens_prompt_and_paper_schemes():
     """prompt: every letter as the prompt's answers write it (' A' -> '▁A'); paper: the correct letter as
     tokenizer.encode('a')[-1] (lowercase, no space), the others still ' B', ' C', ...; a tokenizer with no lone
     lowercase letters refuses paper with a clear error."""
-    from actstore.synth import PROMPT_WORDS, SPECIALS, build_tokenizer
+    from actstore.extract.synthetic import PROMPT_WORDS, SPECIALS, build_tokenizer
 
     caps = [f"\u2581{c.upper()}" for c in LETTERS]
     with_lower = build_tokenizer(SPECIALS + PROMPT_WORDS + caps + list(LETTERS) + ["\u2581word", "word"])
@@ -280,8 +280,8 @@ def test_letter_tokens_prompt_and_paper_schemes():
 
 
 def test_causal_arguments_are_checked(planted_store, tmp_path):
-    from actstore.checks import BadArgument, check
-    from actstore.runner import ScoreCommandConfig
+    from actstore.cli.checks import BadArgument, check
+    from actstore.run.runner import ScoreCommandConfig
 
     def cfg(**kw):
         return ScoreCommandConfig(store=str(planted_store), saes=[], out=str(tmp_path / "r"), local=True, **kw)
@@ -297,8 +297,8 @@ def test_causal_arguments_are_checked(planted_store, tmp_path):
 def test_report_and_explorer_show_the_agreement(world, scored):
     """The report's agreement tables hold the letters' counts; the explorer lists the decoy tokens (absorbed
     by projection only) with causal 0 and the planted absorbed tokens with causal 1."""
-    from actstore.explore import sae_payload
-    from actstore.report import agreement_section, load_results
+    from actstore.report.explorer import sae_payload
+    from actstore.report.pages import agreement_section, load_results
 
     _, out = scored
     truth = json.loads((world["decoy"] / "truth.json").read_text())
@@ -326,10 +326,10 @@ def test_a_model_folder_with_other_weights_is_refused(world, tmp_path, capsys):
 
     import zarr
 
-    from actstore.checks import check
-    from actstore.cli import main
-    from actstore.runner import ScoreCommandConfig
-    from actstore.synth import write_synthetic_model
+    from actstore.cli.checks import check
+    from actstore.cli.main import main
+    from actstore.run.runner import ScoreCommandConfig
+    from actstore.extract.synthetic import write_synthetic_model
 
     model, store = tmp_path / "model", tmp_path / "s.zarr"
     shutil.copytree(world["model_dir"], model)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import storeworld
-from actstore.cli import COMMANDS, main
+from actstore.cli.main import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,9 +97,9 @@ def test_demo_runs_checks_itself_and_resumes(capsys, tmp_path, ray_session):
 @pytest.mark.slow
 def test_the_real_model_demo_runs_its_whole_chain_on_a_model_folder(synth_model, tmp_path, monkeypatch, capsys,
                                                                      ray_session):
-    """`make real-demo`'s chain (`actstore.realmodels.demo`) with the synthetic model in place of the fetched
+    """`make real-demo`'s chain (`actstore.extract.realmodels.demo`) with the synthetic model in place of the fetched
     GGUF: extract, verify, probe F1 per layer, synthetic SAEs, score, planted against measured, report."""
-    from actstore import realmodels
+    from actstore.extract import realmodels
 
     monkeypatch.setattr(realmodels, "fetch", lambda name: synth_model)
     code = realmodels.main(["demo", "smollm2", "--out", str(tmp_path / "real"), "--layers", "0"])
@@ -123,8 +123,8 @@ def test_readme_names_only_commands_that_exist():
 
 
 def test_core_imports_without_ray_transformers_or_sae_lens(tmp_path):
-    code = ("import sys, actstore.store, actstore.metrics, actstore.saes, actstore.probes, actstore.kernels, "
-            "actstore.cli; "
+    code = ("import sys, actstore.store.zarrstore, actstore.score.metrics, actstore.saes.loading, actstore.score.probes, actstore.kernels, "
+            "actstore.cli.main; "
             "print(sorted(m for m in ('ray', 'transformers', 'sae_lens') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
@@ -154,7 +154,7 @@ def test_extract_cli_reports_an_unreachable_model_clearly(tmp_path, capsys, hub_
 def test_a_bug_is_an_internal_error_with_a_log_never_the_users_bad_input(capsys, world, tmp_path, monkeypatch, bug):
     """Only the input checks' errors (InputError) are exit 2; a KeyError, TypeError or ValueError from a bug in our
     code is exit 1 with one line naming a log file that holds the traceback."""
-    import actstore.cli as cli
+    import actstore.cli.main as cli
 
     def buggy(cfg):
         raise bug
@@ -181,7 +181,7 @@ def test_the_input_checks_errors_are_exit_2_and_a_worker_failure_is_exit_1(capsy
     code, _, err = run_cli(capsys, "probe", str(world), "--layers", "5")  # deep in the command: still an input check
     assert code == 2 and re.fullmatch(r"actstore probe: error: \S+ has layers \[0, 3, 7\]; --layers 5 asks for \[5\]",
                                       err.strip()), err
-    import actstore.cli as cli
+    import actstore.cli.main as cli
 
     def worker_failed(cfg):
         raise RunFailed("a model worker could not start: RuntimeError: CUDA out of memory", "Traceback (remote)\n")
@@ -196,7 +196,7 @@ def test_the_input_checks_errors_are_exit_2_and_a_worker_failure_is_exit_1(capsy
 
 
 def test_contexts_that_are_not_utf8_text_or_whose_text_is_not_a_string_are_bad_input(tmp_path):
-    from actstore.contexts import read_documents
+    from actstore.extract.contexts import read_documents
     from actstore.errors import InputError
 
     latin1 = tmp_path / "latin1.txt"

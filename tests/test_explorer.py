@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actstore.explore import neuronpedia_base, write_explorer
-from actstore.runner import ScoreCommandConfig, run_score
+from actstore.report.explorer import neuronpedia_base, write_explorer
+from actstore.run.runner import ScoreCommandConfig, run_score
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,10 @@ def test_token_records_average_to_the_letter_means(results):
 def test_token_records_equal_a_dense_recomputation(planted_store, planted_saes, results):
     """act, the main latents' projection and activations, the absorbers and the top latent, recomputed here
     from the dense encoding of each row and the probe (no sparse path, no metrics module)."""
-    from actstore.layers import load_layer
-    from actstore.probes import load_probe
-    from actstore.saes import load_params_npz
-    from actstore.store import ActivationStore
+    from actstore.store.layers import load_layer
+    from actstore.score.probes import load_probe
+    from actstore.saes.loading import load_params_npz
+    from actstore.store.zarrstore import ActivationStore
 
     store = ActivationStore.open(planted_store)
     data, probe = load_layer(store, 0), load_probe(store, 0)
@@ -80,9 +80,9 @@ def test_token_records_equal_a_dense_recomputation(planted_store, planted_saes, 
 
 
 def test_text_l0_is_measured_on_alphabetic_context_tokens(planted_store, planted_saes, results):
-    from actstore.layers import load_layer
-    from actstore.saes import load_params_npz
-    from actstore.store import ActivationStore
+    from actstore.store.layers import load_layer
+    from actstore.saes.loading import load_params_npz
+    from actstore.store.zarrstore import ActivationStore
 
     data = load_layer(ActivationStore.open(planted_store), 0)
     saes = {r["sae_key"]: r for r in table(results / "saes.parquet")}
@@ -119,7 +119,7 @@ def test_neuronpedia_links_only_for_gemma_scope():
 
 
 def test_explore_command_and_its_errors(results, tmp_path, capsys):
-    from actstore.cli import main
+    from actstore.cli.main import main
 
     assert main(["explore", str(results), "--out", str(tmp_path / "x")]) == 0
     assert "3 SAEs" in capsys.readouterr().out and (tmp_path / "x" / "data" / "sae_0002.js").exists()
@@ -180,7 +180,7 @@ def shown_tokens(driver) -> list[tuple]:
 
 
 def expected_tokens(results: Path, key: str, letter: str) -> list[tuple]:
-    from actstore.tokens import absorbed, token_absorbers
+    from actstore.run.tokens import absorbed, token_absorbers
 
     return [(t["row"], t["text"], round(t["absorption_fraction"], 3), t["full_absorption"],
              [latent for latent, _, _ in token_absorbers(t)])
@@ -240,7 +240,7 @@ def test_following_an_absorber_shows_its_tokens(browser, explorer, results, plan
 def test_token_search_lists_every_sae_where_it_is_absorbed(browser, explorer, results):
     from selenium.webdriver.common.by import By
 
-    from actstore.tokens import absorbed, token_absorbers
+    from actstore.run.tokens import absorbed, token_absorbers
 
     tokens = [t for t in table(results / "tokens.parquet") if absorbed(t)]
     text = max({t["text"] for t in tokens}, key=lambda x: sum(t["text"] == x for t in tokens))

@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-from actstore.extract import ExtractConfig, extract, parse_layers
-from actstore.model import ResidualReader, load_config_and_tokenizer, load_model, pad
-from actstore.store import ActivationStore, IncompleteStoreError
-from actstore.vocab import build_vocab_task
+from actstore.extract.pipeline import ExtractConfig, extract, parse_layers
+from actstore.extract.model import ResidualReader, load_config_and_tokenizer, load_model, pad
+from actstore.store.zarrstore import ActivationStore, IncompleteStoreError
+from actstore.tasks.vocab import build_vocab_task
 from test_store import tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_store_holds_what_the_model_computes_row_by_row(reference, synth_model):
 def test_a_probe_finds_the_planted_letters_on_layer_0(reference):
     """The ground-truth probe recipe on layer-0 vocabulary activations: mean test F1 >= 0.9; with the
     labels shuffled (the negative control) it falls to chance (about 1/26 precision)."""
-    from actstore.probes import train_probe
+    from actstore.score.probes import train_probe
 
     store = ActivationStore.open(reference)
     x = store.read("vocab", 0)
@@ -128,7 +128,7 @@ def test_resume_on_a_complete_store_computes_nothing_and_a_different_run_is_refu
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_a_byte_identical_store(synth_model, corpus, tmp_path, reference):
     out = tmp_path / "killed.zarr"
-    cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out)]
+    cmd = [sys.executable, "-m", "actstore.cli.main", "extract", *cli_args(synth_model, corpus, out)]
     run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once a few shards are done: mid-run, mid-shard
@@ -159,7 +159,7 @@ def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_fr
     """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, no traceback, one line with the
     resume command (absolute paths), which finishes the store from another working folder."""
     out = tmp_path / "interrupted.zarr"
-    cmd = [sys.executable, "-m", "actstore.cli", "extract", *cli_args(synth_model, corpus, out), "--log-interval", "0.1"]
+    cmd = [sys.executable, "-m", "actstore.cli.main", "extract", *cli_args(synth_model, corpus, out), "--log-interval", "0.1"]
     # The interrupt lands at a point the run itself announces: the worker stops after 300 of the 2,648 rows and
     # creates `paused` (ACTSTORE_FAULT_PAUSE_AFTER), so work is certainly left however fast the machine is; the
     # driver goes on polling and printing meanwhile. Ctrl-C follows once that file and both kinds of progress
@@ -204,7 +204,7 @@ def test_ctrl_c_keeps_finished_shards_says_how_to_resume_and_the_resume_works_fr
     assert re.match(r"extract: interrupted; \d+ of 11 shards \(256 rows each\) are complete and kept", line)
     resume = shlex.split(line.split("Resume with: ")[1])
     assert resume[:2] == ["actstore", "extract"] and resume[-1] == "--resume"
-    result = subprocess.run([sys.executable, "-m", "actstore.cli", *resume[1:]], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "actstore.cli.main", *resume[1:]], capture_output=True, text=True,
                             timeout=300, cwd="/")
     assert result.returncode == 0, result.stderr[-2000:]
     assert store_bytes(out) == store_bytes(reference)

@@ -2,8 +2,8 @@
 reports problems), one line on stderr, no traceback anywhere, a time limit, and nothing already written changed
 (the store, the results, the SAEs and the lists are hashed before and after).
 
-Almost every case calls `actstore.cli.main` in this process and fails in argument checking, before any model,
-store read or Ray; the few that need a fresh interpreter (the `python -m actstore.cli` entry point) spawn one.
+Almost every case calls `actstore.cli.main.main` in this process and fails in argument checking, before any model,
+store read or Ray; the few that need a fresh interpreter (the `python -m actstore.cli.main` entry point) spawn one.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.cli import main
-from actstore.store import ActivationStore, StoreSpec
+from actstore.cli.main import main
+from actstore.store.zarrstore import ActivationStore, StoreSpec
 
 D = 16  # the tiny world's d_model
 
@@ -337,10 +337,10 @@ def test_bad_input(world, tmp_path, name, argv, code, fragment):
     (["score", "STORE", "--out", "OUT", "--saes", "SAES", "--workers", "99"], "one per worker"),
 ])
 def test_bad_input_from_a_fresh_process(world, tmp_path, argv, fragment):
-    """The installed entry point (`python -m actstore.cli`), stderr captured from a real process."""
+    """The installed entry point (`python -m actstore.cli.main`), stderr captured from a real process."""
     root = world["root"]
     argv = [{"STORE": str(root / "store.zarr"), "OUT": str(tmp_path / "o"), "SAES": str(root / "saes")}.get(a, a)
             for a in argv]
-    result = subprocess.run([sys.executable, "-m", "actstore.cli", *argv], capture_output=True, text=True, timeout=100)
+    result = subprocess.run([sys.executable, "-m", "actstore.cli.main", *argv], capture_output=True, text=True, timeout=100)
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr

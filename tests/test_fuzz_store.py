@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.cli import main
-from actstore.store import ActivationStore, CorruptShardError
+from actstore.cli.main import main
+from actstore.store.zarrstore import ActivationStore, CorruptShardError
 from test_fuzz import D, digest, tiny_store, write_sae
 
 METRICS = {split: {k: [0.9] * 26 for k in ("precision", "recall", "f1")} for split in ("train", "test")}

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from actstore import digests
-from actstore.cli import main
-from actstore.runner import ScoreCommandConfig, fingerprint, resolve_saes, run_score
+from actstore.store import digests
+from actstore.cli.main import main
+from actstore.run.runner import ScoreCommandConfig, fingerprint, resolve_saes, run_score
 
 
 def rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
@@ -138,7 +138,7 @@ def test_a_refused_score_leaves_no_results_folder(planted_store, tmp_path):
 
 
 def test_contexts_with_a_byte_order_mark_read_as_text(tmp_path):
-    from actstore.contexts import read_documents
+    from actstore.extract.contexts import read_documents
 
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "abc def"}\n{"text": "ghi"}\n')
@@ -155,7 +155,7 @@ def test_resume_advice_works_for_a_relative_contexts_path_and_for_a_copied_store
     """A store extracted with a relative --contexts resumes with the command it quotes (absolute paths) from another
     folder; a copy of a half-written store quotes a command for the copy, which then completes the copy (before:
     "written by a different run", and a copy's command finished the original, "computed 0 rows")."""
-    from actstore.store import ActivationStore, IncompleteStoreError
+    from actstore.store.zarrstore import ActivationStore, IncompleteStoreError
 
     model = tmp_path / "model"
     shutil.copytree(synth_model, model)
@@ -187,7 +187,7 @@ def test_resume_advice_works_for_a_relative_contexts_path_and_for_a_copied_store
                 and p.name != "zarr.json"} == complete
 
     # the model folder's weights replaced after shards were written: a resume is refused, naming the weights
-    from actstore.synth import write_synthetic_model
+    from actstore.extract.synthetic import write_synthetic_model
 
     other = write_synthetic_model(tmp_path / "other", n_layers=4, seed=1)
     shutil.copyfile(other / "model.safetensors", model / "model.safetensors")

@@ -13,9 +13,9 @@ import torch
 from actstore.kernels import jumprelu_probe as kernel_module
 from actstore.kernels.jumprelu_probe import (INTERPRET, P_PAD, check_offsets, jumprelu_probe,
                                              jumprelu_probe_reference, pack_group)
-from actstore.probes import Probe
-from actstore.saes import SAEWeights
-from actstore.scoring import LayerData, ScoreConfig, decoder_scale, encode_sparse, encode_sparse_fused, score_sae
+from actstore.score.probes import Probe
+from actstore.saes.loading import SAEWeights
+from actstore.score.scorer import LayerData, ScoreConfig, decoder_scale, encode_sparse, encode_sparse_fused, score_sae
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 """Where the kernel tests put their tensors: the interpreter runs on CPU tensors, the compiled kernel on CUDA."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.l1solver import probe_objective, solve_l1_probe
+from actstore.score.l1solver import probe_objective, solve_l1_probe
 
 
 def sparse_world(n: int = 260, m: int = 30, seed: int = 0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actstore.metrics import (absorption_fraction, absorption_terms, choose_split_k, fold_decoder_norms,
+from actstore.score.metrics import (absorption_fraction, absorption_terms, choose_split_k, fold_decoder_norms,
                               full_absorption, jumprelu, precision_recall_f1)
 
 t = torch.tensor

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.cli import main
-from actstore.probes import ProbeConfig, load_probe, pos_weights, probe_store, train_probe
-from actstore import verify
-from actstore.store import ActivationStore, StoreSpec
+from actstore.cli.main import main
+from actstore.score.probes import ProbeConfig, load_probe, pos_weights, probe_store, train_probe
+from actstore.store import verify
+from actstore.store.zarrstore import ActivationStore, StoreSpec
 
 
 def test_pos_weights_by_hand():

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.extract import ExtractConfig, extract
-from actstore.model import gguf_folder, load_config_and_tokenizer, resolve_model
-from actstore.store import ActivationStore
-from actstore.verify import verify
-from actstore.vocab import TEMPLATE, alphabetic_tokens, build_vocab_task
+from actstore.extract.pipeline import ExtractConfig, extract
+from actstore.extract.model import gguf_folder, load_config_and_tokenizer, resolve_model
+from actstore.store.zarrstore import ActivationStore
+from actstore.store.verify import verify
+from actstore.tasks.vocab import TEMPLATE, alphabetic_tokens, build_vocab_task
 
 pytestmark = pytest.mark.real
 LAYERS = [0, 2]
@@ -31,7 +31,7 @@ the deepest: 3 of SmolLM2's 30 blocks, half the time that layers 2 and 5 took. M
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from actstore.realmodels import fetch
+    from actstore.extract.realmodels import fetch
 
     return fetch("smollm2")
 
@@ -112,9 +112,9 @@ def test_probe_synth_saes_and_score_recover_the_planted_truth(smol_store, tmp_pa
     """probe, synth-saes (which plants only what 1000 rows support) and score: planted equals measured."""
     import pyarrow.parquet as pq
 
-    from actstore.probes import layer_guidance, probe_store
-    from actstore.runner import ScoreCommandConfig, run_score
-    from actstore.synth_saes import SynthSAEConfig, compare_with_truth, write_synthetic_saes
+    from actstore.score.probes import layer_guidance, probe_store
+    from actstore.run.runner import ScoreCommandConfig, run_score
+    from actstore.saes.synthetic import SynthSAEConfig, compare_with_truth, write_synthetic_saes
 
     trained = probe_store(str(smol_store))
     layer = max(trained, key=lambda l: len(trained[l].evaluated_letters()))
@@ -166,7 +166,7 @@ def test_an_eos_appending_tokenizer_gives_the_same_rows(smol_tokenizer, tmp_path
 
 @pytest.fixture(scope="session")
 def gemma_tokenizer():
-    from actstore.realmodels import fetch, gguf_tokenizer
+    from actstore.extract.realmodels import fetch, gguf_tokenizer
 
     return gguf_tokenizer(fetch("gemma3-tokenizer"))
 

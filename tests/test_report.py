@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actstore.report import l0_axis, load_results, width_name, write_report
+from actstore.report.pages import l0_axis, load_results, width_name, write_report
 
 
 def results_folder(path, layers, l0s, widths=(16384, 65536), l0_key="l0_reported"):
@@ -84,7 +84,7 @@ def test_report_names_an_sae_that_is_not_there(tmp_path):
 def test_figures_against_l0_draw_each_saes_interval_and_its_null_band():
     from matplotlib.collections import LineCollection, PolyCollection
 
-    from actstore.report import panels_figure
+    from actstore.report.pages import panels_figure
 
     rows = [{"layer": 3, "width": 16384, "l0": l0, "l0_source": "release", "mean_absorption_fraction": y,
              "mean_absorption_fraction_ci_low": y - 0.02 * (i + 1), "mean_absorption_fraction_ci_high": y + 0.01,

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actstore.cli import main
-from actstore.runner import ScoreCommandConfig, resolve_saes, run_score
+from actstore.cli.main import main
+from actstore.run.runner import ScoreCommandConfig, resolve_saes, run_score
 
 VOLATILE = {"seconds"}  # what may differ between two runs of the same SAE
 
@@ -87,7 +87,7 @@ def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_pat
 @pytest.fixture(scope="module")
 def suite10(planted_store, tmp_path_factory):
     """10 synthetic SAEs (absorption 0%, 10%, ..., 90%) on the planted store's layer 0."""
-    from actstore.synth_saes import SynthSAEConfig, write_synthetic_saes
+    from actstore.saes.synthetic import SynthSAEConfig, write_synthetic_saes
 
     out = tmp_path_factory.mktemp("suite10")
     rates = tuple(round(0.1 * i, 1) for i in range(10))
@@ -102,7 +102,7 @@ def test_a_killed_score_of_10_saes_resumes_with_identical_results(planted_store,
     run_score(ScoreCommandConfig(str(planted_store), str(reference), [str(suite10)], local=True), log=lambda _: None)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "actstore.cli", "score", str(planted_store), "--saes", str(suite10), "--out", str(out)]
+    cmd = [sys.executable, "-m", "actstore.cli.main", "score", str(planted_store), "--saes", str(suite10), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and len(list((out / "parts").glob("*.json"))) < 3:
@@ -152,7 +152,7 @@ def test_spec_forms(planted_saes, tmp_path):
     found = resolve_saes([str(root), str(planted_saes[0] / "params.npz")])
     assert [s.name for s in found] == [f"layer_0/width_1500/absorption_{p}" for p in ("00", "30", "50")]
     assert all(s.layer == 0 for s in found)  # the same file named twice is scored once
-    from actstore.runner import select_saes
+    from actstore.run.runner import select_saes
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"# the suite, and one file twice\n{root}\n\n{planted_saes[0] / 'params.npz'}\n")
@@ -169,7 +169,7 @@ def test_spec_forms(planted_saes, tmp_path):
 
 
 def test_the_demo_table_fails_on_a_value_off_by_more_than_its_tolerance(planted_store, planted_saes, tmp_path, capsys):
-    from actstore.demo import print_truth_table
+    from actstore.cli.demo import print_truth_table
 
     root = tmp_path / "saes"
     shutil.copytree(planted_saes[0].parents[2], root)
@@ -199,7 +199,7 @@ def test_synth_saes_command(planted_store, tmp_path, capsys):
 
 
 def test_tables_hold_every_column_whatever_row_comes_first(tmp_path):
-    from actstore.results import write_tables
+    from actstore.run.results import write_tables
 
     (tmp_path / "parts").mkdir()
     base = {"release": "r", "layer": 0, "width": 8, "seconds": 0.1}
@@ -246,8 +246,8 @@ def test_ray_workers_retry_a_crashed_group_and_match_a_local_run(planted_store, 
 
 
 def test_plan_groups_by_layer_within_the_memory_budget():
-    from actstore.batch import plan_jobs
-    from actstore.runner import SAESource
+    from actstore.run.batch import plan_jobs
+    from actstore.run.runner import SAESource
 
     def src(name, layer, nbytes):
         return SAESource(name, "r", name, None, layer, nbytes=nbytes)
@@ -263,7 +263,7 @@ def test_plan_groups_by_layer_within_the_memory_budget():
 def test_report_renders_in_headless_chromium(planted_store, suite, tmp_path):
     import shutil as sh
 
-    from actstore.report import write_report
+    from actstore.report.pages import write_report
 
     results = tmp_path / "results"
     run_score(ScoreCommandConfig(str(planted_store), str(results), [str(suite)], local=True), log=lambda _: None)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.cli import main
-from actstore.saes import (SAEError, from_sae_lens, gemma_scope_catalog, layer_and_l0_from_id, load_params_npz,
+from actstore.cli.main import main
+from actstore.saes.loading import (SAEError, from_sae_lens, gemma_scope_catalog, layer_and_l0_from_id, load_params_npz,
                            load_sae_lens_dir, local_saes, parse_width)
 
 
@@ -127,7 +127,7 @@ def test_a_catalog_sae_offline_says_how_to_supply_it(hub_offline):
     once for the whole suite: a fresh process spent 15 of its 17 s importing it."""
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    from actstore.saes import load_catalog_entry
+    from actstore.saes.loading import load_catalog_entry
 
     entry = [e for e in gemma_scope_catalog(layer=12) if e.id == "layer_12/width_16k/average_l0_82"][0]
     with pytest.raises(SAEError) as raised:
@@ -143,7 +143,7 @@ def test_a_catalog_sae_offline_says_how_to_supply_it(hub_offline):
 
 
 def test_a_catalog_sae_in_the_hugging_face_cache_loads_from_params_npz(tmp_path, monkeypatch):
-    from actstore import saes
+    from actstore.saes import loading as saes
 
     entry = [e for e in gemma_scope_catalog(layer=0) if e.width == 16384][0]
     cached = tmp_path / "params.npz"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from actstore import metrics
-from actstore.probes import ProbeConfig, fit_one_vs_rest
-from actstore.saes import SAEWeights, load_params_npz
-from actstore.scoring import (NotScorable, ScoreConfig, SparseActs, decoder_scale, encode_sparse,
+from actstore.score import metrics
+from actstore.score.probes import ProbeConfig, fit_one_vs_rest
+from actstore.saes.loading import SAEWeights, load_params_npz
+from actstore.score.scorer import (NotScorable, ScoreConfig, SparseActs, decoder_scale, encode_sparse,
                               fit_balanced_logistic, score_sae, train_sparse_probe, train_sparse_probes)
-from actstore.store import ActivationStore
-from actstore.synth_saes import compare_with_truth
+from actstore.store.zarrstore import ActivationStore
+from actstore.saes.synthetic import compare_with_truth
 
 
 def random_sae(d: int, m: int, architecture: str = "jumprelu", seed: int = 0) -> SAEWeights:
@@ -168,7 +168,7 @@ def test_planted_thresholds_clear_every_row_by_more_than_float32_rounding():
     """The scorer encodes in float32; a planted firing decision closer to its threshold than float32 rounding
     could go either way, and the planted truth would be wrong by that row (real stores hold near-identical rows:
     "about" and " about"). float32_slack bounds the rounding of u . x + b; main_threshold avoids such gaps."""
-    from actstore.synth_saes import float32_slack, main_threshold
+    from actstore.saes.synthetic import float32_slack, main_threshold
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2000, 576, generator=gen, dtype=torch.float64) * 40  # norms about 960, like a real residual
@@ -191,8 +191,8 @@ def test_planted_thresholds_clear_every_row_by_more_than_float32_rounding():
 
 def test_scorer_recovers_every_planted_value(planted_store, planted_saes):
     store = ActivationStore.open(planted_store)
-    from actstore.probes import load_probe
-    from actstore.layers import load_layer
+    from actstore.score.probes import load_probe
+    from actstore.store.layers import load_layer
 
     data, probe = load_layer(store, 0), load_probe(store, 0)
     for folder in planted_saes:
@@ -223,8 +223,8 @@ def test_scorer_recovers_every_planted_value(planted_store, planted_saes):
 
 
 def test_too_few_evaluated_letters_is_not_scorable(planted_store, planted_saes):
-    from actstore.probes import load_probe
-    from actstore.layers import load_layer
+    from actstore.score.probes import load_probe
+    from actstore.store.layers import load_layer
 
     store = ActivationStore.open(planted_store)
     probe = load_probe(store, 0)

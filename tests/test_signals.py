@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM at any moment of a command, and a full disk under Ray's workers, end in one line: real
-processes (`python -m actstore.cli`, through actstore/__main__.py's entry point), their stderr read whole.
+processes (`python -m actstore.cli.main`, through actstore/__main__.py's entry point), their stderr read whole.
 
 Each process starts with SIGINT's default action, as a command typed at a terminal does: a suite run in the
 background by a non-interactive shell ignores SIGINT, every child inherits that, and a Ctrl-C test would then test
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actstore.cli import main
-from actstore.results import read_part
-from actstore.store import ActivationStore
+from actstore.cli.main import main
+from actstore.run.results import read_part
+from actstore.store.zarrstore import ActivationStore
 from conftest import resize
 from test_fuzz import tiny_store, write_sae
 
@@ -53,10 +53,10 @@ def world(tmp_path_factory):
 
 
 def start(argv: list[str], tmp_path: Path) -> subprocess.Popen:
-    """`python -m actstore.cli ARGV` in its own process group, SIGINT at its default action, stdout and stderr to
+    """`python -m actstore.cli.main ARGV` in its own process group, SIGINT at its default action, stdout and stderr to
     files (a pipe's reader could hold the writer up)."""
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "actstore.cli", *argv], stdout=out, stderr=err,
+        return subprocess.Popen([sys.executable, "-m", "actstore.cli.main", *argv], stdout=out, stderr=err,
                                 start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

