@@ -1,0 +1,1 @@
+"""Tasks: which token feature is measured, its classes, its labels and its prompt (see base.py)."""

@@ -1,0 +1,29 @@
+"""The task registry: `--task NAME` (a built-in) or `--task labels:FILE` (the user's labels)."""
+
+from __future__ import annotations
+
+from actstore.errors import InputError
+from actstore.tasks.base import FIRST_LETTER, Task
+from actstore.tasks.builtin import BUILTIN
+from actstore.tasks.labels import PREFIX, labels_task
+
+DEFAULT_TASK = FIRST_LETTER
+
+
+def task_names() -> list[str]:
+    """What `--task` accepts: the built-in names, then labels:FILE."""
+    return [*BUILTIN, f"{PREFIX}FILE"]
+
+
+def get_task(spec: str | Task, template: str | None = None) -> Task:
+    """The task a `--task` value names. `template` gives a labels:FILE task its own prompt (built-ins have theirs)."""
+    if isinstance(spec, Task):
+        return spec
+    if spec.startswith(PREFIX):
+        return labels_task(spec[len(PREFIX):], template)
+    if template is not None:
+        raise InputError(f"--template gives a labels:FILE task its prompt; {spec} has its own "
+                         f"({BUILTIN[spec].template!r})" if spec in BUILTIN else f"--task {spec}: unknown")
+    if spec not in BUILTIN:
+        raise InputError(f"--task {spec!r}: not a task; choose one of {', '.join(task_names())}")
+    return BUILTIN[spec]
