@@ -42,6 +42,8 @@ from actstore.score import intervals as uncertainty
 from actstore.score.causal import CausalConfig
 from actstore.errors import InputError
 from actstore.score.metrics import precision_recall_f1
+from actstore.tasks.base import Task
+from actstore.tasks.builtin import FIRST_LETTER_TASK
 from actstore.score.probes import LETTERS, Probe, ProbeConfig, pos_weights
 from actstore.saes.loading import SAEWeights
 from actstore.run.tokens import absorbed, token_absorbers
@@ -425,6 +427,8 @@ class LayerData:
     """(N,) the vocabulary rows' token ids (per-token records name their tokens; -1 when absent)"""
     text: list[str] | None = None
     """(N,) the vocabulary rows' token strings"""
+    task: Task = FIRST_LETTER_TASK
+    """The task these rows are labeled for (its classes name the labels)"""
 
 
 class SAEScore(NamedTuple):
