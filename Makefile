@@ -14,7 +14,7 @@ DEMO   ?= demo_out
 REAL   ?= smollm2
 REAL_OUT ?= real_demo_out
 
-.PHONY: setup browser demo real-models real-demo test test-fast upgrade-deps lock bench gpu-carry clean FORCE
+.PHONY: setup browser demo real-models real-demo test test-fast docs upgrade-deps lock bench gpu-carry clean FORCE
 
 setup: $(VENV)/.installed
 
@@ -62,6 +62,14 @@ test: setup browser real-models
 # The development loop: every test not marked slow (under 3 minutes on 2 cores). `make test` runs them all.
 test-fast: setup browser real-models
 	ACTSTORE_LOCK=$(LOCK) $(BIN)/pytest -q -m "not slow"
+
+# The documentation: docs/cli.md rewritten from the parser's own --help (tests/test_docs.py fails when the committed
+# page differs), then the pages built strict (a broken link, or a page missing from mkdocs.yml's nav, fails) into
+# build/docs: open build/docs/index.html.
+docs: setup
+	$(BIN)/python -m actstore.cli.reference
+	$(BIN)/mkdocs build --strict --quiet
+	@echo "docs: open build/docs/index.html in a browser (file:// works)"
 
 # The newest releases pyproject.toml allows, in a fresh environment beside .venv (.venv-upgrade); the whole suite
 # runs there, and only if it passes is the lock rewritten from it (the next `make setup` reinstalls .venv from the

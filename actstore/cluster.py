@@ -14,6 +14,7 @@ calls end as a dead actor's (one line), not as errors of a half-built one.
     ready({"model worker": workers})                         # raises InputError or RunFailed (one line)
     start(LayerScorer, 1, options, "score worker", cfg)      # both at once, for one kind of actor
     get(refs, "model worker")                                # ray.get; its errors as one line
+    pool = worker_pool(device, workers, worker_env)          # how many workers, and each one's Ray options
 
 Ray itself is started here too (`init_ray`), quiet: a worker's failure reaches the user as actstore's one line,
 not as Ray's notices about it, and a SIGTERM as the command's own line, not as a native stack dump.
@@ -23,8 +24,48 @@ from __future__ import annotations
 
 import os
 import traceback
+from typing import NamedTuple
 
 from actstore.errors import InputError, RunFailed, import_advice
+
+
+class WorkerPool(NamedTuple):
+    """The workers of a run on the joined Ray cluster: their count and the options each actor is started with."""
+
+    workers: int
+    """actors to start: --workers, else one per GPU (cuda), else one"""
+    gpus: int
+    """GPUs the cluster offers to the run (0 for a CPU run)"""
+    threads: int
+    """CPU threads each worker may use: the cluster's CPUs shared evenly (at least 1)"""
+    options: dict
+    """ray.remote options: one GPU each (cuda) or `threads` CPUs each; one restart and one retry after a crash;
+    the test-only environment variables, when any"""
+
+    @property
+    def worker_threads(self) -> int | None:
+        """The threads a CPU worker sets torch to (None on a GPU: torch's default)."""
+        return None if self.gpus else self.threads
+
+
+def worker_pool(device: str, workers: int | None, worker_env: dict | None = None, check: bool = False) -> WorkerPool:
+    """The worker pool extraction and scoring both start on the joined Ray cluster (ray.init first): one worker
+    per GPU (cuda) or one CPU worker, unless `workers` says; each restarted once and its calls retried once after
+    a crash. With `check`, more workers than the cluster can place (one GPU, or one CPU, each) is an InputError
+    rather than a run that waits forever."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device.startswith("cuda") else 0
+    cpus = int(resources.get("CPU", 1))
+    n_workers = workers or max(1, gpus)
+    if check and n_workers > (gpus if gpus else cpus):
+        raise InputError(f"--workers {n_workers}: the Ray cluster has {gpus} GPUs and {cpus} CPUs, one "
+                         f"{'GPU' if gpus else 'CPU'} per worker; use --workers {gpus or cpus} or fewer")
+    threads = max(1, cpus // n_workers)
+    options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
+                   runtime_env={"env_vars": worker_env} if worker_env else None)
+    return WorkerPool(n_workers, gpus, threads, options)
 
 
 def init_ray(address: str | None) -> None:

@@ -39,6 +39,11 @@ class MissingFile(InputError, FileNotFoundError):
     """A file or folder the input names that is not there."""
 
 
+class NotScorable(InputError):
+    """This SAE (or its layer) cannot be scored; the message says why. Other SAEs are unaffected (the runner
+    writes a row saying so)."""
+
+
 class RunFailed(RuntimeError):
     """A run that stopped outside the user's input (a worker died or could not start, a download failed); one
     line, and rerunning resumes. `remote_traceback`: a worker's traceback when the cause was unexpected there (the

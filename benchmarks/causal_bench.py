@@ -66,7 +66,7 @@ def main() -> int:
 
     from actstore.score.causal import CausalConfig, CausalRunner
     from actstore.extract.model import load_model
-    from actstore.score.probes import LETTERS
+    from actstore.tasks.builtin import FIRST_LETTER_TASK
     from actstore.extract.synthetic import write_synthetic_model
     from actstore.tasks.vocab import build_vocab_task
     from transformers import AutoTokenizer
@@ -97,13 +97,14 @@ def main() -> int:
     for layer in [int(l) for l in args.layers.split(",")]:
         n, per_block = args.blocks, block_flops(model, 0)
         outcome, seconds = {}, {}
-        first = CausalRunner(model, tokenizer, task.input_ids, task.position, LETTERS, cfg)
+        first = CausalRunner(model, tokenizer, task.input_ids, task.position, FIRST_LETTER_TASK, cfg)
         x = torch.cat([r[int(task.position[i])][None] for i, r in zip(rows, first.residuals(layer, rows))])
         saes = [random_sae(args.d_model, 4 * args.d_model, x, seed) for seed in range(args.saes)]
-        dec_cos = torch.zeros(4 * args.d_model, len(LETTERS))
+        dec_cos = torch.zeros(4 * args.d_model, FIRST_LETTER_TASK.n_classes)
         for repeat in range(args.repeat):  # modes alternate; each keeps its fastest repeat (a shared machine)
             for mode, share in (("whole", False), ("shared", True)):  # each runner starts with no cache
-                runner = CausalRunner(model, tokenizer, task.input_ids, task.position, LETTERS, cfg, share_prefix=share)
+                runner = CausalRunner(model, tokenizer, task.input_ids, task.position, FIRST_LETTER_TASK, cfg,
+                                      share_prefix=share)
                 t = time.perf_counter()
                 outcome[mode] = [runner.score_tokens(sae, layer, rows, letters, [[] for _ in rows], dec_cos)
                                  for sae in saes]

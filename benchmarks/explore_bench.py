@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from store_bench import environment, print_table, write_result  # noqa: E402
 
 from actstore.run.results import part_name, write_tables  # noqa: E402
-from actstore.score.scorer import TOKEN_COLUMNS  # noqa: E402
+from actstore.score.absorption import TOKEN_COLUMNS  # noqa: E402
 from actstore.run.tokens import tokens_path, write_tokens  # noqa: E402
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

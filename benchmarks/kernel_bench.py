@@ -49,6 +49,8 @@ from actstore.kernels.jumprelu_probe import (Group, P_PAD, default_splits, jumpr
 from actstore.saes.loading import parse_width  # noqa: E402
 
 CAPACITY = 64
+CLASSES = 26
+"""probe classes projected on: first_letter's, the case scoring measures (the kernel takes any count)"""
 
 
 def make_group(d: int, m: int, s: int, dtype: torch.dtype, device: str, l0_target: int = 60) -> Group:
@@ -59,19 +61,20 @@ def make_group(d: int, m: int, s: int, dtype: torch.dtype, device: str, l0_targe
 
     z = NormalDist().inv_cdf(1 - l0_target / m)  # x ~ N(0, 1): pre ~ N(0, 1)
     threshold = torch.full((s * m,), z, device=device)
-    v = torch.randn(s * m, P_PAD, device=device, generator=gen) / d ** 0.5
-    v[:, 26:] = 0
+    v = torch.randn(1, s * m, P_PAD, device=device, generator=gen) / d ** 0.5  # one block of P_PAD >= CLASSES
+    v[:, :, CLASSES:] = 0
     offsets = torch.arange(s + 1, device=device, dtype=torch.int32) * m
     return Group(w, torch.zeros(s * m, device=device), threshold, torch.ones(s * m, device=device), v, offsets,
-                 (m,) * s)
+                 (m,) * s, None, CLASSES)
 
 
 def torch_path(x: torch.Tensor, group: Group, chunk: int) -> tuple[torch.Tensor, list]:
     """The unfused path, chunked: dense encode, threshold, nonzero, projection."""
     offsets = group.offsets.tolist()
+    v = group.v.permute(1, 0, 2).reshape(group.v.shape[1], -1)[:, :group.n_classes]  # (M, C)
     projs, lists = [], []
     for a, b in zip(offsets, offsets[1:]):
-        proj = torch.zeros(len(x), P_PAD, device=x.device)
+        proj = torch.zeros(len(x), group.n_classes, device=x.device)
         found = []
         for lo in range(a, b, chunk):
             hi = min(b, lo + chunk)
@@ -79,7 +82,7 @@ def torch_path(x: torch.Tensor, group: Group, chunk: int) -> tuple[torch.Tensor,
             f = torch.relu(pre) * (pre > group.threshold[lo:hi])
             rows, cols = f.nonzero(as_tuple=True)
             found.append((rows, cols + (lo - a), f[rows, cols] * group.scale[lo + cols]))
-            proj += f @ group.v[lo:hi]
+            proj += f @ v[lo:hi]
         projs.append(proj)
         lists.append(found)
     return torch.stack(projs), lists

@@ -39,7 +39,7 @@ from actstore.saes.loading import load_params_npz, parse_width  # noqa: E402
 
 PHASES = {  # phase name -> (module, attribute) of a function score_sae calls
     "cosines": (scoring, "latent_cosines"),
-    "l1_probe": (scoring, "_l1_weights"),
+    "l1_probe": (scoring, "l1_weights"),
     "seeds: k-sparse, absorption, records": (scoring, "_score_seeds"),
     "context precision/recall": (scoring, "_in_context"),
     "summary": (scoring, "_summary"),

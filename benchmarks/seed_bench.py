@@ -34,7 +34,7 @@ from actstore.saes.loading import parse_width  # noqa: E402
 
 def rows(n: int, context: int):
     from actstore.score.probes import train_probe
-    from actstore.score.scorer import LayerData
+    from actstore.score.config import LayerData
 
     gen = torch.Generator().manual_seed(0)
     directions = torch.nn.functional.normalize(torch.randn(26, D, generator=gen), dim=1)
@@ -73,7 +73,9 @@ def interleaved(repeat: int, one, five) -> tuple[list[float], list[float]]:
 
 
 def main() -> int:
-    from actstore.score.scorer import ScoreConfig, decoder_scale, encode_sparse, score_sae
+    from actstore.score.config import ScoreConfig
+    from actstore.score.encode import decoder_scale, encode_sparse
+    from actstore.score.scorer import score_sae
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", default="16k,65k")

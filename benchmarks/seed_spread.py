@@ -57,7 +57,8 @@ def main() -> int:
     from actstore.store.layers import load_layer
     from actstore.score.probes import load_probe
     from actstore.saes.loading import load_params_npz
-    from actstore.score.scorer import ScoreConfig, score_sae
+    from actstore.score.config import ScoreConfig
+    from actstore.score.scorer import score_sae
     from actstore.store.zarrstore import ActivationStore
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

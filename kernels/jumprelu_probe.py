@@ -5,7 +5,7 @@ latents offsets[s]..offsets[s+1] of W_enc (d, M), b_enc, threshold, scale and V)
 
     pre   = X @ W_enc[:, s] + b_enc[s]                          (N, m_s), fp32 accumulation
     f     = ReLU(pre) * (pre > threshold)                       JumpReLU as sae-lens computes it
-    proj  = f @ V[s]                                            (N, P); V = W_dec @ p^T (m, P), P = 26 padded
+    proj  = f @ V[s]                                            (N, C); V = W_dec @ p^T (m, C), C probe classes
     l0    = #{i : f_i > 0}                                      (N,)
     idx, val = the active latents (ids local to the SAE, increasing) and f_i * scale_i (folded values),
             the first `capacity` of each token; l0 > capacity marks an overflow, and the launcher runs
@@ -19,6 +19,11 @@ the SAE's reconstruction (less b_dec) on the probe direction. The (N, m) matrix 
 BLOCK_N tokens of one SAE and walks its latents BLOCK_M at a time, keeping proj, l0 and the list fill in
 registers. The JumpReLU tile is the left operand of the second dot exactly as computed (no transpose: on
 Hopper a transposed dot accumulator fed into another dot has miscompiled, triton issues 6124, 10821).
+
+Classes: V is stored in blocks of P columns (`class_block`: the class count's next power of two, at least 32
+and at most MAX_CLASS_BLOCK), zero-padded, (B, M, P) with B = ceil(C / P); one launch projects on one block.
+Any count of 2 to 4096 classes (and more) works: up to MAX_CLASS_BLOCK classes in one launch, beyond that one
+launch per block, each encoding again (the GEMM is the cost; the projection adds 2 N m P flops per block).
 
 What it compiles to on Hopper is checked without a GPU (`benchmarks/kernel_static.py`, `kernels/codegen.py`):
 - main loop: when every offset is a multiple of 16 (ALIGNED, set by the launcher) the latent loop is 0-based
@@ -47,7 +52,14 @@ import torch
 import triton
 import triton.language as tl
 
-P_PAD = 32  # 26 probe directions padded to a tl.dot-friendly width
+MIN_CLASS_BLOCK = 32
+"""the narrowest class block: a tl.dot-friendly width (first_letter's classes pad to it, as always)"""
+MAX_CLASS_BLOCK = 64
+"""the widest class block one launch projects on. The proj accumulator takes BLOCK_N x P / (32 x warps) fp32
+registers per thread beside the pre and prefix-count tiles; compiled for sm_90a with the pinned tiles (Triton
+3.9), P = 32 and 64 give the same spill-free 138-instruction k-step (epilogue spills 22 and 36 per tile), 128
+spills 6 per k-step in the main loop, 256 142 (tests/test_kernel_static.py checks 64)"""
+P_PAD = MIN_CLASS_BLOCK  # the class block of 2..32 classes (the name benchmarks/kernel_static.py reads)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ALIGN = 16
 """latent offsets that are multiples of this let W_enc load as 16-byte async copies (8 bf16 latents)"""
@@ -191,10 +203,10 @@ def _jumprelu_probe_kernel(
     tl.store(near_ptr + per_token + rows, near, mask=row_ok)
 
 
-_jumprelu_probe_tuned = triton.autotune(configs=CONFIGS, key=["n_key", "D", "splits", "ALIGNED", "IEEE"])(
+_jumprelu_probe_tuned = triton.autotune(configs=CONFIGS, key=["n_key", "D", "splits", "ALIGNED", "IEEE", "P"])(
     _jumprelu_probe_kernel)
 """The same kernel, autotuned: the key is what changes the best tiles (token count to a power of two, d_model,
-shares per SAE, alignment, dtype), not the list capacity or a partial block's exact size."""
+shares per SAE, alignment, dtype, class block), not the list capacity or a partial block's exact size."""
 
 
 class Group(NamedTuple):
@@ -209,18 +221,24 @@ class Group(NamedTuple):
     scale: torch.Tensor
     """(M,) fp32 decoder row norms, 1 for a zero row"""
     v: torch.Tensor
-    """(M, P_PAD) fp32 W_dec @ p^T, zero-padded"""
+    """(B, M, P) fp32 W_dec @ p^T in B blocks of P class columns (`class_block`), zero-padded past the classes"""
     offsets: torch.Tensor
     """(S + 1,) int32"""
     widths: tuple = ()
     """the S widths, on the host (so a launch needs no device read to plan); empty: read from offsets"""
     enc_norm: torch.Tensor | None = None
     """(M,) fp32 encoder column norms (the near band's absolute part); None: computed at each launch"""
+    classes: int | None = None
+    """C, the probe classes (columns of proj); None: every column of v (B x P)"""
+
+    @property
+    def n_classes(self) -> int:
+        return self.classes if self.classes is not None else self.v.shape[0] * self.v.shape[2]
 
 
 class Fused(NamedTuple):
     proj: torch.Tensor
-    """(S, N, P_PAD) fp32 projection of f on each probe direction (columns past the probes are 0)"""
+    """(S, N, C) fp32 projection of f on each probe direction"""
     l0: torch.Tensor
     """(S, N) int32 active latents per token"""
     index: torch.Tensor
@@ -244,25 +262,37 @@ class Fused(NamedTuple):
                               (self.nnz[sae],))
 
 
+def class_block(classes: int) -> int:
+    """Class columns one launch projects on: the next power of two >= classes, within [32, MAX_CLASS_BLOCK]."""
+    return max(MIN_CLASS_BLOCK, min(MAX_CLASS_BLOCK, triton.next_power_of_2(max(classes, 1))))
+
+
 def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype, w_enc: torch.Tensor | None = None) -> Group:
     """Concatenate SAEs (objects with w_enc (d, m), b_enc, w_dec (m, d), and threshold unless ReLU).
-    directions (P, d) unit probe directions, P <= 32. Several SAEs' encoders are copied once (one SAE's is
-    used as it is); `w_enc`: the (d, M) encoders already side by side (a scheduler that loads each SAE's
-    encoder into its slice of one buffer), used as it is."""
+    directions (C, d) unit probe directions, any C (0: lists only; V is then one zero block of 32 columns).
+    V takes M x B x P x 4 bytes (`class_block`): 1M latents x 4096 classes is 16 GiB. Several SAEs' encoders
+    are copied once (one SAE's is used as it is); `w_enc`: the (d, M) encoders already side by side (a
+    scheduler that loads each SAE's encoder into its slice of one buffer), used as it is."""
     device = saes[0].w_enc.device
     widths = [s.w_enc.shape[1] for s in saes]
     offsets = torch.tensor([0] + widths, device=device).cumsum(0).to(torch.int32)
     norms = torch.cat([s.w_dec.float().norm(dim=1) for s in saes])
     enc_norm = torch.cat([torch.linalg.vector_norm(s.w_enc, dim=0, dtype=torch.float32) for s in saes])
-    v = torch.zeros(sum(widths), P_PAD, device=device)
-    v[:, :directions.shape[0]] = torch.cat([s.w_dec.float() @ directions.to(device).float().T for s in saes])
+    classes = directions.shape[0]
+    block = class_block(classes)
+    blocks = max(1, triton.cdiv(classes, block))
+    v = torch.zeros(blocks, sum(widths), block, device=device)  # (B, M, P)
+    cos = torch.cat([s.w_dec.float() @ directions.to(device).float().T for s in saes])  # (M, C)
+    for b in range(blocks):
+        part = cos[:, b * block:(b + 1) * block]
+        v[b, :, :part.shape[1]] = part
     if w_enc is None:  # one SAE: no copy
         w_enc = saes[0].w_enc if len(saes) == 1 else torch.cat([s.w_enc for s in saes], dim=1)
     return Group(w_enc.to(dtype),  # any strides: a slice of a shared buffer is used in place
                  torch.cat([s.b_enc.float() for s in saes]),
                  torch.cat([s.threshold.float() if getattr(s, "architecture", "jumprelu") == "jumprelu"
                             else torch.zeros_like(s.b_enc.float()) for s in saes]),  # ReLU: threshold 0
-                 torch.where(norms > 0, norms, torch.ones_like(norms)), v, offsets, tuple(widths), enc_norm)
+                 torch.where(norms > 0, norms, torch.ones_like(norms)), v, offsets, tuple(widths), enc_norm, classes)
 
 
 FLIP_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -291,13 +321,14 @@ fits then runs once, across token blocks and across SAEs); it grows and never sh
 
 
 def check_offsets(n: int, stride_xn: int, stride_wd: int, latents: int, capacity: int,
-                  configs: list[triton.Config]) -> None:
+                  configs: list[triton.Config], columns: int = P_PAD) -> None:
     """The kernel forms per-tile offsets in 32 bits from 64-bit per-program bases (tokens x row stride, latents x
     W_enc's stride and job x N x capacity can each pass 2^31 at Gemma Scope sizes; W_enc's pointers advance
-    along d_model in 64 bits): refuse a launch whose per-tile offsets would not fit under any of `configs`."""
+    along d_model in 64 bits): refuse a launch whose per-tile offsets would not fit under any of `configs`.
+    columns: the class block P (V's rows are P wide)."""
     block_n, block_k = (max(c.kwargs[name] for c in configs) for name in ("BLOCK_N", "BLOCK_K"))
     biggest = {"BLOCK_N x row stride of x": block_n * stride_xn, "BLOCK_K x row stride of W_enc": block_k * stride_wd,
-               "BLOCK_N x list capacity": (block_n + 1) * capacity, "latents x probe columns": latents * P_PAD}
+               "BLOCK_N x list capacity": (block_n + 1) * capacity, "latents x probe columns": latents * columns}
     over = [name for name, value in biggest.items() if value >= 2**31]
     if over:
         raise ValueError(f"a launch with {n} tokens, x row stride {stride_xn}, W_enc row stride {stride_wd}, {latents} "
@@ -316,6 +347,10 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
     counts are summed and their lists joined in order, on the device. Default: `default_splits`.
     tuned: autotune the tiles (benchmarks); scoring uses the one PINNED config, so which latents fire never
     depends on which config won a timing.
+    Classes: one launch per block of group.v (B = 1 up to MAX_CLASS_BLOCK classes). With B > 1 the first block's
+    launch settles the lists (and any retry); each later block runs the same kernel again on the same tokens
+    for its projection columns, rewriting the same lists (the pinned tiles are deterministic), so every class
+    count gets the exact answer, at B times the encoder's cost.
     """
     if x.dim() != 2 or x.shape[1] != group.w_enc.shape[0]:
         raise ValueError(f"x must be (N, {group.w_enc.shape[0]}); got {tuple(x.shape)}")
@@ -336,25 +371,34 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
         torch.zeros((), device=x.device)
     k = splits or default_splits(n, s, min(widths), x.device)
     aligned = all(w % ALIGN == 0 for w in widths)  # offsets are partial sums of the widths
-    proj = torch.empty(s * k, n, P_PAD, device=x.device, dtype=torch.float32)
+    if group.v.dim() != 3 or group.v.shape[1] != group.w_enc.shape[1]:
+        raise ValueError(f"group.v must be (blocks, {group.w_enc.shape[1]}, P); got {tuple(group.v.shape)} "
+                         f"(pack_group builds it)")
+    blocks, _, block = group.v.shape
+    proj = torch.empty(blocks, s * k, n, block, device=x.device, dtype=torch.float32)  # one (S k, N, P) per block
     l0 = torch.empty(s * k, n, device=x.device, dtype=torch.int32)
     near = torch.empty_like(l0)
     retries = 0
-    while True:
-        check_offsets(n, x.stride(0), group.w_enc.stride(0), group.v.shape[0], capacity,
-                      CONFIGS if tuned else [PINNED])
-        index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
-        value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)
-        args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, enc_norm, x_max, group.v, group.offsets,
-                proj, l0, near, index, value, n, d, capacity, tol, FLIP_ABS, k, triton.next_power_of_2(max(n, 1)),
-                x.stride(0), x.stride(1), group.w_enc.stride(0), group.w_enc.stride(1))
+
+    def launch(b: int, index: torch.Tensor, value: torch.Tensor) -> None:
+        args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, enc_norm, x_max, group.v[b],
+                group.offsets, proj[b], l0, near, index, value, n, d, index.shape[2], tol, FLIP_ABS, k,
+                triton.next_power_of_2(max(n, 1)), x.stride(0), x.stride(1), group.w_enc.stride(0),
+                group.w_enc.stride(1))
         if tuned:
             _jumprelu_probe_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), s * k)](
-                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET)
+                *args, P=block, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET)
         else:
             _jumprelu_probe_kernel[(triton.cdiv(n, PINNED.kwargs["BLOCK_N"]), s * k)](
-                *args, P=P_PAD, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET,
+                *args, P=block, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET,
                 num_warps=PINNED.num_warps, num_stages=PINNED.num_stages, **PINNED.kwargs)
+
+    while True:
+        check_offsets(n, x.stride(0), group.w_enc.stride(0), group.v.shape[1], capacity,
+                      CONFIGS if tuned else [PINNED], block)
+        index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
+        value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)
+        launch(0, index, value)
         shares = l0.view(s, k, n)
         # the launch's one host synchronisation: largest share L0 (overflow?), largest joined L0, entries per SAE
         stats = torch.cat([shares.amax().view(1), shares.sum(dim=1).amax().view(1), shares.sum(dim=(1, 2))]) \
@@ -365,6 +409,11 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
         capacity = triton.next_power_of_2(most)
         retries += 1
     _room["capacity"] = max(_room["capacity"], capacity)
+    for b in range(1, blocks):  # the lists fit now: the later class blocks' projections
+        launch(b, index, value)
+    # (B, S k, N, P) -> (S k, N, C): the class blocks side by side, padding dropped (a view when B = 1)
+    proj = (proj[0] if blocks == 1 else proj.permute(1, 2, 0, 3).reshape(s * k, n, blocks * block))
+    proj = proj[:, :, :group.n_classes]
     if k == 1:
         return Fused(proj, l0, index, value, near, retries, tuple(nnz))
     return _join_splits(proj, shares, index, value, near, max(1, longest), retries, tuple(nnz))
@@ -394,20 +443,22 @@ def _join_splits(proj, shares, index, value, near, room: int, retries: int, nnz:
     dest = (sae * n + token) * room + start[..., None] + slot  # (S, k, N, capacity) flat place in (S, N, room)
     joined_index, joined_value = _scatter_lists(index.view(s, k, n, capacity), value.view(s, k, n, capacity),
                                                 dest, slot < shares[..., None], (s, n, room))
-    return Fused(proj.view(s, k, n, -1).sum(dim=1), shares.sum(dim=1, dtype=torch.int32),
+    return Fused(proj.reshape(s, k, n, proj.shape[2]).sum(dim=1), shares.sum(dim=1, dtype=torch.int32),
                  joined_index.int(), joined_value, near.view(s, k, n).sum(dim=1, dtype=torch.int32), retries, nnz)
 
 
 def jumprelu_probe_reference(x: torch.Tensor, group: Group) -> tuple[torch.Tensor, torch.Tensor, list[list]]:
-    """fp32 torch reference of one launch: proj (S, N, P), l0 (S, N), and per SAE and token the (ids,
+    """fp32 torch reference of one launch: proj (S, N, C), l0 (S, N), and per SAE and token the (ids,
     values) of its active latents. Dense per SAE: for tests and benchmarks at small shapes."""
     x = x.float()
     offsets = group.offsets.tolist()
+    blocks, width, block = group.v.shape
+    v = group.v.permute(1, 0, 2).reshape(width, blocks * block)[:, :group.n_classes]  # (M, C)
     projs, l0s, lists = [], [], []
     for a, b in zip(offsets, offsets[1:]):
         pre = x @ group.w_enc[:, a:b].float() + group.b_enc[a:b]
         f = torch.relu(pre) * (pre > group.threshold[a:b])
-        projs.append(f @ group.v[a:b])
+        projs.append(f @ v[a:b])
         l0s.append((f > 0).sum(dim=1).int())
         lists.append([(row.nonzero()[:, 0], row[row > 0] * group.scale[a:b][row > 0]) for row in f])
     return torch.stack(projs), torch.stack(l0s), lists

@@ -10,9 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actstore.score.causal import (CausalConfig, CausalError, CausalRunner, letter_token_ids, replaced_output,
-                             spliced_blocks)
-from actstore.score.probes import LETTERS
+from actstore.errors import InputError
+from actstore.extract.splice import replaced_output, spliced_blocks
+from actstore.score.causal import CausalConfig, CausalError, CausalRunner, answer_token_ids, check_task
+from actstore.tasks.base import Task
+from actstore.tasks.builtin import CAPITALIZED_TASK, FIRST_LETTER_TASK, LAST_LETTER_TASK
+
+LETTERS = FIRST_LETTER_TASK.classes  # the spelling world's classes: first_letter's a..z
 
 LAYER = 0  # the 2-block spelling model's head is in block 1; the metric hooks block 0
 ROWS = 520
@@ -59,7 +63,7 @@ def world(tmp_path_factory):
                                      SynthSAEConfig(absorption=(0.5,), splits=(), width=300, min_truth_positives=3))
     truth = json.loads((planted / "truth.json").read_text())
     decoy = plant_decoys(planted, root / "decoy" / f"layer_{LAYER}" / "width_300" / "decoy", model_dir,
-                         probe.directions(), truth["evaluated_letters"][:DECOY_LETTERS])
+                         probe.directions(), truth["evaluated_classes"][:DECOY_LETTERS])
     return {"root": root, "model_dir": model_dir, "model": model, "tokenizer": tokenizer, "task": task,
             "store": path, "probe": probe, "decoy": decoy}
 
@@ -100,7 +104,7 @@ def runner(world):
     from actstore.store.zarrstore import ActivationStore
 
     with ActivationStore.open(world["store"]) as store:
-        return CausalRunner.from_store(store, "cpu", LETTERS, CausalConfig())
+        return CausalRunner.from_store(store, "cpu", FIRST_LETTER_TASK, CausalConfig())
 
 
 def test_spliced_later_blocks_reproduce_the_model(world, runner):
@@ -159,7 +163,7 @@ def reference_scores(model, runner, sae, row: int, letter: int) -> torch.Tensor:
         handle = decoder_layers(model)[LAYER].register_forward_hook(hook)
         logits = model(input_ids=ids).logits[0, -1]
         handle.remove()
-        metric = logits[runner.correct[letter]] - logits[runner.others[letter]].mean()
+        metric = logits[runner.correct[letter]] - logits[runner.others(letter)].mean()
         grads.append(torch.autograd.grad(metric, patched)[0])
     return torch.stack(grads).mean(dim=0) * (0 - acts)
 
@@ -172,14 +176,14 @@ def test_scores_match_a_literal_reference_of_the_papers_procedure(world, runner)
 
     sae = load_params_npz(world["decoy"] / "params.npz", "decoy", LAYER, None, 64, torch.float32, "cpu")
     truth = json.loads((world["decoy"] / "truth.json").read_text())
-    decoy_letter = truth["decoy_letters"][0]
-    kept = next(c for c in truth["evaluated_letters"] if c not in truth["decoy_letters"])
-    picks = [(truth["letters"][kept]["absorbed_rows"][0][0], kept),
-             (truth["letters"][decoy_letter]["absorbed_rows"][0][0], decoy_letter)]
+    decoy_letter = truth["decoy_classes"][0]
+    kept = next(c for c in truth["evaluated_classes"] if c not in truth["decoy_classes"])
+    picks = [(truth["classes"][kept]["absorbed_rows"][0][0], kept),
+             (truth["classes"][decoy_letter]["absorbed_rows"][0][0], decoy_letter)]
     clean = next(r for r in range(ROWS) if world["task"].label[r] == LETTERS.index(kept)
-                 and r not in [a for a, _ in truth["letters"][kept]["absorbed_rows"]])
+                 and r not in [a for a, _ in truth["classes"][kept]["absorbed_rows"]])
     picks.append((clean, kept))
-    dec_cos = torch.zeros(sae.width, 26)
+    dec_cos = torch.zeros(sae.width, len(LETTERS))
     got = runner.score_tokens(sae, LAYER, [r for r, _ in picks], [LETTERS.index(c) for _, c in picks],
                               [[] for _ in picks], dec_cos)
     for (row, c), outcome in zip(picks, got):
@@ -215,9 +219,9 @@ def test_planted_absorbers_are_found_at_the_planted_rate_and_decoys_are_rejected
     truth = json.loads((world["decoy"] / "truth.json").read_text())
     letters = {r["letter"]: r for r in pq.read_table(out / "letters.parquet").to_pylist()}
     tokens = pq.read_table(out / "tokens.parquet").to_pylist()
-    assert truth["decoy_letters"] and all(truth["letters"][c]["decoy_cos"] > 0.1 for c in truth["decoy_letters"])
-    for c in truth["evaluated_letters"]:
-        row, planted = letters[c], truth["letters"][c]
+    assert truth["decoy_classes"] and all(truth["classes"][c]["decoy_cos"] > 0.1 for c in truth["decoy_classes"])
+    for c in truth["evaluated_classes"]:
+        row, planted = letters[c], truth["classes"][c]
         assert row["causal_absorption_rate"] == pytest.approx(planted["causal_absorption_rate"], abs=1e-12), c
         assert row["causal_sample_portion"] == 1.0
         mine = [t for t in tokens if t["letter"] == c]
@@ -226,7 +230,7 @@ def test_planted_absorbers_are_found_at_the_planted_rate_and_decoys_are_rejected
                                    "agree_unsampled")]
         assert sum(counts) == row["num_probe_true_positives"]
         absorbed = {r for r, _ in planted.get("absorbed_rows", [])}
-        if c in truth["decoy_letters"]:
+        if c in truth["decoy_classes"]:
             assert row["full_absorption_rate"] == pytest.approx(planted["full_absorption_rate"], abs=1e-9)
             assert planted["full_absorption_rate"] > 0
             assert row["num_causal_absorption"] == 0 and row["agree_projection_only"] == len(absorbed)
@@ -261,22 +265,89 @@ def test_causal_options_are_provenance_and_the_default_leaves_old_parts_valid(wo
         assert "causal" not in Provenance(store, plain, "cpu").options["score"]
 
 
-def test_letter_tokens_prompt_and_paper_schemes():
+CAPS = [f"\u2581{c.upper()}" for c in LETTERS]
+
+
+def test_answer_tokens_prompt_and_paper_schemes():
     """prompt: every letter as the prompt's answers write it (' A' -> '▁A'); paper: the correct letter as
     tokenizer.encode('a')[-1] (lowercase, no space), the others still ' B', ' C', ...; a tokenizer with no lone
     lowercase letters refuses paper with a clear error."""
     from actstore.extract.synthetic import PROMPT_WORDS, SPECIALS, build_tokenizer
 
-    caps = [f"\u2581{c.upper()}" for c in LETTERS]
-    with_lower = build_tokenizer(SPECIALS + PROMPT_WORDS + caps + list(LETTERS) + ["\u2581word", "word"])
-    ids = {t: with_lower.convert_tokens_to_ids(t) for t in caps + list(LETTERS)}
-    correct, others = letter_token_ids(with_lower, "abc", "prompt", "word")
-    assert correct == [ids[c] for c in caps[:3]] and others[0] == [ids[caps[1]], ids[caps[2]]]
-    correct, others = letter_token_ids(with_lower, "abc", "paper", "word")
-    assert correct == [ids["a"], ids["b"], ids["c"]] and others[1] == [ids[caps[0]], ids[caps[2]]]
-    without = build_tokenizer(SPECIALS + PROMPT_WORDS + caps + ["\u2581word", "word"])
+    with_lower = build_tokenizer(SPECIALS + PROMPT_WORDS + CAPS + list(LETTERS) + ["\u2581word", "word"])
+    ids = {t: with_lower.convert_tokens_to_ids(t) for t in CAPS + list(LETTERS)}
+    correct, answers = answer_token_ids(with_lower, FIRST_LETTER_TASK, "prompt", "word")
+    assert correct == answers == [ids[c] for c in CAPS] and len(set(answers)) == 26
+    correct, answers = answer_token_ids(with_lower, FIRST_LETTER_TASK, "paper", "word")
+    assert correct == [ids[c] for c in LETTERS] and answers == [ids[c] for c in CAPS]
+    without = build_tokenizer(SPECIALS + PROMPT_WORDS + CAPS + ["\u2581word", "word"])
     with pytest.raises(CausalError, match="no token for a lone lowercase letter"):
-        letter_token_ids(without, "abc", "paper", "word")
+        answer_token_ids(without, FIRST_LETTER_TASK, "paper", "word")
+
+
+class RecordingTokenizer:
+    """A tokenizer that records the texts it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, text, **kwargs):
+        self.texts.append(text)
+        return self.tokenizer(text, **kwargs)
+
+
+def test_last_letter_answer_tokens_come_from_its_template():
+    """last_letter: the query line is its template ("word has the last letter:") and each class's token is what
+    " " + its answer adds to it; a task with other answers (" yes", " no") gets those tokens, in class order; two
+    answers that are one token are refused; paper is first_letter's alone."""
+    from actstore.extract.synthetic import PROMPT_WORDS, SPECIALS, build_tokenizer
+
+    tokenizer = build_tokenizer(SPECIALS + PROMPT_WORDS + CAPS + ["\u2581last", "\u2581yes", "\u2581no", "\u2581word"])
+    recording = RecordingTokenizer(tokenizer)
+    correct, answers = answer_token_ids(recording, LAST_LETTER_TASK, "prompt", "word")
+    assert correct == answers == [tokenizer.convert_tokens_to_ids(t) for t in CAPS]
+    assert recording.texts == ["word has the last letter:"] + [f"word has the last letter: {c.upper()}"
+                                                                for c in LETTERS]
+    asks = Task(name="labels:yn", classes=("n", "y"), label=lambda text: None, template="Is {word} a word? Answer:",
+                answers=("no", "yes"), prompt_task="labels:yn", min_evaluated=2)
+    tokenizer = build_tokenizer(SPECIALS + ["\u2581Is", "\u2581a", "\u2581word?", "\u2581Answer", ":", "\u2581yes",
+                                            "\u2581no", "\u2581word"])
+    assert answer_token_ids(tokenizer, asks, "prompt", "word")[1] == [tokenizer.convert_tokens_to_ids("\u2581no"),
+                                                                      tokenizer.convert_tokens_to_ids("\u2581yes")]
+    same = Task(name="labels:same", classes=("a", "b"), label=lambda text: None, template=asks.template,
+                answers=("Maybe", "Perhaps"), prompt_task="labels:same", min_evaluated=2)  # both <unk>
+    with pytest.raises(CausalError, match="answers ' Maybe' and ' Perhaps' are the same token"):
+        answer_token_ids(tokenizer, same, "prompt", "word")
+    with pytest.raises(InputError, match="--causal-answer-tokens paper is lasr-spelling's first-letter metric"):
+        answer_token_ids(tokenizer, LAST_LETTER_TASK, "paper", "word")
+
+
+def test_a_relabeling_task_has_no_causal_metric(world):
+    """capitalized relabels first_letter's rows: their prompt asks for the first letter, so no answer of its own
+    classes is the model's reply. The runner refuses it, before loading any model, with an error that says so."""
+    from actstore.store.zarrstore import ActivationStore
+
+    message = r"task capitalized has no causal metric: it relabels first_letter's rows, whose prompt asks"
+    with pytest.raises(CausalError, match=message):
+        check_task(CAPITALIZED_TASK)
+    with ActivationStore.open(world["store"]) as store, pytest.raises(CausalError, match=message):
+        CausalRunner.from_store(store, "cpu", CAPITALIZED_TASK, CausalConfig())
+    with pytest.raises(CausalError, match=message):
+        answer_token_ids(world["tokenizer"], CAPITALIZED_TASK, "prompt", "word")
+    check_task(FIRST_LETTER_TASK)
+    check_task(LAST_LETTER_TASK)
+    assert isinstance(CausalError("x"), InputError)  # the CLI prints it in one line and exits 2
+
+
+def test_a_task_whose_prompt_rows_are_not_in_the_store_is_named(world):
+    """last_letter has a prompt of its own, in group vocab_last_letter; a store extracted for first_letter only
+    has none: the runner says which group is missing and how to extract it."""
+    from actstore.store.zarrstore import ActivationStore
+
+    with ActivationStore.open(world["store"]) as store, pytest.raises(
+            CausalError, match=r"no prompt rows of task last_letter \(group vocab_last_letter\); extract them with "
+                               r"`actstore extract --task last_letter --resume`"):
+        CausalRunner.from_store(store, "cpu", LAST_LETTER_TASK, CausalConfig())
 
 
 def test_causal_arguments_are_checked(planted_store, tmp_path):
@@ -290,8 +361,8 @@ def test_causal_arguments_are_checked(planted_store, tmp_path):
         check("score", cfg(causal=True))
     with pytest.raises(BadArgument, match="--causal-samples"):
         check("score", cfg(causal_samples=0))
-    with pytest.raises(BadArgument, match="--causal-letter-tokens"):
-        check("score", cfg(causal_letter_tokens="lowercase"))
+    with pytest.raises(BadArgument, match="--causal-answer-tokens 'lowercase': expected one of paper, prompt"):
+        check("score", cfg(causal_answer_tokens="lowercase"))
 
 
 def test_report_and_explorer_show_the_agreement(world, scored):
@@ -305,7 +376,7 @@ def test_report_and_explorer_show_the_agreement(world, scored):
     scored_rows, _ = load_results(out)
     letters = pq.read_table(out / "letters.parquet").to_pylist()
     text, tables = agreement_section(scored_rows, letters, scored_rows[0])
-    decoy = truth["decoy_letters"][0]
+    decoy = truth["decoy_classes"][0]
     row = next(r for r in letters if r["letter"] == decoy)
     assert tables == 2 and "Projection vs causal absorption" in text
     assert (f"<td>{decoy}</td><td>{row['num_probe_true_positives']}</td>") in text
@@ -313,9 +384,9 @@ def test_report_and_explorer_show_the_agreement(world, scored):
         == ("", 0)
     payload = sae_payload(letters, pq.read_table(out / "tokens.parquet").to_pylist(), [])
     listed = {c: {t[0]: t[8] for t in tokens} for c, tokens in payload["tokens"].items()}
-    for c in truth["evaluated_letters"]:
-        want = 0 if c in truth["decoy_letters"] else 1
-        assert {r: want for r, _ in truth["letters"][c].get("absorbed_rows", [])} == listed.get(c, {}), c
+    for c in truth["evaluated_classes"]:
+        want = 0 if c in truth["decoy_classes"] else 1
+        assert {r: want for r, _ in truth["classes"][c].get("absorbed_rows", [])} == listed.get(c, {}), c
 
 
 def test_a_model_folder_with_other_weights_is_refused(world, tmp_path, capsys):

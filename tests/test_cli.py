@@ -84,14 +84,17 @@ def test_demo_runs_checks_itself_and_resumes(capsys, tmp_path, ray_session):
     layer0 = float(out.split("mean test F1 by layer: 0: ")[1].split(",")[0])
     assert layer0 >= 0.9
     assert "6. scored: 4 SAEs (4 computed now)" in out and "planted vs measured" in out and "all within" in out
-    assert out.count("split letters: ") == 4 and "MISS" not in out
+    assert out.count("split classes: ") == 4 + 3 and "MISS" not in out
+    # 10: the second task, a user's label file (vowel or consonant), beside the first in the same results folder
+    assert "10. second task labels:vowels (2110 tokens labeled" in out and "labels:vowels: planted vs measured" in out
+    assert out.count("all within") == 2 and out.count("all listed with their planted absorbers") == 2
     # the explorer lists exactly the planted absorbed tokens, each with its planted absorber (demo.py checks the
     # data files against truth.json; tests/test_explorer.py drives the page itself)
     assert "results/report/report.html" in out and "all listed with their planted absorbers" in out
     assert (tmp_path / "demo" / "results" / "explorer" / "index.html").exists()
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
     assert code == 0 and "computed 0 rows" in out and "(resumed)" in out
-    assert "4 already in" in out and "all within" in out
+    assert "4 already in" in out and "3 already in" in out and out.count("all within") == 2
 
 
 @pytest.mark.slow
@@ -236,3 +239,61 @@ def test_damaged_array_metadata_and_a_marker_that_is_not_an_object_are_named_not
     marker.write_text(original)
     code, _, err = run_cli(capsys, "probe", str(tmp_path / "s.zarr"))
     assert code == 2 and f"its metadata file {meta} is damaged" in err, err
+
+
+def test_score_options_renamed_to_classes_keep_their_old_spellings_hidden(capsys):
+    """--min-classes and --causal-answer-tokens (and --task) are in the help; --min-letters and
+    --causal-letter-tokens, their spellings before tasks, still parse into the same fields and are not shown."""
+    import argparse
+
+    from actstore.cli.main import build_parser
+    from actstore.tasks.registry import task_names
+
+    parser = build_parser()
+    old = parser.parse_args(["score", "S", "--out", "O", "--min-letters", "7", "--causal-letter-tokens", "paper"])
+    new = parser.parse_args(["score", "S", "--out", "O", "--min-classes", "7", "--causal-answer-tokens", "paper"])
+    assert (old.min_classes, old.causal_answer_tokens) == (new.min_classes, new.causal_answer_tokens) == (7, "paper")
+    default = parser.parse_args(["score", "S", "--out", "O"])
+    assert (default.min_classes, default.causal_answer_tokens, default.task) == (2, "prompt", "first_letter")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["score"]
+    text = sub.format_help()
+    assert "--min-classes" in text and "--causal-answer-tokens" in text and "--task" in text
+    assert "--min-letters" not in text and "--causal-letter-tokens" not in text
+    assert all(name in " ".join(text.split()) for name in task_names())  # the task choices come from the registry
+
+
+def test_typed_choices_and_the_task_are_checked_in_one_place_before_any_work(capsys, world, tmp_path):
+    from actstore.cli.checks import BadArgument, choices
+    from actstore.run.runner import ScoreCommandConfig
+
+    for flag, value, expected in (("--backend", "cuda-magic", "expected one of auto, torch, triton"),
+                                  ("--metric-version", "1.0", "expected one of saebench-0.3, saebench-0.6"),
+                                  ("--null-kinds", "zero", "expected one of random_decoder, shuffled_firing"),
+                                  ("--causal-letter-tokens", "mine", "expected one of paper, prompt")):
+        code, _, err = run_cli(capsys, "score", str(world), "--saes", str(tmp_path), "--out", str(tmp_path / "r"),
+                               flag, value)
+        assert code == 2 and err.count("\n") == 1 and f"{value!r}: {expected}" in err, err
+    code, _, err = run_cli(capsys, "score", str(world), "--saes", str(tmp_path), "--out", str(tmp_path / "r"),
+                           "--task", "second_letter")
+    assert code == 2 and "'second_letter': not a task; choose one of first_letter" in err, err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(BadArgument, match="--l1-solver 'fast': expected one of converged, saebench"):
+        choices(ScoreCommandConfig("s", "o", l1_solver="fast"))
+
+
+def test_score_command_config_derives_the_scorers_constants():
+    """ScoreCommandConfig copies none of ScoreConfig's defaults: its scorer options take them from there, and
+    score_config() gathers them (with --null and --causal*) into the ScoreConfig the workers score with."""
+    import dataclasses
+
+    from actstore.run.runner import ScoreCommandConfig
+    from actstore.score.causal import CausalConfig
+    from actstore.score.config import ScoreConfig
+
+    assert ScoreCommandConfig("s", "o").score_config() == ScoreConfig()
+    cfg = ScoreCommandConfig("s", "o", min_probe_f1=0.5, seeds=3, min_classes=4, null=True, causal=True,
+                             causal_samples=9, causal_answer_tokens="paper")
+    derived = cfg.score_config()
+    assert derived.causal == CausalConfig(samples=9, answer_tokens="paper")
+    assert derived == dataclasses.replace(ScoreConfig(), min_probe_f1=0.5, seeds=3, min_classes=4, causal=derived.causal,
+                                          nulls=("random_decoder", "shuffled_firing"))

@@ -99,8 +99,8 @@ def test_absorbers_are_the_planted_token_aligned_latents(planted_saes, results):
     for folder in planted_saes:
         truth = json.loads((folder / "truth.json").read_text())
         key = str(folder.resolve())
-        planted = {latent: row for letter in truth["evaluated_letters"]
-                   for row, latent in truth["letters"][letter].get("absorbed_rows", [])}
+        planted = {latent: row for letter in truth["evaluated_classes"]
+                   for row, latent in truth["classes"][letter].get("absorbed_rows", [])}
         mine = {a["latent"]: a for a in absorbers if a["sae_key"] == key}
         assert set(mine) == set(planted)
         texts = {t["row"]: t["text"] for t in tokens if t["sae_key"] == key}
@@ -203,8 +203,8 @@ def test_choosing_a_letter_shows_its_absorbed_tokens_as_in_tokens_parquet(browse
     letters = table(results / "letters.parquet")
     absorbing = [r for r in letters if r["sae_key"] == sae["key"] and r["mean_absorption_fraction"] > 0]
     for row in absorbing[:2]:
-        browser.find_element(By.CSS_SELECTOR, f"#letters button[data-letter='{row['letter']}']").click()
-        wait_for(browser, f"document.body.dataset.letter === '{row['letter']}'")
+        browser.find_element(By.CSS_SELECTOR, f"#classes button[data-class='{row['class']}']").click()
+        wait_for(browser, f"document.body.dataset['class'] === '{row['class']}'")
         shown = shown_tokens(browser)
         expected = expected_tokens(results, sae["key"], row["letter"])
         assert len(shown) == len(expected) > 0
@@ -223,8 +223,8 @@ def test_following_an_absorber_shows_its_tokens(browser, explorer, results, plan
 
     sae = next(s for s in index_of(explorer) if s["key"] == str(planted_saes[-1].resolve()))
     absorbers = {a["latent"]: a for a in table(results / "absorbers.parquet") if a["sae_key"] == sae["key"]}
-    letter = next(iter(absorbers.values()))["letters"][0]
-    open_page(browser, explorer, f"#sae={sae['n']}&letter={letter}")
+    letter = next(iter(absorbers.values()))["classes"][0]
+    open_page(browser, explorer, f"#sae={sae['n']}&class={letter}")
     button = browser.find_element(By.CSS_SELECTOR, "#absorbed tbody button.follow")
     latent = int(button.get_attribute("data-latent"))
     button.click()
@@ -254,7 +254,7 @@ def test_token_search_lists_every_sae_where_it_is_absorbed(browser, explorer, re
     wait_for(browser, f"document.body.dataset.searched === {json.dumps(text.lower())}")
     keys = {s["n"]: s["key"] for s in index_of(explorer)}
     rows = browser.find_elements(By.CSS_SELECTOR, "#search-results tbody tr")
-    shown = sorted((keys[int(r.get_attribute("data-sae"))], r.get_attribute("data-letter"),
+    shown = sorted((keys[int(r.get_attribute("data-sae"))], r.get_attribute("data-class"),
                     int(r.get_attribute("data-latent"))) for r in rows)
     assert shown == expected and len({k for k, _, _ in expected}) >= 2  # found in several SAEs
     searched = [f for f in browser.execute_script("return ACTSTORE.loadedFiles;") if f.startswith("search")]
@@ -273,12 +273,178 @@ def test_the_page_lists_exactly_the_planted_absorptions(browser, explorer, plant
     for folder in planted_saes:
         truth = json.loads((folder / "truth.json").read_text())
         sae = saes[str(folder.resolve())]
-        for letter in truth["evaluated_letters"]:
+        for letter in truth["evaluated_classes"]:  # through the URLs before tasks: #letter= reads as #class=
             browser.execute_script(f"location.hash = '#sae={sae['n']}&letter={letter}';")
-            wait_for(browser, f"document.body.dataset.sae === '{sae['n']}' && document.body.dataset.letter === '{letter}'"
-                              f" && document.body.dataset.state === 'ready'")
-            planted = sorted((row, [latent]) for row, latent in truth["letters"][letter].get("absorbed_rows", []))
+            wait_for(browser, f"document.body.dataset.sae === '{sae['n']}' && document.body.dataset['class'] === "
+                              f"'{letter}' && document.body.dataset.state === 'ready'")
+            planted = sorted((row, [latent]) for row, latent in truth["classes"][letter].get("absorbed_rows", []))
             shown = sorted((row, latents) for row, _, _, _, latents in shown_tokens(browser))
             assert shown == planted, (folder.name, letter)
             listed_any += len(shown)
     assert listed_any > 20
+
+
+# ---- two tasks side by side -------------------------------------------------------------------------------------
+
+def labels_file(store: Path, path: Path) -> Path:
+    """A user's labels (labels:FILE, no template: it relabels the first-letter rows): a vocabulary token's class is
+    whether its first letter is a vowel."""
+    from actstore.store.zarrstore import ActivationStore
+
+    with ActivationStore.open(store) as s:
+        texts = [str(t) for t in s.column("vocab", "text")]
+    path.write_text("token,class\n" + "".join(f"{t},{'vowel' if t[0] in 'aeiou' else 'consonant'}\n" for t in texts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_tasks(planted_store, planted_saes, tmp_path_factory):
+    """A results folder holding first_letter and a second task (the user's vowel labels) for two SAEs; the
+    store is a copy (the second task's probes are added to it) and the probes are trained by the CLI."""
+    from actstore.cli.main import main
+
+    root = tmp_path_factory.mktemp("two_tasks")
+    store = root / "s.zarr"
+    shutil.copytree(planted_store, store)
+    spec = f"labels:{labels_file(store, root / 'vowels.csv')}"
+    assert main(["probe", str(store), "--task", spec]) == 0
+    out = root / "results"
+    saes = [str(p) for p in planted_saes[1:]]
+    first = run_score(ScoreCommandConfig(str(store), str(out), saes, local=True, bootstrap=0), log=lambda _: None)
+    parts = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "parts").iterdir()}
+    second = run_score(ScoreCommandConfig(str(store), str(out), saes, local=True, bootstrap=0, task=spec),
+                       log=lambda _: None)
+    return {"store": store, "out": out, "spec": spec, "saes": saes,
+            "first_parts": parts, "summaries": (first, second)}
+
+
+def test_two_tasks_side_by_side_in_one_results_folder(two_tasks):
+    from actstore.run.results import part_name
+    from actstore.tasks.registry import get_task
+
+    out, spec, saes = two_tasks["out"], two_tasks["spec"], two_tasks["saes"]
+    task = get_task(spec)
+    assert [s["computed"] for s in two_tasks["summaries"]] == [2, 2] and all(s["failed"] == 0
+                                                                             for s in two_tasks["summaries"])
+    rows = table(out / "saes.parquet")
+    assert sorted((r["task"], r["status"]) for r in rows) == sorted([("first_letter", "ok")] * 2 + [(task.name, "ok")] * 2)
+    classes = table(out / "letters.parquet")
+    assert {r["task"] for r in classes} == {"first_letter", task.name}
+    assert {r["class"] for r in classes if r["task"] == task.name} == {"consonant", "vowel"}
+    assert all(r["letter"] == r["class"] for r in classes if r["task"] == "first_letter")
+    assert all(r["letter"] is None for r in classes if r["task"] == task.name)  # the alias is first_letter's only
+    tokens = table(out / "tokens.parquet")
+    assert {(t["task"], t["class"] in task.classes) for t in tokens} == {("first_letter", False), (task.name, True)}
+    assert {a["task"] for a in table(out / "absorbers.parquet")} <= {"first_letter", task.name}
+    assert len(list((out / "saebench").iterdir())) == 2  # SAEBench has the first-letter task only
+    for key in {r["sae_key"] for r in rows}:  # parts side by side: first_letter's name unchanged, the other's keyed
+        assert (out / "parts" / part_name(key)).exists() and (out / "parts" / part_name(key, task)).exists()
+        assert part_name(key, task) == part_name(key).replace(".json", f".{task.key}.json")
+
+    def untouched():
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in two_tasks["first_parts"]} == two_tasks["first_parts"]
+
+    assert untouched()  # scoring the second task wrote nothing of the first's
+    store = str(two_tasks["store"])
+    assert run_score(ScoreCommandConfig(store, str(out), saes, local=True, bootstrap=0),
+                     log=lambda _: None)["computed"] == 0  # and invalidated nothing of it
+    logs = []
+    again = run_score(ScoreCommandConfig(store, str(out), saes, local=True, bootstrap=0, task=spec, min_probe_f1=0.5),
+                      log=logs.append)
+    assert again["computed"] == 2 and any("min_probe_f1 0.6 -> 0.5" in line for line in logs), logs
+    assert untouched()  # rescoring the second task leaves the first one's parts as they were, bytes and times
+    assert {r["task"] for r in table(out / "saes.parquet")} == {"first_letter", task.name}
+
+
+def test_report_and_explorer_show_both_tasks(two_tasks):
+    from actstore.report.pages import write_report
+    from actstore.tasks.registry import get_task
+
+    out, task = two_tasks["out"], get_task(two_tasks["spec"])
+    written = write_report(out)
+    assert written["tasks"] == ["first_letter", task.name] and len(written["figures"]) == 16
+    page = (out / "report" / "report.html").read_text()
+    assert 'data-task="first_letter"' in page and f'data-task="{task.name}"' in page
+    assert (out / "report" / "absorption_per_class.png").exists()  # first_letter's figures where they were
+    assert (out / "report" / task.key / "absorption_per_class.png").exists()
+    meta = json.loads((out / "report" / "report.json").read_text())
+    assert set(meta["tasks"]) == {"first_letter", task.name} and meta["tasks"][task.name]["scored"] == 2
+
+    explorer = Path(write_explorer(out)["html"]).parent
+    text = (explorer / "data" / "index.js").read_text()
+    index = json.loads(text[text.index("(") + 1:text.rindex(")")])
+    assert [t["name"] for t in index["tasks"]] == ["first_letter", task.name]
+    assert index["tasks"][1]["classes"] == ["consonant", "vowel"]
+    assert sorted(s["task"] for s in index["saes"]) == sorted(["first_letter"] * 2 + [task.name] * 2)
+
+
+def test_the_page_switches_tasks_and_their_class_buttons(browser, two_tasks):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from actstore.tasks.registry import get_task
+
+    task = get_task(two_tasks["spec"])
+    explorer = Path(write_explorer(two_tasks["out"], two_tasks["out"] / "explorer2")["html"]).parent
+    entries = index_of(explorer)
+    open_page(browser, explorer)
+    assert browser.find_element(By.ID, "task-choice").is_displayed()  # several tasks: the selector shows
+    assert browser.execute_script("return document.body.dataset.task;") == "first_letter"
+    buttons = [b.get_attribute("data-class") for b in browser.find_elements(By.CSS_SELECTOR, "#classes button")]
+    assert len(buttons) > 2 and all(len(b) == 1 for b in buttons)
+    shown = browser.execute_script("return document.body.dataset.sae;")
+    key = next(s["key"] for s in entries if str(s["n"]) == shown)
+    Select(browser.find_element(By.ID, "task")).select_by_value(task.name)
+    wait_for(browser, f"document.body.dataset.task === {json.dumps(task.name)} && document.body.dataset.state === 'ready'")
+    now = browser.execute_script("return document.body.dataset.sae;")
+    assert next(s for s in entries if str(s["n"]) == now)["key"] == key  # the same SAE, on the other task
+    buttons = [b.get_attribute("data-class") for b in browser.find_elements(By.CSS_SELECTOR, "#classes button")]
+    assert buttons == ["consonant", "vowel"]
+    browser.find_element(By.CSS_SELECTOR, "#classes button[data-class='vowel']").click()
+    wait_for(browser, "document.body.dataset['class'] === 'vowel'")
+    assert "#sae=" + now + "&class=vowel" in browser.current_url
+    sae_menu = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "sae")).options]
+    assert sorted(sae_menu) == sorted(str(s["n"]) for s in entries if s["task"] == task.name)  # this task's only
+
+
+def test_one_task_hides_the_task_selector(browser, explorer):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, explorer)
+    assert not browser.find_element(By.ID, "task-choice").is_displayed()
+
+
+def test_an_old_results_folder_still_reports_and_explores(results, tmp_path):
+    """A folder written before tasks: tables with `letter` and no `task` or `class`, parts with `letters`."""
+    import pyarrow.parquet as pq
+
+    from actstore.report.pages import write_report
+    from actstore.run.results import read_classes, write_tables
+
+    old = tmp_path / "old"
+    shutil.copytree(results, old, ignore=shutil.ignore_patterns("explorer", "report"))
+    for path in [old / "saes.parquet", old / "letters.parquet", old / "tokens.parquet", old / "absorbers.parquet",
+                 *(old / "parts").glob("*.tokens.parquet")]:
+        t = pq.read_table(path)
+        if "class" in t.column_names and "letter" not in t.column_names:  # a part's own records: `letter` then
+            t = t.rename_columns(["letter" if c == "class" else c for c in t.column_names])
+        t = t.drop_columns([c for c in ("task", "class", "classes") if c in t.column_names])
+        pq.write_table(t, path)
+        assert "task" not in pq.read_table(path).column_names
+    assert "letter" in pq.read_table(old / "letters.parquet").column_names
+    written = write_report(old)
+    assert written["tasks"] == ["first_letter"] and written["scored"] == 3 and len(written["figures"]) == 8
+    explorer = Path(write_explorer(old)["html"]).parent
+    text = (explorer / "data" / "index.js").read_text()
+    index = json.loads(text[text.index("(") + 1:text.rindex(")")])
+    assert [t["name"] for t in index["tasks"]] == ["first_letter"] and len(index["saes"]) == 3
+    assert all(s["classes"] for s in index["saes"])  # the classes come from the `letter` column
+    for part in (old / "parts").glob("*.json"):  # parts before tasks: `letters`, no `task`
+        record = json.loads(part.read_text())
+        record["letters"] = record.pop("classes")
+        record.pop("task")
+        part.write_text(json.dumps(record))
+    assert write_tables(old) == (3, 0)
+    rows = read_classes(old)
+    assert {r["task"] for r in rows} == {"first_letter"} and all(r["class"] == r["letter"] for r in rows)
+    assert rows == read_classes(results)

@@ -61,6 +61,42 @@ def test_every_kept_config_compiles_for_hopper_with_async_16_byte_loads_and_a_sp
         assert f["epilogue_global_stores_per_tile"] == 2 * per_thread, (tile, f["epilogue_global_stores_per_tile"])
 
 
+WIDE_CLASSES = r"""
+import json, sys
+sys.path.insert(0, "benchmarks")
+import kernel_static
+from actstore.kernels import codegen
+from actstore.kernels import jumprelu_probe as k
+P = k.class_block(int(sys.argv[1]))
+args = {**kernel_static.launch_args(k, k.PINNED, 16384, 1, True), "P": P}
+kernel = codegen.compile_for(k._jumprelu_probe_kernel, args, "sm_90a", k.PINNED.num_warps, k.PINNED.num_stages)
+operands = {name: codegen.lines_of(k._jumprelu_probe_kernel, m) for name, m in kernel_static.OPERANDS.items()}
+print(json.dumps({"P": P, "config": k.PINNED.kwargs, "figures": codegen.analyse(kernel, "sm_90a", operands)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PTXAS.exists(), reason="this Triton has no NVIDIA backend tools")
+def test_a_wide_class_block_compiles_as_well_as_the_first_letter_one():
+    """200 classes: the pinned tiles with the widest class block (64 columns, 4 launches) keep the main loop as
+    it is at 26 classes (32 columns): 16-byte cp.async loads of both operands, no spill, the k-step under the
+    same bound, the next k-step's MMA overlapping. (128 columns spilled 6 instructions per k-step under Triton
+    3.9: MAX_CLASS_BLOCK stops at 64.)"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", WIDE_CLASSES, "200"], capture_output=True, text=True, timeout=280,
+                          env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    f, c = row["figures"], row["config"]
+    assert row["P"] == 64
+    for operand in ("x", "w_enc"):
+        assert f["operands"][operand]["kind"] == "cp.async" and f["operands"][operand]["bytes"] == 16, f["operands"]
+        assert f["operands"][operand]["shared_stores_per_k_step"] == 0, f["operands"]
+    assert f["mma_op"] == "HGMMA" and f["spills_per_k_step"] == 0, f
+    assert f["instructions_per_k_step"] <= K_STEP_BOUND[(c["BLOCK_N"], c["BLOCK_M"], c["BLOCK_K"])], f
+    assert f["dot_wait_pendings"][0] >= 1 and f["fits"], f
+
+
 def test_reading_sass_loops_and_load_widths():
     """The parser on a hand-written listing: a loop is a branch back to a label above it (nested loops
     found innermost first by length); loads are classified by opcode and width."""

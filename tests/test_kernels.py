@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from actstore.kernels import jumprelu_probe as kernel_module
-from actstore.kernels.jumprelu_probe import (INTERPRET, P_PAD, check_offsets, jumprelu_probe,
-                                             jumprelu_probe_reference, pack_group)
+from actstore.kernels.jumprelu_probe import (INTERPRET, MAX_CLASS_BLOCK, MIN_CLASS_BLOCK, check_offsets, class_block,
+                                             jumprelu_probe, jumprelu_probe_reference, pack_group)
 from actstore.score.probes import Probe
 from actstore.saes.loading import SAEWeights
-from actstore.score.scorer import LayerData, ScoreConfig, decoder_scale, encode_sparse, encode_sparse_fused, score_sae
+from actstore.score.config import LayerData, ScoreConfig
+from actstore.score.encode import decoder_scale, encode_sparse, encode_sparse_fused
+from actstore.score.scorer import score_sae
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 """Where the kernel tests put their tensors: the interpreter runs on CPU tensors, the compiled kernel on CUDA."""
@@ -54,7 +56,7 @@ def test_several_saes_of_odd_widths_ragged_tokens_and_a_capacity_overflow(splits
     saes = [make_sae(d, 50, 1), make_sae(d, 77, 2), make_sae(d, 133, 3)]  # none a multiple of the 64-wide tile
     directions = torch.nn.functional.normalize(torch.randn(26, d, generator=torch.Generator().manual_seed(9)), dim=1).to(DEVICE)
     group = pack_group(saes, directions, torch.float32)
-    assert group.offsets.tolist() == [0, 50, 127, 260] and group.v.shape == (260, P_PAD)
+    assert group.offsets.tolist() == [0, 50, 127, 260] and group.v.shape == (1, 260, MIN_CLASS_BLOCK)
     x = torch.randn(45, d, generator=torch.Generator().manual_seed(4)).to(DEVICE)  # 45 tokens: a partial token tile
     out = jumprelu_probe(x, group, capacity=4, splits=splits)  # 3 splits: each SAE's latents in 3 shares
     assert out.retries == 1 and int(out.l0.max()) > 4  # lists overflowed 4 slots; relaunched with more room
@@ -63,7 +65,7 @@ def test_several_saes_of_odd_widths_ragged_tokens_and_a_capacity_overflow(splits
         assert out.index.shape[2] == 1 << (most - 1).bit_length()  # the next power of two >= the largest L0
     else:
         assert out.index.shape[2] == most  # the shares' lists joined: room for the longest
-    assert torch.all(out.proj[:, :, 26:] == 0)  # padding columns of V are zero
+    assert out.proj.shape == (3, 45, 26) and torch.all(group.v[:, :, 26:] == 0)  # V's padding columns are zero
     # fp32 with ieee dots: the kernel's sums differ from torch's only in order
     check_against_reference(x, group, out, proj_atol=2e-5)
 
@@ -259,6 +261,43 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="unknown backend 'cuda'; choose auto or one of"):
         score_sae(sae, LayerData(torch.zeros(30, 16), torch.arange(30) % 26, torch.zeros(30, dtype=torch.long)),
                   Probe(torch.eye(26, 16), torch.zeros(26), {"test": {"f1": [1.0] * 26}}), ScoreConfig(backend="cuda"))
+
+
+def test_class_blocks_cover_any_class_count():
+    """2..32 classes take one 32-column block (26 as always); up to MAX_CLASS_BLOCK, the next power of two; past
+    it, ceil(C / MAX_CLASS_BLOCK) blocks of MAX_CLASS_BLOCK columns, zero past the classes."""
+    assert [class_block(c) for c in (0, 2, 26, 32, 33, 64, 65, 200, 4096)] == \
+        [32, 32, 32, 32, 64, 64, MAX_CLASS_BLOCK, MAX_CLASS_BLOCK, MAX_CLASS_BLOCK]
+    assert MAX_CLASS_BLOCK == 64
+    sae = make_sae(8, 5, 1, device="cpu")
+    directions = torch.nn.functional.normalize(torch.randn(200, 8, generator=torch.Generator().manual_seed(2)), dim=1)
+    group = pack_group([sae], directions, torch.float32)
+    assert group.v.shape == (4, 5, 64) and group.n_classes == 200
+    flat = group.v.permute(1, 0, 2).reshape(5, 256)
+    torch.testing.assert_close(flat[:, :200], sae.w_dec @ directions.T, rtol=0, atol=0)
+    assert torch.all(flat[:, 200:] == 0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("classes", [2, 26, 33, 64, 200])
+@pytest.mark.parametrize("splits", [1, 2])
+def test_any_class_count_matches_the_reference(classes, splits):
+    """C probe classes, from 2 to 200 (one class block up to 64, four blocks of 64 at 200), on odd token and
+    latent counts (37 tokens; SAEs of 45 and 83 latents): the fused proj (S, N, C) equals the fp32 reference's
+    within fp32 reordering (ieee dots; sums of at most 128 latents of |f v| < 10: 2e-5), the lists exactly, and
+    each class's column is the one its direction gives alone (a block's launch does not mix classes)."""
+    d = 24
+    gen = torch.Generator().manual_seed(classes)
+    saes = [make_sae(d, 45, 30 + classes), make_sae(d, 83, 31 + classes)]
+    directions = torch.nn.functional.normalize(torch.randn(classes, d, generator=gen), dim=1).to(DEVICE)
+    group = pack_group(saes, directions, torch.float32)
+    x = torch.randn(37, d, generator=gen).to(DEVICE)
+    out = jumprelu_probe(x, group, capacity=128, splits=splits)
+    assert out.proj.shape == (2, 37, classes)
+    check_against_reference(x, group, out, proj_atol=2e-5)
+    last = pack_group(saes, directions[-1:], torch.float32)  # the last class alone, in a block of its own
+    torch.testing.assert_close(out.proj[:, :, -1:], jumprelu_probe(x, last, capacity=128, splits=splits).proj,
+                               rtol=0, atol=2e-5)
 
 
 @pytest.mark.gpu

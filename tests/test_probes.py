@@ -46,11 +46,11 @@ def test_probe_recovers_planted_directions_and_fails_on_shuffled_labels():
     assert min(probe.metrics["test"]["recall"]) == 1.0
     cosines = (probe.directions() * directions).sum(dim=1)
     assert cosines.min() > 0.5  # each probe points along its planted letter (random pairs: |cos| ~ 0.18)
-    assert probe.evaluated_letters() == list(range(26))
+    assert probe.evaluated_classes() == list(range(26))
     shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
     bad, _ = train_probe(x, shuffled, split)
     assert np.mean(bad.metrics["test"]["f1"]) < 0.2  # chance: about 1/26 precision
-    assert len(bad.evaluated_letters()) < 3
+    assert len(bad.evaluated_classes()) < 3
 
 
 def test_probes_are_saved_in_the_store_and_the_cli_reports_them(tmp_path, capsys):

@@ -114,16 +114,16 @@ def test_probe_synth_saes_and_score_recover_the_planted_truth(smol_store, tmp_pa
 
     from actstore.score.probes import layer_guidance, probe_store
     from actstore.run.runner import ScoreCommandConfig, run_score
-    from actstore.saes.synthetic import SynthSAEConfig, compare_with_truth, write_synthetic_saes
+    from actstore.saes.synthetic import SynthSAEConfig, compare_with_truth, truth_classes, write_synthetic_saes
 
     trained = probe_store(str(smol_store))
-    layer = max(trained, key=lambda l: len(trained[l].evaluated_letters()))
-    letters = trained[layer].evaluated_letters()
-    few = min(trained, key=lambda l: len(trained[l].evaluated_letters()))
-    assert len(letters) >= 3 and len(trained[few].evaluated_letters()) < 20  # 1000 rows: not SAEBench's 20
+    layer = max(trained, key=lambda l: len(trained[l].evaluated_classes()))
+    letters = trained[layer].evaluated_classes()
+    few = min(trained, key=lambda l: len(trained[l].evaluated_classes()))
+    assert len(letters) >= 3 and len(trained[few].evaluated_classes()) < 20  # 1000 rows: not SAEBench's 20
     (warning,) = layer_guidance(str(smol_store), few, trained[few])
     need = int(re.search(r"--max-vocab (\d+)", warning).group(1))
-    assert f"{len(trained[few].evaluated_letters())} of 26 letters" in warning and 1000 < need <= 47078
+    assert f"{len(trained[few].evaluated_classes())} of 26 classes of first_letter" in warning and 1000 < need <= 47078
     said = []
     folders = write_synthetic_saes(str(smol_store), layer, tmp_path / "saes",
                                    SynthSAEConfig(absorption=(0.0, 0.5), splits=(3,), width=1024), log=said.append)
@@ -135,7 +135,7 @@ def test_probe_synth_saes_and_score_recover_the_planted_truth(smol_store, tmp_pa
     rows = pq.read_table(tmp_path / "results" / "letters.parquet").to_pylist()
     for folder in folders:
         truth = json.loads((folder / "truth.json").read_text())
-        planted_split = [c for c, t in truth["letters"].items() if t["num_split_features"] > 1]
+        planted_split = [c for c, t in truth_classes(truth)[1].items() if t["num_split_features"] > 1]
         assert bool(planted_split) != bool(said)  # a 3-way split was planted, or it says why not
         checks = compare_with_truth(truth, [r for r in rows if r["sae_key"] == str(folder.resolve())])
         assert checks and all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]

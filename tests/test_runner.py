@@ -64,7 +64,8 @@ def test_score_writes_tables_json_and_failure_rows(planted_store, suite, tmp_pat
     letters = pq.read_table(out / "letters.parquet").to_pylist()
     truth = json.loads((suite / "layer_0/width_1500/absorption_30/truth.json").read_text())
     mine = [r for r in letters if r["sae_id"] == "layer_0/width_1500/absorption_30"]
-    assert [r["letter"] for r in mine] == truth["evaluated_letters"]
+    assert [r["letter"] for r in mine] == [r["class"] for r in mine] == truth["evaluated_classes"]
+    assert {r["task"] for r in mine} == {"first_letter"}
     summary = saes["layer_0/width_1500/absorption_30"]
     assert summary["mean_absorption_fraction"] == pytest.approx(np.mean([r["mean_absorption_fraction"] for r in mine]))
     assert summary["mean_absorption_fraction"] == pytest.approx(truth["summary"]["absorption_fraction"], abs=1e-6)
@@ -177,13 +178,13 @@ def test_the_demo_table_fails_on_a_value_off_by_more_than_its_tolerance(planted_
     run_score(ScoreCommandConfig(str(planted_store), str(tmp_path / "out"), [str(root)], local=True), log=lambda _: None)
     assert print_truth_table(folders, tmp_path / "out")
     truth = json.loads((folders[1] / "truth.json").read_text())
-    letter = truth["evaluated_letters"][0]
-    truth["letters"][letter]["absorption_fraction"] += 0.021  # just outside the 0.02 tolerance
+    letter = truth["evaluated_classes"][0]
+    truth["classes"][letter]["absorption_fraction"] += 0.021  # just outside the 0.02 tolerance
     (folders[1] / "truth.json").write_text(json.dumps(truth))
     capsys.readouterr()
     assert not print_truth_table(folders, tmp_path / "out")
     out = capsys.readouterr().out
-    assert f"MISS absorption_30 letter {letter} absorption_fraction" in out and "MISSED" in out
+    assert f"MISS absorption_30 class {letter} absorption_fraction" in out and "MISSED" in out
 
 
 def test_synth_saes_command(planted_store, tmp_path, capsys):
@@ -193,9 +194,9 @@ def test_synth_saes_command(planted_store, tmp_path, capsys):
     assert code == 0 and "layer_0/width_1200/absorption_20: planted absorption fraction" in out
     truth = json.loads((tmp_path / "s/layer_0/width_1200/absorption_20/truth.json").read_text())
     assert truth["config"]["splits"] == [2] and truth["width"] == 1200
-    assert sum(e["role"].startswith("split") for e in truth["letters"].values()) == 1
+    assert sum(e["role"].startswith("split") for e in truth["classes"].values()) == 1
     assert main(["synth-saes", "--store", str(planted_store), "--layer", "3", "--out", str(tmp_path / "t")]) == 2
-    assert "has no probe for layer 3: run `actstore probe" in capsys.readouterr().err
+    assert "probe for layer 3: run `actstore probe" in capsys.readouterr().err
 
 
 def test_tables_hold_every_column_whatever_row_comes_first(tmp_path):
@@ -223,7 +224,7 @@ def test_weights_load_in_the_asked_dtype(planted_store, planted_saes, tmp_path):
                                  dtype="bfloat16", backend="torch"), log=lambda _: None)
     (row,) = pq.read_table(out / "saes.parquet").to_pylist()
     assert row["status"] == "ok" and row["backend"] == "torch" and row["letters_evaluated"] > 5
-    with pytest.raises(ValueError, match="--dtype must be float32, bfloat16 or float16; got 'int8'"):
+    with pytest.raises(ValueError, match="--dtype 'int8': expected one of bfloat16, float16, float32"):
         run_score(ScoreCommandConfig(str(planted_store), str(out), [str(planted_saes[1])], dtype="int8"))
 
 
@@ -270,7 +271,7 @@ def test_report_renders_in_headless_chromium(planted_store, suite, tmp_path):
     written = write_report(results, tmp_path / "report")
     assert (written["scored"], written["failed"]) == (3, 3)
     names = sorted(Path(p).name for p in written["figures"])
-    assert names == ["absorption_per_letter.png", "absorption_vs_l0.png", "f1_by_layer.png", "f1_vs_l0.png",
+    assert names == ["absorption_per_class.png", "absorption_vs_l0.png", "f1_by_layer.png", "f1_vs_l0.png",
                      "full_absorption_vs_l0.png", "layer_width_heatmap.png", "precision_recall.png", "splits_vs_l0.png"]
     for p in written["figures"]:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

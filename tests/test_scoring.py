@@ -13,8 +13,13 @@ import torch
 from actstore.score import metrics
 from actstore.score.probes import ProbeConfig, fit_one_vs_rest
 from actstore.saes.loading import SAEWeights, load_params_npz
-from actstore.score.scorer import (NotScorable, ScoreConfig, SparseActs, decoder_scale, encode_sparse,
-                              fit_balanced_logistic, score_sae, train_sparse_probe, train_sparse_probes)
+from actstore.errors import NotScorable
+from actstore.score.config import ScoreConfig
+from actstore.score.encode import decoder_scale, encode_sparse
+from actstore.score.ksparse import fit_balanced_logistic
+from actstore.score.l1probe import train_sparse_probe, train_sparse_probes
+from actstore.score.scorer import score_sae
+from actstore.score.sparse import SparseActs
 from actstore.store.zarrstore import ActivationStore
 from actstore.saes.synthetic import compare_with_truth
 
@@ -113,7 +118,7 @@ def test_sparse_l1_probe_equals_the_same_probe_trained_on_dense_activations():
     labels = torch.arange(300) % 26
     acts = encode_sparse(x, sae, decoder_scale(sae))
     cfg = ScoreConfig(sparse_probe=ProbeConfig(epochs=6, batch_size=64, weight_decay=1e-6))
-    sparse = train_sparse_probe(acts, labels, cfg)  # (90, 26)
+    sparse = train_sparse_probe(acts, labels, 26, cfg)  # (90, 26)
 
     dense = (sae.encode(x) * decoder_scale(sae))  # (300, 90)
     gen = torch.Generator().manual_seed(0)  # nn.Linear's initialization, drawn as the scorer draws it
@@ -124,18 +129,20 @@ def test_sparse_l1_probe_equals_the_same_probe_trained_on_dense_activations():
     torch.testing.assert_close(sparse, weight.detach(), rtol=0, atol=2e-6)
 
 
-def test_seeds_trained_together_equal_each_seed_trained_alone():
-    """train_sparse_probes trains several seeds as one probe with 26 x S outputs: each seed's block must follow
+@pytest.mark.parametrize("n_classes", [2, 26, 40])
+def test_seeds_trained_together_equal_each_seed_trained_alone(n_classes):
+    """train_sparse_probes trains several seeds as one probe with C x S outputs: each seed's block must follow
     the steps of that seed alone, with several batches per epoch (each seed its own batch order) and with one."""
     sae = random_sae(16, 90)
     x = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
-    labels = torch.arange(300) % 26
+    labels = torch.arange(300) % n_classes
     acts = encode_sparse(x, sae, decoder_scale(sae))
     for batch_size in (64, 4096):
         cfg = ScoreConfig(sparse_probe=ProbeConfig(epochs=6, batch_size=batch_size, weight_decay=1e-6))
-        together = train_sparse_probes(acts, labels, cfg, [0, 3, 5])
+        together = train_sparse_probes(acts, labels, n_classes, cfg, [0, 3, 5])
+        assert [w.shape for w in together] == [(90, n_classes)] * 3
         for seed, weight in zip((0, 3, 5), together):
-            alone = train_sparse_probe(acts, labels, dataclasses.replace(
+            alone = train_sparse_probe(acts, labels, n_classes, dataclasses.replace(
                 cfg, sparse_probe=dataclasses.replace(cfg.sparse_probe, seed=seed)))
             torch.testing.assert_close(weight, alone, rtol=0, atol=1e-7)
         assert not torch.equal(together[0], together[1])  # the seeds differ
@@ -147,14 +154,14 @@ def test_seeds_trained_together_equal_each_seed_trained_alone():
 def test_planted_values_are_what_the_construction_says(planted_saes):
     for folder, rate in zip(planted_saes, (0.0, 0.3, 0.5)):
         truth = json.loads((folder / "truth.json").read_text())
-        splits = {c: e for c, e in truth["letters"].items() if e["role"].startswith("split")}
+        splits = {c: e for c, e in truth["classes"].items() if e["role"].startswith("split")}
         assert sorted(e["num_split_features"] for e in splits.values()) == [2, 3]
-        for letter, entry in truth["letters"].items():
+        for letter, entry in truth["classes"].items():
             if letter in splits:
                 assert entry["absorption_fraction"] == 0 and len(entry["main_latents"]) == entry["num_split_features"]
                 continue
             n = entry["num_probe_true_positives"]
-            if letter not in truth["evaluated_letters"]:  # probe test F1 < 0.6: planted clean, never scored
+            if letter not in truth["evaluated_classes"]:  # probe test F1 < 0.6: planted clean, never scored
                 assert entry["main_off_test_true_positives"] == 0 and entry["absorption_fraction"] == 0
                 continue
             # round(f n) of the n test-split true positives lose the main latent, and each has an absorber
@@ -199,26 +206,26 @@ def test_scorer_recovers_every_planted_value(planted_store, planted_saes):
         truth = json.loads((folder / "truth.json").read_text())
         sae = load_params_npz(folder / "params.npz", folder.name, layer=0)
         result = score_sae(sae, data, probe)
-        checks = compare_with_truth(truth, result.letters)
+        checks = compare_with_truth(truth, result.classes)
         assert checks and all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
         for c in checks:  # the construction is exact: measured equals planted to float32 rounding
             assert c["measured"] == pytest.approx(c["planted"], abs=1e-6)
-        by_letter = {r["letter"]: r for r in result.letters}
-        for letter in truth["evaluated_letters"]:
-            assert sorted(by_letter[letter]["split_latents"]) == sorted(truth["letters"][letter]["main_latents"])
+        by_letter = {r["class"]: r for r in result.classes}
+        for letter in truth["evaluated_classes"]:
+            assert sorted(by_letter[letter]["split_latents"]) == sorted(truth["classes"][letter]["main_latents"])
         # in context: the single latent's firing, computed here from the dense encoding of the context rows
         alpha = data.context_labels >= 0
         dense = sae.encode(data.context_x[alpha])
-        for letter in truth["evaluated_letters"][:3]:
+        for letter in truth["evaluated_classes"][:3]:
             row = by_letter[letter]
             fires, truth_c = dense[:, row["single_latent"]] > 0, data.context_labels[alpha] == ord(letter) - 97
             p, r, _ = metrics.precision_recall_f1(fires, truth_c)
             assert (row["context_single_precision"], row["context_single_recall"]) == (pytest.approx(p), pytest.approx(r))
             assert p > 0 and r > 0  # the main latent fires on context tokens of its letter too
         # noise 0.5 x sqrt(64) against signal 3: some probes miss 0.6 test F1, and their letters are skipped
-        assert 5 < len(truth["evaluated_letters"]) < 26
-        assert [r["letter"] for r in result.letters] == truth["evaluated_letters"]
-        assert all(r["probe_test_f1"] > 0.6 for r in result.letters)
+        assert 5 < len(truth["evaluated_classes"]) < 26
+        assert [r["class"] for r in result.classes] == truth["evaluated_classes"]
+        assert all(r["probe_test_f1"] > 0.6 for r in result.classes)
         assert result.summary["mean_absorption_fraction"] == pytest.approx(truth["summary"]["absorption_fraction"], abs=1e-6)
 
 
@@ -230,5 +237,114 @@ def test_too_few_evaluated_letters_is_not_scorable(planted_store, planted_saes):
     probe = load_probe(store, 0)
     probe.metrics["test"]["f1"] = [0.9] + [0.1] * 25
     sae = load_params_npz(planted_saes[0] / "params.npz", "x", layer=0)
-    with pytest.raises(NotScorable, match="only 1 letters have a probe test F1 > 0.6 at layer 0 .needs 2, --min-letters."):
+    with pytest.raises(NotScorable, match="only 1 classes of task first_letter have a probe test F1 > 0.6 at layer 0 "
+                                          ".needs 2, --min-classes."):
         score_sae(sae, load_layer(store, 0), probe)
+
+
+# ---------------------------------------------------------------------------- any number of classes
+
+
+def planted_classes(n_classes: int, per_class: int = 30, n_test: int = 10, seed: int = 0):
+    """A hand-built world of C classes in d = C + 2 dimensions, with its probe and SAE, and the planted values.
+
+    Row of class c: 3 e_c (+ 3 f on its absorbed rows) + noise 0.02; f = e_C is the absorbed tokens' feature.
+    The last n_test rows of each class are its test split; class c's first k_c = 0, 3, 5 (c mod 3) test rows
+    are absorbed. The probe is 2 e_c - 3 (exact: fires on its class alone, test F1 1). SAE (JumpReLU):
+    - main latent c: encoder e_c - 0.5 f, b_enc 10, threshold 12.25 (pre 13 on its class, 11.5 on its absorbed
+      rows, <= 10 elsewhere), decoder 2 e_c: folded value 26 >= a . p_c = 3, so absorption 0 where it fires;
+    - absorbing latent C + c: encoder e_c + 3 f, threshold 7.5 (pre 12 on c's absorbed rows, <= 3 elsewhere),
+      decoder 0.5 (e_c + f) / sqrt(2): cos 1/sqrt(2) with p_c, folded value 6, projection 4.24 >= 0.4 x 3; it
+      never fires on a train row, so the L1 probe gives it no weight and k-sparse probing keeps the main latent
+      alone. An absorbed row has fraction 1 and is fully absorbed; every other row 0;
+    - fillers up to a width of 2048 on e_{C+1}, threshold 1: silent (noise 0.02). The width matters: SAEBench's
+      50 Adam steps move a weight by about 0.1, and silent latents keep their random start (+-1/sqrt(width)),
+      which must stay below that for the main latent to rank first (with 7 latents, C = 2, a silent latent's
+      start outranks class 1's main latent, and k-sparse probing then takes class 0's latent as its main).
+    """
+    from actstore.score.config import LayerData
+    from actstore.score.probes import Probe
+    from actstore.tasks.base import Task
+
+    gen = torch.Generator().manual_seed(seed)
+    c_, d = n_classes, n_classes + 2
+    eye = torch.eye(d)
+    f = eye[c_]
+    fillers = 2048 - 2 * n_classes
+    labels = torch.arange(n_classes * per_class) % n_classes
+    order = torch.arange(len(labels)) // n_classes  # the row's index within its class
+    test = order >= per_class - n_test
+    absorbed_count = [(0, 3, 5)[c % 3] for c in range(n_classes)]
+    absorbed = test & (order - (per_class - n_test) < torch.tensor(absorbed_count)[labels])
+    x = 3 * eye[labels] + 3 * absorbed[:, None] * f + 0.02 * torch.randn(len(labels), d, generator=gen)
+    names = tuple(f"class{c:03d}" for c in range(n_classes))
+    task = Task(name="planted", classes=names, label=lambda text: None, template="{word}:", answers=names,
+                prompt_task="planted", min_evaluated=2)
+    data = LayerData(x, labels, test.long(), token_id=torch.arange(len(labels)),
+                     text=[f"t{i}" for i in range(len(labels))], task=task)
+    ones = [1.0] * n_classes
+    probe = Probe(2 * eye[:n_classes], torch.full((n_classes,), -3.0),
+                  {split: {"precision": ones, "recall": ones, "f1": ones} for split in ("train", "test")})
+    w_enc = torch.cat([(eye[:n_classes] - 0.5 * f).T, (eye[:n_classes] + 3 * f).T,
+                       eye[c_ + 1][:, None].expand(d, fillers)], 1)  # (d, m)
+    b_enc = torch.cat([torch.full((n_classes,), 10.0), torch.zeros(n_classes + fillers)])
+    threshold = torch.cat([torch.full((n_classes,), 12.25), torch.full((n_classes,), 7.5), torch.ones(fillers)])
+    w_dec = torch.cat([2 * eye[:n_classes], 0.5 * (eye[:n_classes] + f) / 2 ** 0.5,
+                       torch.nn.functional.normalize(torch.randn(fillers, d, generator=gen), dim=1)])
+    sae = SAEWeights("planted", w_enc, b_enc, w_dec, torch.zeros(d), "jumprelu", threshold, layer=0)
+    return data, probe, sae, absorbed_count
+
+
+@pytest.mark.parametrize("n_classes", [2, 40])
+def test_scorer_recovers_planted_absorption_for_any_number_of_classes(n_classes):
+    data, probe, sae, absorbed = planted_classes(n_classes)
+    result = score_sae(sae, data, probe, ScoreConfig(bootstrap=200))
+    assert [r["class"] for r in result.classes] == list(data.task.classes)  # every class passes F1 > 0.6
+    for c, row in enumerate(result.classes):
+        k = absorbed[c]
+        assert row["num_probe_true_positives"] == 10 and row["num_full_absorption"] == k
+        assert row["mean_absorption_fraction"] == row["full_absorption_rate"] == k / 10
+        assert row["split_latents"] == [c] and row["single_latent"] == c
+        assert (row["main_precision"], row["main_recall"]) == (1.0, (10 - k) / 10)
+        assert (row["single_precision"], row["single_recall"]) == (1.0, (10 - k) / 10)
+        assert row["split_cos_dec"] == [pytest.approx(1.0, abs=1e-6)]
+    mean = sum(k / 10 for k in absorbed) / n_classes
+    summary = result.summary
+    assert summary["classes_evaluated"] == n_classes
+    assert summary["mean_absorption_fraction"] == pytest.approx(mean, abs=1e-12)
+    assert summary["mean_full_absorption"] == pytest.approx(mean, abs=1e-12)
+    assert summary["mean_absorption_fraction_ci_low"] <= mean <= summary["mean_absorption_fraction_ci_high"]
+    # per-token records: one per (class, test true positive), the absorbed ones naming their absorber
+    tokens = result.tokens
+    assert len(tokens["row"]) == 10 * n_classes and set(tokens["class"]) == set(data.task.classes)
+    for name, row, latents, fraction in zip(tokens["class"], tokens["row"], tokens["absorber_latents"],
+                                            tokens["absorption_fraction"]):
+        c = data.task.classes.index(name)
+        assert int(data.labels[row]) == c
+        is_absorbed = (row // n_classes) - 20 < absorbed[c]
+        assert (latents, fraction) == (([n_classes + c], 1.0) if is_absorbed else ([], 0.0))
+    assert sorted(result.latent_top_tokens) == [n_classes + c for c in range(n_classes) if absorbed[c]]
+
+
+def test_planted_classes_with_nulls_and_the_converged_solver():
+    """40 classes through the converged L1 solver (C outputs) and both nulls: the same planted values, and the
+    shuffled-firing null keeps the dead-latent share (a renaming keeps every count)."""
+    data, probe, sae, absorbed = planted_classes(40)
+    solved = score_sae(sae, data, probe, ScoreConfig(bootstrap=0, l1_solver="converged"))
+    nulled = score_sae(sae, data, probe, ScoreConfig(bootstrap=0, nulls=("random_decoder", "shuffled_firing")))
+    assert solved.summary["l1_converged"]
+    for result in (solved, nulled):
+        assert [r["mean_absorption_fraction"] for r in result.classes] == [k / 10 for k in absorbed]
+        assert [r["split_latents"] for r in result.classes] == [[c] for c in range(40)]
+    summary = nulled.summary
+    assert summary["dead_latent_share_minus_null_shuffled_firing"] == 0.0
+    for kind in ("random_decoder", "shuffled_firing"):
+        null = summary[f"null_{kind}_mean_absorption_fraction"]
+        assert 0.0 <= null <= 1.0 and summary[f"mean_absorption_fraction_minus_null_{kind}"] == \
+            summary["mean_absorption_fraction"] - null
+
+
+def test_a_probe_of_another_task_is_refused():
+    data, probe, sae, _ = planted_classes(3)
+    with pytest.raises(ValueError, match="the probe has 2 classes, task planted has 3"):
+        score_sae(sae, data, dataclasses.replace(probe, weight=probe.weight[:2], bias=probe.bias[:2]))

@@ -1,6 +1,6 @@
 """Issue 13's metrics: SAEBench v0.3's fraction by hand, threshold tokens in float64 as SAEBench's own code sends
 them, the strict F1 > 0.6 filter, bootstrap intervals, seeds over one encoding, the converged solver's seed-free
-main latents, null SAEs on the planted world, --min-letters and SAEBench's eval_config."""
+main latents, null SAEs on the planted world, --min-classes and SAEBench's eval_config."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ from actstore.store.layers import load_layer
 from actstore.score.nulls import random_decoder_null, shuffle_permutation, shuffled_firing_null
 from actstore.score.probes import Probe, ProbeConfig, load_probe
 from actstore.saes.loading import load_params_npz
-from actstore.score.scorer import ScoreConfig, SparseActs, encode_sparse, decoder_scale, score_sae, token_absorption
+from actstore.score.absorption import token_absorption
+from actstore.score.config import ScoreConfig
+from actstore.score.encode import decoder_scale, encode_sparse
+from actstore.score.scorer import score_sae
+from actstore.score.sparse import SparseActs
 from actstore.store.zarrstore import ActivationStore
 
 # ---------------------------------------------------------------------------- SAEBench v0.3.2's fraction
@@ -145,7 +149,7 @@ def test_a_letter_with_probe_f1_exactly_06_is_not_evaluated():
     f1[3] = 2 * 3 / (2 * 3 + 2 + 2)  # tp 3, fp 2, fn 2: exactly 0.6
     f1[4] = 0.6000001
     probe = Probe(torch.zeros(26, 4), torch.zeros(26), {"test": {"f1": f1}})
-    assert f1[3] == 0.6 and 3 not in probe.evaluated_letters() and 4 in probe.evaluated_letters()
+    assert f1[3] == 0.6 and 3 not in probe.evaluated_classes() and 4 in probe.evaluated_classes()
 
 
 # ---------------------------------------------------------------------------- bootstrap
@@ -155,7 +159,7 @@ def test_bootstrap_interval_of_one_letter_matches_the_binomial_standard_error():
     # one letter, 400 true positives, 30% fully absorbed: the token bootstrap's 95% interval is about
     # p +- 1.96 sqrt(p (1 - p) / n) = 0.3 +- 0.0449; letters resampled from one letter change nothing
     full = (torch.arange(400) < 120).double()
-    letter = uncertainty.LetterTokens(full, full, (10, 0, 0, 390))
+    letter = uncertainty.ClassTokens(full, full, (10, 0, 0, 390))
     ci = uncertainty.bootstrap_intervals([letter], n_boot=4000, seed=1)
     half = 1.96 * (0.3 * 0.7 / 400) ** 0.5
     # Monte Carlo error of a 2.5% quantile from 4000 replicates: about 0.004 here; discreteness 1/400
@@ -164,13 +168,14 @@ def test_bootstrap_interval_of_one_letter_matches_the_binomial_standard_error():
     assert ci["mean_single_f1_ci_low"] == ci["mean_single_f1_ci_high"] == 1.0  # no fp, no fn in any redraw
 
 
-def test_bootstrap_over_letters_matches_the_standard_error_of_their_mean():
-    # 20 letters whose tokens all have the same value: only the letter level varies. The interval is about
-    # mean +- 1.96 sd / sqrt(L), sd the population standard deviation of the letters' values
-    values = torch.linspace(0.0, 0.95, 20, dtype=torch.float64)
-    letters = [uncertainty.LetterTokens(torch.full((50,), float(v)), torch.zeros(50), (5, 5, 5, 85)) for v in values]
+@pytest.mark.parametrize("n_classes", [20, 40, 200])
+def test_bootstrap_over_letters_matches_the_standard_error_of_their_mean(n_classes):
+    # classes whose tokens all have the same value: only the class level varies. The interval is about
+    # mean +- 1.96 sd / sqrt(C'), sd the population standard deviation of the C' classes' values
+    values = torch.linspace(0.0, 0.95, n_classes, dtype=torch.float64)
+    letters = [uncertainty.ClassTokens(torch.full((50,), float(v)), torch.zeros(50), (5, 5, 5, 85)) for v in values]
     ci = uncertainty.bootstrap_intervals(letters, n_boot=4000, seed=2)
-    half = 1.96 * float(values.std(unbiased=False)) / 20 ** 0.5
+    half = 1.96 * float(values.std(unbiased=False)) / n_classes ** 0.5
     mean = float(values.mean())
     assert ci["mean_absorption_fraction_ci_low"] == pytest.approx(mean - half, abs=0.01)
     assert ci["mean_absorption_fraction_ci_high"] == pytest.approx(mean + half, abs=0.01)
@@ -179,6 +184,19 @@ def test_bootstrap_over_letters_matches_the_standard_error_of_their_mean():
     assert ci["mean_single_f1_ci_low"] < 0.5 < ci["mean_single_f1_ci_high"]
     assert uncertainty.bootstrap_intervals(letters, n_boot=300, seed=2) == \
         uncertainty.bootstrap_intervals(letters, n_boot=300, seed=2)  # seeded
+
+
+def test_bootstrap_over_two_classes_spans_them():
+    # two classes of constant values 0 and 0.9: a replicate draws both classes from {0, 0.9}, so its mean is
+    # 0 (1/4 of replicates), 0.45 (1/2) or 0.9 (1/4): the 2.5% and 97.5% percentiles are exactly 0 and 0.9
+    classes = [uncertainty.ClassTokens(torch.full((30,), v, dtype=torch.float64),
+                                       torch.full((30,), v, dtype=torch.float64), (30, 0, 0, 0))
+               for v in (0.0, 0.9)]
+    ci = uncertainty.bootstrap_intervals(classes, n_boot=2000, seed=4)
+    # (a class's mean of 30 tokens of 0.9 is 0.9 to float64 rounding of the sum)
+    for name in ("mean_absorption_fraction", "mean_full_absorption"):
+        assert ci[f"{name}_ci_low"] == 0.0 and ci[f"{name}_ci_high"] == pytest.approx(0.9, rel=1e-15, abs=0)
+    assert ci["mean_single_f1_ci_low"] == ci["mean_single_f1_ci_high"] == 1.0  # every row a tp in every redraw
 
 
 # ---------------------------------------------------------------------------- seeds, converged, nulls
@@ -197,7 +215,7 @@ def world(planted_store, planted_saes):
 def with_duplicates(sae, truth):
     """The SAE with a copy of every main latent appended (same encoder, decoder, threshold): two latents that
     fire identically, which the L1 probe can only tell apart by its random start."""
-    mains = torch.tensor([i for e in truth["letters"].values() for i in e.get("main_latents", [])])
+    mains = torch.tensor([i for e in truth["classes"].values() for i in e.get("main_latents", [])])
     cat = lambda a, dim: torch.cat([a, a.index_select(dim, mains)], dim)
     return dataclasses.replace(sae, w_enc=cat(sae.w_enc, 1), b_enc=cat(sae.b_enc, 0), w_dec=cat(sae.w_dec, 0),
                                threshold=cat(sae.threshold, 0))
@@ -209,14 +227,14 @@ def test_seeds_reuse_one_encoding_and_equal_separate_runs(world):
     both = score_sae(sae, LayerData(data), probe, cfg)
     alone = score_sae(sae, LayerData(data), probe, dataclasses.replace(
         cfg, seeds=1, sparse_probe=dataclasses.replace(cfg.sparse_probe, seed=1)))
-    for row, other in zip(both.letters, alone.letters):
+    for row, other in zip(both.classes, alone.classes):
         assert row["split_latents_by_seed"][1] == other["split_latents"]
         assert row["mean_absorption_fraction_by_seed"][1] == other["mean_absorption_fraction"]
     assert both.summary["seeds"] == 2 and "mean_absorption_fraction_seed_std" in both.summary
 
 
 def LayerData(data):  # the vocabulary rows alone: context precision/recall are not what these tests measure
-    from actstore.score.scorer import LayerData as Rows
+    from actstore.score.config import LayerData as Rows
 
     return Rows(data.x, data.labels, data.split)
 
@@ -232,7 +250,7 @@ def test_converged_main_latents_are_identical_across_seeds_where_saebench_disagr
     other = score_sae(dup, LayerData(data), probe, ScoreConfig(bootstrap=0, l1_solver="converged",
                                                                sparse_probe=ProbeConfig(batch_size=4096, seed=7,
                                                                                         weight_decay=1e-6)))
-    assert [r["split_latents"] for r in other.letters] == [r["split_latents"] for r in solved.letters]
+    assert [r["split_latents"] for r in other.classes] == [r["split_latents"] for r in solved.classes]
 
 
 def test_planted_saes_sit_above_their_shuffled_null_by_the_planted_amount(world):
@@ -252,21 +270,21 @@ def test_planted_saes_sit_above_their_shuffled_null_by_the_planted_amount(world)
     perm = shuffle_permutation(sae.width)
     fires = (data.x.float() @ probe.weight.T.float() + probe.bias.float()) > 0  # (N, 26) as the scorer's probe
     renamed = {}  # letter -> the latents the null fires on its test true positives
-    for c in truth["evaluated_letters"]:
+    for c in truth["evaluated_classes"]:
         label = "abcdefghijklmnopqrstuvwxyz".index(c)
         tp = ((data.split == 1) & (data.labels == label) & fires[:, label]).nonzero()[:, 0]
         renamed[c] = {int(perm[i]) for i in acts.rows(tp).index.tolist()}
-    own = {c: set(e.get("main_latents", []) + e.get("absorbing_latents", [])) for c, e in truth["letters"].items()}
-    clean = [c for c in truth["evaluated_letters"] if not renamed[c] & own[c]]
-    assert len(clean) >= len(truth["evaluated_letters"]) - 2  # a collision needs one of ~60 ids among 1500
+    own = {c: set(e.get("main_latents", []) + e.get("absorbing_latents", [])) for c, e in truth["classes"].items()}
+    clean = [c for c in truth["evaluated_classes"] if not renamed[c] & own[c]]
+    assert len(clean) >= len(truth["evaluated_classes"]) - 2  # a collision needs one of ~60 ids among 1500
     scored = score_sae(sae, LayerData(data), probe, dataclasses.replace(cfg, nulls=("shuffled_firing",)))
-    mine = {r["letter"]: r for r in scored.letters}
-    for row in null.letters:
-        if row["letter"] in clean:
-            planted = truth["letters"][row["letter"]]["absorption_fraction"]
-            assert row["mean_absorption_fraction"] == 0.0 and row["full_absorption_rate"] == 0.0, row["letter"]
-            assert mine[row["letter"]]["mean_absorption_fraction"] - 0.0 == pytest.approx(planted, abs=0.02)
-    if len(clean) == len(truth["evaluated_letters"]):
+    mine = {r["class"]: r for r in scored.classes}
+    for row in null.classes:
+        if row["class"] in clean:
+            planted = truth["classes"][row["class"]]["absorption_fraction"]
+            assert row["mean_absorption_fraction"] == 0.0 and row["full_absorption_rate"] == 0.0, row["class"]
+            assert mine[row["class"]]["mean_absorption_fraction"] - 0.0 == pytest.approx(planted, abs=0.02)
+    if len(clean) == len(truth["evaluated_classes"]):
         assert scored.summary["mean_absorption_fraction_minus_null_shuffled_firing"] == pytest.approx(
             truth["summary"]["absorption_fraction"], abs=0.02)  # synth_saes.TOLERANCE
     # the null keeps the SAE's per-token L0 exactly
@@ -291,7 +309,7 @@ def test_every_metric_has_its_null_and_the_shuffled_null_fires_on_context_rows_w
     where the SAE's latent perm^-1(j) does: its context precision and recall are recomputed here from the SAE's
     own encoding of the context rows; its dead-latent share is the SAE's (a renaming keeps every count)."""
     from actstore.score.metrics import precision_recall_f1
-    from actstore.score.scorer import LayerData as Rows
+    from actstore.score.config import LayerData as Rows
 
     data, probe, sae, _ = world
     rows = Rows(data.x, data.labels, data.split, data.context_x, data.context_labels)
@@ -319,8 +337,8 @@ def test_every_metric_has_its_null_and_the_shuffled_null_fires_on_context_rows_w
         torch.arange(sae.width)) > 0  # (M, m) the SAE's own firing on the alphabetic context tokens
     singles = cosines[1].argmax(dim=0)  # (26,) the null's single latents: the SAE's encoder cosines, kept
     single_p, main_r = [], []
-    for row in null.letters:
-        c = "abcdefghijklmnopqrstuvwxyz".index(row["letter"])
+    for row in null.classes:
+        c = "abcdefghijklmnopqrstuvwxyz".index(row["class"])
         truth = data.context_labels[alpha] == c
         single_p.append(precision_recall_f1(fires[:, source[singles[c]]], truth).precision)
         main_r.append(precision_recall_f1(fires[:, source[row["split_latents"]]].any(dim=1), truth).recall)
@@ -339,18 +357,18 @@ SAEBENCH_EVAL_CONFIG = {  # AbsorptionEvalConfig's fields, SAEBench v0.6.0 (sae_
     "min_GT_probe_f1", "min_feats_for_eval", "eval_k_sparse_probe_batch_size", "precalc_k_sparse_probe_sae_acts"}
 
 
-def test_min_letters_fails_each_sae_alone_and_outputs_record_version_and_solver(planted_store, planted_saes, tmp_path):
+def test_min_classes_fails_each_sae_alone_and_outputs_record_version_and_solver(planted_store, planted_saes, tmp_path):
     import pyarrow.parquet as pq
 
     from actstore.run.runner import ScoreCommandConfig, run_score
 
     saes = [str(p / "params.npz") for p in planted_saes[:2]]
     out = tmp_path / "strict"
-    summary = run_score(ScoreCommandConfig(str(planted_store), str(out), saes=saes, local=True, min_letters=26),
+    summary = run_score(ScoreCommandConfig(str(planted_store), str(out), saes=saes, local=True, min_classes=26),
                         log=lambda *_: None)
     assert summary["failed"] == 2 and summary["scored"] == 0  # the run finished; each SAE failed alone
     rows = pq.read_table(out / "saes.parquet").to_pylist()
-    assert all("needs 26, --min-letters" in r["reason"] for r in rows)
+    assert all("needs 26, --min-classes" in r["reason"] for r in rows)
 
     out = tmp_path / "ok"
     run_score(ScoreCommandConfig(str(planted_store), str(out), saes=saes[:1], local=True, bootstrap=200,

@@ -1,10 +1,12 @@
-"""Every command's arguments, checked in one place before any work starts (cli.main calls `check`).
+"""Every command's arguments, checked in one place before any work starts (cli.main calls `check`). It is
+longer than most modules on purpose: one module holds every check, so none hides inside a worker.
 
 A bad argument raises BadArgument with one line: what was given, what was expected, what to do; the CLI
 prints it and exits 2. Nothing here loads a model, starts Ray or reads activations: checks are cheap (a
 directory listing, a TCP connect with a short timeout, a tiny tensor on the chosen device).
 
-    check("score", cfg)                    # raises BadArgument
+    check("score", cfg)                    # raises BadArgument: the config's typed choices (its Literal
+                                           # fields, `choices`), then the command's own checks
     read_list("saes.txt")                  # the SPECs of an @list file, relative paths resolved
     layer_spec("--layers", "0-3,5")        # [0, 1, 2, 3, 5]; "all" -> None
 """
@@ -48,6 +50,44 @@ def positive_number(name: str, value: float | None) -> None:
 def choice(name: str, value: str | None, allowed) -> None:
     if value is not None and value not in allowed:
         raise BadArgument(f"{name} {value!r}: expected one of {', '.join(sorted(allowed))}")
+
+
+def literal_choices(kind) -> tuple | None:
+    """The values a field's type allows when it is a typing.Literal (or X | None, or a list of one): None otherwise."""
+    import typing
+
+    args = [a for a in typing.get_args(kind) if a is not type(None)] if typing.get_origin(kind) in (
+        typing.Union, __import__("types").UnionType) else [kind]
+    if len(args) == 1 and typing.get_origin(args[0]) in (list, tuple):
+        args = [typing.get_args(args[0])[0]]
+    return typing.get_args(args[0]) if len(args) == 1 and typing.get_origin(args[0]) is typing.Literal else None
+
+
+def choices(cfg) -> None:
+    """Every field of a command's config typed as a Literal holds one of its values (for a list, each item):
+    the one check of the typed choices, which come from the registries (scorer backends, L1 solvers, metric
+    versions, nulls, causal answer tokens)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        allowed = literal_choices(hints[f.name])
+        if allowed is None:
+            continue
+        value = getattr(cfg, f.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            choice(f"--{f.name.replace('_', '-')}", item, allowed)
+
+
+def task_spec(name: str, spec: str, template: str | None = None):
+    """A task the registry knows (actstore.tasks.registry): a built-in name or labels:FILE; returns it."""
+    from actstore.tasks.registry import get_task
+
+    try:
+        return get_task(spec, template)
+    except InputError as err:
+        raise BadArgument(str(err)) from None
 
 
 MAX_LAYER = 9999
@@ -308,7 +348,8 @@ def workers_placeable(name: str, workers: int | None, dev: str, address: str | N
 
 
 def check(command: str, cfg) -> None:
-    """Check a command's config; raises BadArgument."""
+    """Check a command's config: its typed choices, then the command's own checks; raises BadArgument."""
+    choices(cfg)
     CHECKS[command](cfg)
 
 
@@ -328,6 +369,10 @@ def _extract(cfg) -> None:
             raise BadArgument(f"--gguf-file {cfg.gguf_file}: not a file in {model}; name a .gguf file inside the "
                               f"--model folder")
     choice("--bos", cfg.bos, {"auto", "always", "never"})
+    task = extract_task(cfg)
+    if cfg.no_vocab and task.name != "first_letter":
+        raise BadArgument(f"--no-vocab stores contexts only, and --task {task.name} asks for that task's vocabulary "
+                          f"rows: drop one of them")
     fraction("--max-dropped", cfg.max_dropped, closed=True)
     positive_number("--log-interval", cfg.log_interval)
     if cfg.no_vocab and cfg.contexts is None:
@@ -349,9 +394,8 @@ def _extract(cfg) -> None:
 
 
 def _score(cfg) -> None:
-    from actstore.score.scorer import BACKENDS
-
     existing_store("STORE", cfg.store)
+    task_spec("--task", cfg.task, cfg.template)
     writable_folder("--out", cfg.out)
     outside_stores("--out", cfg.out)
     sae_specs(cfg.saes)
@@ -361,7 +405,6 @@ def _score(cfg) -> None:
     integer("--layer", cfg.layer, 0)
     dev = device("--device", cfg.device)
     dtype_on_device("--dtype", cfg.dtype, dev)
-    choice("--backend", cfg.backend, {"auto", *BACKENDS})
     if cfg.backend == "triton" and not dev.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
         raise BadArgument(f"--backend triton: the fused kernel runs on CUDA, and --device is {dev}; use --backend "
                           f"torch (or auto) here")
@@ -396,8 +439,18 @@ def _score_against_store(cfg) -> None:
         if wanted is not None and not set(wanted) & set(store.layers):
             raise BadArgument(f"--layers {cfg.layers}: the store {cfg.store} holds layers {_ranges(store.layers)} "
                               f"only; name some of those")
-        if cfg.bootstrap and "vocab" in store.groups and "label" in store.columns("vocab"):
-            labels = np.asarray(store.column("vocab", "label"))
+        the_task = task_spec("--task", cfg.task, cfg.template)
+        group = the_task.group
+        if group != "vocab" and group not in store.groups:
+            raise BadArgument(f"--task {cfg.task}: the store {cfg.store} holds no rows of its prompt (group {group}); "
+                              f"extract them with `actstore extract --task {cfg.task} ... --out {cfg.store} --resume`")
+        if cfg.bootstrap and the_task.relabels and "text" in store.columns(group):
+            labels = np.array([-1 if (c := the_task.label(str(t))) is None else c for t in store.column(group, "text")])
+        elif cfg.bootstrap and "label" in store.columns(group):
+            labels = np.asarray(store.column(group, "label"))
+        else:
+            labels = None
+        if labels is not None:
             counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(1, int)
             need = cfg.bootstrap * (BOOTSTRAP_BYTES[0] * int(counts.max()) + BOOTSTRAP_BYTES[1] * len(counts))
             have = physical_memory() / 4
@@ -409,27 +462,17 @@ def _score_against_store(cfg) -> None:
 
 
 def _metric_options(cfg) -> None:
-    from actstore.score.metrics import METRIC_VERSIONS
-    from actstore.score.nulls import NULLS
-    from actstore.score.scorer import L1_SOLVERS
-
-    choice("--l1-solver", cfg.l1_solver, set(L1_SOLVERS))
+    """The scorer's numeric options (its choices are Literal fields, checked by `choices`)."""
     integer("--seeds", cfg.seeds, 1)
-    choice("--metric-version", cfg.metric_version, set(METRIC_VERSIONS))
-    integer("--min-letters", cfg.min_letters, 1, " (SAEBench's floor is 20)")
+    integer("--min-classes", cfg.min_classes, 1, " (SAEBench's floor is 20 of 26 letters)")
     integer("--bootstrap", cfg.bootstrap, 0, " (0: no intervals)")
-    for kind in cfg.null_kinds:
-        choice("--null-kinds", kind, set(NULLS))
     _causal_options(cfg)
 
 
 def _causal_options(cfg) -> None:
-    """--causal-*: the sample size and letter tokens; with --causal, the store must record a model that is here."""
-    from actstore.score.causal import LETTER_TOKENS
-
+    """--causal-*: the sample size and seed; with --causal, the store must record a model that is here."""
     integer("--causal-samples", cfg.causal_samples, 1)
     integer("--causal-seed", cfg.causal_seed, 0)
-    choice("--causal-letter-tokens", cfg.causal_letter_tokens, set(LETTER_TOKENS))
     if cfg.causal:
         causal_store("--causal", cfg.store)
 
@@ -478,8 +521,25 @@ def _report(cfg) -> None:
         outside_stores("--out", cfg.out)
 
 
+def relabel_message(task) -> str:
+    """The one line for `extract --task` of a task that relabels another's rows."""
+    return (f"--task {task.name} relabels {task.prompt_task}'s rows (the same prompt, the same activations): it needs "
+            f"no extraction of its own; extract {task.prompt_task} if the store lacks it, then run `actstore probe "
+            f"STORE --task {task.name}` and `actstore score STORE --task {task.name} ...`")
+
+
+def extract_task(cfg):
+    """The task of `extract --task` (and --template): one the registry knows, with its own prompt (a task that
+    relabels another's rows needs no extraction: the line says what to run instead)."""
+    task = task_spec("--task", cfg.task, cfg.template)
+    if task.relabels:
+        raise BadArgument(relabel_message(task))
+    return task
+
+
 def _probe(cfg) -> None:
     existing_store("STORE", cfg.store)
+    task_spec("--task", cfg.task, cfg.template)
     layer_spec("--layers", cfg.layers)
     integer("--epochs", cfg.epochs, 1)
     integer("--seed", cfg.seed, 0)

@@ -1,12 +1,15 @@
 """The `actstore` command line. One config dataclass per command; the docstring under each field is its
---help text (read from the source, so the two cannot drift).
+--help text (read from the source, so the two cannot drift). Choices are typed (`typing.Literal`, or a field's
+metadata "choices" from a registry) and checked in cli/checks.py; renamed options keep their old spellings as
+hidden aliases (a config's ALIASES). Longer than most modules because every command's config and its small
+runner live here, side by side.
 
     actstore extract --model M --layers SPEC --out STORE [...]   run a model once, store its activations
     actstore synth-model --out DIR [--layers N] [--spelling]     the synthetic world's model
-    actstore probe STORE [--layers SPEC]                         ground-truth first-letter probes
+    actstore probe STORE [--layers SPEC] [--task NAME]           ground-truth probes of a task (first_letter)
     actstore saes list [--release R] [--layer L] [--width W]     the SAEs of a release (sae-lens catalog)
     actstore synth-saes --store STORE --layer L --out DIR        synthetic SAEs with planted absorption
-    actstore score STORE --saes SPEC... --out RESULTS            absorption, splits, precision/recall per SAE
+    actstore score STORE --saes SPEC... --out RESULTS [--task T] absorption, splits, precision/recall per SAE
     actstore report RESULTS [--out DIR]                          figures and an HTML page of the results
     actstore explore RESULTS [--out DIR]                         a static page to explore absorption token by token
     actstore info STORE [--json]                                 what a store holds, complete or not, size
@@ -40,6 +43,7 @@ from actstore.errors import InputError, RunFailed, import_advice
 from actstore.extract.pipeline import ExtractConfig
 from actstore.run.runner import ScoreCommandConfig
 from actstore.saes.synthetic import SynthSAEConfig
+from actstore.tasks.registry import DEFAULT_TASK, task_names
 
 
 @dataclass
@@ -89,13 +93,18 @@ class SynthModelConfig:
 
 @dataclass
 class ProbeCommandConfig:
-    """Train the ground-truth first-letter probe of each layer on the store's vocabulary task (one-vs-rest,
-    SAEBench's settings) and save it in the store with per-letter train/test precision, recall and F1."""
+    """Train the ground-truth probe of a task at each layer on the store's vocabulary rows of that task
+    (one-vs-rest, SAEBench's settings) and save it in the store with per-class train/test precision, recall and
+    F1."""
 
     store: str
     """path of the store (a .zarr directory)"""
     layers: str = "all"
     """layers to probe: a list (0,5,12), a range (0-25) or all (the store's layers)"""
+    task: str = dataclasses.field(default=DEFAULT_TASK, metadata={"choices": task_names})
+    """the task: a built-in task or labels:FILE (a CSV or JSONL of token -> class); its probes go to probes/ (first_letter) or probes/<task>/"""
+    template: str | None = None
+    """the prompt template a labels:FILE task was extracted with (`extract --task labels:FILE --template T`); without it the task relabels first_letter's rows"""
     epochs: int = 50
     """training epochs (SAEBench: 50)"""
     seed: int = 0
@@ -134,22 +143,23 @@ class SynthSAEsCommandConfig(SynthSAEConfig):
 
 @dataclass
 class ReportConfig:
-    """Plot a results folder of `actstore score`: absorption and full absorption against L0 per width (panels
-    by layer), a layer x width heatmap, single-latent F1 and split features against L0; PNGs and one HTML page."""
+    """Plot a results folder of `actstore score`, one section per task: absorption and full absorption against L0
+    per width (panels by layer), a layer x width heatmap, single-latent F1 and split features against L0; PNGs and
+    one HTML page."""
 
     results: str
     """results folder written by `actstore score`"""
     out: str | None = None
     """folder for the PNG figures and report.html (default: RESULTS/report)"""
     sae: str | None = None
-    """the SAE whose absorption per letter is drawn (an id, or a prefix of one; default: the one with the highest mean absorption)"""
+    """the SAE whose absorption per class is drawn, for each task (an id, or a prefix of one; default: the one with the highest mean absorption)"""
 
 
 @dataclass
 class ExploreConfig:
-    """Write a static absorption explorer of a results folder: choose an SAE and a letter, see the main latents,
-    the tokens they miss and the latents that absorb them, and search a token across every SAE. Opens from
-    file:// in a browser, no server needed."""
+    """Write a static absorption explorer of a results folder: choose a task, an SAE and a class, see the main
+    latents, the tokens they miss and the latents that absorb them, and search a token across every SAE. Opens
+    from file:// in a browser, no server needed."""
 
     results: str
     """results folder written by `actstore score`"""
@@ -175,6 +185,11 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config) -> None:
+    """One option per field of a command's config: its docstring is the help, a Literal type's values (or a
+    field's metadata "choices", a function of the registry) are listed there and checked by cli.checks (one place
+    for every check), and the config's ALIASES (old spellings of renamed options) are accepted, hidden."""
+    from actstore.cli.checks import literal_choices
+
     docs, hints = field_docs(config), typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         if f.name in HIDDEN:
@@ -182,21 +197,34 @@ def add_config_arguments(parser: argparse.ArgumentParser, config) -> None:
         kind = hints[f.name]
         optional = type(None) in typing.get_args(kind)
         base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind  # X | None -> X
+        allowed = literal_choices(kind) or (f.metadata["choices"]() if "choices" in f.metadata else None)
         flag = f"--{f.name.replace('_', '-')}"
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        doc = docs[f.name] + (f" (one of: {', '.join(allowed)})" if allowed and not all(a in docs[f.name]
+                                                                                      for a in allowed) else "")
         if f.name in getattr(config, "positional", POSITIONAL):
-            parser.add_argument(f.name, help=docs[f.name])
-        elif base is bool:
-            parser.add_argument(flag, action="store_true", help=docs[f.name])
+            parser.add_argument(f.name, help=doc)
+            continue
+        if base is bool:
+            parser.add_argument(flag, action="store_true", help=doc)
         elif typing.get_origin(base) in (list, tuple):
             item = typing.get_args(base)[0]
+            item = str if typing.get_origin(item) is typing.Literal else item
             default = None if required else f.default_factory() if f.default is dataclasses.MISSING else list(f.default)
-            parser.add_argument(flag, type=item, nargs="+", required=required, default=default, help=docs[f.name])
+            parser.add_argument(flag, type=item, nargs="+", required=required, default=default, help=doc)
         elif required:
-            parser.add_argument(flag, type=base, required=True, help=docs[f.name])
+            parser.add_argument(flag, type=_parse_type(base), required=True, help=doc)
         else:
             shown = "" if "default" in docs[f.name] else f" (default: {f.default})"
-            parser.add_argument(flag, type=base, default=f.default, help=docs[f.name] + shown)
+            parser.add_argument(flag, type=_parse_type(base), default=f.default, help=doc + shown)
+        for alias in [a for a, name in getattr(config, "ALIASES", {}).items() if name == f.name]:
+            kwargs = {"action": "store_true"} if base is bool else {"type": _parse_type(base)}
+            parser.add_argument(alias, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def _parse_type(base):
+    """What argparse converts an option's text with: str for a Literal (cli.checks checks the value)."""
+    return str if typing.get_origin(base) is typing.Literal else base
 
 
 def cmd_info(cfg: InfoConfig) -> int:
@@ -213,6 +241,7 @@ def cmd_info(cfg: InfoConfig) -> int:
     print(f"shards       {info['shard_rows']} rows, chunks of {info['chunk_rows']}, codec {info['codec']}")
     for name, rows in info["groups"].items():
         print(f"group        {name}: {rows} rows")
+    print(f"tasks        {', '.join(info['tasks']) or 'none'}")
     extra = info["extra"]
     if "vocab_dropped" in extra:
         print(f"vocab        {extra.get('vocab_rows')} rows kept, {extra['vocab_dropped']} dropped"
@@ -246,8 +275,11 @@ def cmd_verify(cfg: VerifyConfig) -> int:
         for p in problems:
             where = f" shard {p.shard} (rows {p.rows[0]}-{p.rows[1] - 1})" if p.shard >= 0 else ""
             print(f"{p.kind:10s} {p.array}{where}: {p.detail}")
-        if any(p.kind == "incomplete" for p in problems) and resume_command(store):
-            print(f"resume the write with `{resume_command(store)}`: only the unfinished shards are rewritten")
+        unfinished = {p.array.split("/")[0] for p in problems if p.kind == "incomplete"}
+        commands = [store.group_attrs(g).get("resume_command") or resume_command(store) for g in sorted(unfinished)
+                    if g in store.groups]  # a task's group added to the store has its own
+        for command in dict.fromkeys(c for c in commands if c):
+            print(f"resume the write with `{command}`: only the unfinished shards are rewritten")
     else:
         print(f"{cfg.store}: structure as promised, every shard present, intact and in its place, probes intact")
     return 1 if problems else 0
@@ -262,24 +294,28 @@ def cmd_demo(cfg: DemoConfig) -> int:
 def cmd_probe(cfg: ProbeCommandConfig) -> int:
     from actstore.score import probes
     from actstore.extract.pipeline import parse_layers
-    from actstore.store.zarrstore import ActivationStore
+    from actstore.store.zarrstore import ActivationStore, probe_prefix
+    from actstore.tasks.registry import get_task
 
+    task = get_task(cfg.task, cfg.template)
     with ActivationStore.open(cfg.store) as store:
         have = store.layers
+        store.task_group(task)  # the task's rows are here (else: which `actstore extract --task` adds them)
     layers = have if cfg.layers == "all" else parse_layers(cfg.layers, max(have) + 1)
     absent = [l for l in layers if l not in have]
     if absent:
         raise InputError(f"{cfg.store} has layers {have}; --layers {cfg.layers} asks for {absent}")
-    trained = probes.probe_store(cfg.store, layers, probes.ProbeConfig(epochs=cfg.epochs, seed=cfg.seed),
+    trained = probes.probe_store(cfg.store, layers, probes.ProbeConfig(epochs=cfg.epochs, seed=cfg.seed), task,
                                  progress=sys.stderr.isatty())
-    print(f"{'layer':>5s} {'test F1 mean':>12s} {'min':>6s} {'letters evaluated (F1 > 0.6)':>30s}")
+    header = "classes evaluated (F1 > 0.6)"
+    print(f"{'layer':>5s} {'test F1 mean':>12s} {'min':>6s} {header:>30s}   task {task.name}")
     for layer, probe in trained.items():
         f1 = probe.metrics["test"]["f1"]
-        print(f"{layer:5d} {np.mean(f1):12.3f} {min(f1):6.3f} {len(probe.evaluated_letters()):30d}")
+        print(f"{layer:5d} {np.mean(f1):12.3f} {min(f1):6.3f} {len(probe.evaluated_classes()):30d}")
     for layer, probe in trained.items():
-        for line in probes.layer_guidance(cfg.store, layer, probe):
+        for line in probes.layer_guidance(cfg.store, layer, probe, task=task):
             print(line, file=sys.stderr)
-    print(f"saved in {cfg.store}/probes/")
+    print(f"saved in {cfg.store}/{probe_prefix(task)}/")
     return 0
 
 
@@ -307,7 +343,7 @@ def cmd_extract(cfg: ExtractConfig) -> int:
     except Interrupted as stop:  # Ctrl-C: finished shards kept, one line, the shell's status for SIGINT
         print(stop.args[0], file=sys.stderr)
         return 130
-    print(f"{summary['store']}: computed {summary['rows_computed']} rows (vocab {summary['vocab_rows']}, "
+    print(f"{summary['store']}: computed {summary['rows_computed']} rows ({summary['group']} {summary['vocab_rows']}, "
           f"{summary['vocab_dropped']} dropped; context {summary['context_rows']}) for layers {summary['layers']} "
           f"in {summary['seconds']:.1f}s")
     return 0
@@ -340,7 +376,8 @@ def cmd_report(cfg: ReportConfig) -> int:
 
     written = write_report(cfg.results, cfg.out or os.path.join(cfg.results, "report"), sae=cfg.sae)
     flagged = f", {written['flagged']} flagged" if written["flagged"] else ""
-    print(f"{written['html']}: {written['scored']} SAEs ({written['failed']} failed{flagged}), "
+    tasks = f" on {len(written['tasks'])} tasks" if len(written["tasks"]) > 1 else ""
+    print(f"{written['html']}: {written['scored']} SAEs{tasks} ({written['failed']} failed{flagged}), "
           f"{len(written['figures'])} figures")
     return 0
 
@@ -349,7 +386,8 @@ def cmd_explore(cfg: ExploreConfig) -> int:
     from actstore.report.explorer import write_explorer
 
     written = write_explorer(cfg.results, cfg.out)
-    print(f"{written['html']}: {written['saes']} SAEs; open it in a browser (file:// works, no server needed)")
+    tasks = f" on {len(written['tasks'])} tasks ({', '.join(written['tasks'])})" if len(written["tasks"]) > 1 else ""
+    print(f"{written['html']}: {written['saes']} SAEs{tasks}; open it in a browser (file:// works, no server needed)")
     return 0
 
 

@@ -7,8 +7,9 @@ Each document is tokenized without the tokenizer's own special tokens and cut in
 token (the vocabulary task's BOS policy) every window is that token and `context_length - 1` tokens of
 text, as TransformerLens and SAELens build their contexts, else `context_length` tokens of text. A shorter
 tail is dropped; windows are taken in order until `max_rows` tokens.
-Row metadata: token id, window (`doc`), position in the window (`pos`), first-letter label of alphabetic
-tokens and -1 for the rest (the vocabulary task's rule: one optional leading space, then ASCII letters).
+Row metadata: token id, window (`doc`), position in the window (`pos`), and first_letter's class of the
+tokens it labels (its rule: one optional leading space, then ASCII letters), -1 for the rest. Other tasks
+label context tokens when they are read (`actstore.store.layers.context_labels`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from actstore.errors import InputError, MissingFile
-from actstore.tasks.vocab import first_letter_label, token_text, tokenize
+from actstore.tasks.builtin import FIRST_LETTER_TASK
+from actstore.tasks.vocab import token_text, tokenize
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Contexts:
     pos: np.ndarray
     """(rows,) the position in the window."""
     label: np.ndarray
-    """(rows,) 0..25 for alphabetic tokens, -1 for the rest."""
+    """(rows,) first_letter's class of the tokens it labels, -1 for the rest."""
 
 
 def read_documents(source: str) -> Iterator[str]:
@@ -104,7 +106,7 @@ def build_contexts(tokenizer, source: str, context_length: int, max_rows: int, b
     token_id = np.array(windows, dtype=np.int64).reshape(-1)
     labels = {}
     for t in np.unique(token_id):
-        label = first_letter_label(token_text(tokenizer.convert_ids_to_tokens(int(t))))
+        label = FIRST_LETTER_TASK.label(token_text(tokenizer.convert_ids_to_tokens(int(t))))
         labels[t] = -1 if label is None or t in tokenizer.all_special_ids else label
     return Contexts(windows=windows, token_id=token_id,
                     doc=np.repeat(np.arange(len(windows)), context_length),

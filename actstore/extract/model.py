@@ -36,8 +36,8 @@ class ModelLoadError(InputError, RuntimeError):
     """The model could not be loaded (no network, gated weights, a wrong path)."""
 
 
-class _Stop(Exception):
-    """Raised by the deepest hook to end the forward pass early."""
+class StopForward(Exception):
+    """Raised by a forward hook to end the forward pass early (`ResidualReader`, `block_output`)."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +258,26 @@ def pad(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[B
     return Batch(ids, mask), offsets
 
 
+def block_output(model, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Block `layer`'s output (as the block returns it: a tensor, or a tuple whose first item is the residual)
+    for a left- or right-padded batch, running the model only up to that block. Position ids follow the mask."""
+    captured = {}
+
+    def capture(module, args, output):
+        captured["out"] = output
+        raise StopForward
+
+    handle = decoder_layers(model)[layer].register_forward_hook(capture)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask,
+              position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["out"]
+
+
 class ResidualReader:
     """Captures resid_post of chosen blocks for padded batches."""
 
@@ -279,7 +299,7 @@ class ResidualReader:
             def capture(module, args, output):
                 captured[layer] = output[0] if isinstance(output, tuple) else output
                 if layer == deepest:
-                    raise _Stop
+                    raise StopForward
 
             return capture
 
@@ -289,7 +309,7 @@ class ResidualReader:
         try:
             self.model(input_ids=batch.input_ids.to(self.device), attention_mask=mask, position_ids=positions,
                        use_cache=False)
-        except _Stop:
+        except StopForward:
             pass
         finally:
             for h in handles:

@@ -15,6 +15,15 @@ whole, then writes it with its metadata columns and marks it complete. A worker 
 and its batch retried (Ray's max_restarts / max_task_retries). A run killed at any point leaves only
 complete shards marked; `--resume` recomputes exactly the missing shards, with the same batch boundaries,
 so the finished store is byte-identical to an uninterrupted run.
+
+Tasks (actstore.tasks): `--task NAME` extracts that task's vocabulary prompts (default first_letter, into
+the group `vocab`; any other task with its own prompt into `vocab_<key>`). Into an existing store, a task's
+group is added beside the others, with the store's model, layers, dtype, shard size and BOS policy; the
+group records the settings of its own run and its own resume command, so rerunning the command resumes it,
+and no other group (or probe) of the store is touched.
+
+Why one long module: the driver, its three actors and the store checks of a resume share the run's plan
+(`Inputs`, work items, batch boundaries); apart, each would need the others' invariants restated.
 """
 
 from __future__ import annotations
@@ -30,9 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actstore.cli.checks import layer_spec, relabel_message
 from actstore.errors import InputError, RunFailed
+from actstore.extract.contexts import build_contexts
 from actstore.store.zarrstore import ActivationStore, StoreSpec, resume_command
-from actstore.tasks.vocab import MAX_DROPPED, TEMPLATE
+from actstore.tasks.base import FIRST_LETTER, Task
+from actstore.tasks.labels import PREFIX as LABELS_PREFIX
+from actstore.tasks.registry import get_task, task_names
+from actstore.tasks.vocab import MAX_DROPPED, bos_id, build_vocab_task
 
 DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 ITEM_BYTES = 128 * 2 ** 20  # activations per Ray task (see extract())
@@ -95,14 +109,16 @@ class ExtractConfig:
     """Work items (Ray tasks of up to 128 MiB of activations) outstanding per worker (backpressure)."""
     log_interval: float = 30.0
     """Seconds between progress lines when stderr is not a terminal."""
+    task: str = field(default=FIRST_LETTER, metadata={"choices": task_names})
+    """The task whose vocabulary prompts to extract: first_letter (SAEBench's), last_letter, or labels:FILE with --template. Into an existing store its rows are added as their own group beside the others (rerunning the command resumes it). A task that relabels another's rows (capitalized, labels:FILE without --template) needs no extraction."""
+    template: str | None = None
+    """The prompt template of a labels:FILE task, with {word} where the token goes ("{word} is a kind of:")."""
     worker_env: dict[str, str] = field(default_factory=dict)
     """Environment variables for the worker processes (fault injection in tests)."""
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
     """'all' | '0-25' | '0,5,12' -> sorted block indices, checked against the model's n_layers."""
-    from actstore.cli.checks import layer_spec
-
     layers = layer_spec("--layers", spec)
     if layers is None:
         return list(range(n_layers))
@@ -112,13 +128,23 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     return sorted(layers)
 
 
+def extract_task(cfg: ExtractConfig) -> Task:
+    """The task `--task` (and `--template`) names, refused when it only relabels another's rows."""
+    task = get_task(cfg.task, cfg.template)
+    if task.relabels:
+        raise InputError(relabel_message(task))
+    return task
+
+
 # ---------------------------------------------------------------------------- the task, as plain data
 
 
 @dataclass
-class Task:
+class Inputs:
     """Everything workers and the writer need, computed once by the driver."""
 
+    vocab_group: str
+    """the group of the vocabulary rows: `vocab` (first_letter) or `vocab_<key>`"""
     vocab_ids: list[list[int]]
     vocab_positions: np.ndarray
     vocab_columns: dict[str, np.ndarray]
@@ -128,12 +154,10 @@ class Task:
     pad_id: int
 
 
-def build_task(cfg: ExtractConfig, tokenizer) -> tuple[Task, dict]:
-    """The vocabulary task and contexts as plain data, and what the store records about them. Raises
-    ValueError when more than cfg.max_dropped of the vocabulary rows were dropped."""
-    from actstore.extract.contexts import build_contexts
-    from actstore.tasks.vocab import bos_id, build_vocab_task
-
+def build_task(cfg: ExtractConfig, tokenizer) -> tuple[Inputs, dict]:
+    """The task's vocabulary prompts and the contexts as plain data, and what the store records about them.
+    Raises ValueError when more than cfg.max_dropped of the vocabulary rows were dropped."""
+    task = extract_task(cfg)
     bos = bos_id(tokenizer, cfg.bos)
     extra = {"seed": cfg.seed, "max_vocab": cfg.max_vocab, "batch_size": cfg.batch_size,
              "contexts": _contexts_source(cfg.contexts),
@@ -145,7 +169,7 @@ def build_task(cfg: ExtractConfig, tokenizer) -> tuple[Task, dict]:
             raise InputError("--no-vocab stores contexts only, and needs --contexts (a .txt/.jsonl file or folder)")
         extra.update(vocab_rows=0, vocab_dropped=0)
     else:
-        vocab = build_vocab_task(tokenizer, seed=cfg.seed, max_tokens=cfg.max_vocab, bos=cfg.bos)
+        vocab = build_vocab_task(tokenizer, task, seed=cfg.seed, max_tokens=cfg.max_vocab, bos=cfg.bos)
         message = vocab.drop_message(cfg.max_dropped)
         if message:
             raise InputError(message)
@@ -162,8 +186,10 @@ def build_task(cfg: ExtractConfig, tokenizer) -> tuple[Task, dict]:
         context_columns = {"token_id": ctx.token_id, "doc": ctx.doc, "pos": ctx.pos, "label": ctx.label}
     extra.update(context_length=cfg.context_length if cfg.contexts else None,
                  context_rows=len(windows) * cfg.context_length)
+    if task.name != FIRST_LETTER:  # stores of first_letter record no task, as before tasks (a resume compares extra)
+        extra["task"] = task.name
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    return Task(ids, positions, columns, windows, context_columns, cfg.context_length, pad_id), extra
+    return Inputs(task.group, ids, positions, columns, windows, context_columns, cfg.context_length, pad_id), extra
 
 
 def work_items(store: ActivationStore, group: str, rows_per_batch: int, rows_per_item: int
@@ -195,12 +221,12 @@ class Coordinator:
     Workers find it by name: Ray warns about a restartable actor whose constructor arguments hold object
     references, and both the task's ObjectRef and an actor handle do."""
 
-    def __init__(self, task: Task):
+    def __init__(self, task: Inputs):
         self._task = task
         self.done: dict[tuple[str, int], int] = {}
         self.first: tuple[int, int, float] | None = None
 
-    def task(self) -> Task:
+    def task(self) -> Inputs:
         return self._task
 
     def add(self, group: str, start: int, rows: int, tokens: int, seconds: float) -> None:
@@ -250,12 +276,12 @@ class ModelWorker:
             self.busy += time.perf_counter() - t0
 
     def _tokens(self, group: str, start: int, stop: int) -> int:
-        return sum(map(len, self.task.vocab_ids[start:stop])) if group == "vocab" else stop - start
+        return sum(map(len, self.task.vocab_ids[start:stop])) if group != "context" else stop - start
 
     def _run(self, group: str, start: int, stop: int) -> dict[int, np.ndarray]:
         from actstore.extract.model import pad
 
-        if group == "vocab":
+        if group != "context":  # the task's vocabulary group
             batch, offsets = pad(self.task.vocab_ids[start:stop], self.task.pad_id)
             rows = torch.arange(stop - start)
             cols = offsets + torch.as_tensor(self.task.vocab_positions[start:stop])
@@ -366,6 +392,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
     from actstore.extract.model import load_config_and_tokenizer, provenance, resolve_model
 
     t0 = time.perf_counter()
+    task = extract_task(cfg)
+    adding = _adds_group(cfg, task)  # a task's group added to an existing store: the store's settings are its own
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
     cfg.shard_rows = cfg.shard_rows or SHARD_ROWS["cpu" if cfg.device == "cpu" else "cuda"]
@@ -379,20 +407,25 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
     if cfg.contexts and cfg.shard_rows % cfg.context_length:
         raise InputError(f"--shard-rows ({cfg.shard_rows}) must be a multiple of --context-length "
                          f"({cfg.context_length}), so that no context window straddles two shards")
-    task, extra = build_task(cfg, tokenizer)
+    inputs, extra = build_task(cfg, tokenizer)
     extra["provenance"] = provenance(source, config, tokenizer)
-    store = _open_store(cfg, source, config, layers, extra, task)
+    if adding:
+        store = _add_group(cfg, source, layers, extra, inputs, task)
+        groups = [inputs.vocab_group]
+    else:
+        store = _open_store(cfg, source, config, layers, extra, inputs)
+        groups = [g for g in store.groups if not store.group_attrs(g).get("resume_command")]  # the store's own run
 
     # A Ray task carries up to ITEM_BYTES of activations: few enough round trips that the worker's compute
     # is not interrupted by them (benchmarks/NOTES.md), small enough for `in_flight` of them to be in memory.
     row_bytes = len(layers) * config.hidden_size * torch.finfo(DTYPE_NAMES[cfg.dtype]).bits // 8
     rows_per_item = max(1, ITEM_BYTES // row_bytes)
-    batch_rows = {"vocab": cfg.batch_size, "context": cfg.batch_size * cfg.context_length}
-    work = [item for group in store.groups for item in work_items(store, group, batch_rows[group], rows_per_item)]
+    batch_rows = {inputs.vocab_group: cfg.batch_size, "context": cfg.batch_size * cfg.context_length}
+    work = [item for group in groups for item in work_items(store, group, batch_rows[group], rows_per_item)]
     rows_total = sum(stop - start for _, start, stop in work)
-    summary = {"store": cfg.out, "layers": layers, "vocab_rows": extra["vocab_rows"],
-               "context_rows": extra["context_rows"], "rows_computed": rows_total,
-               "vocab_dropped": extra["vocab_dropped"]}
+    summary = {"store": cfg.out, "task": task.name, "group": inputs.vocab_group, "layers": layers,
+               "vocab_rows": extra["vocab_rows"], "context_rows": 0 if adding else extra["context_rows"],
+               "rows_computed": rows_total, "vocab_dropped": extra["vocab_dropped"]}
     if not work:
         store.close()
         summary["seconds"] = time.perf_counter() - t0
@@ -404,11 +437,12 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
             from actstore.cluster import init_ray
 
             init_ray(cfg.address)
-        summary.update(_run_work(cfg, source, store, task, layers, work, batch_rows, progress))
+        summary.update(_run_work(cfg, source, store, inputs, layers, work, batch_rows, progress))
     except KeyboardInterrupt:
         with ActivationStore.open(cfg.out, require_complete=False) as done:
-            missing = {(name.split("/")[0], k) for name, shards in done.missing().items() for k in shards}
-            total = sum(done.num_shards(group) for group in done.groups)
+            missing = {(name.split("/")[0], k) for g in groups for name, shards in done.missing(g).items()
+                       for k in shards}
+            total = sum(done.num_shards(group) for group in groups)
         if started_ray:
             ray.shutdown()
         raise Interrupted(f"extract: interrupted; {total - len(missing)} of {total} shards ({cfg.shard_rows} rows "
@@ -418,30 +452,26 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict:
     return summary
 
 
-def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, layers: list[int],
+def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Inputs, layers: list[int],
               work: list[tuple[str, int, int]], batch_rows: dict[str, int], progress: bool) -> dict:
     """Start the actors, feed them `work` with backpressure, follow their progress; kill them on the way out."""
     import ray
 
-    from actstore.cluster import get, kill, launch, ready
+    from actstore.cluster import get, kill, launch, ready, worker_pool
 
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device.startswith("cuda") else 0
-    n_workers = cfg.workers or max(1, gpus)
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n_workers)
-    options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
-                   runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
+    n_workers, _, threads, options = worker_pool(cfg.device, cfg.workers, cfg.worker_env)
     name = f"actstore-extract-{os.getpid()}-{time.time_ns()}"
     t0 = time.perf_counter()
     store.close()
     (counter,) = launch(Coordinator, 1, dict(num_cpus=0, name=name), task)
     (writer,) = launch(StoreWriter, 1, dict(num_cpus=0), cfg.out,
-                       {"vocab": task.vocab_columns, "context": task.context_columns})
+                       {task.vocab_group: task.vocab_columns, "context": task.context_columns})
     workers = launch(ModelWorker, n_workers, options, cfg, source, name, layers, threads)
     actors = [counter, writer, *workers]
     ready({"progress counter": [counter], "store writer": [writer], "model worker": workers})
 
     rows_total = sum(stop - start for _, start, stop in work)
-    tokens_total = sum(sum(map(len, task.vocab_ids[a:b])) if g == "vocab" else b - a for g, a, b in work)
+    tokens_total = sum(sum(map(len, task.vocab_ids[a:b])) if g != "context" else b - a for g, a, b in work)
     shown = ProgressDisplay(rows_total, progress, cfg.log_interval)
     queue, pending = deque(work), {}
     i, out = 0, {}
@@ -471,7 +501,7 @@ def _run_work(cfg: ExtractConfig, source, store: ActivationStore, task: Task, la
     return out
 
 
-def _plan_line(cfg: ExtractConfig, task: Task, layers: list[int], n_workers: int, first: tuple[int, int, float],
+def _plan_line(cfg: ExtractConfig, task: Inputs, layers: list[int], n_workers: int, first: tuple[int, int, float],
                tokens_total: int) -> str:
     """One line: prompts (and windows) x layers, the first batch's time and the estimate it gives."""
     rows, tokens, seconds = first
@@ -520,12 +550,12 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: dict, task: Task) -> ActivationStore:
+def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: dict, task: Inputs) -> ActivationStore:
     """A new store for this run, or (with --resume) the existing one, checked to be the same run: the same
     settings, model (the same GGUF bytes, folder or hub id and revision) and tokenizer."""
     model = str(Path(source.location) / source.gguf_file) if source.gguf_file else source.location
     spec = StoreSpec(model=model, revision=cfg.revision, d_model=config.hidden_size, layers=layers,
-                     dtype=cfg.dtype, prompt_template=TEMPLATE, shard_rows=cfg.shard_rows,
+                     dtype=cfg.dtype, prompt_template=extract_task(cfg).template, shard_rows=cfg.shard_rows,
                      chunk_rows=min(1024, cfg.shard_rows), resume_command=_resume_command(cfg, source), extra=extra)
     path = Path(cfg.out)
     if (path / "zarr.json").exists():
@@ -553,10 +583,81 @@ def _open_store(cfg: ExtractConfig, source, config, layers: list[int], extra: di
         return store
     store = ActivationStore.create(path, spec)
     if task.vocab_ids:
-        store.add_group("vocab", rows=len(task.vocab_ids))
+        store.add_group(task.vocab_group, rows=len(task.vocab_ids), attrs=_task_attrs(extract_task(cfg)))
     if task.windows:
         store.add_group("context", rows=len(task.windows) * task.context_length)
     return store
+
+
+def _task_attrs(task: Task) -> dict:
+    """What a task's own group records of its task (nothing for first_letter's `vocab`, as before tasks)."""
+    return {} if task.name == FIRST_LETTER else {"task": task.identity(), "answers": list(task.answers)}
+
+
+def _adds_group(cfg: ExtractConfig, task: Task) -> bool:
+    """Whether this run adds (or resumes) a task's group in an existing store, rather than making (or resuming)
+    the store itself: the store exists and either lacks the task's group or holds it as an added group. Then the
+    store's dtype, shard size and layers are this run's (given otherwise: refused), and it computes no contexts."""
+    path = Path(cfg.out)
+    if not (path / "zarr.json").exists():
+        return False
+    with ActivationStore.open(path, require_complete=False) as store:
+        if not store.groups or (task.group in store.groups and not store.group_attrs(task.group).get("resume_command")):
+            return False
+        spec, layers = store.spec, store.layers
+    adds = f"--task {task.name} adds its own rows to the existing store {path}"
+    if cfg.contexts is not None or cfg.no_vocab:
+        raise InputError(f"{adds} (its contexts, if any, serve every task): drop "
+                         f"{'--contexts' if cfg.contexts is not None else '--no-vocab'}")
+    for flag, given, held in (("--dtype", cfg.dtype, spec.dtype), ("--shard-rows", cfg.shard_rows, spec.shard_rows)):
+        if given is not None and given != held:
+            raise InputError(f"{adds}, whose {flag} is {held}; got {flag} {given}: leave it out (or give {held})")
+    cfg.dtype, cfg.shard_rows = spec.dtype, spec.shard_rows
+    if cfg.layers == "all":  # the store's layers: every group of a store holds the same layers
+        cfg.layers = ",".join(map(str, layers))
+    if layer_spec("--layers", cfg.layers) != layers:
+        raise InputError(f"{adds}, which holds layers {','.join(map(str, layers))}; got --layers {cfg.layers}: every "
+                         f"group of a store holds its layers (leave --layers out)")
+    policy = (spec.extra.get("bos") or {}).get("policy")
+    if policy is not None and policy != cfg.bos:
+        raise InputError(f"{adds}, extracted with --bos {policy}; got --bos {cfg.bos}: the rows of one store share "
+                         f"one BOS policy (pass --bos {policy})")
+    return True
+
+
+def _add_group(cfg: ExtractConfig, source, layers: list[int], extra: dict, inputs: Inputs,
+               task: Task) -> ActivationStore:
+    """The existing store with the task's group added (or, when it is there, checked to be this run's, to resume
+    it). The group records its task, its run's settings and its own resume command; nothing else is written."""
+    path = Path(cfg.out)
+    store = ActivationStore.open(path, mode="a")
+    theirs, ours = _comparable(asdict(store.spec))["identity"], _comparable({**asdict(store.spec), "extra": extra,
+                                                                            "model": _model_name(source)})["identity"]
+    if theirs["weights"] is None:  # extracted before model folders were hashed: not compared
+        ours["weights"] = None
+    if theirs != ours:
+        store.close()
+        raise InputError(f"{path} was extracted from another model or tokenizer: stored {theirs}, now {ours}. Add "
+                         f"--task {task.name} with the store's model (`{resume_command(store)}` names it)")
+    keys = ("seed", "max_vocab", "batch_size", "bos", "vocab_rows", "vocab_dropped", "vocab_alphabetic", "vocab_drops")
+    attrs = {**_task_attrs(task), "extract": {k: extra.get(k) for k in keys},
+             "resume_command": _resume_command(cfg, source)}
+    group = inputs.vocab_group
+    if group not in store.groups:
+        store.add_group(group, rows=len(inputs.vocab_ids), attrs=attrs)
+        return store
+    held = store.group_attrs(group)
+    diff = {k: (held.get(k), attrs[k]) for k in ("task", "answers", "extract") if held.get(k) != attrs.get(k)}
+    if diff:
+        store.close()
+        raise InputError(f"{path}'s group {group} was extracted by another run of --task {task.name}; (stored, now) "
+                         f"differ in {diff}. Finish it with the original arguments (`{held.get('resume_command')}`)")
+    return store
+
+
+def _model_name(source) -> str:
+    """The model as the store records it: a GGUF file's path, else the folder or hub id."""
+    return str(Path(source.location) / source.gguf_file) if source.gguf_file else source.location
 
 
 def _nothing_written(store: ActivationStore) -> bool:
@@ -599,6 +700,11 @@ def _resume_command(cfg: ExtractConfig, source) -> str:
         args.append(f"--context-rows {cfg.context_rows} --context-length {cfg.context_length}")
     if cfg.no_vocab:
         args.append("--no-vocab")
+    if cfg.task != FIRST_LETTER:
+        name = cfg.task
+        if name.startswith(LABELS_PREFIX):  # the label file as an absolute path: valid from any folder
+            name = LABELS_PREFIX + str(Path(name[len(LABELS_PREFIX):]).expanduser().resolve())
+        args.append(f"--task {quote(name)}" + (f" --template {quote(cfg.template)}" if cfg.template is not None else ""))
     args.append(f"--batch-size {cfg.batch_size} --shard-rows {cfg.shard_rows} --seed {cfg.seed} --dtype {cfg.dtype} "
                 f"--bos {cfg.bos} --max-dropped {cfg.max_dropped}")
     return " ".join(args) + " --resume"

@@ -130,10 +130,10 @@ def run_real_demo(name: str, out: str, max_vocab: int = 3000, layers: str = "3,9
     print("4. probes (test F1 per layer):")
     for layer, probe in trained.items():
         f1 = probe.metrics["test"]["f1"]
-        print(f"   layer {layer}: mean test F1 {sum(f1) / len(f1):.3f}, {len(probe.evaluated_letters())} letters pass")
+        print(f"   layer {layer}: mean test F1 {sum(f1) / len(f1):.3f}, {len(probe.evaluated_classes())} letters pass")
         for line in layer_guidance(str(store_path), layer, probe):
             print("   " + line)
-    layer = max(trained, key=lambda l: len(trained[l].evaluated_letters()))
+    layer = max(trained, key=lambda l: len(trained[l].evaluated_classes()))
     folders = write_synthetic_saes(str(store_path), layer, out_dir / "saes", SynthSAEConfig(seed=seed), log=print)
     print(f"5. {len(folders)} synthetic SAEs on layer {layer} in {out_dir / 'saes'}")
     summary = run_score(ScoreCommandConfig(store=str(store_path), saes=[str(out_dir / "saes")],

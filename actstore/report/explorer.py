@@ -1,10 +1,15 @@
 """`actstore explore RESULTS [--out DIR]`: a static absorption explorer of a results folder.
 
     DIR/index.html, explorer.css, explorer.js   the page (copied from actstore/report/static/, no build step)
-    DIR/data/index.js                           every SAE's summary: what the page needs to draw first
-    DIR/data/sae_NNNN.js                        one SAE: letters, absorbed tokens, absorbers; loaded when shown
-    DIR/data/search_X.js                        the cross-SAE token index of tokens starting with X (a-z, _ for
-                                                the rest); loaded when a search needs it
+    DIR/data/index.js                           the tasks (name, classes) and every scored (SAE, task)'s
+                                                summary: what the page needs to draw first
+    DIR/data/sae_NNNN.js                        one (SAE, task): its classes, absorbed tokens, absorbers;
+                                                loaded when shown
+    DIR/data/search_X.js                        the cross-SAE token index of tokens whose first character is X
+                                                (a-z, _ for the rest); loaded when a search needs it
+
+The page's class buttons are the task's evaluated classes; with several tasks a task selector picks one. Its
+URL is `#sae=N&class=C[&latent=L]` (`#letter=C`, the spelling before tasks, is read as `#class=C`).
 
 It opens from file:// (no server, no fetch of local files): data files are scripts that call
 `ACTSTORE.loaded(...)` when the page inserts their <script> tag. Python only fills data in; the markup lives
@@ -22,9 +27,11 @@ from pathlib import Path
 
 from actstore.score.causal import AGREEMENT
 from actstore.errors import InputError, MissingFile
+from actstore.tasks.base import FIRST_LETTER
 from actstore.report.pages import load_results, width_name
-from actstore.run.results import part_name
-from actstore.run.tokens import absorbed, token_absorbers, tokens_path
+from actstore.report.pages import task_order
+from actstore.run.results import part_name, read_classes
+from actstore.run.tokens import absorbed, token_absorbers, token_class, tokens_path
 
 ASSETS = Path(__file__).parent / "static"
 PAGE_FILES = ("index.html", "explorer.css", "explorer.js")
@@ -58,8 +65,8 @@ def _round(x, digits: int = 4):
     return None if x is None or x != x else round(float(x), digits)
 
 
-def _letters(rows: list[dict]) -> list[dict]:
-    keep = ("letter", "probe_test_precision", "probe_test_recall", "probe_test_f1", "main_precision", "main_recall",
+def _classes(rows: list[dict]) -> list[dict]:
+    keep = ("class", "probe_test_precision", "probe_test_recall", "probe_test_f1", "main_precision", "main_recall",
             "main_f1", "single_precision", "single_recall", "single_f1", "single_latent", "num_split_features",
             "split_latents", "split_cos_dec", "k_sparse_f1", "num_probe_true_positives", "mean_absorption_fraction",
             "full_absorption_rate", "causal_absorption_rate", "num_causal_absorption", "causal_candidates",
@@ -76,8 +83,8 @@ def _letters(rows: list[dict]) -> list[dict]:
     return out
 
 
-def sae_payload(letters: list[dict], records: list[dict], absorbers: list[dict]) -> dict:
-    """One SAE's data file: its letters, its absorbed tokens per letter and its absorbers.
+def sae_payload(classes: list[dict], records: list[dict], absorbers: list[dict]) -> dict:
+    """One (SAE, task)'s data file: its classes, its absorbed tokens per class and its absorbers.
 
     A token is [row, text, act, absorption fraction, full (0/1), k-sparse miss (0/1), main projection,
     [[latent, cos, share], ...], causal (1/0, null when the causal metric did not sample it), the causal top
@@ -86,15 +93,15 @@ def sae_payload(letters: list[dict], records: list[dict], absorbers: list[dict])
     for r in records:
         sampled = bool(r.get("causal_sampled"))
         if absorbed(r) or (sampled and r.get("causal_absorption")):
-            tokens[r["letter"]].append([r["row"], r["text"], _round(r["probe_projection"]),
+            tokens[token_class(r)].append([r["row"], r["text"], _round(r["probe_projection"]),
                                         _round(r["absorption_fraction"]), int(r["full_absorption"]),
                                         int(r["k_sparse_miss"]), _round(r["main_projection"]),
                                         [[i, _round(c), _round(s)] for i, c, s in token_absorbers(r)],
                                         int(r["causal_absorption"]) if sampled else None,
                                         r["causal_top_latent"] if sampled else None,
                                         _round(r["causal_top_score"]) if sampled else None])
-    return {"letters": _letters(letters), "tokens": tokens,
-            "absorbers": {str(a["latent"]): {"letters": a["letters"], "num_tokens": a["num_tokens"],
+    return {"classes": _classes(classes), "tokens": tokens,
+            "absorbers": {str(a["latent"]): {"classes": a.get("classes", a.get("letters")), "num_tokens": a["num_tokens"],
                                              "mean_share": _round(a["mean_share"]), "tokens": a["tokens"],
                                              "top_tokens": a["top_tokens"],
                                              "top_acts": [_round(x, 3) for x in a["top_acts"]]}
@@ -102,15 +109,15 @@ def sae_payload(letters: list[dict], records: list[dict], absorbers: list[dict])
 
 
 def search_shard(text: str) -> str:
-    """The search index file a token's hits live in: by its first letter (lower case), `_` for the rest.
+    """The search index file a token's hits live in: by its first character (lower case, a-z), `_` for the rest.
     The page computes the same name (explorer.js `shardOf`)."""
     first = text.strip()[:1].lower()
     return first if "a" <= first <= "z" else "_"
 
 
 def write_search_index(data: Path, texts: list[str], hits: list[list]) -> list[Path]:
-    """data/search_X.js for each first letter X: the absorbed tokens starting with it and their hits
-    [text index, SAE n, letter, latent, absorption fraction, share], so a search loads one small file."""
+    """data/search_X.js for each first character X: the absorbed tokens starting with it and their hits
+    [text index, entry n, class, latent, absorption fraction, share], so a search loads one small file."""
     by_shard: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     local: dict[int, int] = {}
     for hit in hits:
@@ -129,7 +136,8 @@ def write_search_index(data: Path, texts: list[str], hits: list[list]) -> list[P
 
 
 def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
-    """Write the explorer of a results folder; returns {"html": path, "saes": count, "bytes": {...}}."""
+    """Write the explorer of a results folder; returns {"html": path, "saes": SAEs, "entries": (SAE, task) pairs,
+    "tasks": names, "bytes": {...}}."""
     import pyarrow.parquet as pq
 
     results = Path(results)
@@ -141,14 +149,16 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
     saes, _ = load_results(results)  # scored SAEs, each with the L0 the report uses and where it comes from
     if not saes:
         raise InputError(f"{results} holds no scored SAE: nothing to explore")
-    saes.sort(key=lambda r: (r["layer"] if r["layer"] is not None else -1, r["width"], r["l0"] or 0, r["sae_id"]))
-    letters = defaultdict(list)
-    for row in pq.read_table(results / "letters.parquet").to_pylist():
-        letters[row["sae_key"]].append(row)
+    order = {t: i for i, t in enumerate(task_order(r["task"] for r in saes))}
+    saes.sort(key=lambda r: (order[r["task"]], r["layer"] if r["layer"] is not None else -1, r["width"],
+                             r["l0"] or 0, r["sae_id"]))
+    classes = defaultdict(list)
+    for row in read_classes(results):
+        classes[row["sae_key"], row["task"]].append(row)
     absorbers = defaultdict(list)
     if (results / "absorbers.parquet").exists():
         for row in pq.read_table(results / "absorbers.parquet").to_pylist():
-            absorbers[row["sae_key"]].append(row)
+            absorbers[row["sae_key"], row.get("task") or FIRST_LETTER].append(row)
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -157,34 +167,38 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
 
     index, texts, hits, text_ids = [], [], [], {}
     for n, sae in enumerate(saes):
-        key = sae["sae_key"]
+        key, task = sae["sae_key"], sae["task"]
         file = f"sae_{n:04d}.js"
-        own = tokens_path(results / "parts" / part_name(key))  # this SAE's rows of tokens.parquet
+        own = tokens_path(results / "parts" / part_name(key, task))  # this SAE's rows of tokens.parquet
         if not own.exists():
             raise MissingFile(f"{results}: SAE {sae['sae_id']} has no per-token records ({own.name}); it was "
                               f"scored by an older actstore: rerun `actstore score ... --out {results}`, which "
                               f"scores it again")
         records = pq.read_table(own).to_pylist()
-        payload = sae_payload(letters[key], records, absorbers[key])
+        payload = sae_payload(classes[key, task], records, absorbers[key, task])
         (data / file).write_text(_script("ACTSTORE.loaded", {"n": n, **payload}))
-        index.append({"n": n, "key": key, "id": sae["sae_id"], "release": sae["release"], "layer": sae["layer"],
+        index.append({"n": n, "key": key, "task": task, "id": sae["sae_id"], "release": sae["release"], "layer": sae["layer"],
                       "width": sae["width"], "width_name": width_label(sae["sae_id"], sae["width"]),
                       "l0": _round(sae["l0"], 1), "l0_source": sae["l0_source"],
                       "absorption": _round(sae["mean_absorption_fraction"]),
                       "full_absorption": _round(sae["mean_full_absorption"]),
-                      "letters": [r["letter"] for r in payload["letters"]], "file": file,
+                      "classes": [r["class"] for r in payload["classes"]], "file": file,
                       "neuronpedia": neuronpedia_base(sae["release"], sae["sae_id"], sae["layer"])})
-        for letter, rows in payload["tokens"].items():
+        for name, rows in payload["tokens"].items():
             for token in rows:
                 text = token[1]
                 if text not in text_ids:
                     text_ids[text] = len(texts)
                     texts.append(text)
                 for latent, _, share in token[7] or [[None, None, None]]:
-                    hits.append([text_ids[text], n, letter, latent, token[3], share])
-    (data / "index.js").write_text(_script("ACTSTORE.indexLoaded", {"title": results.resolve().name, "saes": index}))
+                    hits.append([text_ids[text], n, name, latent, token[3], share])
+    tasks = [{"name": t, "classes": sorted({c for e in index if e["task"] == t for c in e["classes"]})}
+             for t in task_order(e["task"] for e in index)]
+    (data / "index.js").write_text(_script("ACTSTORE.indexLoaded", {"title": results.resolve().name, "tasks": tasks,
+                                                                    "saes": index}))
     shards = write_search_index(data, texts, hits)
     sizes = {"page": sum((out / f).stat().st_size for f in PAGE_FILES), "index": (data / "index.js").stat().st_size,
              "search": sum(p.stat().st_size for p in shards),
              "saes": sum((data / e["file"]).stat().st_size for e in index)}
-    return {"html": str(out / "index.html"), "saes": len(index), "bytes": sizes}
+    return {"html": str(out / "index.html"), "saes": len({e["key"] for e in index}), "entries": len(index),
+            "tasks": [t["name"] for t in tasks], "bytes": sizes}

@@ -4,6 +4,9 @@ rows once, in kernel-sized groups, with the next group's weights read on a backg
     plan_jobs(sources, ...) -> [Job(layer, [[SAE, ...] group, ...])]     no weights read
     LayerScorer(cfg, device).run(job)                                     in this process, or as a Ray actor
 
+Every job scores one task (`ScoreCommandConfig.task`): its rows (store.layers.load_layer), its probe
+(score.probes.load_probe) and its part files (results.part_name).
+
 With Ray (the default) there is one `LayerScorer` actor per GPU, or one CPU worker without a GPU; each
 actor takes whole layers. A crashed actor is restarted and its job retried once (Ray's max_restarts and
 max_task_retries); SAEs already written to RESULTS/parts are skipped, so the retry and any rerun after a
@@ -28,13 +31,16 @@ from pathlib import Path
 
 import torch
 
-from actstore.errors import InputError, RunFailed
-from actstore.store.layers import load_layer
-from actstore.score.probes import load_probe
-from actstore.run.provenance import Provenance
-from actstore.run.results import part_done, part_name, record_failure, record_result, write_atomic
+from actstore.errors import InputError, NotScorable, RunFailed
+from actstore.run.provenance import Provenance, part_done
+from actstore.run.results import part_name, record_failure, record_result, write_atomic
 from actstore.saes.loading import SAEError, SAEWeights, degeneracies
-from actstore.score.scorer import NotScorable, encode_group_fused, pick_backend, score_sae
+from actstore.score.probes import load_probe
+from actstore.score.encode import encode_group_fused, pick_backend
+from actstore.score.scorer import score_sae
+from actstore.store.layers import load_layer
+from actstore.tasks.base import FIRST_LETTER
+from actstore.tasks.registry import get_task
 
 
 class WorkerError(RunFailed):
@@ -89,20 +95,20 @@ class LayerScorer:
             torch.set_num_threads(threads)
         self.cfg, self.device, self.dtype = cfg, device, getattr(torch, cfg.dtype)
         self.score_cfg = cfg.score_config()
+        self.task = get_task(cfg.task, cfg.template)
         self.store = ActivationStore.open(cfg.store, require_complete=True)
-        self.provenance = Provenance(self.store, cfg, device)
+        self.provenance = Provenance(self.store, cfg, device, self.task)
         self.out = Path(cfg.out)
         self.layer, self.data, self.probe = None, None, None
-        self.crash = os.environ.get("ACTSTORE_FAULT_SCORE_CRASH_ONCE")  # "FLAGFILE:N" (tests)
         self.scored = 0
         self.causal = None  # the store's model for --causal, loaded on first use
+        _fault_hooks(self)
 
     def _causal_runner(self):
         from actstore.score.causal import CausalRunner
-        from actstore.score.probes import LETTERS
 
         if self.causal is None:
-            self.causal = CausalRunner.from_store(self.store, self.device, LETTERS, self.score_cfg.causal)
+            self.causal = CausalRunner.from_store(self.store, self.device, self.task, self.score_cfg.causal)
         return self.causal
 
     def run(self, job: Job, on_done=None) -> int:
@@ -122,7 +128,7 @@ class LayerScorer:
 
     def _run(self, job: Job, on_done=None) -> int:
         count = 0
-        groups = [[s for s in g if not part_done(self.out, s, self.provenance)] for g in job.groups]  # a retried job resumes
+        groups = [[s for s in g if not part_done(self.out, s, self.provenance, self.task)] for g in job.groups]  # a retried job resumes
         groups = [g for g in groups if g]
         with ThreadPoolExecutor(1, thread_name_prefix="actstore-prefetch") as pool:
             loading = pool.submit(self._load_group, groups[0]) if groups else None
@@ -171,11 +177,12 @@ class LayerScorer:
         if layer != self.layer:
             self.layer, self.data, self.probe = None, None, None  # free the previous layer first
             try:
-                probe = load_probe(self.store, layer)
+                probe = load_probe(self.store, layer, self.task)
             except KeyError as err:
-                raise NotScorable(f"the store has no probe for layer {layer}: run `actstore probe {self.cfg.store} "
-                                  f"--layers {layer}`") from err
-            self.data, self.probe, self.layer = load_layer(self.store, layer), probe, layer
+                task = "" if self.task.name == FIRST_LETTER else f" --task {self.task.name}"
+                raise NotScorable(f"the store has no {self.task.name} probe for layer {layer}: run `actstore probe "
+                                  f"{self.cfg.store} --layers {layer}{task}`") from err
+            self.data, self.probe, self.layer = load_layer(self.store, layer, self.task), probe, layer
         return self.data, self.probe
 
     def _score_group(self, loaded: list[tuple], shared: torch.Tensor | None):
@@ -183,7 +190,6 @@ class LayerScorer:
         encoded = self._encode_together(ok, shared)
         for source, sae, load_seconds in loaded:
             t = time.perf_counter()
-            self._maybe_crash()
             layer = None
             try:
                 if not isinstance(sae, SAEWeights):
@@ -201,9 +207,9 @@ class LayerScorer:
                                  f"--max-dead-share {self.cfg.max_dead_share:g})")
                 if flags:
                     result.summary.update(status="flagged", reason="; ".join(flags))
-                record = record_result(self.out, source, sae, result, self.score_cfg, self.store.spec)
+                record = record_result(self.out, source, sae, result, self.score_cfg, self.store.spec, self.task)
             except (SAEError, NotScorable, FileNotFoundError) as err:
-                record = record_failure(self.out, source, err)
+                record = record_failure(self.out, source, err, self.task)
             record["seconds"] = time.perf_counter() - t + load_seconds
             record["provenance"] = self.provenance.of(layer if layer is not None else source.layer)
             self._write(source, record)
@@ -241,15 +247,30 @@ class LayerScorer:
         return layer
 
     def _write(self, source, record: dict) -> None:
-        write_atomic(self.out / "parts" / part_name(source.key), json.dumps(record))
-
-    def _maybe_crash(self) -> None:
-        if not self.crash:
-            return
-        flag, at = self.crash.rsplit(":", 1)
-        if self.scored == int(at) and not os.path.exists(flag):
-            Path(flag).touch()
-            os._exit(1)  # as a killed worker would
+        write_atomic(self.out / "parts" / part_name(source.key, self.task), json.dumps(record))
 
     def close(self) -> None:
         self.store.close()
+
+
+def _fault_hooks(scorer: LayerScorer) -> None:
+    """Test-only faults, asked for through the workers' environment (ScoreCommandConfig.worker_env); with the
+    variable unset the scorer is left as it is, and its loop runs no extra check.
+
+    ACTSTORE_FAULT_SCORE_CRASH_ONCE=FLAGFILE:N   the process dies as a killed worker would (no exception, no
+                                                 cleanup) instead of writing its N-th part (0-based), if FLAGFILE
+                                                 does not exist yet (it is created first, so the restart goes on)
+    """
+    crash = os.environ.get("ACTSTORE_FAULT_SCORE_CRASH_ONCE")
+    if not crash:
+        return
+    flag, at = crash.rsplit(":", 1)
+    write = scorer._write
+
+    def crashing_write(source, record: dict) -> None:
+        if scorer.scored == int(at) and not os.path.exists(flag):
+            Path(flag).touch()
+            os._exit(1)
+        write(source, record)
+
+    scorer._write = crashing_write

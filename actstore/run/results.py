@@ -1,12 +1,25 @@
-"""A results folder of `actstore score`: one part file per SAE, the tables rebuilt from them, and SAEBench's
-JSON. Below both the driver (runner.py) and the workers (batch.py), which read and write it.
+"""A results folder of `actstore score`: one part file per (SAE, task), the tables rebuilt from them, and
+SAEBench's JSON. Below both the driver (runner.py) and the workers (batch.py), which read and write it.
 
-    RESULTS/parts/<key>.json                  one finished (or failed) SAE, written atomically when it ends
-    RESULTS/saes.parquet                      one row per SAE: means and standard deviations, or why it failed
-    RESULTS/letters.parquet                   one row per (SAE, evaluated letter)
-    RESULTS/saebench/<release>_<id>_eval_results.json   SAEBench's absorption output, one per scored SAE
-    RESULTS/parts/<key>.tokens.parquet, RESULTS/tokens.parquet, RESULTS/absorbers.parquet   per-token records
-                                              and absorbers (tokens.py), written before the part / with the tables
+    RESULTS/parts/<hash>.json                 one finished (or failed) SAE of first_letter, written atomically
+    RESULTS/parts/<hash>.<task key>.json      the same for any other task (capitalized, labels-animals, ...)
+    RESULTS/saes.parquet                      one row per (SAE, task): means and standard deviations, or why it
+                                              failed; column `task` (absent in folders written before tasks:
+                                              read them as first_letter)
+    RESULTS/letters.parquet                   the per-class table: one row per (SAE, task, evaluated class),
+                                              columns `task` and `class`, and `letter` (= class) on first_letter
+                                              rows. Its name is kept from when first letter was the only task, so
+                                              old folders and readers still work; read it with `read_classes`,
+                                              which fills `task` and `class` in for an old folder's rows
+    RESULTS/saebench/<release>_<id>_eval_results.json   SAEBench's absorption output, one per scored SAE, for
+                                              tasks that SAEBench has (task.saebench_eval: first_letter only)
+    RESULTS/parts/<hash>[.<task key>].tokens.parquet, RESULTS/tokens.parquet, RESULTS/absorbers.parquet
+                                              per-token records and absorbers (tokens.py), with `task` and `class`
+                                              columns, written before the part / with the tables
+
+<hash> is a digest of the SAE's key: first_letter's part names are those of every actstore before tasks, and
+another task's parts sit beside them under their own names, so scoring a second task never touches (or
+invalidates) the first one's. A part records its task's name and, in its provenance, `task.identity()`.
 
 `source` below is a runner.SAESource (key, release, name, layer, width, l0, fingerprint).
 """
@@ -22,17 +35,67 @@ import uuid
 from pathlib import Path
 
 from actstore.saes.loading import SAEWeights
-from actstore.score.scorer import ScoreConfig
+from actstore.score.config import ScoreConfig
 from actstore.run.tokens import combine_tokens, tokens_path, write_absorbers, write_tokens
+from actstore.tasks.base import FIRST_LETTER, Task, task_key
+from actstore.tasks.builtin import FIRST_LETTER_TASK
 
-EVAL_TYPE_ID = "absorption_first_letter"  # SAEBench's eval_type_id for this eval
-CAUSAL_LETTER_FIELDS = ("causal_absorption_rate", "num_causal_absorption", "causal_candidates", "causal_sampled",
+EVAL_TYPE_ID = FIRST_LETTER_TASK.saebench_eval  # SAEBench's eval_type_id of first_letter (absorption_first_letter)
+CLASS_TABLE = "letters.parquet"
+"""The per-class table's file name (kept from when first letter was the only task)."""
+CAUSAL_CLASS_FIELDS = ("causal_absorption_rate", "num_causal_absorption", "causal_candidates", "causal_sampled",
                         "causal_sample_portion")
-"""Extra per-letter fields of the SAEBench JSON when --causal ran (the paper's metric; SAEBench has none)."""
+"""Extra per-class fields of the SAEBench JSON when --causal ran (the paper's metric; SAEBench has none)."""
 
 
-def part_name(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()[:20] + ".json"
+def part_name(key: str, task: Task | str = FIRST_LETTER_TASK) -> str:
+    """The part file of one SAE's score on one task (a Task or its name): `<hash>.json` for first_letter (as
+    before tasks), `<hash>.<task key>.json` for any other."""
+    digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+    name = task if isinstance(task, str) else task.name
+    return f"{digest}.json" if name == FIRST_LETTER else f"{digest}.{task_key(name)}.json"
+
+
+def part_task(part: dict) -> str:
+    """The task a part record scored (first_letter for parts written before tasks)."""
+    return part.get("task") or FIRST_LETTER
+
+
+def part_classes(part: dict) -> list[dict]:
+    """A part's per-class rows (`classes`; `letters` in parts written before tasks), each with its `class`."""
+    rows = part.get("classes", part.get("letters")) or []
+    return [{**row, "class": row.get("class", row.get("letter"))} for row in rows]
+
+
+def class_row(task: str, row: dict) -> dict:
+    """A per-class row as the tables hold it: `task`, `class`, and `letter` (= class) on first_letter rows."""
+    out = {"task": task, **row, "class": row.get("class", row.get("letter"))}
+    if task == FIRST_LETTER:
+        out["letter"] = out["class"]
+    else:
+        out.pop("letter", None)
+    return out
+
+
+def read_saes(out: Path) -> list[dict]:
+    """saes.parquet's rows, each with its `task` (first_letter in a folder written before tasks)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(Path(out) / "saes.parquet").to_pylist()
+    for row in rows:
+        row["task"] = row.get("task") or FIRST_LETTER
+    return rows
+
+
+def read_classes(out: Path) -> list[dict]:
+    """The per-class table's rows (CLASS_TABLE), each with `task` and `class` (an old folder's rows have only
+    `letter`: they are first_letter's); [] when the folder has none (nothing was scored)."""
+    import pyarrow.parquet as pq
+
+    path = Path(out) / CLASS_TABLE
+    if not path.exists():
+        return []
+    return [class_row(row.get("task") or FIRST_LETTER, row) for row in pq.read_table(path).to_pylist()]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -76,17 +139,17 @@ def saebench_eval_config(cfg: ScoreConfig, spec) -> dict:
             "llm_dtype": spec.dtype, "k_sparse_probe_l1_decay": cfg.l1,
             "k_sparse_probe_batch_size": cfg.sparse_probe.batch_size,
             "k_sparse_probe_num_epochs": cfg.sparse_probe.epochs, "min_GT_probe_f1": cfg.min_probe_f1,
-            "min_feats_for_eval": cfg.min_letters, "eval_k_sparse_probe_batch_size": None,
+            "min_feats_for_eval": cfg.min_classes, "eval_k_sparse_probe_batch_size": None,
             "precalc_k_sparse_probe_sae_acts": True}
 
 
-def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], cfg: ScoreConfig,
-                  spec) -> dict:
+def saebench_json(source, sae: SAEWeights, summary: dict, classes: list[dict], cfg: ScoreConfig,
+                  spec, eval_type_id: str = EVAL_TYPE_ID) -> dict:
     """SAEBench's AbsorptionEvalOutput, field for field (sae_bench/evals/absorption/eval_output.py)."""
     import actstore
 
     return {
-        "eval_type_id": EVAL_TYPE_ID,
+        "eval_type_id": eval_type_id,
         "eval_config": saebench_eval_config(cfg, spec),
         "eval_id": str(uuid.uuid4()),
         "datetime_epoch_millis": int(time.time() * 1000),
@@ -102,11 +165,11 @@ def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], c
                if "mean_causal_absorption" in summary else {}),
         }},
         "eval_result_details": [{
-            "first_letter": r["letter"], "mean_absorption_fraction": r["mean_absorption_fraction"],
+            "first_letter": r.get("class", r.get("letter")), "mean_absorption_fraction": r["mean_absorption_fraction"],
             "full_absorption_rate": r["full_absorption_rate"], "num_full_absorption": r["num_full_absorption"],
             "num_probe_true_positives": r["num_probe_true_positives"], "num_split_features": r["num_split_features"],
-            **{k: r[k] for k in CAUSAL_LETTER_FIELDS if k in r},
-        } for r in letters],
+            **{k: r[k] for k in CAUSAL_CLASS_FIELDS if k in r},
+        } for r in classes],
         "eval_result_unstructured": {"actstore": {"metric_version": summary.get("metric_version"),
                                                   "l1_solver": summary.get("l1_solver"), "summary": summary}},
         "sae_bench_commit_hash": f"actstore {actstore.__version__}",
@@ -120,22 +183,24 @@ def saebench_json(source, sae: SAEWeights, summary: dict, letters: list[dict], c
 
 
 def write_tables(out: Path) -> tuple[int, int]:
-    """Rebuild saes.parquet and letters.parquet from the parts; returns (scored, failed)."""
+    """Rebuild saes.parquet and the per-class table (CLASS_TABLE) from the parts of every task; returns
+    (scored, failed) over all of them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     read = [(path, read_part(path)) for path in sorted((out / "parts").glob("*.json"))]
     read = [(path, part) for path, part in read if part is not None]  # a torn part is scored again
     parts = [part for _, part in read]
-    saes = [{**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")}, **p["summary"]}
-            for p in parts]
-    letters = [{"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"], "layer": p["layer"], **row}
-               for p in parts for row in p["letters"]]
+    saes = [{**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")}, "task": part_task(p),
+             **p["summary"]} for p in parts]
+    classes = [class_row(part_task(p), {"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"],
+                                         "layer": p["layer"], **row}) for p in parts for row in part_classes(p)]
+
     def table(rows: list[dict]):  # the union of the rows' keys (Table.from_pylist takes the first row's only)
         names = list(dict.fromkeys(k for row in rows for k in row))
         return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
 
-    for rows, name in ((saes, "saes.parquet"), (letters, "letters.parquet")):
+    for rows, name in ((saes, "saes.parquet"), (classes, CLASS_TABLE)):
         if rows or name == "saes.parquet":  # through a temporary name: a full disk leaves the old table
             tmp = out / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
             try:
@@ -149,30 +214,25 @@ def write_tables(out: Path) -> tuple[int, int]:
     return ok, len(parts) - ok
 
 
-def part_done(out: Path, source, provenance=None) -> bool:
-    """Whether RESULTS already holds a successful score of this SAE (same file, when it is a file; the same
-    store, probe and options, when `provenance` is given): see provenance.redo_reason."""
-    from actstore.run.provenance import redo_reason
-
-    return redo_reason(out, source, provenance) is None
-
-
-def _record(source, **fields) -> dict:
+def _record(source, task: Task, **fields) -> dict:
     return {"sae_key": source.key, "release": source.release, "sae_id": source.name, "layer": source.layer,
-            "width": source.width, "l0_reported": source.l0, "fingerprint": source.fingerprint, "letters": [],
-            **fields}
+            "width": source.width, "l0_reported": source.l0, "fingerprint": source.fingerprint, "task": task.name,
+            "classes": [], **fields}
 
 
-def record_result(out: Path, source, sae: SAEWeights, result, cfg: ScoreConfig, spec) -> dict:
-    """The part record of a scored SAE; writes its SAEBench JSON."""
-    report = saebench_json(source, sae, result.summary, result.letters, cfg, spec)
-    write_atomic(out / "saebench" / saebench_name(source), json.dumps(report, indent=1))
+def record_result(out: Path, source, sae: SAEWeights, result, cfg: ScoreConfig, spec,
+                  task: Task = FIRST_LETTER_TASK) -> dict:
+    """The part record of a scored SAE; writes its SAEBench JSON when SAEBench has the task."""
+    classes = result.classes
+    if task.saebench_eval:
+        report = saebench_json(source, sae, result.summary, classes, cfg, spec, task.saebench_eval)
+        write_atomic(out / "saebench" / saebench_name(source), json.dumps(report, indent=1))
     if result.tokens is not None:  # before the part: a finished part always has its tokens beside it
-        write_tokens(tokens_path(out / "parts" / part_name(source.key)), result.tokens)
-    return _record(source, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
-                   letters=result.letters, summary=result.summary,
+        write_tokens(tokens_path(out / "parts" / part_name(source.key, task)), result.tokens)
+    return _record(source, task, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
+                   classes=classes, summary=result.summary,
                    latent_top_tokens={str(k): v for k, v in (result.latent_top_tokens or {}).items()})
 
 
-def record_failure(out: Path, source, err: Exception) -> dict:
-    return _record(source, summary={"status": "failed", "reason": str(err)})
+def record_failure(out: Path, source, err: Exception, task: Task = FIRST_LETTER_TASK) -> dict:
+    return _record(source, task, summary={"status": "failed", "reason": str(err)})

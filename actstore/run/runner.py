@@ -9,8 +9,8 @@ SPEC is one of:
 - a catalog name: RELEASE (every SAE of it), or RELEASE/ID-PREFIX (for example
   gemma-scope-2b-pt-res/layer_12/width_16k), loaded from a Hugging Face cache or through sae-lens.
 
-RESULTS holds one part file per SAE and the tables built from them (results.py); the workers that write
-the parts are in batch.py.
+RESULTS holds one part file per (SAE, task) and the tables built from them (results.py); the workers that
+write the parts are in batch.py; the SAEs a command names are found in sources.py (no weights read).
 
 A rerun skips every SAE with a finished part (for a local file: the same size and modification time) and
 retries failed ones; the tables are rebuilt from the parts, so a run killed at any point loses at most the
@@ -19,32 +19,77 @@ SAE it was computing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 
-from actstore.errors import InputError, MissingFile, RunFailed
-from actstore.run.provenance import Provenance, redo_reason
-from actstore.run.results import part_done, part_name, read_part, write_tables
-from actstore.saes.loading import SAEError, SAEWeights, layer_and_l0_from_id
-from actstore.score.scorer import BACKENDS, ScoreConfig
+from actstore.cli import checks
+from actstore.errors import RunFailed
+from actstore.run.provenance import Provenance, part_done, redo_reason
+from actstore.run.results import part_name, read_part, write_tables
+from actstore.run.sources import SAESource, fingerprint, resolve_saes, select_saes  # noqa: F401 - re-exported
+from actstore.score.causal import ANSWER_TOKENS, CausalConfig
+from actstore.score.metrics import METRIC_VERSIONS
+from actstore.score.nulls import NULLS
+from actstore.score.config import L1_SOLVERS, ScoreConfig
+from actstore.score.encode import BACKENDS
+from actstore.score.probes import score_notes
 from actstore.store.zarrstore import ActivationStore
+from actstore.tasks.registry import DEFAULT_TASK, get_task, task_names
+
+
+_SCORE_FIELDS = {f.name: f for f in dataclasses.fields(ScoreConfig)}
+_CAUSAL_FIELDS = {f.name: f for f in dataclasses.fields(CausalConfig)}
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def score_option(name: str):
+    """A command option that sets ScoreConfig.<name>: its default is ScoreConfig's, read from there (not copied)."""
+    return field(default=_default(_SCORE_FIELDS[name]), metadata={"score": name})
+
+
+def causal_option(name: str):
+    """A command option that sets CausalConfig.<name> (with --causal); its default is CausalConfig's."""
+    return field(default=_default(_CAUSAL_FIELDS[name]), metadata={"causal": name})
+
+
+Backend = Literal[("auto", *BACKENDS)]
+L1Solver = Literal[L1_SOLVERS]
+MetricVersion = Literal[tuple(METRIC_VERSIONS)]
+NullKind = Literal[tuple(NULLS)]
+AnswerTokens = Literal[ANSWER_TOKENS]
+DType = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass
 class ScoreCommandConfig:
-    """Score SAEs on the first-letter task against a store's activations and probes: precision, recall,
-    feature splitting and absorption per SAE and letter, as Parquet tables and SAEBench-style JSON."""
+    """Score SAEs on a task (default first_letter) against a store's activations and probes: precision, recall,
+    feature splitting and absorption per SAE and class, as Parquet tables (and SAEBench-style JSON for first_letter).
+
+    The options below that set the scorer's constants (score_option, causal_option) take their defaults from
+    ScoreConfig and CausalConfig; `score_config()` builds the ScoreConfig the workers score with."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"--min-letters": "min_classes",
+                                         "--causal-letter-tokens": "causal_answer_tokens"}
+    """old spellings of renamed options, still accepted (hidden from --help)"""
 
     store: str
     """path of the store (a .zarr directory with probes: run `actstore probe` first)"""
     out: str
-    """results folder (created; a rerun skips SAEs already scored there)"""
+    """results folder (created; a rerun skips SAEs already scored there, task by task)"""
     saes: list[str] = field(default_factory=list)
     """SAEs to score: folders of params.npz, params.npz files, saved sae-lens folders, catalog names (RELEASE or RELEASE/ID-PREFIX), or @FILE, a list of these one per line"""
+    task: str = field(default=DEFAULT_TASK, metadata={"choices": task_names})
+    """the task scored: a built-in task or labels:FILE (its probes: `actstore probe STORE --task NAME`); several tasks' results live side by side in one results folder"""
+    template: str | None = None
+    """the prompt template of a labels:FILE task extracted with its own prompt (as given to `actstore extract --task`); leave out for a task that relabels first_letter's rows"""
     release: str | None = None
     """score a whole catalog release (for example gemma-scope-2b-pt-res), narrowed by --layers and --widths"""
     layers: str | None = None
@@ -55,11 +100,11 @@ class ScoreCommandConfig:
     """the layer every SAE reads, for SAEs whose id or config does not say"""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)"""
-    min_probe_f1: float = 0.6
-    """letters whose probe test F1 is below this are not evaluated (SAEBench)"""
-    backend: str = "auto"
+    min_probe_f1: float = score_option("min_probe_f1")
+    """classes whose probe test F1 is below this are not evaluated (SAEBench)"""
+    backend: Backend = score_option("backend")
     """encoder: torch (reference), triton (fused kernel), or auto (triton on CUDA for JumpReLU/ReLU SAEs)"""
-    dtype: str = "float32"
+    dtype: DType = "float32"
     """dtype the SAE weights are loaded in and encoded with (float32, bfloat16 or float16); accumulation is fp32"""
     workers: int = 0
     """Ray workers (0: one per GPU, or one CPU worker without a GPU); each takes whole layers"""
@@ -75,181 +120,36 @@ class ScoreCommandConfig:
     """an SAE with a larger share of latents that never fire on the vocabulary task is flagged, not plain ok"""
     worker_env: dict[str, str] = field(default_factory=dict)
     """environment variables for the Ray workers (fault injection in tests)"""
-    l1_solver: str = "saebench"
+    l1_solver: L1Solver = score_option("l1_solver")
     """the L1 probe that ranks latents: saebench (SAEBench's 50 Adam epochs from a seeded random start; the default, for comparability with published numbers) or converged (the same objective solved to optimality: no seed, identical scores for any seed)"""
-    seeds: int = 1
-    """run the seed-dependent steps (L1 probe, k-sparse probing, absorption) for this many L1-probe seeds over one encoding; saes.parquet gets every metric's mean, std and range across seeds and each letter's main-latent agreement"""
-    metric_version: str = "saebench-0.6"
-    """saebench-0.6 (SAEBench v0.6.0's absorption fraction and F1 > 0.6 letter filter) or saebench-0.3 (v0.3.2's fraction and all letters, for comparison with published numbers)"""
-    min_letters: int = 2
-    """an SAE with fewer evaluated letters fails (alone, with a row saying why); SAEBench's floor is 20"""
-    bootstrap: int = 1000
+    seeds: int = score_option("seeds")
+    """run the seed-dependent steps (L1 probe, k-sparse probing, absorption) for this many L1-probe seeds over one encoding; saes.parquet gets every metric's mean, std and range across seeds and each class's main-latent agreement"""
+    metric_version: MetricVersion = score_option("metric_version")
+    """saebench-0.6 (SAEBench v0.6.0's absorption fraction and F1 > 0.6 class filter) or saebench-0.3 (v0.3.2's fraction and all classes, for comparison with published numbers)"""
+    min_classes: int = score_option("min_classes")
+    """an SAE with fewer evaluated classes fails (alone, with a row saying why); SAEBench's floor is 20 (of 26 letters)"""
+    bootstrap: int = score_option("bootstrap")
     """bootstrap replicates behind the 95 percent intervals (<metric>_ci_low/_ci_high; 0: none)"""
     null: bool = False
     """also score null SAEs matched to each SAE (--null-kinds) and report every metric beside its null value"""
-    null_kinds: list[str] = field(default_factory=lambda: ["random_decoder", "shuffled_firing"])
+    null_kinds: list[NullKind] = field(default_factory=lambda: ["random_decoder", "shuffled_firing"])
     """the nulls --null scores: random_decoder (random unit decoders, same width and L0), shuffled_firing (the SAE's latents, firing renamed by a permutation)"""
     causal: bool = False
-    """also compute the paper's causal absorption (integrated-gradient ablation through the store's own model, which must load here): per SAE and letter the causal rate, and its agreement with the projection metric"""
-    causal_samples: int = 200
-    """causal candidates sampled per letter (the paper: 200)"""
-    causal_seed: int = 0
+    """also compute the paper's causal absorption (integrated-gradient ablation through the store's own model, which must load here): per SAE and class the causal rate, and its agreement with the projection metric"""
+    causal_samples: int = causal_option("samples")
+    """causal candidates sampled per class (the paper: 200)"""
+    causal_seed: int = causal_option("seed")
     """seed of the causal candidates' sample"""
-    causal_letter_tokens: str = "prompt"
-    """letter tokens of the causal metric: prompt (each letter as the prompt's answers write it, ' A'), or paper (the correct letter as tokenizer.encode('a')[-1], the others ' B', ' C', as lasr-spelling/sae-spelling)"""
+    causal_answer_tokens: AnswerTokens = causal_option("answer_tokens")
+    """answer tokens of the causal metric: prompt (each class's answer as the prompt writes it, ' A'), or paper (first_letter: the correct letter as tokenizer.encode('a')[-1], the others ' B', ' C', as lasr-spelling/sae-spelling)"""
 
     def score_config(self) -> ScoreConfig:
         """The scorer's constants these options set (what the workers score with, and what a part's
-        provenance records)."""
-        from actstore.score.causal import CausalConfig
-
-        causal = CausalConfig(samples=self.causal_samples, seed=self.causal_seed,
-                              letter_tokens=self.causal_letter_tokens) if self.causal else None
-        return ScoreConfig(min_probe_f1=self.min_probe_f1, backend=self.backend, l1_solver=self.l1_solver,
-                           seeds=self.seeds, metric_version=self.metric_version, min_letters=self.min_letters,
-                           bootstrap=self.bootstrap, nulls=tuple(self.null_kinds) if self.null else (), causal=causal)
-
-
-@dataclass
-class SAESource:
-    """One SAE to score: a stable key, where it comes from, and how to load it."""
-
-    key: str
-    """unique and stable across runs: the results are keyed by it"""
-    release: str
-    """catalog release, or the folder it was found in"""
-    name: str
-    """id inside the release (for Gemma Scope: layer_12/width_16k/average_l0_82)"""
-    load: Callable[[int | None, str, torch.dtype], SAEWeights] = field(repr=False)
-    """(d_model, device, dtype) -> weights, converted once on loading; raises SAEError for a bad file"""
-    layer: int | None = None
-    fingerprint: str = ""
-    """a local SAE's content identity (digests.py): a rewritten SAE is scored again, whatever its size and mtime"""
-    width: int | None = None
-    """latents, when known without loading"""
-    nbytes: int = 0
-    """about how many bytes its weights take in fp32 (the scheduler's memory plan)"""
-    l0: float | None = None
-    """the L0 its release reports (Gemma Scope: average_l0 in the id)"""
-
-
-def fingerprint(path: Path) -> str:
-    """The content identity of an SAE: a params.npz's zip CRCs, a folder's files' sha256 (cached per file)."""
-    from actstore.store.digests import folder_sha256, npz_identity
-
-    return f"folder:{folder_sha256(path)}" if path.is_dir() else npz_identity(path)
-
-
-def resolve_saes(specs: list[str], layer: int | None = None, notes: list[str] | None = None) -> list[SAESource]:
-    """Every SAE named by the specs, in order, without loading any weights. A params.npz that is a broken or
-    looping link becomes an SAE that fails alone; a folder under a spec that is not searched (a loop, a second
-    link to one folder, a broken link) is named in `notes` with why."""
-    from actstore.saes import loading as saes
-
-    out: list[SAESource] = []
-    notes = [] if notes is None else notes
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir() and (path / "params.npz").is_file() and not (path / "cfg.json").exists():
-            path = path / "params.npz"  # one SAE's own folder: its layer and id come from the path as below
-        if path.is_file() and path.name.endswith(".npz"):
-            parts = path.resolve().parent.parts  # id from the layer_N folder on, as in Gemma Scope's layout
-            start = max((i for i, p in enumerate(parts) if p.startswith("layer_")), default=len(parts) - 1)
-            found, root = [("/".join(parts[start:]), path)], Path(*parts[:start])
-        elif path.is_dir() and (path / "cfg.json").exists():
-            out.append(SAESource(str(path.resolve()), path.resolve().parent.name, path.name,
-                                 lambda d_model, device, dtype, p=path: _checked(saes.load_sae_lens_dir(p, dtype, device), d_model),
-                                 layer, fingerprint(path),
-                                 nbytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file())))
-            continue
-        elif path.is_dir():
-            skipped: list = []
-            found, root = saes.local_saes(path, skipped), path
-            for where, why, sae_id in skipped:
-                if sae_id is None:
-                    notes.append(f"not searched under {spec}: {where} is {why}")
-                    continue
-                id_layer, l0 = layer_and_l0_from_id(sae_id)
-                out.append(SAESource(str(where.parent.absolute()), path.resolve().name, sae_id,
-                                     lambda d_model, device, dtype, where=where, why=why:
-                                     _fail(f"SAE {where}: {why}"),
-                                     id_layer if id_layer is not None else layer, "", l0=l0))
-            if not found and not skipped:
-                raise MissingFile(f"{path} holds no params.npz files (expected Gemma Scope's layout: "
-                                  f"layer_12/width_16k/average_l0_82/params.npz)")
-        elif spec.partition("/")[0] not in saes.releases():  # a path that is not there: that SAE fails alone
-            def missing(d_model, device, dtype, spec=spec):
-                hint = "" if spec.startswith(("/", ".")) or spec.endswith(".npz") else \
-                    f", and {spec.partition('/')[0]!r} is not a release of the sae-lens catalog (`actstore saes list`)"
-                if Path(spec).is_symlink():
-                    raise SAEError(f"SAE {spec}: {saes.link_problem(Path(spec))}")
-                raise SAEError(f"SAE {spec}: no such file or folder{hint}")
-            out.append(SAESource(str(path.absolute()), path.absolute().parent.name, path.name, missing, layer))
-            continue
-        else:
-            release, _, prefix = spec.partition("/")
-            entries = [e for e in saes.gemma_scope_catalog(release) if e.id.startswith(prefix)]
-            if not entries:
-                raise InputError(f"no SAE of {release} has an id starting with {prefix!r}; see `actstore saes list "
-                                 f"--release {release}`")
-            for e in entries:
-                out.append(SAESource(f"{e.release}/{e.id}", e.release, e.id,
-                                     lambda d_model, device, dtype, e=e: saes.load_catalog_entry(e, d_model, dtype, device),
-                                     e.layer, width=e.width, nbytes=e.width * 2304 * 2 * 4, l0=e.l0))
-            continue
-        for sae_id, npz in found:
-            id_layer, l0 = layer_and_l0_from_id(sae_id)
-            out.append(SAESource(str(npz.parent.resolve()), root.resolve().name, sae_id,
-                                 lambda d_model, device, dtype, npz=npz, sae_id=sae_id, lay=id_layer, l0=l0:
-                                 saes.load_params_npz(npz, sae_id, lay, l0, d_model, dtype, device),
-                                 id_layer if id_layer is not None else layer, fingerprint(npz), npz_width(npz),
-                                 npz.stat().st_size, l0))
-    unique = {s.key: s for s in reversed(out)}  # the same SAE named twice is scored once, first naming kept
-    return [s for s in out if unique.get(s.key) is s]
-
-
-def _fail(message: str):
-    raise SAEError(message)
-
-
-def npz_width(path: Path) -> int | None:
-    """Latents of a params.npz from its small b_enc array alone (None when unreadable: loading says why)."""
-    import numpy as np
-
-    try:
-        with np.load(path) as params:
-            return int(params["b_enc"].shape[0])
-    except Exception:  # noqa: BLE001 - a bad file fails when it is loaded, with its own message
-        return None
-
-
-def select_saes(cfg: ScoreCommandConfig, notes: list[str] | None = None) -> list[SAESource]:
-    """The SAEs a score command names: --saes (and @FILE lists) and --release, filtered by --layers/--widths;
-    `notes` gets the folders not searched (resolve_saes)."""
-    from actstore.cli.checks import layer_spec, read_list
-    from actstore.saes.loading import parse_width
-
-    specs = []
-    for spec in cfg.saes:
-        specs += read_list(spec[1:]) if spec.startswith("@") else [spec]
-    if cfg.release:
-        specs.append(cfg.release)
-    if not specs:
-        raise InputError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
-    sources = resolve_saes(specs, cfg.layer, notes)
-    if cfg.layers:
-        wanted = set(layer_spec("--layers", cfg.layers) or [])  # a filter: layers no SAE reads select nothing
-        sources = [s for s in sources if s.layer in wanted]
-    if cfg.widths:
-        widths = {parse_width(w) for w in cfg.widths.split(",")}
-        sources = [s for s in sources if s.width in widths]
-    return sources
-
-
-def _checked(sae: SAEWeights, d_model: int | None) -> SAEWeights:
-    if d_model is not None and sae.d_model != d_model:
-        raise SAEError(f"SAE {sae.id}: reads d_model {sae.d_model}, the store holds d_model {d_model}")
-    return sae
+        provenance records): the score_option fields by name, --null and --causal* gathered."""
+        chosen = {f.metadata["score"]: getattr(self, f.name) for f in dataclasses.fields(self) if "score" in f.metadata}
+        causal = CausalConfig(**{f.metadata["causal"]: getattr(self, f.name) for f in dataclasses.fields(self)
+                                 if "causal" in f.metadata}) if self.causal else None
+        return ScoreConfig(**chosen, nulls=tuple(self.null_kinds) if self.null else (), causal=causal)
 
 
 def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dict:
@@ -260,28 +160,26 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        raise InputError(f"--dtype must be float32, bfloat16 or float16; got {cfg.dtype!r}")
-    if cfg.backend != "auto" and cfg.backend not in BACKENDS:
-        raise InputError(f"unknown backend {cfg.backend!r}; choose auto or one of {sorted(BACKENDS)}")
+    checks.choices(cfg)  # the typed choices (a caller from Python skips the CLI's checks)
+    task = get_task(cfg.task, cfg.template)
     out = Path(cfg.out)
     notes: list[str] = []
     sources = select_saes(cfg, notes)
     for note in notes:
         log(f"  {note}")
     with ActivationStore.open(cfg.store) as store:  # refuses an incomplete store up front, saying how to resume
-        provenance = Provenance(store, cfg, device)
-        reasons = {s.key: redo_reason(out, s, provenance) for s in sources}
+        provenance = Provenance(store, cfg, device, task)
+        reasons = {s.key: redo_reason(out, s, provenance, task) for s in sources}
     (out / "parts").mkdir(parents=True, exist_ok=True)  # once the input holds: a refused run leaves no folder
-    (out / "saebench").mkdir(exist_ok=True)
+    if task.saebench_eval:
+        (out / "saebench").mkdir(exist_ok=True)
     todo = [s for s in sources if reasons[s.key] is not None]
-    from actstore.score.probes import score_notes
-
-    for line in score_notes(cfg.store, {s.layer for s in sources}, cfg.min_probe_f1):
+    for line in score_notes(cfg.store, {s.layer for s in sources}, cfg.min_probe_f1, task):
         log(line)
     jobs = plan_jobs(todo, memory_budget(device, cfg.memory_gb), cfg.group_size)
-    log(f"{len(sources)} SAEs named, {len(sources) - len(todo)} already in {out}, {len(todo)} to score on {device} "
-        f"({len(jobs)} layers)")
+    on_task = "" if task.name == DEFAULT_TASK else f" ({task.name})"
+    log(f"{len(sources)} SAEs named, {len(sources) - len(todo)} already in {out}{on_task}, {len(todo)} to score on "
+        f"{device} ({len(jobs)} layers)")
     redo = {}
     for s in todo:
         if reasons[s.key] and reasons[s.key] != "it failed before":
@@ -309,7 +207,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
                 scorer.run(job, on_done=done)
             scorer.close()
         elif jobs:
-            _run_ray(cfg, device, jobs, todo, out, done, provenance)
+            _run_ray(cfg, device, jobs, todo, out, done, provenance, task)
     finally:
         bar.close()
     scored, failed = write_tables(out)
@@ -334,28 +232,21 @@ def _count_flagged(out: Path) -> int:
     return table.column("status").to_pylist().count("flagged") if "status" in table.column_names else 0
 
 
-def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: Path, done, provenance) -> None:
+def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: Path, done, provenance,
+             task) -> None:
     """One LayerScorer actor per GPU (or one CPU worker), whole layers each; progress from the parts they
     write. A crashed actor is restarted and its job retried once."""
     import ray
 
-    from actstore.cluster import get, init_ray, kill, start
+    from actstore.cluster import get, init_ray, kill, start, worker_pool
     from actstore.run.batch import LayerScorer
 
     if not ray.is_initialized():
         init_ray(cfg.address)
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
-    n_workers = cfg.workers or max(1, gpus)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    if n_workers > (gpus if gpus else cpus):  # they could not all be placed: the run would wait forever
-        raise InputError(f"--workers {n_workers}: the Ray cluster has {gpus} GPUs and {cpus} CPUs, one "
-                         f"{'GPU' if gpus else 'CPU'} per worker; use --workers {gpus or cpus} or fewer")
-    threads = max(1, cpus // n_workers)
-    options = dict(max_restarts=1, max_task_retries=1, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads,
-                   runtime_env={"env_vars": cfg.worker_env} if cfg.worker_env else None)
-    actors = start(LayerScorer, n_workers, options, "score worker", cfg, device, None if gpus else threads)
-    pending = [actors[i % n_workers].run.remote(job) for i, job in enumerate(jobs)]  # actors run calls in order
-    expected = {out / "parts" / part_name(s.key): s for s in todo}
+    pool = worker_pool(device, cfg.workers, cfg.worker_env, check=True)
+    actors = start(LayerScorer, pool.workers, pool.options, "score worker", cfg, device, pool.worker_threads)
+    pending = [actors[i % pool.workers].run.remote(job) for i, job in enumerate(jobs)]  # actors run calls in order
+    expected = {out / "parts" / part_name(s.key, task): s for s in todo}
     before = {path: path.stat().st_mtime_ns if path.exists() else 0 for path in expected}
     try:
         while expected:
@@ -370,7 +261,7 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
                 # written meanwhile by someone else (a worker of a killed earlier run that Ray had not yet
                 # reaped): the workers skipped them as done
                 for path, source in list(expected.items()):
-                    if part_done(out, source, provenance):
+                    if part_done(out, source, provenance, task):
                         expected.pop(path)
                         done(read_part(path))
                 if expected:

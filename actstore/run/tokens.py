@@ -1,10 +1,12 @@
 """Per-token records and absorbers: what each SAE does on each probe true positive, and which latents absorb.
 
-    RESULTS/parts/<key>.tokens.parquet   one SAE's per-token records (scoring.TOKEN_COLUMNS), written before
-                                         its part, so a finished part always has its tokens beside it
-    RESULTS/tokens.parquet               every scored SAE's records, with sae_key; text columns dictionary-encoded
-    RESULTS/absorbers.parquet            one row per (SAE, latent that absorbs some token): letters, tokens,
-                                         mean share of the projection, top-activating vocabulary tokens
+    RESULTS/parts/<part>.tokens.parquet  one SAE's per-token records on one task (scorer.TOKEN_COLUMNS), written
+                                         before its part, so a finished part always has its tokens beside it
+    RESULTS/tokens.parquet               every scored (SAE, task)'s records, with sae_key, task and class (and
+                                         `letter` = class on first_letter rows, as before tasks); text columns
+                                         dictionary-encoded
+    RESULTS/absorbers.parquet            one row per (SAE, task, latent that absorbs some token): its classes,
+                                         tokens, mean share of the projection, top-activating vocabulary tokens
 
 A token is absorbed when its absorption fraction is > 0 or it is fully absorbed. Its absorbers are the
 latents of T (DESIGN.md "Metrics" 4: at most 3 non-main latents, cos >= 0.1, positive projection) when the
@@ -18,7 +20,9 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-TEXT_COLUMNS = ("sae_key", "letter", "text")
+from actstore.tasks.base import FIRST_LETTER
+
+TEXT_COLUMNS = ("sae_key", "task", "class", "letter", "text")
 """Columns stored dictionary-encoded: few distinct values, repeated on many rows."""
 
 
@@ -68,13 +72,29 @@ def combine_tokens(out: Path, parts: list[tuple[Path, dict]]) -> int:
         if record["summary"]["status"] != "ok" or not file.exists():
             continue
         table = pq.read_table(file)
-        key = pa.array([record["sae_key"]] * len(table), pa.string()).dictionary_encode()
-        tables.append(table.add_column(0, "sae_key", key))
+        task = record.get("task") or FIRST_LETTER
+
+        def text(value, n=len(table)):
+            return pa.array([value] * n, pa.string()).dictionary_encode()
+
+        if "class" not in table.column_names:  # an SAE's records written before tasks: `letter` is its class
+            table = table.append_column("class", table.column("letter"))
+        if task == FIRST_LETTER and "letter" not in table.column_names:
+            table = table.append_column("letter", table.column("class"))
+        elif task != FIRST_LETTER and "letter" in table.column_names:
+            table = table.drop_columns(["letter"])
+        table = table.add_column(0, "task", text(task)).add_column(0, "sae_key", text(record["sae_key"]))
+        tables.append(table)
     if not tables:
         return 0
     table = pa.concat_tables(tables, promote_options="default").unify_dictionaries()
     pq.write_table(table, out / "tokens.parquet", compression="zstd")
     return len(table)
+
+
+def token_class(row: dict) -> str:
+    """A token record's class (`letter` in records written before tasks)."""
+    return row["class"] if row.get("class") is not None else row["letter"]
 
 
 def absorbed(row: dict) -> bool:
@@ -94,24 +114,25 @@ def token_absorbers(row: dict) -> list[tuple[int, float, float]]:
 
 
 def absorbers(records: list[dict], top_tokens: dict) -> list[dict]:
-    """One SAE's absorbers from its token records (dicts with TOKEN_COLUMNS): latent, letters, tokens it
+    """One SAE's absorbers from its token records (dicts with TOKEN_COLUMNS): latent, classes, tokens it
     absorbs (text, row), mean share of the projection, and its top vocabulary tokens (`top_tokens`: latent ->
     [[row, text, activation], ...], the scorer's `latent_top_tokens`). Sorted by tokens absorbed, then id."""
-    found: dict[int, dict] = defaultdict(lambda: {"letters": [], "tokens": [], "rows": [], "shares": []})
+    found: dict[int, dict] = defaultdict(lambda: {"classes": [], "tokens": [], "rows": [], "shares": []})
     for row in records:
         if not absorbed(row):
             continue
+        name = token_class(row)
         for latent, _, share in token_absorbers(row):
             entry = found[latent]
-            if row["letter"] not in entry["letters"]:
-                entry["letters"].append(row["letter"])
+            if name not in entry["classes"]:
+                entry["classes"].append(name)
             entry["tokens"].append(row["text"])
             entry["rows"].append(row["row"])
             entry["shares"].append(share)
     out = []
     for latent, entry in found.items():
         top = top_tokens.get(str(latent), top_tokens.get(latent, []))
-        out.append({"latent": latent, "letters": entry["letters"], "num_tokens": len(entry["tokens"]),
+        out.append({"latent": latent, "classes": entry["classes"], "num_tokens": len(entry["tokens"]),
                     "tokens": entry["tokens"], "rows": entry["rows"],
                     "mean_share": sum(entry["shares"]) / len(entry["shares"]),
                     "top_tokens": [t[1] for t in top], "top_acts": [float(t[2]) for t in top]})
@@ -129,8 +150,13 @@ def write_absorbers(out: Path, parts: list[tuple[Path, dict]]) -> int:
         if record["summary"]["status"] != "ok" or not file.exists():
             continue
         records = pq.read_table(file).to_pylist()
-        rows += [{"sae_key": record["sae_key"], **a} for a in absorbers(records, record.get("latent_top_tokens", {}))]
+        task = record.get("task") or FIRST_LETTER
+        for a in absorbers(records, record.get("latent_top_tokens", {})):
+            rows.append({"sae_key": record["sae_key"], "task": task, **a,
+                         **({"letters": a["classes"]} if task == FIRST_LETTER else {})})
     if not rows:
         return 0
-    pq.write_table(pa.Table.from_pylist(rows), out / "absorbers.parquet", compression="zstd")
+    names = list(dict.fromkeys(k for row in rows for k in row))  # the union: `letters` is on first_letter rows only
+    table = pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
+    pq.write_table(table, out / "absorbers.parquet", compression="zstd")
     return len(rows)

@@ -1,7 +1,10 @@
-"""Synthetic JumpReLU SAEs with planted letter latents, splits and absorption, built against a store's
-probes, in Gemma Scope's `params.npz` layout, with the planted truth written beside them.
+"""Synthetic JumpReLU SAEs with planted class latents, splits and absorption, built against a store's
+probes for a task, in Gemma Scope's `params.npz` layout, with the planted truth written beside them.
 
-    actstore synth-saes --store STORE --layer L --out DIR [--absorption 0,0.1,0.3,0.5] [--splits 2,3]
+    actstore synth-saes --store STORE --layer L --out DIR [--task NAME] [--absorption 0,0.1,0.3,0.5] [--splits 2,3]
+
+"Letter" below reads "class" for any task: the construction is the same for every task's classes
+(first_letter's 26 letters, or any other task's C classes, C < d_model).
 
 One SAE per absorption rate f, at DIR/layer_L/width_W/absorption_F/params.npz, and truth.json beside it.
 Every latent is built from the store's own activations x and the layer's probe (directions p_c), so the
@@ -49,7 +52,8 @@ import numpy as np
 import torch
 
 from actstore.errors import InputError
-from actstore.score.probes import LETTERS, MIN_PROBE_F1, load_probe
+from actstore.score.probes import MIN_PROBE_F1, load_probe
+from actstore.tasks.registry import DEFAULT_TASK, get_task
 
 
 @dataclass
@@ -65,12 +69,14 @@ class SynthSAEConfig:
     min_split_share: float = 0.1
     """each split latent must cover at least this share of its letter's test-split true positives alone"""
     min_truth_positives: int = 10
-    """letters with fewer test true positives are left out of the planted truth (truth.json's evaluated_letters):
+    """letters with fewer test true positives are left out of the planted truth (truth.json's evaluated_classes):
     on so few rows one row moves the scorer's k-sparse F1 by more than its 0.03 step, so a split count is noise"""
     min_split_positives: int = 4
     """... and at least this many of them: a real store's rare letters cannot carry a split the scorer could see"""
     seed: int = 0
-    """random seed (which letters split, decoder noise, latent order)"""
+    """random seed (which classes split, decoder noise, latent order)"""
+    task: str = DEFAULT_TASK
+    """the task whose probes the SAEs are planted against (first_letter, or any task the store has probes for)"""
 
 
 @dataclass
@@ -80,21 +86,22 @@ class LayerWorld:
     x: torch.Tensor  # (N, d)
     labels: torch.Tensor  # (N,)
     test: torch.Tensor  # (N,) bool
-    probe_fires: torch.Tensor  # (N, 26) bool
-    directions: torch.Tensor  # (26, d) unit p_c
+    probe_fires: torch.Tensor  # (N, C) bool
+    directions: torch.Tensor  # (C, d) unit p_c
     evaluated: list[int]
+    classes: tuple[str, ...]  # (C,) the task's class names
 
 
 def letter_decoders(directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """d_c = p_c minus its projection on the span of the other 25 probe directions, normalized (26, d), and
-    an orthonormal basis of the complement of all 26 directions' span (d, d - 26)."""
+    """d_c = p_c minus its projection on the span of the other C - 1 probe directions, normalized (C, d), and
+    an orthonormal basis of the complement of all C directions' span (d, d - C)."""
     n, d = directions.shape
     if d <= n:
-        raise InputError(f"planting needs d_model > 26 (room outside the probes' span); the store has {d}")
+        raise InputError(f"planting needs d_model > {n} classes (room outside the probes' span); the store has {d}")
     out = []
     for c in range(n):
-        others = torch.cat([directions[:c], directions[c + 1:]])  # (25, d)
-        coef = torch.linalg.lstsq(others.T, directions[c, :, None]).solution  # (25, 1)
+        others = torch.cat([directions[:c], directions[c + 1:]])  # (C - 1, d)
+        coef = torch.linalg.lstsq(others.T, directions[c, :, None]).solution  # (C - 1, 1)
         out.append(torch.nn.functional.normalize(directions[c] - (others.T @ coef)[:, 0], dim=0))
     q, _ = torch.linalg.qr(torch.cat([directions.T, torch.randn(d, d - n, dtype=directions.dtype,
                                                                   generator=torch.Generator().manual_seed(0))], 1))
@@ -180,7 +187,7 @@ def plant_split(world: LayerWorld, c: int, k: int, null: torch.Tensor, bias: flo
     """k latents that split letter c's true positives, or None when no angle gives each one its share."""
     x, truth = world.x, world.labels == c
     tp = truth & world.probe_fires[:, c]
-    inside = (x[tp] - x[tp].mean(dim=0)) @ null  # (n, d - 26)
+    inside = (x[tp] - x[tp].mean(dim=0)) @ null  # (n, d - C)
     _, _, vh = torch.linalg.svd(inside, full_matrices=False)
     r1, r2 = null @ vh[0], null @ vh[1]
     best = None
@@ -209,8 +216,8 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
     gen = torch.Generator().manual_seed(seed)
     x, labels, d = world.x, world.labels, world.x.shape[1]
     dec_dirs, null = letter_decoders(world.directions)
-    kappa = (dec_dirs * world.directions).sum(dim=1)  # (26,) cos(d_c, p_c)
-    scores = x @ world.directions.T  # (N, 26) act = a . p_c
+    kappa = (dec_dirs * world.directions).sum(dim=1)  # (C,) cos(d_c, p_c)
+    scores = x @ world.directions.T  # (N, C) act = a . p_c
     bias = float(2 * scores.abs().max() / kappa.min() + 1)
     slack = float32_slack(x, bias)  # the main latents' and fillers' (bias b); absorbers' below (bias 2 b)
 
@@ -219,19 +226,20 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
 
     latents: list[Latent] = []
     truth: dict[str, dict] = {}
-    absorbed_rows: list[tuple[int, int]] = []  # (letter, row)
-    for c in range(26):
+    names = world.classes
+    absorbed_rows: list[tuple[int, int]] = []  # (class, row)
+    for c in range(len(names)):
         tp = (labels == c) & world.probe_fires[:, c]
         test_tp = tp & world.test
         s = scores[:, c]
         if c in split_letters:
             planted = plant_split(world, c, split_letters[c], null, bias, cfg)
             if planted is None:
-                raise InputError(f"letter {LETTERS[c]}: no split into {split_letters[c]} latents found")
+                raise InputError(f"class {names[c]}: no split into {split_letters[c]} latents found")
             for lat in planted:
                 lat["dec"] = torch.nn.functional.normalize(dec_dirs[c] + 0.3 * null_unit(1)[0], dim=0)
             latents += planted
-            truth[LETTERS[c]] = {"role": f"split into {len(planted)}", "num_split_features": len(planted),
+            truth[names[c]] = {"role": f"split into {len(planted)}", "num_split_features": len(planted),
                                  "absorption_fraction": 0.0, "full_absorption_rate": 0.0,
                                  "num_probe_true_positives": int(test_tp.sum())}
             continue
@@ -243,7 +251,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
         absorbed_rows += [(c, int(r)) for r in off.nonzero()[:, 0]]
         fires_test = (s > tau) & world.test
         precision, recall = _rates(fires_test, (labels == c) & world.test)
-        truth[LETTERS[c]] = {"role": "absorbed" if j else "clean", "num_split_features": 1,
+        truth[names[c]] = {"role": "absorbed" if j else "clean", "num_split_features": 1,
                              "num_probe_true_positives": n, "main_off_test_true_positives": j,
                              "single_precision": precision, "single_recall": recall,
                              "single_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0}
@@ -262,8 +270,8 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
             latents.append(Latent(kind="absorber", letter=c, row=row, enc=u_t, b=2 * bias,
                                   thr=2 * bias + own - float(m_t) / 2, dec=dec))
             absorbed[row] = scores[row, c] > 0
-    for c in range(26):
-        entry = truth[LETTERS[c]]
+    for c in range(len(names)):
+        entry = truth[names[c]]
         if entry["role"].startswith("split"):
             continue
         test_tp = (labels == c) & world.probe_fires[:, c] & world.test
@@ -290,7 +298,7 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
     b_enc[fill], threshold[fill] = bias, bias + fill_top + max(0.1, 4 * slack)
 
     for lat, position in zip(latents, order.tolist()):
-        entry = truth[LETTERS[lat["letter"]]]
+        entry = truth[names[lat["letter"]]]
         if lat["kind"] in ("main", "split"):
             entry.setdefault("main_latents", []).append(position)
         if lat["kind"] == "main":
@@ -301,37 +309,39 @@ def plant_sae(world: LayerWorld, absorption: float, split_letters: dict[int, int
                 entry.setdefault("absorbed_rows", []).append([lat["row"], position])
     supported = [c for c in world.evaluated
                  if int(((labels == c) & world.probe_fires[:, c] & world.test).sum()) >= cfg.min_truth_positives]
-    evaluated = [LETTERS[c] for c in supported]
+    evaluated = [names[c] for c in supported]
     if not evaluated:
-        raise InputError(f"no evaluated letter has {cfg.min_truth_positives} test true positives: too few vocabulary "
+        raise InputError(f"no evaluated class has {cfg.min_truth_positives} test true positives: too few vocabulary "
                          f"rows to plant a truth the scorer can measure; extract more (--max-vocab)")
     summary = {key: float(np.mean([truth[c][key] for c in evaluated]))
                for key in ("absorption_fraction", "full_absorption_rate", "num_split_features")}
     singles = [truth[c]["single_f1"] for c in evaluated if "single_f1" in truth[c]]
-    summary["single_f1_unsplit_letters"] = float(np.mean(singles)) if singles else None
+    summary["single_f1_unsplit_classes"] = float(np.mean(singles)) if singles else None
     params = {"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": torch.zeros(d, dtype=x.dtype),
               "threshold": threshold}
     return ({k: v.numpy().astype(np.float32) for k, v in params.items()},
-            {"absorption_target": absorption, "width": cfg.width, "evaluated_letters": evaluated,
-             "unsupported_letters": [LETTERS[c] for c in world.evaluated if c not in supported],
-             "planted_latents": len(latents), "summary": summary, "letters": truth})
+            {"absorption_target": absorption, "width": cfg.width, "task": cfg.task, "evaluated_classes": evaluated,
+             "unsupported_classes": [names[c] for c in world.evaluated if c not in supported],
+             "planted_latents": len(latents), "summary": summary, "classes": truth})
 
 
-def load_world(store_path: str, layer: int) -> LayerWorld:
+def load_world(store_path: str, layer: int, task: str = DEFAULT_TASK) -> LayerWorld:
+    """A layer's rows of a task, and its probe, in float64."""
+    from actstore.store.layers import load_layer
     from actstore.store.zarrstore import ActivationStore
 
-    store = ActivationStore.open(store_path, require_complete=True)
-    try:
-        probe = load_probe(store, layer)
-    except KeyError as err:
-        raise InputError(f"{store_path} has no probe for layer {layer}: run `actstore probe {store_path} "
-                         f"--layers {layer}` first") from err
-    x = store.read("vocab", layer).double()  # (N, d)
-    labels = torch.as_tensor(store.column("vocab", "label")).long()
-    test = torch.as_tensor(store.column("vocab", "split")).long() == 1
-    store.close()
+    task_ = get_task(task)
+    with ActivationStore.open(store_path, require_complete=True) as store:
+        try:
+            probe = load_probe(store, layer, task_)
+        except KeyError as err:
+            raise InputError(f"{store_path} has no {task_.name} probe for layer {layer}: run `actstore probe "
+                             f"{store_path} --layers {layer} --task {task_.name}` first") from err
+        data = load_layer(store, layer, task_)
+    x = data.x.double()  # (N, d)
     fires = (x @ probe.weight.double().T + probe.bias.double()) > 0
-    return LayerWorld(x, labels, test, fires, probe.directions().double(), probe.evaluated_letters())
+    return LayerWorld(x, data.labels, data.split == 1, fires, probe.directions().double(), probe.evaluated_classes(),
+                      task_.classes)
 
 
 def sae_folders(out: str | Path, layer: int, cfg: SynthSAEConfig) -> list[Path]:
@@ -345,12 +355,13 @@ def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: Synt
                          log=None) -> list[Path]:
     """Write one SAE per absorption rate; returns their folders. Plants only what the store supports: a
     split no letter can carry (too few test true positives) is left out and `log` (a callable) says so."""
-    world = load_world(store_path, layer)
+    world = load_world(store_path, layer, cfg.task)
     if not world.evaluated:
-        raise InputError(f"no letter of layer {layer} reaches probe test F1 {MIN_PROBE_F1}: nothing to plant against; "
+        raise InputError(f"no {cfg.task} class of layer {layer} reaches probe test F1 {MIN_PROBE_F1}: nothing to plant against; "
                          f"extract more vocabulary rows (see `actstore probe`'s guidance) or choose another layer")
-    order = [int(c) for c in torch.randperm(26, generator=torch.Generator().manual_seed(cfg.seed))]
-    test_tp = ((world.labels[:, None] == torch.arange(26)) & world.probe_fires & world.test[:, None]).sum(dim=0)
+    n_classes = len(world.classes)
+    order = [int(c) for c in torch.randperm(n_classes, generator=torch.Generator().manual_seed(cfg.seed))]
+    test_tp = ((world.labels[:, None] == torch.arange(n_classes)) & world.probe_fires & world.test[:, None]).sum(dim=0)
     candidates = [c for c in order if c in world.evaluated and test_tp[c] >= cfg.min_truth_positives]
     split_letters: dict[int, int] = {}
     _, null = letter_decoders(world.directions)
@@ -361,15 +372,15 @@ def write_synthetic_saes(store_path: str, layer: int, out: str | Path, cfg: Synt
                 break
         else:
             if log is not None:
-                log(f"synth-saes: no split into {k} latents planted: no evaluated letter of layer {layer} has {k} "
+                log(f"synth-saes: no split into {k} latents planted: no evaluated class of layer {layer} has {k} "
                     f"directions that each cover >= {cfg.min_split_positives} and >= {cfg.min_split_share:.0%} of its "
                     f"test true positives alone (more vocabulary rows give more)")
     folders = []
     for i, (rate, folder) in enumerate(zip(cfg.absorption, sae_folders(out, layer, cfg))):
         params, truth = plant_sae(world, rate, split_letters, cfg, seed=cfg.seed * 1000 + i)
-        if i == 0 and truth["unsupported_letters"] and log is not None:
-            log(f"synth-saes: the planted truth covers {len(truth['evaluated_letters'])} of the "
-                f"{len(world.evaluated)} letters the probe passes; {', '.join(truth['unsupported_letters'])} have "
+        if i == 0 and truth["unsupported_classes"] and log is not None:
+            log(f"synth-saes: the planted truth covers {len(truth['evaluated_classes'])} of the "
+                f"{len(world.evaluated)} classes the probe passes; {', '.join(truth['unsupported_classes'])} have "
                 f"fewer than {cfg.min_truth_positives} test true positives (more vocabulary rows give more)")
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "params.npz", **params)
@@ -387,18 +398,26 @@ MEASURED = {"absorption_fraction": "mean_absorption_fraction", "full_absorption_
             "num_split_features": "num_split_features", "single_f1": "single_f1"}
 
 
-def compare_with_truth(truth: dict, letters: list[dict], tolerance: dict[str, float] = TOLERANCE) -> list[dict]:
-    """Planted against measured, per evaluated letter and metric, and for the means over letters.
+def truth_classes(truth: dict) -> tuple[list[str], dict[str, dict]]:
+    """A truth.json's evaluated classes and per-class truth (older files say "letters")."""
+    if "classes" in truth:
+        return truth["evaluated_classes"], truth["classes"]
+    return truth["evaluated_letters"], truth["letters"]
 
-    truth: a truth.json; letters: the scorer's letter rows of that SAE. Returns rows {scope, metric, planted,
-    measured, ok}; scope is a letter or "mean". Single-latent F1 is planted for unsplit letters only.
+
+def compare_with_truth(truth: dict, rows: list[dict], tolerance: dict[str, float] = TOLERANCE) -> list[dict]:
+    """Planted against measured, per evaluated class and metric, and for the means over classes.
+
+    truth: a truth.json; rows: the scorer's per-class rows of that SAE. Returns rows {scope, metric, planted,
+    measured, ok}; scope is a class or "mean". Single-latent F1 is planted for unsplit classes only.
     """
-    measured = {row["letter"]: row for row in letters}
+    measured = {row.get("class", row.get("letter")): row for row in rows}
+    evaluated, per_class = truth_classes(truth)
     out = []
     for metric, tol in tolerance.items():
         planted_vals, measured_vals = [], []
-        for letter in truth["evaluated_letters"]:
-            planted = truth["letters"][letter].get(metric)
+        for letter in evaluated:
+            planted = per_class[letter].get(metric)
             if planted is None:
                 continue
             got = measured[letter][MEASURED[metric]] if letter in measured else float("nan")
@@ -431,21 +450,23 @@ def plant_decoys(folder: str | Path, out: str | Path, model_dir: str | Path, pro
     params = dict(np.load(Path(folder) / "params.npz"))
     truth = json.loads((Path(folder) / "truth.json").read_text())
     w_dec = torch.as_tensor(params["W_dec"]).double()
+    _, per_class = truth_classes(truth)
+    classes = get_task(truth.get("task", DEFAULT_TASK)).classes
     for letter in letters:
-        entry = truth["letters"][letter]
-        p = probe_directions[LETTERS.index(letter)].double()
+        entry = per_class[letter]
+        p = probe_directions[classes.index(letter)].double()
         w = p - basis @ (basis.T @ p)
         cos = float(w.norm())  # cos(w / |w|, p) for a unit p
         latents = entry.get("absorbing_latents", [])
         for latent in latents:
             w_dec[latent] = w / w.norm() * w_dec[latent].norm()
         entry.update(decoy_latents=latents, decoy_cos=cos, causal_absorption_rate=0.0)
-    for letter, entry in truth["letters"].items():
+    for entry in per_class.values():
         entry.setdefault("causal_absorption_rate", entry.get("full_absorption_rate", 0.0))
     params["W_dec"] = w_dec.numpy().astype(np.float32)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "params.npz", **params)
-    truth["decoy_letters"] = list(letters)
+    truth["decoy_classes"] = list(letters)
     (out / "truth.json").write_text(json.dumps(truth, indent=1))
     return out

@@ -1,17 +1,17 @@
 """Uncertainty of an SAE's scores: bootstrap confidence intervals and the spread across L1-probe seeds.
 
-    bootstrap_intervals(letters, n_boot, seed) -> {"mean_absorption_fraction_ci_low": ..., ...}
+    bootstrap_intervals(classes, n_boot, seed) -> {"mean_absorption_fraction_ci_low": ..., ...}
     seed_spread([summary per seed], keys) -> {"<key>_seed_mean", "<key>_seed_std", "<key>_seed_range"}
     main_latent_agreement([main latents per seed]) -> share of seeds that found the most common set
 
-Bootstrap (two levels, as the issue asks): each replicate resamples the evaluated letters with replacement,
-and, inside every letter, its tokens with replacement; the SAE's value is the mean over the drawn letters of
-each letter's value on its drawn tokens. The interval is the replicates' 2.5 and 97.5 percentiles.
+Bootstrap (two levels): each replicate resamples the evaluated classes with replacement, and, inside every
+class, its tokens with replacement; the SAE's value is the mean over the drawn classes of each class's value on
+its drawn tokens (any number of classes: a task's C). The interval is the replicates' 2.5 and 97.5 percentiles.
 
-- absorption fraction and full absorption: a letter's tokens are the probe's true positives on the test split;
+- absorption fraction and full absorption: a class's tokens are the probe's true positives on the test split;
   its value is the mean of their per-token values (fraction in [0, 1], full absorption 0 or 1); the two are
-  resampled with the same draws. A letter without true positives scores 0, as in the scorer;
-- single-latent F1: a letter's tokens are all test rows; resampling them with replacement draws the counts of
+  resampled with the same draws. A class without true positives scores 0, as in the scorer;
+- single-latent F1: a class's tokens are all test rows; resampling them with replacement draws the counts of
   (tp, fp, fn, tn) from a multinomial with the observed shares, drawn here as a chain of binomials.
 
 Everything is seeded: the same inputs give the same interval.
@@ -29,8 +29,8 @@ CI_METRICS = ("mean_absorption_fraction", "mean_full_absorption", "mean_single_f
 """summary columns that get `<metric>_ci_low` / `<metric>_ci_high`"""
 
 
-class LetterTokens(NamedTuple):
-    """What the bootstrap needs of one evaluated letter."""
+class ClassTokens(NamedTuple):
+    """What the bootstrap needs of one evaluated class."""
 
     fraction: torch.Tensor
     """(n,) absorption fraction of each true positive"""
@@ -40,14 +40,14 @@ class LetterTokens(NamedTuple):
     """(tp, fp, fn, tn) of the single latent on the test rows"""
 
 
-def _token_means(letter: LetterTokens, n_boot: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) each: the letter's mean fraction and full-absorption rate on resampled tokens."""
-    n = len(letter.fraction)
+def _token_means(tokens: ClassTokens, n_boot: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) each: the class's mean fraction and full-absorption rate on resampled tokens."""
+    n = len(tokens.fraction)
     if n == 0:
         return torch.zeros(n_boot, dtype=torch.float64), torch.zeros(n_boot, dtype=torch.float64)
     draw = torch.randint(n, (n_boot, n), generator=gen)  # (B, n)
     # on the CPU whatever the scorer's device: the same draws give the same intervals on a GPU
-    return letter.fraction.double().cpu()[draw].mean(1), letter.full.double().cpu()[draw].mean(1)
+    return tokens.fraction.double().cpu()[draw].mean(1), tokens.full.double().cpu()[draw].mean(1)
 
 
 def _f1_replicates(counts: tuple[int, int, int, int], n_boot: int, gen: torch.Generator) -> torch.Tensor:
@@ -66,20 +66,20 @@ def _f1_replicates(counts: tuple[int, int, int, int], n_boot: int, gen: torch.Ge
     return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(denom))
 
 
-def bootstrap_replicates(letters: list[LetterTokens], n_boot: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
+def bootstrap_replicates(classes: list[ClassTokens], n_boot: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
     """(B,) replicates of each metric of CI_METRICS (two-level bootstrap, module docstring)."""
     gen = torch.Generator().manual_seed(seed)
-    per_letter = {name: [] for name in CI_METRICS}
-    for letter in letters:
-        fraction, full = _token_means(letter, n_boot, gen)
-        per_letter["mean_absorption_fraction"].append(fraction)
-        per_letter["mean_full_absorption"].append(full)
-        per_letter["mean_single_f1"].append(_f1_replicates(letter.single_counts, n_boot, gen))
-    n_letters = len(letters)
-    picks = torch.randint(n_letters, (n_boot, n_letters), generator=gen)  # (B, L) letters drawn
-    weights = torch.zeros(n_boot, n_letters, dtype=torch.float64).scatter_add_(
-        1, picks, torch.ones(n_boot, n_letters, dtype=torch.float64)) / n_letters  # (B, L)
-    return {name: (weights * torch.stack(values, 1)).sum(1) for name, values in per_letter.items()}
+    per_class = {name: [] for name in CI_METRICS}
+    for tokens in classes:
+        fraction, full = _token_means(tokens, n_boot, gen)
+        per_class["mean_absorption_fraction"].append(fraction)
+        per_class["mean_full_absorption"].append(full)
+        per_class["mean_single_f1"].append(_f1_replicates(tokens.single_counts, n_boot, gen))
+    n_classes = len(classes)
+    picks = torch.randint(n_classes, (n_boot, n_classes), generator=gen)  # (B, C') classes drawn
+    weights = torch.zeros(n_boot, n_classes, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones(n_boot, n_classes, dtype=torch.float64)) / n_classes  # (B, C')
+    return {name: (weights * torch.stack(values, 1)).sum(1) for name, values in per_class.items()}
 
 
 def percentile_interval(replicates: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
@@ -87,13 +87,13 @@ def percentile_interval(replicates: torch.Tensor, level: float = 0.95) -> tuple[
     return float(low), float(high)
 
 
-def bootstrap_intervals(letters: list[LetterTokens], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+def bootstrap_intervals(classes: list[ClassTokens], n_boot: int = 1000, seed: int = 0, level: float = 0.95
                         ) -> dict[str, float]:
-    """`<metric>_ci_low` / `<metric>_ci_high` for each metric of CI_METRICS; {} without letters or replicates."""
-    if not letters or n_boot <= 0:
+    """`<metric>_ci_low` / `<metric>_ci_high` for each metric of CI_METRICS; {} without classes or replicates."""
+    if not classes or n_boot <= 0:
         return {}
     out = {}
-    for name, reps in bootstrap_replicates(letters, n_boot, seed).items():
+    for name, reps in bootstrap_replicates(classes, n_boot, seed).items():
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = percentile_interval(reps, level)
     return out
 

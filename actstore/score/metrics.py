@@ -2,7 +2,7 @@
 
 Constants are SAEBench's defaults (the absorption eval of SAEBench, Karvonen et al. 2025, and
 "A is for Absorption", Chanin et al. 2024) and every function takes them as arguments. Shapes are
-written next to each argument; N is tokens (the true positives of one letter, for absorption).
+written next to each argument; N is tokens (the true positives of one class, for absorption).
 
 This module is the scorer's arithmetic (`actstore.score.scorer` feeds it); each function here is tested
 against hand-computed cases.
@@ -189,8 +189,8 @@ def absorption_fraction_v03(act: torch.Tensor, main: torch.Tensor, total: torch.
 
 METRIC_VERSIONS = {
     "saebench-0.6": "SAEBench v0.6.0: absorption fraction from at most 3 absorbers with cos >= 0.1 whose projections "
-                    "reach 0.4 of act; letters with ground-truth probe test F1 > 0.6",
+                    "reach 0.4 of act; classes with ground-truth probe test F1 > 0.6",
     "saebench-0.3": "SAEBench v0.3.2: absorption fraction (all active latents' projection - main latents') / all "
-                    "active latents' projection; every letter with probe true positives, no F1 filter",
+                    "active latents' projection; every class with probe true positives, no F1 filter",
 }
 """`--metric-version` choices; full absorption and k-sparse probing are the same in both."""

@@ -1,6 +1,7 @@
-"""Null SAEs matched to a scored SAE (`--null`): what each metric reads on an SAE that knows nothing of letters.
+"""Null SAEs matched to a scored SAE (`--null`): what each metric reads on an SAE that knows nothing of the task.
 
-    null_columns(sae, data, probe, cfg, acts, summary) -> {"null_<kind>_<metric>": ..., "<metric>_minus_null_<kind>": ...}
+    null = make_null(kind, sae, x, acts, directions)       # scored by `score_sae` like the SAE (acts, cosines, source)
+    null_columns(kind, null_summary, summary) -> {"null_<kind>_<metric>": ..., "<metric>_minus_null_<kind>": ...}
 
 Two nulls, each with the SAE's width and its L0 on the vocabulary rows:
 
@@ -24,13 +25,14 @@ null value and the SAE's value minus it.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 
 from actstore.errors import InputError
 from actstore.saes.loading import SAEWeights
+from actstore.score.encode import decoder_scale, latent_cosines
+from actstore.score.sparse import SparseActs
 
 NOT_NULLED = ("mean_probe_f1",)
 """summary means that do not depend on the SAE (the ground-truth probe's F1): no null column"""
@@ -43,7 +45,7 @@ class Null(NamedTuple):
     latents, the latent of `sae` whose firing it copies (the scorer encodes that one on context rows), or None."""
 
     sae: SAEWeights
-    acts: object = None
+    acts: SparseActs | None = None
     cosines: tuple | None = None
     source: torch.Tensor | None = None
 
@@ -80,11 +82,9 @@ def random_decoder_null(sae: SAEWeights, x: torch.Tensor, acts, directions: torc
 
 def shuffled_firing_null(sae: SAEWeights, x: torch.Tensor, acts, directions: torch.Tensor, seed: int = NULL_SEED
                          ) -> Null:
-    """The SAE, its activations with latent ids permuted, the SAE's cosines with `directions` (26, d), and the
+    """The SAE, its activations with latent ids permuted, the SAE's cosines with `directions` (C, d), and the
     inverse permutation as `source`: latent perm[i] fires where latent i did, with i's values (on context rows
     too: the scorer encodes latent source[j] = i for the null's latent j)."""
-    from actstore.score.scorer import SparseActs, decoder_scale, latent_cosines
-
     perm = shuffle_permutation(sae.width, seed).to(acts.index.device)
     n = len(acts.offsets) - 1
     rows = torch.repeat_interleave(torch.arange(n, device=acts.index.device), acts.l0)
@@ -103,20 +103,19 @@ NULLS = {"random_decoder": random_decoder_null, "shuffled_firing": shuffled_firi
 """`--null` choices"""
 
 
-def null_columns(sae: SAEWeights, data, probe, cfg, acts, summary: dict) -> dict:
-    """Score each null of cfg.nulls on the SAE's rows (context rows included); every metric of `null_metrics`
-    with its null value and the SAE's value minus it, and the null's L0 on the vocabulary rows."""
-    from actstore.score.scorer import score_sae
+def make_null(kind: str, sae: SAEWeights, x: torch.Tensor, acts: SparseActs, directions: torch.Tensor) -> Null:
+    """The null `kind` (a key of NULLS) of `sae`: x (N, d) the vocabulary rows, acts the SAE's sparse activations
+    of them, directions (C, d) the probe directions."""
+    if kind not in NULLS:
+        raise InputError(f"unknown null {kind!r}; choose from {sorted(NULLS)}")
+    return NULLS[kind](sae, x, acts, directions)
 
-    null_cfg = replace(cfg, nulls=(), seeds=1, bootstrap=0, records=False, text_l0_rows=0, causal=None)
-    out = {}
-    for kind in cfg.nulls:
-        if kind not in NULLS:
-            raise InputError(f"unknown null {kind!r}; choose from {sorted(NULLS)}")
-        null = NULLS[kind](sae, data.x, acts, probe.directions())
-        result = score_sae(null.sae, data, probe, null_cfg, acts=null.acts, cosines=null.cosines, source=null.source)
-        out[f"null_{kind}_l0_vocab"] = result.summary["l0_vocab"]
-        for metric in null_metrics(result.summary):
-            out[f"null_{kind}_{metric}"] = result.summary[metric]
-            out[f"{metric}_minus_null_{kind}"] = summary[metric] - result.summary[metric]
+
+def null_columns(kind: str, null_summary: dict, summary: dict) -> dict:
+    """The columns of one null: its L0 on the vocabulary rows, and every metric of `null_metrics` with the null's
+    value (`null_<kind>_<metric>`) and the SAE's value minus it (`<metric>_minus_null_<kind>`)."""
+    out = {f"null_{kind}_l0_vocab": null_summary["l0_vocab"]}
+    for metric in null_metrics(null_summary):
+        out[f"null_{kind}_{metric}"] = null_summary[metric]
+        out[f"{metric}_minus_null_{kind}"] = summary[metric] - null_summary[metric]
     return out

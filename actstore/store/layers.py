@@ -1,23 +1,36 @@
-"""A layer's rows of a store, as the scorer takes them (LayerData)."""
+"""A layer's rows of a store for a task, as the scorer and the probes take them (LayerData).
+
+    rows = task_rows(store, task)             # which rows of which group, their labels 0..C-1 and split
+    data = load_layer(store, layer, task)     # their activations too, and the contexts labeled for the task
+
+Which rows a task reads, and how they are labeled: actstore/store/taskrows.py.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from actstore.score.scorer import LayerData
+from actstore.score.config import LayerData
+from actstore.store.taskrows import TaskRows, context_labels, task_rows  # noqa: F401 - TaskRows: re-exported
+from actstore.tasks.base import Task
+from actstore.tasks.builtin import FIRST_LETTER_TASK
 
 
-def load_layer(store, layer: int) -> LayerData:
-    """A layer's vocabulary rows as float32 (N, d_model), and its context rows when the store has them, kept
-    in the store's dtype (a million bf16 context tokens of Gemma is 4.6 GB; the scorer casts a tile at a time)."""
-    data = LayerData(store.read("vocab", layer).float(), torch.as_tensor(store.column("vocab", "label")).long(),
-                     torch.as_tensor(store.column("vocab", "split")).long())
-    columns = store.columns("vocab")  # per-token records name their tokens
+def load_layer(store, layer: int, task: Task = FIRST_LETTER_TASK) -> LayerData:
+    """A layer's rows of a task as float32 (N, d_model), and its context rows when the store has them, kept
+    in the store's dtype (a million bf16 context tokens of Gemma is 4.6 GB; the scorer casts a tile at a time).
+    first_letter reads `vocab` whole, as it always did."""
+    rows = task_rows(store, task)
+    x = store.read(rows.group, layer).float()
+    keep = (lambda values: values) if rows.index is None else (lambda values: values[torch.as_tensor(rows.index)])
+    data = LayerData(keep(x), torch.as_tensor(rows.labels).long(), torch.as_tensor(rows.split).long(), task=task)
+    columns = store.columns(rows.group)  # per-token records name their tokens
     if "token_id" in columns:
-        data.token_id = torch.as_tensor(store.column("vocab", "token_id")).long()
+        data.token_id = keep(torch.as_tensor(store.column(rows.group, "token_id")).long())
     if "text" in columns:
-        data.text = [str(t) for t in store.column("vocab", "text")]
+        text = store.column(rows.group, "text")
+        data.text = [str(t) for t in (text if rows.index is None else text[rows.index])]
     if "context" in store.groups:
         data.context_x = store.read("context", layer)  # (M, d_model)
-        data.context_labels = torch.as_tensor(store.column("context", "label")).long()
+        data.context_labels = context_labels(store, task)
     return data

@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from actstore.store import manifest
-
-from actstore.store import shardio
+from actstore.store import manifest, shardio
+from actstore.store.zarrstore import TASK_GROUP_PREFIX, StoreError, _metadata_problem, probe_digest
+from actstore.tasks.base import vocab_group
 
 
 class Problem(NamedTuple):
@@ -28,7 +28,7 @@ class Problem(NamedTuple):
     kind: str
     """`incomplete` (never finished), `missing` (marked done, file gone), `corrupt` (checksum, or the shard's
     identity), `structure` (an array or group the attributes promise is absent or misshapen; shard -1) or
-    `probe` (a saved probe that does not fit the store; shard -1)."""
+    `probe` (a saved probe that does not fit the store or its task; shard -1)."""
     detail: str
 
 
@@ -49,7 +49,7 @@ def verify(store, progress: bool = False) -> list[Problem]:
         found = _check_shard(store, group, array, shard, markers[name])
         if found:
             problems.append(Problem(name, shard, store.shard_rows(group, shard), *found))
-    return problems + check_probes(store)
+    return problems + check_tasks(store) + check_probes(store)
 
 
 def _check_shard(store, group: str, array: str, shard: int, markers: dict) -> tuple[str, str] | None:
@@ -89,8 +89,6 @@ def _check_shard(store, group: str, array: str, shard: int, markers: dict) -> tu
 def structure(store) -> list[Problem]:
     """The groups, arrays and columns the store's attributes promise, with their shapes and dtypes, and for a layer
     the layer its metadata says it holds (as reading checks them: `ActivationStore._array`)."""
-    from actstore.store.zarrstore import StoreError
-
     root, problems = store._root, []
 
     def problem(where: str, detail: str) -> None:
@@ -114,10 +112,9 @@ def structure(store) -> list[Problem]:
 
 
 def check_probes(store) -> list[Problem]:
-    """Each saved probe: a layer of the store, weight (classes, d_model) and bias (classes,) float32, finite,
-    its metrics present and its bytes the ones recorded when it was saved."""
-    from actstore.store.zarrstore import _metadata_problem, probe_digest
-
+    """Each saved probe, of every task (probes/layer_LL for first_letter, probes/<task key>/layer_LL for the
+    others): a layer of the store, weight (classes, d_model) and bias (classes,) float32, finite, as many classes
+    as its task (recorded with it) has, its metrics present and its bytes the ones recorded when it was saved."""
     folder, problems = store.path / "probes", []
     if not folder.is_dir():
         return []
@@ -132,31 +129,82 @@ def check_probes(store) -> list[Problem]:
     if damaged:
         return [Problem("probes", -1, (0, 0), "probe", damaged)]
     for name in names:
-        where = f"probes/{name}"
-        if not (name.startswith("layer_") and name.removeprefix("layer_").isdigit()):
-            problems.append(Problem(where, -1, (0, 0), "probe", f"{folder / name} is not a probe folder (they "
-                                                                f"are named layer_LL); move it out of the store"))
+        if name.startswith("layer_"):
+            problems += _check_probe(store, "probes", name)
             continue
-        layer = int(name.removeprefix("layer_"))
-        try:
-            weight, bias, attrs = store.load_probe(layer)
-        except Exception as err:  # noqa: BLE001 - an unreadable probe is a finding
-            problems.append(Problem(where, -1, (0, 0), "probe", str(err).removeprefix(f"{store.path}: ")))
+        task_dir = folder / name
+        layers = sorted(p.name for p in task_dir.iterdir() if p.is_dir())
+        if not layers or any(not _is_layer_folder(l) for l in layers):
+            problems.append(Problem(f"probes/{name}", -1, (0, 0), "probe", f"{task_dir} is not a probe folder (they "
+                                                                          f"are named layer_LL, or <task>/layer_LL); "
+                                                                          f"move it out of the store"))
             continue
-        found = []
-        if layer not in store.layers:
-            found.append(f"the store has no layer {layer}")
-        if weight.ndim != 2 or weight.shape[1] != store.spec.d_model or bias.shape != weight.shape[:1]:
-            found.append(f"weight {weight.shape} and bias {bias.shape}; expected (classes, {store.spec.d_model}) "
-                         f"and (classes,)")
-        elif not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-            found.append("NaN or inf in its weights")
-        elif "sha256" in attrs and probe_digest(weight, bias) != attrs["sha256"]:
-            found.append("its weights are not the ones saved (sha256 differs)")
-        if "metrics" not in attrs:
-            found.append("no 'metrics' attribute (train/test F1 per class)")
-        problems += [Problem(where, -1, (0, 0), "probe", f"{what}; retrain it with `actstore probe {store.path} "
-                                                         f"--layers {layer}`") for what in found]
+        problems += [p for l in layers for p in _check_probe(store, f"probes/{name}", l)]
+    return problems
+
+
+def _is_layer_folder(name: str) -> bool:
+    return name.startswith("layer_") and name.removeprefix("layer_").isdigit()
+
+
+def _check_probe(store, prefix: str, name: str) -> list[Problem]:
+    """The problems of one saved probe, `prefix`/`name` (name: layer_LL)."""
+    where = f"{prefix}/{name}"
+    if not _is_layer_folder(name):
+        return [Problem(where, -1, (0, 0), "probe", f"{store.path / prefix / name} is not a probe folder (they are "
+                                                    f"named layer_LL); move it out of the store")]
+    layer = int(name.removeprefix("layer_"))
+    try:
+        weight, bias, attrs = store._load_probe_at(prefix, layer)
+    except Exception as err:  # noqa: BLE001 - an unreadable probe is a finding
+        return [Problem(where, -1, (0, 0), "probe", str(err).removeprefix(f"{store.path}: "))]
+    found = []
+    task = attrs.get("task")
+    if prefix != "probes" and not isinstance(task, dict):
+        found.append("no 'task' attribute (the task it was trained for)")
+    classes = len(task["classes"]) if isinstance(task, dict) and isinstance(task.get("classes"), list) else None
+    if layer not in store.layers:
+        found.append(f"the store has no layer {layer}")
+    if weight.ndim != 2 or weight.shape[1] != store.spec.d_model or bias.shape != weight.shape[:1]:
+        found.append(f"weight {weight.shape} and bias {bias.shape}; expected (classes, {store.spec.d_model}) "
+                     f"and (classes,)")
+    elif classes is not None and len(weight) != classes:
+        found.append(f"{len(weight)} rows, but its task {task.get('name')} has {classes} classes")
+    elif not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        found.append("NaN or inf in its weights")
+    elif "sha256" in attrs and probe_digest(weight, bias) != attrs["sha256"]:
+        found.append("its weights are not the ones saved (sha256 differs)")
+    if "metrics" not in attrs:
+        found.append("no 'metrics' attribute (train/test F1 per class)")
+    flag = f" --task {task['name']}" if isinstance(task, dict) and task.get("name") not in (None, "first_letter") else ""
+    return [Problem(where, -1, (0, 0), "probe", f"{what}; retrain it with `actstore probe {store.path} --layers "
+                                                f"{layer}{flag}`") for what in found]
+
+
+def check_tasks(store) -> list[Problem]:
+    """Each task's vocabulary group (`vocab_<key>`): it records its task (name and classes), its name is that
+    task's, and its labels are classes of it (0..C-1)."""
+    problems = []
+    for group in sorted(g for g in store.groups if g.startswith(TASK_GROUP_PREFIX)):
+        task = store.group_task(group)
+        if not task or not isinstance(task.get("name"), str) or not isinstance(task.get("classes"), list):
+            problems.append(Problem(group, -1, (0, 0), "structure", f"{store.path / group / 'zarr.json'} records no "
+                                                                    f"task (name, classes): restore it from a copy"))
+            continue
+        if vocab_group(task["name"]) != group or task.get("prompt_task", task["name"]) != task["name"]:
+            problems.append(Problem(group, -1, (0, 0), "structure", f"it records task {task['name']}, whose rows "
+                                                                    f"belong in {vocab_group(task['name'])}: the "
+                                                                    f"folder was renamed or copied"))
+        if "label" in store.columns(group) and not store.missing(group).get(f"{group}/label"):
+            try:
+                labels = np.asarray(store.column(group, "label"))
+            except Exception:  # noqa: BLE001 - a damaged column is its shard's finding
+                continue
+            bad = labels[(labels < 0) | (labels >= len(task["classes"]))]
+            if bad.size:
+                problems.append(Problem(f"{group}/label", -1, (0, 0), "structure",
+                                        f"labels {sorted(set(bad.tolist()))[:5]} are not classes of task "
+                                        f"{task['name']} (0..{len(task['classes']) - 1})"))
     return problems
 
 
@@ -174,6 +222,7 @@ def info(store) -> dict[str, Any]:
         **{k: spec[k] for k in ("model", "revision", "tokenizer", "layers", "d_model", "dtype", "hook",
                                 "prompt_template", "shard_rows", "chunk_rows", "codec")},
         "groups": store.groups,
+        "tasks": store.tasks(),
         "complete": not missing,
         "missing_shards": {name: len(shards) for name, shards in missing.items()},
         "bytes_on_disk": bytes_on_disk(store),

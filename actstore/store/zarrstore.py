@@ -1,6 +1,7 @@
 """The activation store: residual-stream activations and row metadata in sharded, checksummed Zarr v3.
 
-One store holds one model (at one revision) run on one prompt template:
+One store holds one model (at one revision); each task with its own prompt has its own group of vocabulary
+rows (actstore.tasks: `vocab` for first_letter, `vocab_<key>` for any other), beside the others:
 
     store.zarr/                       attrs: format_version, model, revision, tokenizer, d_model, layers,
                                              hook, prompt_template, dtype, shard_rows, chunk_rows, codec
@@ -8,7 +9,11 @@ One store holds one model (at one revision) run on one prompt template:
         layer_05    [rows, d_model]   bfloat16 as uint16 bits (attr logical_dtype), or float16 / float32
         token_id    [rows] int32      ... one 1-D array per metadata column
         <array>/_manifest/000003.json one marker per completed shard (see manifest.py)
+      vocab_last_letter/              attrs: the same, and task (its identity), answers; a group added to an
+                                      existing store also records its extraction (extract) and resume_command
       context/                        the same for natural-text tokens
+      probes/layer_05/                first_letter's probe of layer 5: weight (classes, d_model), bias (classes,)
+      probes/last_letter/layer_05/    any other task's: probes/<task key>/layer_LL
 
 Activation arrays are sharded: `shard_rows` rows per file, cut into `chunk_rows`-row chunks that each
 carry a crc32c; the shard index carries its own crc32c. Metadata arrays keep one chunk of `shard_rows`
@@ -23,11 +28,16 @@ Reading requires every shard to be marked complete; a half-written store tells h
     store.add_group("vocab", rows=n)
     store.write("vocab", 0, {0: acts0, 12: acts12, "token_id": ids, ...})   # shard-aligned
     x = ActivationStore.open("s.zarr").read("vocab", 12)                    # (n, 2304) bfloat16
+
+Why one long module: every check here (attributes against arrays, markers against shards, probes against their
+task) guards the same ActivationStore object's reads and writes; the checks of a whole store (verify.py),
+the manifest and the shard I/O live beside it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -45,6 +55,8 @@ from actstore.store import manifest
 
 from actstore.store import shardio
 from actstore.errors import InputError, MissingKey
+from actstore.tasks.base import FIRST_LETTER, Task, task_key
+from actstore.tasks.builtin import BUILTIN, FIRST_LETTER_TASK
 
 FORMAT_VERSION = 1
 
@@ -67,6 +79,38 @@ STANDARD_COLUMNS: dict[str, dict[str, str]] = {
     "vocab": {"token_id": "int32", "label": "int8", "split": "int8", "position": "int16", "text": "str"},
     "context": {"token_id": "int32", "doc": "int32", "pos": "int32", "label": "int8"},
 }
+TASK_COLUMNS = {**STANDARD_COLUMNS["vocab"], "label": "int16"}
+"""The columns of a task's own vocabulary group (`vocab_<key>`): vocab's, with room for up to 4096 classes."""
+TASK_GROUP_PREFIX = "vocab_"
+
+
+def standard_columns(group: str) -> dict[str, str] | None:
+    """The columns of a standard group (vocab, context, a task's vocab_<key>), or None for another name."""
+    if group.startswith(TASK_GROUP_PREFIX):
+        return dict(TASK_COLUMNS)
+    return dict(STANDARD_COLUMNS[group]) if group in STANDARD_COLUMNS else None
+
+
+def is_vocab_group(group: str) -> bool:
+    """A group of a task's vocabulary prompts: `vocab` (first_letter's) or `vocab_<key>`."""
+    return group == "vocab" or group.startswith(TASK_GROUP_PREFIX)
+
+
+def probe_prefix(task: str | Task) -> str:
+    """Where a task's probes live in a store: probes (first_letter) or probes/<key> (any other task)."""
+    name = task.name if isinstance(task, Task) else task
+    return "probes" if name == FIRST_LETTER else f"probes/{task_key(name)}"
+
+
+def extract_command(store: ActivationStore, task: Task) -> str:
+    """The command that adds a task's rows to a store (the store's model and layers, the task's prompt)."""
+    import shlex
+
+    args = ["actstore", "extract", "--model", store.spec.model, "--layers", ",".join(map(str, store.layers)),
+            "--out", str(store.path), "--task", task.prompt_task if task.relabels else task.name]
+    if task.name.startswith("labels:") and not task.relabels:
+        args += ["--template", task.template]
+    return shlex.join(args)
 
 
 class StoreError(InputError):
@@ -169,6 +213,7 @@ class ActivationStore:
                              f"it from a copy") from err
         self._pool = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="actstore-io")
         self._known_complete = False  # set by open() after checking; reads then skip the manifest
+        self._partial: set[str] = set()  # groups added for a task and not finished: read only after checking
         self._direct: dict[str, tuple[int, ...] | None] = {}  # array -> chunk shape for shardio I/O
         self._groups: dict[str, dict] | None = None  # see _group_meta
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
@@ -211,9 +256,13 @@ class ActivationStore:
             raise StoreError(problem)
         if require_complete if require_complete is not None else mode == "r":
             missing = store.missing()
-            if missing:
+            # A task's group added to a finished store and not finished yet (its extraction killed or running) does
+            # not stop the other tasks' rows from being read: reading it says how to finish it.
+            partial = {name.split("/")[0] for name in missing}
+            added = {g for g in partial if store.group_attrs(g).get("resume_command")}
+            if partial - added:
                 raise IncompleteStoreError(incomplete_message(store, missing))
-            store._known_complete = True
+            store._known_complete, store._partial = True, added
         return store
 
     def _attribute_problem(self) -> str | None:
@@ -309,6 +358,60 @@ class ActivationStore:
         """Row group name -> number of rows."""
         return {name: meta["rows"] for name, meta in self._group_meta().items()}
 
+    def group_attrs(self, group: str) -> dict[str, Any]:
+        """A row group's attributes as written (kind, rows, columns; a task's group: task, answers, ...)."""
+        return dict(self._meta(group)["attrs"])
+
+    def group_task(self, group: str) -> dict[str, Any] | None:
+        """The identity of the task whose prompts a vocabulary group holds (`Task.identity()`): recorded in a
+        `vocab_<key>` group; `vocab` is first_letter's (stores before tasks record nothing); None for others."""
+        if group == "vocab":
+                return self.group_attrs(group).get("task") or FIRST_LETTER_TASK.identity()
+        task = self.group_attrs(group).get("task") if is_vocab_group(group) else None
+        return dict(task) if isinstance(task, dict) else None
+
+    def tasks(self) -> list[str]:
+        """The tasks whose rows this store holds: the task of each vocabulary group (first_letter for `vocab`),
+        then each built-in task that relabels a held group's rows (capitalized, when `vocab` is here). Not
+        listed, yet available where `vocab` is: any labels:FILE task without a template (it relabels `vocab`)."""
+        held = []
+        for group in sorted(self.groups, key=lambda g: (g != "vocab", g)):
+            task = self.group_task(group)
+            if task is not None and task.get("name") not in held:
+                held.append(task["name"])
+        return held + [t.name for t in BUILTIN.values() if t.relabels and t.prompt_task in held and t.name not in held]
+
+    def task_group(self, task: Task) -> str:
+        """The group holding a task's rows, checked: it is here (else MissingKey saying which `actstore extract
+        --task` adds it), and for a task with its own prompt, it was extracted for this very task (its name,
+        classes, template and, for a label file, the file's bytes); a relabel task needs `vocab`'s text column."""
+        group = task.group
+        if group not in self.groups:
+            what = (f"holds no rows of task {task.name}" if not task.relabels else
+                    f"holds no rows of {task.prompt_task}, which task {task.name} relabels")
+            raise MissingKey(f"{self.path} {what} (no group {group}; it has {sorted(self.groups) or 'none'}); add "
+                             f"them with `{extract_command(self, task)}`")
+        if task.relabels:
+            if "text" not in self.columns(group):
+                raise StoreError(f"{self.path}: its group {group} has no text column, which task {task.name} labels "
+                                 f"its rows by; extract the store again with this actstore")
+            return group
+        found, ours = self.group_task(group), task.identity()
+        if found != ours:
+            differ = sorted(k for k in {*ours, *(found or {})} if (found or {}).get(k) != ours.get(k))
+            raise StoreError(f"{self.path}: its group {group} holds the rows of another version of task {task.name} "
+                             f"({', '.join(differ)} differ: stored {({k: (found or {}).get(k) for k in differ})}); "
+                             f"score the task as extracted, or extract it into another store")
+        return group
+
+    def probe_layers(self, task: str | Task = FIRST_LETTER) -> list[int]:
+        """The layers with a saved probe of a task (found on disk; `load_probe` checks each)."""
+        folder = self.path / probe_prefix(task)
+        if not folder.is_dir():
+            return []
+        found = {p.name.removeprefix("layer_") for p in folder.iterdir() if p.is_dir() and p.name.startswith("layer_")}
+        return sorted(int(l) for l in found if l.isdigit() and int(l) in self.spec.layers)
+
     def _group_meta(self) -> dict[str, dict]:
         """Row group name -> {"rows", "columns"}, read from Zarr once: it changes only through this object
         (add_group, append; one coordinator grows a store), and re-reading it per call cost more than
@@ -323,7 +426,8 @@ class ActivationStore:
                 try:
                     group = self._root[name]
                     if isinstance(group, zarr.Group) and group.attrs.get("kind") == "rows":
-                        groups[name] = {"rows": int(group.attrs["rows"]), "columns": dict(group.attrs["columns"])}
+                        groups[name] = {"rows": int(group.attrs["rows"]), "columns": dict(group.attrs["columns"]),
+                                        "attrs": dict(group.attrs)}
                 except Exception as err:  # a damaged group zarr.json: name it
                     problem = _metadata_problem(self.path, [meta]) or (
                         f"its metadata file {meta} does not describe a row group ({type(err).__name__}: {err}); "
@@ -342,28 +446,37 @@ class ActivationStore:
         """Every array of a row group: the layer arrays, then the metadata columns."""
         return [layer_name(l) for l in self.spec.layers] + list(self.columns(group))
 
-    def add_group(self, name: str, rows: int, columns: Mapping[str, str] | None = None) -> None:
+    def add_group(self, name: str, rows: int, columns: Mapping[str, str] | None = None,
+                  attrs: Mapping[str, Any] | None = None) -> None:
         """Create a row group of `rows` rows with one array per layer and per metadata column.
 
         `columns` maps column name to a numpy dtype name or "str"; the default is the standard set
-        for `vocab` and `context` (STANDARD_COLUMNS).
+        for `vocab`, `context` and a task's `vocab_<key>` (`standard_columns`). `attrs` (JSON) are recorded
+        beside kind, rows and columns: a task's group records `task` (its identity) and `answers`.
         """
         self._require_writable()
-        if not name.isidentifier():
-            raise ValueError(f"group name must be a Python identifier such as 'vocab'; got {name!r}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name) or name == "probes":
+            raise ValueError(f"group name must be a name such as 'vocab' or 'vocab_last_letter' (letters, digits, _ . -; "
+                             f"not 'probes'); got {name!r}")
         if name in self._root:
             raise StoreError(f"{self.path} already has a group {name!r}")
         if columns is None:
-            if name not in STANDARD_COLUMNS:
-                raise ValueError(f"group {name!r} is not standard ({sorted(STANDARD_COLUMNS)}); pass its columns")
-            columns = STANDARD_COLUMNS[name]
+            columns = standard_columns(name)
+            if columns is None:
+                raise ValueError(f"group {name!r} is not standard ({sorted(STANDARD_COLUMNS)} or "
+                                 f"{TASK_GROUP_PREFIX}<task>); pass its columns")
+        attrs = dict(attrs or {})
+        reserved = sorted({"kind", "rows", "columns"} & set(attrs))
+        if reserved:
+            raise ValueError(f"attrs must not set {reserved}: add_group writes them")
         for col in columns:
             if col.startswith("layer_"):
                 raise ValueError(f"column names must not start with 'layer_' (reserved for activations): {col!r}")
         if rows < 0:
             raise ValueError(f"rows must be >= 0; got {rows}")
-        group = self._root.create_group(name, attributes={"kind": "rows", "rows": rows, "columns": dict(columns)})
-        self._group_meta()[name] = {"rows": rows, "columns": dict(columns)}
+        meta = {"kind": "rows", "rows": rows, "columns": dict(columns), **attrs}
+        group = self._root.create_group(name, attributes=meta)
+        self._group_meta()[name] = {"rows": rows, "columns": dict(columns), "attrs": meta}
         self._root.attrs["groups"] = sorted(self._group_meta())  # verify finds a group that was deleted
         _create_arrays(group, self.spec, rows, columns)
 
@@ -473,7 +586,7 @@ class ActivationStore:
 
     def _markers(self, group: str, array: str) -> dict[int, dict]:
         """An array's manifest markers; read once when the store was found complete and is read-only."""
-        if not self._known_complete or self.mode == "a":
+        if not self._known_complete or self.mode == "a" or group in self._partial:
             return manifest.read_markers(self.path / group / array)
         if (group, array) not in self._marker_cache:
             self._marker_cache[group, array] = manifest.read_markers(self.path / group / array)
@@ -607,10 +720,12 @@ class ActivationStore:
         size = self.spec.shard_rows
         shards = range(start // size, -(-stop // size))
         markers = self._markers(group, array)
-        if not self._known_complete or self.mode == "a":
+        if not self._known_complete or self.mode == "a" or group in self._partial:
             todo = [k for k in shards if not self._done(markers, group, k)]
             if todo:
-                raise IncompleteStoreError(f"{group}/{array} shards {_ranges(todo)} are not written yet")
+                how = self.group_attrs(group).get("resume_command") if group in self.groups else None
+                raise IncompleteStoreError(f"{self.path}: {group}/{array} shards {_ranges(todo)} are not written yet"
+                                           + (f"; finish them with `{how}`" if how else ""))
         name = f"{group}/{array}"
         for k in shards:  # one lookup per shard read: the array is part of a shard's identity
             if markers.get(k, {}).get("array", name) != name:
@@ -682,34 +797,66 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ probes
 
-    def save_probe(self, layer: int, weight: np.ndarray, bias: np.ndarray, attrs: dict[str, Any]) -> None:
-        """Store a layer's ground-truth probe (weight (26, d_model), bias (26,)) under probes/layer_LL,
-        replacing an earlier one; `attrs` (JSON) holds its metrics and training settings."""
+    def save_probe(self, layer: int, weight: np.ndarray, bias: np.ndarray, attrs: dict[str, Any],
+                   task: Task | None = None) -> None:
+        """Store a layer's ground-truth probe of a task (weight (C, d_model), bias (C,), C = task.n_classes; default
+        first_letter) under probes/layer_LL (first_letter) or probes/<task key>/layer_LL, replacing an earlier one;
+        `attrs` (JSON) holds its metrics and training settings; the task's identity is recorded beside them."""
+        task = task or FIRST_LETTER_TASK
         self._require_writable()
         name = self._layer_array(layer)
-        if weight.shape != (26, self.spec.d_model) or bias.shape != (26,):
-            raise ValueError(f"a probe is weight (26, {self.spec.d_model}) and bias (26,); got {weight.shape}, "
-                             f"{bias.shape}")
-        meta = self.path / "probes" / "zarr.json"
-        if meta.exists() and _metadata_problem(self.path, [meta]):
-            meta.unlink()  # it says only "a group" (each probe's data and attributes are in its folder): remake it
+        classes = task.n_classes
+        if weight.shape != (classes, self.spec.d_model) or bias.shape != (classes,):
+            raise ValueError(f"a probe of task {task.name} is weight ({classes}, {self.spec.d_model}) and bias "
+                             f"({classes},); got {weight.shape}, {bias.shape}")
+        prefix = probe_prefix(task)
+        parts = prefix.split("/")
+        for depth in range(1, len(parts) + 1):
+            meta = self.path.joinpath(*parts[:depth], "zarr.json")
+            if meta.exists() and _metadata_problem(self.path, [meta]):
+                meta.unlink()  # it says only "a group" (each probe's data and attributes are in its folder): remake it
         probes = self._root.require_group("probes")
+        for part in parts[1:]:
+            probes = probes.require_group(part)
         attrs = {**attrs, "layer": int(layer), "sha256": probe_digest(weight, bias)}  # its identity, checked on load
+        if task.name != FIRST_LETTER or "task" in attrs:
+            attrs["task"] = task.identity()
         group = probes.create_group(name, overwrite=True, attributes=attrs)
         for key, values in (("weight", weight), ("bias", bias)):
             values = np.ascontiguousarray(values, dtype=np.float32)
             group.create_array(key, data=values, chunks=values.shape, compressors=CODECS["none"]())
 
-    def load_probe(self, layer: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """(weight, bias, attrs) of a layer's saved probe. Raises MissingKey when there is none, StoreError naming
-        the probe and the file when it cannot be read."""
-        name = layer_name(layer)
-        folder, retrain = self.path / "probes" / name, f"retrain it with `actstore probe {self.path} --layers {layer}`"
+    def load_probe(self, layer: int, task: Task | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(weight, bias, attrs) of a layer's saved probe of a task (default first_letter). Raises MissingKey when
+        there is none, StoreError naming the probe and the file when it cannot be read, or when it was trained for
+        another version of the task (a label file edited since, say)."""
+        task = task or FIRST_LETTER_TASK
+        weight, bias, attrs = self._load_probe_at(probe_prefix(task), layer, task)
+        found = attrs.get("task")
+        if found is not None and found != task.identity():
+            differ = sorted(k for k in {*found, *task.identity()} if found.get(k) != task.identity().get(k))
+            raise StoreError(f"{self.path}: the probe of task {task.name}, layer {layer} ({probe_prefix(task)}/"
+                             f"{layer_name(layer)}) was trained for another version of the task ({', '.join(differ)} "
+                             f"differ); {_train_command(self.path, layer, task)}")
+        if weight.ndim != 2 or len(weight) != task.n_classes:
+            raise StoreError(f"{self.path}: the probe of layer {layer} ({probe_prefix(task)}/{layer_name(layer)}) has "
+                             f"{len(weight)} rows, but task {task.name} has {task.n_classes} classes: it was trained "
+                             f"for another task; {_train_command(self.path, layer, task)}")
+        return weight, bias, attrs
+
+    def _load_probe_at(self, prefix: str, layer: int, task: Task | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """A probe's (weight, bias, attrs) under `prefix`/layer_LL, checked: its metadata, checksums, layer and
+        digest, and metrics for as many classes as its weight has rows (`task`: named in the advice)."""
+        name, top = layer_name(layer), self.path / "probes"
+        folder, retrain = self.path / prefix / name, _train_command(self.path, layer, task, prefix)
         if not folder.is_dir():
-            raise MissingKey(f"{self.path} has no probe for layer {layer}; train it with "
-                             f"`actstore probe {self.path} --layers {layer}`")
-        where = f"{self.path}: the probe of layer {layer} (probes/{name})"
-        metas = [self.path / "probes" / "zarr.json", *(folder / key / "zarr.json" for key in ("", "weight", "bias"))]
+            raise MissingKey(f"{self.path} has no probe for layer {layer}"
+                             + (f" of task {task.name}" if task is not None and task.name != FIRST_LETTER else "")
+                             + f"; {retrain.replace('retrain', 'train')}")
+        where = f"{self.path}: the probe of layer {layer} ({prefix}/{name})"
+        groups = [top / "zarr.json"] + ([self.path / prefix / "zarr.json"] if prefix != "probes" else [])
+        metas = [*groups, *(folder / key / "zarr.json" for key in ("", "weight", "bias"))]
         for meta in metas:  # checked on disk: zarr calls a folder without its zarr.json absent
             if not meta.is_file():
                 raise StoreError(f"{where} cannot be read: its metadata file {meta} is missing; {retrain}")
@@ -717,7 +864,7 @@ class ActivationStore:
         if problem:
             raise StoreError(f"{where} cannot be read: {problem}")
         try:
-            group = self._root["probes"][name]
+            group = self._root[f"{prefix}/{name}"]
             arrays, attrs = {key: group[key] for key in ("weight", "bias")}, dict(group.attrs)
             for key, arr in arrays.items():
                 if not isinstance(arr, zarr.Array):
@@ -735,7 +882,7 @@ class ActivationStore:
                 raise StoreError(f"{where} is damaged: {file} {why}; {retrain}") from err
         if attrs.get("layer", layer) != layer:  # probes saved before the layer was recorded lack it
             raise StoreError(f"{where} holds the probe of layer {attrs['layer']} (its attributes in "
-                             f"{folder / 'zarr.json'} say so): the folder was copied from probes/"
+                             f"{folder / 'zarr.json'} say so): the folder was copied from {prefix}/"
                              f"{layer_name(attrs['layer']) if isinstance(attrs['layer'], int) else '?'}; {retrain}")
         if "sha256" in attrs and probe_digest(*values) != attrs["sha256"]:  # a chunk file deleted reads as zeros
             raise StoreError(f"{where} is damaged: its weights are not the ones saved (sha256 differs: a chunk file "
@@ -890,11 +1037,27 @@ def incomplete_message(store: ActivationStore, missing: dict[str, list[int]]) ->
     total = sum(len(v) for v in missing.values())
     shown = ", ".join(f"{name} ({_ranges(shards)})" for name, shards in list(missing.items())[:4])
     more = f" and {len(missing) - 4} more arrays" if len(missing) > 4 else ""
-    how = (f"resume it with `{resume_command(store)}`" if store.spec.resume_command
-           else "rerun the command that wrote it with --resume (or open it with mode='a' and write the "
-                "missing shards)")
+    groups = sorted({name.split("/")[0] for name in missing})
+    own = [store.group_attrs(g).get("resume_command") for g in groups if g in store.groups]
+    if own and all(own):  # only groups added for a task, each with its own command
+        how = "resume it with " + " and ".join(f"`{c}`" for c in dict.fromkeys(own))
+    else:
+        how = (f"resume it with `{resume_command(store)}`" if store.spec.resume_command
+               else "rerun the command that wrote it with --resume (or open it with mode='a' and write the "
+                    "missing shards)")
     return (f"{store.path} is incomplete: {total} shards were never finished, in {shown}{more}. "
             f"It was probably killed mid-write; {how}. Only the missing shards are rewritten.")
+
+
+def _train_command(path: Path, layer: int, task: Task | None, prefix: str = "probes") -> str:
+    """'retrain it with `actstore probe STORE --layers L [--task T]`' for a probe of `task` (or under `prefix`)."""
+    import shlex
+
+    name = task.name if task is not None else None if prefix == "probes" else prefix.removeprefix("probes/")
+    flag = "" if name in (None, FIRST_LETTER) else f" --task {shlex.quote(name)}"
+    if task is not None and task.name.startswith("labels:") and not task.relabels:
+        flag += f" --template {shlex.quote(task.template)}"
+    return f"retrain it with `actstore probe {path} --layers {layer}{flag}`"
 
 
 def resume_command(store: ActivationStore) -> str | None:

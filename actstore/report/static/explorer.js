@@ -1,15 +1,17 @@
 // The absorption explorer: reads data/index.js at once, one SAE's data/sae_NNNN.js when it is shown and
 // data/search_X.js (tokens starting with X) when a search needs it, each by inserting a <script> tag (works from file://, no fetch).
 // Written by `actstore explore`; the data files call ACTSTORE.indexLoaded, .loaded and .searchLoaded.
+// An entry n is one SAE scored on one task; the class buttons are that task's classes. URL: #sae=N&class=C&latent=L
+// (#letter=C, the spelling before tasks, is read as #class=C).
 "use strict";
 
 var ACTSTORE = (function () {
-  var index = null;          // {title, saes: [{n, key, id, release, layer, width, width_name, l0, ...}]}
+  var index = null;          // {title, tasks: [{name, classes}], saes: [{n, key, task, id, release, layer, width, ...}]}
   var cache = {};            // n -> one SAE's payload
   var waiting = {};          // n -> callbacks to run once its file has loaded
-  var search = {};           // first letter -> {texts, byText: lower-case text -> [hit]}, as loaded
-  var searchWaiting = {};    // first letter -> callbacks to run once its index file has loaded
-  var state = {n: null, letter: null, latent: null};
+  var search = {};           // first character -> {texts, byText: lower-case text -> [hit]}, as loaded
+  var searchWaiting = {};    // first character -> callbacks to run once its index file has loaded
+  var state = {n: null, cls: null, latent: null};
   var loadedFiles = [];      // data files inserted so far (the tests and the benchmark read it)
 
   function $(id) { return document.getElementById(id); }
@@ -42,10 +44,17 @@ var ACTSTORE = (function () {
     values.forEach(function (v) { if (seen.indexOf(v) < 0) seen.push(v); });
     return seen;
   }
+  function ofTask(task) { return index.saes.filter(function (s) { return s.task === task; }); }
   function fillSelectors(current) {
-    var layers = distinct(index.saes.map(function (s) { return s.layer; }));
-    var widths = distinct(index.saes.filter(function (s) { return s.layer === current.layer; }).map(function (s) { return s.width; }));
-    var same = index.saes.filter(function (s) { return s.layer === current.layer && s.width === current.width; });
+    var mine = ofTask(current.task);
+    var layers = distinct(mine.map(function (s) { return s.layer; }));
+    var widths = distinct(mine.filter(function (s) { return s.layer === current.layer; }).map(function (s) { return s.width; }));
+    var same = mine.filter(function (s) { return s.layer === current.layer && s.width === current.width; });
+    $("task").value = current.task;
+    if ($("sae").dataset.task !== current.task) {  // the SAE menu lists this task's entries (rebuilt on a task change)
+      clear($("sae")); mine.forEach(function (s) { $("sae").appendChild(option(s.n, saeLabel(s))); });
+      $("sae").dataset.task = current.task;
+    }
     clear($("layer")); layers.forEach(function (l) { $("layer").appendChild(option(l, l === null ? "?" : l)); });
     clear($("width"));
     widths.forEach(function (w) {
@@ -57,23 +66,24 @@ var ACTSTORE = (function () {
     $("sae").value = String(current.n);
   }
   function pick(layer, width) {
-    var match = index.saes.filter(function (s) { return String(s.layer) === layer && (width === null || String(s.width) === width); });
+    var match = ofTask(sae(state.n).task).filter(function (s) { return String(s.layer) === layer && (width === null || String(s.width) === width); });
     return match.length ? match[0] : null;
   }
 
   // ---- one SAE -----------------------------------------------------------------------------------------------
-  function show(n, letter, latent) {
-    state = {n: n, letter: letter || null, latent: latent === undefined ? null : latent};
+  function show(n, cls, latent) {
+    state = {n: n, cls: cls || null, latent: latent === undefined ? null : latent};
     var s = sae(n);
     fillSelectors(s);
     $("sae-title").textContent = saeLabel(s);
     $("sae-summary").textContent = "release " + s.release + "; mean absorption fraction " + fmt(s.absorption) +
-      ", full-absorption rate " + fmt(s.full_absorption) + " over " + s.letters.length + " evaluated letters; L0 from the " +
+      ", full-absorption rate " + fmt(s.full_absorption) + " over " + s.classes.length + " evaluated classes of the task " +
+      s.task + "; L0 from the " +
       s.l0_source + ".";
     if (cache[n]) { render(); return; }
     $("loading").hidden = false;
-    $("letter-panel").hidden = true;
-    clear($("letters"));
+    $("class-panel").hidden = true;
+    clear($("classes"));
     (waiting[n] = waiting[n] || []).push(function () { if (state.n === n) render(); });
     if (waiting[n].length === 1) loadScript(s.file);
   }
@@ -81,26 +91,27 @@ var ACTSTORE = (function () {
   function render() {
     var data = cache[state.n];
     $("loading").hidden = true;
-    if (!state.letter || !data.letters.some(function (l) { return l.letter === state.letter; })) {
-      state.letter = data.letters.length ? data.letters[0].letter : null;
+    if (!state.cls || !data.classes.some(function (l) { return l["class"] === state.cls; })) {
+      state.cls = data.classes.length ? data.classes[0]["class"] : null;
     }
-    clear($("letters"));
-    data.letters.forEach(function (l) {
-      var b = el("button", l.letter.toUpperCase());
+    clear($("classes"));
+    data.classes.forEach(function (l) {
+      var name = l["class"], b = el("button", name.length === 1 ? name.toUpperCase() : name);
       b.type = "button";
-      b.dataset.letter = l.letter;
-      b.setAttribute("aria-pressed", String(l.letter === state.letter));
+      b.dataset["class"] = name;
+      b.setAttribute("aria-pressed", String(name === state.cls));
       b.title = "absorption fraction " + fmt(l.mean_absorption_fraction);
       b.appendChild(el("small", fmt(l.mean_absorption_fraction, 2)));
-      b.addEventListener("click", function () { go(state.n, l.letter, null); });
-      $("letters").appendChild(b);
+      b.addEventListener("click", function () { go(state.n, name, null); });
+      $("classes").appendChild(b);
     });
-    if (state.letter) renderLetter(data, state.letter);
+    if (state.cls) renderClass(data, state.cls);
     if (state.latent !== null && data.absorbers[String(state.latent)]) showAbsorber(state.latent);
     else $("absorber-panel").hidden = true;
     document.body.dataset.state = "ready";
     document.body.dataset.sae = String(state.n);
-    document.body.dataset.letter = state.letter || "";
+    document.body.dataset["class"] = state.cls || "";
+    document.body.dataset.task = sae(state.n).task;
     if (!document.body.dataset.firstViewMs) document.body.dataset.firstViewMs = String(Math.round(performance.now()));
   }
 
@@ -109,16 +120,16 @@ var ACTSTORE = (function () {
     var b = node.querySelector("button");
     b.textContent = "#" + latent + (extra ? " " + extra : "");
     b.dataset.latent = String(latent);
-    b.addEventListener("click", function () { go(state.n, state.letter, latent); });
+    b.addEventListener("click", function () { go(state.n, state.cls, latent); });
     var base = sae(state.n).neuronpedia, a = node.querySelector("a");
     if (base) a.href = base + latent; else node.removeChild(a);
     return node;
   }
 
-  function renderLetter(data, letter) {
-    var l = data.letters.filter(function (x) { return x.letter === letter; })[0];
-    $("letter-panel").hidden = false;
-    $("letter-name").textContent = letter;
+  function renderClass(data, cls) {
+    var l = data.classes.filter(function (x) { return x["class"] === cls; })[0];
+    $("class-panel").hidden = false;
+    $("class-name").textContent = cls;
     var body = $("prf").tBodies[0];
     clear(body);
     [["ground-truth probe", l.probe_test_precision, l.probe_test_recall, l.probe_test_f1],
@@ -137,7 +148,7 @@ var ACTSTORE = (function () {
     });
     drawKSparse(l.k_sparse_f1, l.num_split_features);
 
-    var tokens = data.tokens[letter] || [];
+    var tokens = data.tokens[cls] || [];
     $("absorbed-count").textContent = "(" + tokens.length + " of " + l.num_probe_true_positives +
       " probe true positives; absorption fraction " + fmt(l.mean_absorption_fraction) + ", full absorption " +
       fmt(l.full_absorption_rate) + (l.causal_absorption_rate === null || l.causal_absorption_rate === undefined ? "" :
@@ -198,7 +209,7 @@ var ACTSTORE = (function () {
     var id = $("absorber-id"); clear(id); id.appendChild(latentNode(latent));
     id.dataset.latent = String(latent);
     $("absorber-summary").textContent = "absorbs " + a.num_tokens + " token" + (a.num_tokens === 1 ? "" : "s") +
-      " of letter" + (a.letters.length === 1 ? " " : "s ") + a.letters.join(", ") + "; mean share of the projection " +
+      " of class" + (a.classes.length === 1 ? " " : "es ") + a.classes.join(", ") + "; mean share of the projection " +
       fmt(a.mean_share) + ".";
     clear($("absorber-top"));
     a.top_tokens.forEach(function (t, i) {
@@ -232,8 +243,8 @@ var ACTSTORE = (function () {
     clear(tb);
     hits.forEach(function (h) {
       var s = sae(h[1]), tr = el("tr");
-      tr.dataset.sae = String(h[1]); tr.dataset.letter = h[2]; tr.dataset.latent = h[3] === null ? "" : String(h[3]);
-      [s.id, s.layer, s.width_name, fmt(s.l0, 1), h[2], data.texts[h[0]], h[3] === null ? "-" : "#" + h[3],
+      tr.dataset.sae = String(h[1]); tr.dataset["class"] = h[2]; tr.dataset.latent = h[3] === null ? "" : String(h[3]);
+      [s.id, s.task, s.layer, s.width_name, fmt(s.l0, 1), h[2], data.texts[h[0]], h[3] === null ? "-" : "#" + h[3],
        fmt(h[5]), fmt(h[4])].forEach(function (v) { tr.appendChild(el("td", v)); });
       tr.addEventListener("click", function () { go(h[1], h[2], h[3]); });
       tb.appendChild(tr);
@@ -242,8 +253,8 @@ var ACTSTORE = (function () {
   }
 
   // ---- navigation: the state lives in the URL's hash -----------------------------------------------------------
-  function go(n, letter, latent) {
-    var hash = "#sae=" + n + (letter ? "&letter=" + letter : "") + (latent !== null && latent !== undefined ? "&latent=" + latent : "");
+  function go(n, cls, latent) {
+    var hash = "#sae=" + n + (cls ? "&class=" + encodeURIComponent(cls) : "") + (latent !== null && latent !== undefined ? "&latent=" + latent : "");
     if (location.hash === hash) fromHash(); else location.hash = hash;
   }
   function fromHash() {
@@ -251,17 +262,26 @@ var ACTSTORE = (function () {
     location.hash.replace(/^#/, "").split("&").forEach(function (kv) { var p = kv.split("="); if (p[0]) params[p[0]] = decodeURIComponent(p[1] || ""); });
     var n = Number(params.sae);
     if (!(n >= 0 && n < index.saes.length)) n = 0;
-    show(n, params.letter || null, params.latent ? Number(params.latent) : null);
+    show(n, params["class"] || params.letter || null, params.latent ? Number(params.latent) : null);
   }
 
   function indexLoaded(data) {
     index = data;
-    $("title").textContent = data.title + " (" + data.saes.length + " SAEs)";
-    data.saes.forEach(function (s) { $("sae").appendChild(option(s.n, saeLabel(s))); });
-    $("sae").addEventListener("change", function () { go(Number(this.value), state.letter, null); });
-    $("l0").addEventListener("change", function () { go(Number(this.value), state.letter, null); });
-    $("layer").addEventListener("change", function () { var s = pick(this.value, null); if (s) go(s.n, state.letter, null); });
-    $("width").addEventListener("change", function () { var s = pick($("layer").value, this.value); if (s) go(s.n, state.letter, null); });
+    var tasks = data.tasks || [{name: "first_letter"}];  // an index written before tasks: first_letter's
+    $("title").textContent = data.title + " (" + distinct(data.saes.map(function (s) { return s.key; })).length +
+      " SAEs" + (tasks.length > 1 ? ", " + tasks.length + " tasks" : "") + ")";
+    data.saes.forEach(function (s) { s.task = s.task || tasks[0].name; });
+    tasks.forEach(function (t) { $("task").appendChild(option(t.name, t.name)); });
+    $("task-choice").hidden = tasks.length < 2;
+    $("task").addEventListener("change", function () {  // the same SAE on that task, else the task's first
+      var key = sae(state.n).key, mine = ofTask(this.value);
+      var same = mine.filter(function (s) { return s.key === key; });
+      if (mine.length) go((same.length ? same[0] : mine[0]).n, null, null);
+    });
+    $("sae").addEventListener("change", function () { go(Number(this.value), state.cls, null); });
+    $("l0").addEventListener("change", function () { go(Number(this.value), state.cls, null); });
+    $("layer").addEventListener("change", function () { var s = pick(this.value, null); if (s) go(s.n, state.cls, null); });
+    $("width").addEventListener("change", function () { var s = pick($("layer").value, this.value); if (s) go(s.n, state.cls, null); });
     $("search-form").addEventListener("submit", function (e) { e.preventDefault(); runSearch($("search-input").value); });
     $("search-close").addEventListener("click", function () { $("search-panel").hidden = true; });
     window.addEventListener("hashchange", fromHash);
