@@ -105,11 +105,12 @@ def test_the_real_model_demo_runs_its_whole_chain_on_a_model_folder(synth_model,
     from actstore.extract import realmodels
 
     monkeypatch.setattr(realmodels, "fetch", lambda name: synth_model)
-    code = realmodels.main(["demo", "smollm2", "--out", str(tmp_path / "real"), "--layers", "0"])
+    code = realmodels.main(["demo", "smollm2", "--out", str(tmp_path / "real"), "--layers", "0",
+                            "--tasks", "first_letter"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "2110 vocabulary prompts (0 dropped); computed 2110 rows" in out and "checksum: ok" in out
-    f1 = {int(l): float(v) for l, v in re.findall(r"layer (\d): mean test F1 (\d\.\d+), \d+ letters pass", out)}
+    f1 = {int(l): float(v) for l, v in re.findall(r"layer (\d): mean test F1 (\d\.\d+), \d+ of 26 classes pass", out)}
     assert list(f1) == [0] and f1[0] >= 0.9
     assert "4 synthetic SAEs on layer" in out and "all within" in out and "MISS" not in out
     assert (tmp_path / "real" / "results" / "report" / "report.html").exists()

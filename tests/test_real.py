@@ -209,3 +209,57 @@ def test_gemma3_vocabulary_task_matches_saebench_and_every_position_is_right(gem
     for word in task.drops["split"]:  # each drop for the reason it gives: the word is not its own token here
         (own,) = by_text[word]
         assert own not in tok("\n" + word, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.slow
+def test_three_tasks_share_one_results_folder_on_smollm2(smol_store, tmp_path):
+    """first_letter, capitalized (a built-in relabeling) and a user's label file (vowel or consonant) on SmolLM2's
+    store: probes, planted SAEs and scores of all three in one results folder, each recovering its planted truth;
+    the report and the explorer hold all three; scoring the later tasks leaves first_letter's parts untouched."""
+    import csv
+
+    from actstore.report.explorer import write_explorer
+    from actstore.report.pages import write_report
+    from actstore.run.results import read_classes, read_saes
+    from actstore.run.runner import ScoreCommandConfig, run_score
+    from actstore.saes.synthetic import SynthSAEConfig, compare_with_truth, write_synthetic_saes
+    from actstore.score.probes import probe_store
+    from actstore.tasks.base import word_of
+    from actstore.tasks.registry import get_task
+
+    with ActivationStore.open(smol_store) as store:
+        texts = sorted({str(t) for t in store.column("vocab", "text")})
+    labels = tmp_path / "vowels.csv"
+    with open(labels, "w", newline="") as f:
+        csv.writer(f).writerows([("token", "class")] + [(t, "vowel" if word_of(t)[0].lower() in "aeiou" else "other")
+                                                        for t in texts if word_of(t)])
+    results = tmp_path / "results"
+    specs = ["first_letter", "capitalized", f"labels:{labels}"]
+    for spec in specs:
+        task = get_task(spec)
+        probe = probe_store(str(smol_store), [LAYERS[1]], task=task)[LAYERS[1]]
+        assert len(probe.evaluated_classes()) >= (3 if task.n_classes > 2 else 2), (spec, probe.metrics["test"]["f1"])
+        splits = (3,) if task.n_classes > 2 else (2,)
+        write_synthetic_saes(str(smol_store), LAYERS[1], tmp_path / task.key, SynthSAEConfig(
+            absorption=(0.5,), splits=splits, width=1024, task=spec))
+        summary = run_score(ScoreCommandConfig(store=str(smol_store), saes=[str(tmp_path / task.key)], out=str(results),
+                                               device="cpu", local=True, task=spec), log=lambda line: None)
+        assert summary["computed"] == 1 and summary["failed"] == 0
+        if spec == "first_letter":
+            parts = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (results / "parts").iterdir()}
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in parts} == parts
+    names = [get_task(s).name for s in specs]
+    assert sorted(r["task"] for r in read_saes(results)) == sorted(names)
+    rows = read_classes(results)
+    for spec in specs:
+        task = get_task(spec)
+        (truth_file,) = (tmp_path / task.key).rglob("truth.json")
+        truth = json.loads(truth_file.read_text())
+        mine = [r for r in rows if r["task"] == task.name]
+        assert {r["class"] for r in mine} <= set(task.classes)
+        checks = compare_with_truth(truth, mine)
+        assert checks and all(c["ok"] for c in checks), (spec, [c for c in checks if not c["ok"]])
+        absorbed = next(c for c in checks if c["scope"] == "mean" and c["metric"] == "absorption_fraction")
+        assert absorbed["planted"] > 0.1, spec  # something was planted to recover
+    report, explorer = write_report(results), write_explorer(results)
+    assert sorted(report["tasks"]) == sorted(names) and sorted(explorer["tasks"]) == sorted(names)
