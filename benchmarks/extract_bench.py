@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_bench import environment, write_result  # noqa: E402
 
-from actstore.extract.pipeline import ExtractConfig, build_task, extract, parse_layers, to_numpy  # noqa: E402
+from actstore.extract.actors import to_numpy  # noqa: E402
+from actstore.extract.pipeline import ExtractConfig, build_task, extract, parse_layers  # noqa: E402
 from actstore.extract.model import ResidualReader, load_config_and_tokenizer, load_model, pad  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -25,10 +25,12 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from shlex import quote
 
 import torch
 
-from actstore.store.digests import file_sha256
+from actstore.cache import cache_dir
+from actstore.store.digests import file_sha256, folder_files, folder_sha256
 from actstore.errors import InputError, MissingFile
 
 
@@ -66,8 +68,6 @@ class ModelSource:
 
     def as_args(self) -> str:
         """The --model/--gguf-file/--revision arguments that name this source from any working folder."""
-        from shlex import quote
-
         if self.kind == "gguf":
             return f"--model {quote(str(Path(self.location) / self.gguf_file))}"
         return f"--model {quote(self.location)}" + (f" --revision {quote(self.revision)}" if self.revision else "")
@@ -106,10 +106,6 @@ def resolve_model(model: str, gguf_file: str | None = None, revision: str | None
         raise ModelLoadError(f"--model {model}: no such file or folder; expected a hub id (org/name), a model "
                              f"folder, or a .gguf file")
     return ModelSource(model, model, "hub", revision=revision)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ACTSTORE_CACHE", "~/.cache/actstore")).expanduser()
 
 
 def gguf_folder(source: ModelSource) -> Path:
@@ -152,8 +148,6 @@ def tokenizer_identity(tokenizer) -> dict:
 def provenance(source: ModelSource, config, tokenizer) -> dict:
     """What the store records about the model and tokenizer (resolved hub commit when transformers knows it; a
     model folder's content digest, so that a later run of the model, the causal metric's, finds it changed)."""
-    from actstore.store.digests import folder_files, folder_sha256
-
     out = asdict(source)
     if source.kind == "hub":
         out["commit"] = getattr(config, "_commit_hash", None)

@@ -23,7 +23,8 @@ from actstore.run.results import part_name, read_part
 from actstore.run.tokens import tokens_path
 from actstore.score.probes import load_probe
 from actstore.store import manifest
-from actstore.store.zarrstore import layer_name, probe_digest
+from actstore.store.format import layer_name
+from actstore.store.saved_probes import probe_digest
 from actstore.tasks.base import Task
 from actstore.tasks.builtin import FIRST_LETTER_TASK
 

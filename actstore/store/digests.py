@@ -26,13 +26,13 @@ import threading
 import zipfile
 from pathlib import Path
 
+from actstore.cache import cache_dir
+
 _lock = threading.Lock()
 _memory: dict[str, str] = {}
 
 
 def _cache_file() -> Path:
-    from actstore.extract.model import cache_dir
-
     return cache_dir() / "digests.json"
 
 

@@ -14,7 +14,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from actstore.store import manifest, shardio
-from actstore.store.zarrstore import TASK_GROUP_PREFIX, StoreError, _metadata_problem, probe_digest
+from actstore.store.format import TASK_GROUP_PREFIX, StoreError
+from actstore.store.integrity import _metadata_problem
+from actstore.store.saved_probes import probe_digest
 from actstore.tasks.base import vocab_group
 
 
