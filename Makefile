@@ -42,12 +42,12 @@ demo: setup
 # Each is converted once here (SmolLM2 into a plain transformers folder, Gemma 3's tokenizer into its own folder),
 # so the `real` tests load them in seconds.
 real-models: setup
-	$(BIN)/python -m actstore.extract.realmodels fetch smollm2
-	$(BIN)/python -m actstore.extract.realmodels fetch gemma3-tokenizer
+	$(BIN)/python -m actstore.cli.realdemo fetch smollm2
+	$(BIN)/python -m actstore.cli.realdemo fetch gemma3-tokenizer
 
 # The whole chain on a real model, offline once fetched: REAL=smollm2 (default) or REAL=gemma3.
 real-demo: setup
-	$(BIN)/python -m actstore.extract.realmodels demo $(REAL) --out $(REAL_OUT)
+	$(BIN)/python -m actstore.cli.realdemo demo $(REAL) --out $(REAL_OUT)
 
 # Debian's chromium and chromium-driver: the report test opens the HTML report in it, headless, and the
 # explorer tests drive it through Selenium. Installed once, as root.

@@ -25,6 +25,7 @@ import torch
 import storeworld
 from conftest import resize
 from actstore.cli import checks
+from actstore.run.sources import read_list
 from actstore.store import locks
 from actstore.store import verify
 from actstore.cli.main import main
@@ -256,13 +257,13 @@ def test_an_sae_folder_and_list_files_name_the_sae(planted_saes, tmp_path):
     lists.mkdir()
     rel = os.path.relpath(link / "layer_0" / "width_1500" / "absorption_00", lists)
     (lists / "l.txt").write_bytes(f"# SAEs\r\n\r\n   {rel}   \r\n{link}/layer_0 # inline comment\r\n".encode())
-    specs = checks.read_list(str(lists / "l.txt"))
+    specs = read_list(str(lists / "l.txt"))
     assert specs == [str(lists / rel), str(link / "layer_0")]
     keys = {s.name for s in resolve_saes(specs)}
     assert "layer_0/width_1500/absorption_00" in keys and len(keys) == len(planted_saes)
     (lists / "bad.txt").write_text("# one good line, then one that names nothing\n" + rel + "\n\nnot/here\n")
     with pytest.raises(checks.BadArgument, match=r"line 4: 'not/here' names nothing"):
-        checks.read_list(str(lists / "bad.txt"))
+        read_list(str(lists / "bad.txt"))
 
 
 def test_a_second_score_into_one_results_folder_is_refused(planted_store, tmp_path, capsys):

@@ -363,6 +363,13 @@ def test_causal_arguments_are_checked(planted_store, tmp_path):
         check("score", cfg(causal_samples=0))
     with pytest.raises(BadArgument, match="--causal-answer-tokens 'lowercase': expected one of paper, prompt"):
         check("score", cfg(causal_answer_tokens="lowercase"))
+    with pytest.raises(BadArgument, match="--causal: task capitalized has no causal metric: it relabels "
+                                          "first_letter's rows"):  # refused before the store is read
+        check("score", cfg(causal=True, task="capitalized"))
+    with pytest.raises(BadArgument, match=r"--task last_letter: .* holds no rows of its prompt \(group "
+                                          r"vocab_last_letter\); extract them with `actstore extract --model .* "
+                                          r"--task last_letter`"):  # the exact command (zarrstore.extract_command)
+        check("score", cfg(task="last_letter"))
 
 
 def test_report_and_explorer_show_the_agreement(world, scored):

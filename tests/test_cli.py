@@ -100,12 +100,12 @@ def test_demo_runs_checks_itself_and_resumes(capsys, tmp_path, ray_session):
 @pytest.mark.slow
 def test_the_real_model_demo_runs_its_whole_chain_on_a_model_folder(synth_model, tmp_path, monkeypatch, capsys,
                                                                      ray_session):
-    """`make real-demo`'s chain (`actstore.extract.realmodels.demo`) with the synthetic model in place of the fetched
+    """`make real-demo`'s chain (`actstore.cli.realdemo`) with the synthetic model in place of the fetched
     GGUF: extract, verify, probe F1 per layer, synthetic SAEs, score, planted against measured, report."""
-    from actstore.extract import realmodels
+    from actstore.cli import realdemo
 
-    monkeypatch.setattr(realmodels, "fetch", lambda name: synth_model)
-    code = realmodels.main(["demo", "smollm2", "--out", str(tmp_path / "real"), "--layers", "0",
+    monkeypatch.setattr(realdemo, "fetch", lambda name: synth_model)
+    code = realdemo.main(["demo", "smollm2", "--out", str(tmp_path / "real"), "--layers", "0",
                             "--tasks", "first_letter"])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -175,7 +175,7 @@ def test_planted_thresholds_clear_every_row_by_more_than_float32_rounding():
     """The scorer encodes in float32; a planted firing decision closer to its threshold than float32 rounding
     could go either way, and the planted truth would be wrong by that row (real stores hold near-identical rows:
     "about" and " about"). float32_slack bounds the rounding of u . x + b; main_threshold avoids such gaps."""
-    from actstore.saes.synthetic import float32_slack, main_threshold
+    from actstore.saes.planting import float32_slack, main_threshold
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2000, 576, generator=gen, dtype=torch.float64) * 40  # norms about 960, like a real residual

@@ -189,9 +189,9 @@ def explorer_matches_truth(folders: list[Path], explorer: Path, task: str = FIRS
         truth = json.loads((folder / "truth.json").read_text())
         data = _data_file(explorer / "data" / by_key[str(folder.resolve()), task]["file"])
         evaluated, per_class = truth_classes(truth)
-        for letter in evaluated:
-            planted = {row: [latent] for row, latent in per_class[letter].get("absorbed_rows", [])}
-            listed = {t[0]: [a[0] for a in t[7]] for t in data["tokens"].get(letter, [])}
+        for name in evaluated:
+            planted = {row: [latent] for row, latent in per_class[name].get("absorbed_rows", [])}
+            listed = {t[0]: [a[0] for a in t[7]] for t in data["tokens"].get(name, [])}
             if listed != planted:
                 return False
     return True
@@ -208,13 +208,13 @@ def print_truth_table(folders: list[Path], results: Path, task: str = FIRST_LETT
     from actstore.run.results import read_classes
     from actstore.saes.synthetic import TOLERANCE, compare_with_truth
 
-    letters = [r for r in read_classes(results) if r["task"] == task]
+    class_rows = [r for r in read_classes(results) if r["task"] == task]
     metrics = list(TOLERANCE)
     print(f"   {'planted / measured':16s} " + " ".join(f"{COLUMN_NAMES.get(m, m):>26s}" for m in metrics))
     all_ok, misses = True, []
     for folder in folders:
         truth = json.loads((folder / "truth.json").read_text())
-        rows = [r for r in letters if r["sae_key"] == str(folder.resolve())]
+        rows = [r for r in class_rows if r["sae_key"] == str(folder.resolve())]
         checks = compare_with_truth(truth, rows)
         means = {c["metric"]: c for c in checks if c["scope"] == "mean"}
         cells = [f"{means[m]['planted']:.4f} / {means[m]['measured']:.4f} {'ok' if means[m]['ok'] else 'MISS':>4s}"

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actstore.cli.checks import layer_spec, relabel_message
+from actstore.options import layer_spec
+from actstore.tasks.registry import relabel_message
 from actstore.errors import InputError
 from actstore.extract.contexts import build_contexts
 from actstore.tasks.base import FIRST_LETTER, Task

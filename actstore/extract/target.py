@@ -9,7 +9,7 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
-from actstore.cli.checks import layer_spec
+from actstore.options import layer_spec
 from actstore.errors import InputError
 from actstore.extract.inputs import ExtractConfig, Inputs, contexts_source, extract_task
 from actstore.store.zarrstore import ActivationStore, StoreSpec, resume_command

@@ -31,7 +31,8 @@ from actstore.tasks.base import FIRST_LETTER
 from actstore.report.pages import load_results, width_name
 from actstore.report.pages import task_order
 from actstore.run.results import part_name, read_classes
-from actstore.run.tokens import absorbed, token_absorbers, token_class, tokens_path
+from actstore.run.tokens import token_class, tokens_path
+from actstore.score.absorption import absorbed, token_absorbers
 
 ASSETS = Path(__file__).parent / "static"
 PAGE_FILES = ("index.html", "explorer.css", "explorer.js")

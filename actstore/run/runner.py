@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from actstore.cli import checks
+from actstore.options import choices
 from actstore.errors import RunFailed
 from actstore.run.provenance import Provenance, part_done, redo_reason
 from actstore.run.results import part_name, read_part, write_tables
@@ -160,7 +160,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
 
     t0 = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    checks.choices(cfg)  # the typed choices (a caller from Python skips the CLI's checks)
+    choices(cfg)  # the typed choices (a caller from Python skips the CLI's checks)
     task = get_task(cfg.task, cfg.template)
     out = Path(cfg.out)
     notes: list[str] = []

@@ -8,15 +8,20 @@ stable key (what RESULTS is keyed by), a content fingerprint and a loader.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from actstore.cli import checks
 from actstore.errors import InputError, MissingFile
-from actstore.saes.loading import SAEError, SAEWeights, layer_and_l0_from_id
+from actstore.options import BadArgument, layer_spec
+from actstore.saes.loading import SAEError, SAEWeights, layer_and_l0_from_id, releases
+
+if TYPE_CHECKING:  # the runner imports this module
+    from actstore.run.runner import ScoreCommandConfig
 
 
 @dataclass
@@ -139,14 +144,14 @@ def select_saes(cfg: ScoreCommandConfig, notes: list[str] | None = None) -> list
 
     specs = []
     for spec in cfg.saes:
-        specs += checks.read_list(spec[1:]) if spec.startswith("@") else [spec]
+        specs += read_list(spec[1:]) if spec.startswith("@") else [spec]
     if cfg.release:
         specs.append(cfg.release)
     if not specs:
         raise InputError("name the SAEs to score: --saes SPEC [SPEC ...] and/or --release RELEASE")
     sources = resolve_saes(specs, cfg.layer, notes)
     if cfg.layers:
-        wanted = set(checks.layer_spec("--layers", cfg.layers) or [])  # a filter: layers no SAE reads select nothing
+        wanted = set(layer_spec("--layers", cfg.layers) or [])  # a filter: layers no SAE reads select nothing
         sources = [s for s in sources if s.layer in wanted]
     if cfg.widths:
         widths = {parse_width(w) for w in cfg.widths.split(",")}
@@ -158,3 +163,44 @@ def _checked(sae: SAEWeights, d_model: int | None) -> SAEWeights:
     if d_model is not None and sae.d_model != d_model:
         raise SAEError(f"SAE {sae.id}: reads d_model {sae.d_model}, the store holds d_model {d_model}")
     return sae
+
+
+def read_list(path: str) -> list[str]:
+    """The SPECs of an @list file: one per line; `#` comments, blank lines, CRLF and surrounding spaces are
+    ignored; a relative path is resolved against the list's own folder. A line that names nothing (no file
+    or folder there, not a catalog release) is BadArgument quoting its line number."""
+    p = Path(path)
+    if not p.is_file():
+        what = "a folder" if p.is_dir() else "no such file"
+        raise BadArgument(f"--saes @{path}: {what}; expected a text file listing one SAE source per line")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadArgument(f"--saes @{path}: cannot be read as UTF-8 text ({err}); expected one SAE source per "
+                          f"line") from None
+    specs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        local = Path(os.path.expanduser(line))
+        local = local if local.is_absolute() else p.parent / local
+        if local.exists():
+            specs.append(str(local))
+        elif _is_catalog_name(line):
+            specs.append(line)
+        else:
+            raise BadArgument(f"--saes @{path}, line {number}: {line!r} names nothing (no file or folder {local}, "
+                              f"no catalog release); expected a params.npz, a folder of them, a saved sae-lens "
+                              f"folder or RELEASE[/ID-PREFIX]")
+    if not specs:
+        raise BadArgument(f"--saes @{path}: names no SAE (only blank or comment lines); expected one SAE source "
+                          f"per line")
+    return specs
+
+
+def _is_catalog_name(spec: str) -> bool:
+    try:
+        return spec.partition("/")[0] in releases()
+    except KeyError:  # no sae-lens: no catalog
+        return False

@@ -20,6 +20,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from actstore.score.absorption import absorbed, token_absorbers
 from actstore.tasks.base import FIRST_LETTER
 
 TEXT_COLUMNS = ("sae_key", "task", "class", "letter", "text")
@@ -95,22 +96,6 @@ def combine_tokens(out: Path, parts: list[tuple[Path, dict]]) -> int:
 def token_class(row: dict) -> str:
     """A token record's class (`letter` in records written before tasks)."""
     return row["class"] if row.get("class") is not None else row["letter"]
-
-
-def absorbed(row: dict) -> bool:
-    return row["absorption_fraction"] > 0 or row["full_absorption"]
-
-
-def token_absorbers(row: dict) -> list[tuple[int, float, float]]:
-    """(latent, cos, share of the projection) of each absorber of one token record, T's latents first."""
-    act = row["probe_projection"]
-    out = []
-    if row["absorption_fraction"] > 0:
-        out = [(int(i), float(c), p / act) for i, c, p in
-               zip(row["absorber_latents"], row["absorber_cos"], row["absorber_projections"])]
-    if row["full_absorption"] and all(i != row["top_latent"] for i, _, _ in out):
-        out.append((int(row["top_latent"]), float(row["top_cos"]), float(row["top_projection_ratio"])))
-    return out
 
 
 def absorbers(records: list[dict], top_tokens: dict) -> list[dict]:

@@ -2,6 +2,7 @@
 
     fraction, full, terms = absorption_per_token(value, cos, is_main, act, version)   # (R,) each
     columns = token_records(tp, index, value, cos, terms, act, fraction, full, missed, main_acts, data)
+    absorbed(record), token_absorbers(record)                                         # one record's verdict, absorbers
 
 The rules themselves are `actstore.score.metrics` (absorption_terms, absorption_fraction, full_absorption); this
 module applies them to a class's probe true positives in SAEBench's precision, and writes the records.
@@ -9,12 +10,14 @@ module applies them to a class's probe true positives in SAEBench's precision, a
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from actstore.score import metrics
-from actstore.score.config import LayerData
+
+if TYPE_CHECKING:  # an annotation only: config imports causal, which imports `absorbed` from here
+    from actstore.score.config import LayerData
 
 
 class TokenAbsorption(NamedTuple):
@@ -101,3 +104,20 @@ def token_records(tp: torch.Tensor, index: torch.Tensor, value: torch.Tensor, co
         "top_projection_ratio": ratio.tolist(), "absorption_fraction": fraction.tolist(),
         "full_absorption": full.tolist(), "k_sparse_miss": missed.tolist(),
     }
+
+
+def absorbed(row: dict) -> bool:
+    """A token record is absorbed: its absorption fraction is > 0, or it is fully absorbed."""
+    return row["absorption_fraction"] > 0 or row["full_absorption"]
+
+
+def token_absorbers(row: dict) -> list[tuple[int, float, float]]:
+    """(latent, cos, share of the projection) of each absorber of one token record, T's latents first."""
+    act = row["probe_projection"]
+    out = []
+    if row["absorption_fraction"] > 0:
+        out = [(int(i), float(c), p / act) for i, c, p in
+               zip(row["absorber_latents"], row["absorber_cos"], row["absorber_projections"])]
+    if row["full_absorption"] and all(i != row["top_latent"] for i, _, _ in out):
+        out.append((int(row["top_latent"]), float(row["top_cos"]), float(row["top_projection_ratio"])))
+    return out

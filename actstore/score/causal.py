@@ -28,6 +28,10 @@ residual at every position is kept (`ResidualCache`). Each SAE then runs only th
 swapped for modules that hand back the stored residual (with the splice), so rotary embeddings and masks are
 still built by the model's own forward (`spliced_blocks`, actstore.extract.splice). The one early cost left is
 the embedding lookup.
+
+This module is long (a little over 400 lines) because the runner's stages share its state: the prompts it
+rebuilds and checks against the store, the per-layer residual cache, the candidates' sample and the attribution
+all read the same tokenizer, model and answer tokens; what could stand alone (the splicing) is in extract/splice.py.
 With `share_prefix=False` every SAE runs the whole model instead (a hook replaces block L's output): the
 benchmark's baseline, same numbers.
 """
@@ -45,7 +49,7 @@ import torch
 from actstore.errors import InputError
 from actstore.extract.model import ModelSource, load_config_and_tokenizer, load_model, pad, tokenizer_identity
 from actstore.extract.splice import ResidualCache, replaced_output, spliced_blocks
-from actstore.run.tokens import absorbed
+from actstore.score.absorption import absorbed
 from actstore.store.digests import changed_files, file_sha256, folder_files, folder_sha256
 from actstore.tasks.base import FIRST_LETTER, Task
 from actstore.tasks.vocab import build_vocab_task

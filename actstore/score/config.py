@@ -1,17 +1,15 @@
 """What the scorer takes: its constants (`ScoreConfig`, SAEBench's absorption eval by default) and one layer's
-rows of a store (`LayerData`, labeled for a task with C classes)."""
+rows of a store (`LayerData`, labeled for a task with C classes: defined in actstore/store/layers.py, which
+builds it, and named here for the scorer's callers)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from actstore.score import metrics
 from actstore.score.causal import CausalConfig
 from actstore.score.probes import ProbeConfig
-from actstore.tasks.base import Task
-from actstore.tasks.builtin import FIRST_LETTER_TASK
+from actstore.store.layers import LayerData  # noqa: F401 - re-exported: the scorer's input
 
 L1_SOLVERS = ("saebench", "converged")
 """`--l1-solver` choices (ScoreConfig.l1_solver)"""
@@ -64,25 +62,3 @@ class ScoreConfig:
     """labeled context tokens the L0 on natural text is measured on (0: not measured; the null SAEs)"""
     causal: CausalConfig | None = None
     """the paper's causal absorption metric beside the projection metrics (actstore.score.causal), or None"""
-
-
-@dataclass
-class LayerData:
-    """One layer's rows of a store, as the scorer needs them (`actstore.store.layers.load_layer`)."""
-
-    x: torch.Tensor
-    """(N, d) the task's vocabulary rows' activations"""
-    labels: torch.Tensor
-    """(N,) 0..C-1, C = task.n_classes"""
-    split: torch.Tensor
-    """(N,) 0 train, 1 test"""
-    context_x: torch.Tensor | None = None
-    """(M, d) natural-text activations, or None when the store has no contexts"""
-    context_labels: torch.Tensor | None = None
-    """(M,) 0..C-1 for tokens the task labels, -1 elsewhere"""
-    token_id: torch.Tensor | None = None
-    """(N,) the vocabulary rows' token ids (per-token records name their tokens; -1 when absent)"""
-    text: list[str] | None = None
-    """(N,) the vocabulary rows' token strings"""
-    task: Task = FIRST_LETTER_TASK
-    """The task these rows are labeled for (its classes name the labels)"""

@@ -30,10 +30,10 @@ from typing import NamedTuple
 import torch
 
 from actstore.errors import InputError, NotScorable
-from actstore.run.tokens import absorbed, token_absorbers
 from actstore.saes.loading import SAEWeights
 from actstore.score import intervals, metrics
-from actstore.score.absorption import TOKEN_COLUMNS, absorption_per_token, record_rows, token_records
+from actstore.score.absorption import (TOKEN_COLUMNS, absorbed, absorption_per_token, record_rows, token_absorbers,
+                                       token_records)
 from actstore.score.config import LayerData, ScoreConfig
 from actstore.score.encode import BACKENDS, decoder_scale, dense_latents, latent_cosines, pick_backend
 from actstore.score.ksparse import Probing, k_sparse

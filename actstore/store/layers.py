@@ -8,12 +8,36 @@ Which rows a task reads, and how they are labeled: actstore/store/taskrows.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from actstore.score.config import LayerData
 from actstore.store.taskrows import TaskRows, context_labels, task_rows  # noqa: F401 - TaskRows: re-exported
 from actstore.tasks.base import Task
 from actstore.tasks.builtin import FIRST_LETTER_TASK
+
+
+
+@dataclass
+class LayerData:
+    """One layer's rows of a store, as the scorer needs them (`load_layer`)."""
+
+    x: torch.Tensor
+    """(N, d) the task's vocabulary rows' activations"""
+    labels: torch.Tensor
+    """(N,) 0..C-1, C = task.n_classes"""
+    split: torch.Tensor
+    """(N,) 0 train, 1 test"""
+    context_x: torch.Tensor | None = None
+    """(M, d) natural-text activations, or None when the store has no contexts"""
+    context_labels: torch.Tensor | None = None
+    """(M,) 0..C-1 for tokens the task labels, -1 elsewhere"""
+    token_id: torch.Tensor | None = None
+    """(N,) the vocabulary rows' token ids (per-token records name their tokens; -1 when absent)"""
+    text: list[str] | None = None
+    """(N,) the vocabulary rows' token strings"""
+    task: Task = FIRST_LETTER_TASK
+    """The task these rows are labeled for (its classes name the labels)"""
 
 
 def load_layer(store, layer: int, task: Task = FIRST_LETTER_TASK) -> LayerData:

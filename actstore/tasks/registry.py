@@ -27,3 +27,10 @@ def get_task(spec: str | Task, template: str | None = None) -> Task:
     if spec not in BUILTIN:
         raise InputError(f"--task {spec!r}: not a task; choose one of {', '.join(task_names())}")
     return BUILTIN[spec]
+
+
+def relabel_message(task) -> str:
+    """The one line for `extract --task` of a task that relabels another's rows."""
+    return (f"--task {task.name} relabels {task.prompt_task}'s rows (the same prompt, the same activations): it needs "
+            f"no extraction of its own; extract {task.prompt_task} if the store lacks it, then run `actstore probe "
+            f"STORE --task {task.name}` and `actstore score STORE --task {task.name} ...`")
