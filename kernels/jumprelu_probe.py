@@ -38,6 +38,10 @@ What it compiles to on Hopper is checked without a GPU (`benchmarks/kernel_stati
 - offsets: what can pass 2^31 is formed once per program in 64 bits; per-tile offsets stay 32-bit
   (`check_offsets`).
 
+This module is long (about 460 lines) because it holds one fused op whole, as STYLE.md asks of kernels/<op>.py:
+the Triton kernel, its launcher (checks, class blocks, overflow retry, split join) and the fp32 torch reference
+that the tests and benchmarks import beside it.
+
 `jumprelu_probe` is the launcher; `jumprelu_probe_reference` is the fp32 torch reference that tests and
 benchmarks compare against; `pack_group` concatenates SAEs into the kernel's layout.
 """

@@ -5,6 +5,7 @@ unless their top says why. Read from the source with `ast`; nothing is imported.
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +24,10 @@ actstore.cli.main` calls back into the entry point, so a command has one signal 
 
 
 def modules() -> dict[str, Path]:
+    """Every module of the package, actstore/kernels (a link to the repo root's kernels/) included."""
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    files = [Path(folder) / name for folder, _, names in os.walk(PACKAGE, followlinks=True) for name in names]
+    for path in sorted(f for f in files if f.suffix == ".py"):
         parts = list(path.relative_to(ROOT).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
