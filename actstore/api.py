@@ -16,6 +16,7 @@ there, so a rerun finds them scored. Scoring is the CLI's: the same parts, table
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -80,15 +81,15 @@ def score_saes(store: str | Path | StoreInfo, saes: Iterable[Any], task: str = "
     if unknown:
         raise TypeError(f"score_saes() got unknown options {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
     the_task = get_task(task)
-    specs = _sae_specs(saes, out)
+    specs = _sae_specs(saes, out, options.get("layer"))
     if train_probes:
         _train_missing_probes(path, the_task, log or (lambda line: None))
     cfg = ScoreCommandConfig(store=str(path), saes=specs, out=str(out), task=task, **options)
     run_score(cfg, progress=progress, log=log or (lambda line: None))
-    return Results(out)
+    return Results(out, the_task.name)
 
 
-def _sae_specs(saes: Iterable[Any], out: Path) -> list[str]:
+def _sae_specs(saes: Iterable[Any], out: Path, layer: int | None = None) -> list[str]:
     """Paths and names as given; sae-lens SAE objects saved under OUT/sae_lens/NAME once (same weights: same
     folder content, so a rerun scores nothing again)."""
     items = list(saes.items()) if isinstance(saes, dict) else [(None, s) for s in saes]
@@ -100,6 +101,11 @@ def _sae_specs(saes: Iterable[Any], out: Path) -> list[str]:
         if not hasattr(sae, "save_model") or not hasattr(sae, "cfg"):
             raise InputError(f"saes[{i}] is a {type(sae).__name__}; expected a path, a catalog name or a sae-lens SAE")
         name = name or _sae_name(sae, i)
+        hook = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None) or ""
+        if layer is None and not re.search(r"(?:^|\.)(?:blocks|layers)\.\d+\.", hook):
+            raise InputError(f"sae-lens SAE {name}: its layer is unknown (its cfg.metadata.hook_name is "
+                             f"{hook!r}); pass layer=N to score_saes, or set the hook name "
+                             f"(blocks.N.hook_resid_post)")
         folder = out / "sae_lens" / name
         _save_if_changed(sae, folder)
         specs.append(str(folder))
@@ -147,9 +153,11 @@ def _train_missing_probes(path: Path, task, log) -> None:
 
 @dataclass(frozen=True)
 class Results:
-    """A results folder of `actstore score` (one or several tasks), its tables as pandas DataFrames."""
+    """A results folder of `actstore score` (one or several tasks), its tables as pandas DataFrames: those of
+    `task` only when it is given (what `score_saes` returns), else of every task in the folder."""
 
     path: Path
+    task: str | None = None
 
     def __post_init__(self):
         if not (Path(self.path) / "saes.parquet").is_file():
@@ -162,7 +170,7 @@ class Results:
 
         from actstore.run.results import read_saes
 
-        return pd.DataFrame(read_saes(Path(self.path)))
+        return self._only(pd.DataFrame(read_saes(Path(self.path))))
 
     @property
     def classes(self):
@@ -171,7 +179,7 @@ class Results:
 
         from actstore.run.results import read_classes
 
-        return pd.DataFrame(read_classes(Path(self.path)))
+        return self._only(pd.DataFrame(read_classes(Path(self.path))))
 
     @property
     def tokens(self):
@@ -179,12 +187,21 @@ class Results:
         import pandas as pd
 
         path = Path(self.path) / "tokens.parquet"
-        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        frame = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        if "task" not in frame and len(frame):
+            frame["task"] = "first_letter"  # a folder written before tasks
+        return self._only(frame)
+
+    def _only(self, frame):
+        """The rows of this Results' task (all rows when it has none)."""
+        if self.task is None or not len(frame):
+            return frame
+        return frame[frame["task"] == self.task].reset_index(drop=True)
 
     @property
     def tasks(self) -> list[str]:
-        """The tasks this folder holds results for."""
-        return sorted(self.saes["task"].unique())
+        """The tasks this folder holds results for (all of them, whatever `task` selects)."""
+        return sorted(Results(self.path).saes["task"].unique())
 
     def report(self) -> Path:
         """Write the HTML report (RESULTS/report); returns report.html's path."""
@@ -205,6 +222,7 @@ class Results:
         return html
 
 
-def load_results(path: str | Path) -> Results:
-    """The tables of an existing results folder."""
-    return Results(Path(path))
+def load_results(path: str | Path, task: str | None = None) -> Results:
+    """The tables of an existing results folder: of one task (its name, e.g. first_letter or labels:vowels), or
+    of every task when None."""
+    return Results(Path(path), task)

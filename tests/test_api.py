@@ -92,3 +92,34 @@ def test_bad_input_is_one_clear_error(demo_out):
         actstore.score_saes("demo_out/store.zarr", [3.5])
     with pytest.raises(actstore.InputError, match="not a task"):
         actstore.score_saes("demo_out/store.zarr", ["demo_out/saes"], task="second_letter")
+
+
+def test_results_hold_the_scored_task_and_a_layerless_sae_lens_sae_is_refused(demo_out, tmp_path):
+    """score_saes returns its task's rows though the folder holds another task's; a sae-lens SAE whose hook
+    name has no layer is one InputError naming layer=, before any work."""
+    import csv
+
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    labels = tmp_path / "halves.csv"
+    with open(labels, "w", newline="") as f:
+        csv.writer(f).writerows([("token", "class")] + [(f"{chr(97 + c)}{i:04d}", "early" if c < 13 else "late")
+                                                        for i, c in enumerate(np.arange(2080) % 26)])
+    common = dict(out=demo_out / "results", bootstrap=0, device="cpu", local=True, progress=False)
+    first = actstore.score_saes("demo_out/store.zarr", ["demo_out/saes"], task="first_letter", **common)
+    second = actstore.score_saes("demo_out/store.zarr", ["demo_out/saes"], task=f"labels:{labels}", **common)
+    assert set(first.saes["task"]) == {"first_letter"} and set(second.saes["task"]) == {"labels:halves"}
+    assert set(second.classes["class"]) <= {"early", "late"} and len(first.classes) > len(second.classes)
+    assert first.tasks == second.tasks == ["first_letter", "labels:halves"]
+    assert len(actstore.load_results(demo_out / "results").saes) == 6
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=64, d_sae=16, dtype="float32", device="cpu"))
+    with pytest.raises(actstore.InputError, match=r"its layer is unknown .*pass layer=N to score_saes"):
+        actstore.score_saes("demo_out/store.zarr", {"nolayer": sae}, out=tmp_path / "r", train_probes=False)
+    assert not (tmp_path / "r" / "sae_lens").exists()
+
+
+def test_a_label_file_the_store_does_not_hold_is_one_line(demo_out, tmp_path):
+    labels = tmp_path / "absent.csv"
+    labels.write_text('token,class\n" zzzz",a\n" qqqq",b\n')
+    with pytest.raises(actstore.InputError, match=r"labels 0 of the 2080 rows .* in 0 classes \(none\)"):
+        actstore.score_saes("demo_out/store.zarr", ["demo_out/saes"], task=f"labels:{labels}", out=tmp_path / "r")

@@ -198,7 +198,7 @@ def layer_guidance(store, layer: int, probe: Probe | None = None, min_f1: float 
     labels, split = rows.labels, rows.split
     where = store.group_attrs(rows.group).get("extract") or store.spec.extra
     line = (f"warning: layer {layer}: {len(passing)} of {task.n_classes} classes of {task.name} reach probe test F1 {min_f1} "
-            f"(SAEBench wants at least {task.min_evaluated}); the store has {len(labels):,} vocabulary rows")
+            f"({'SAEBench wants' if task.saebench_eval else 'the task needs'} at least {task.min_evaluated}); the store has {len(labels):,} vocabulary rows")
     need, available = rows_needed(labels, split, passing, task.min_evaluated, task.n_classes), where.get("vocab_alphabetic")
     if task.relabels:
         available = None  # a relabel task holds some of its group's rows: the tokenizer's count is not its own

@@ -69,7 +69,7 @@ class _TaskGroupsMixin:
 def extract_command(store: ActivationStore, task: Task) -> str:
     """The command that adds a task's rows to a store (the store's model and layers, the task's prompt)."""
     args = ["actstore", "extract", "--model", store.spec.model, "--layers", ",".join(map(str, store.layers)),
-            "--out", str(store.path), "--task", task.prompt_task if task.relabels else task.name]
+            "--out", str(store.path), "--task", task.prompt_task if task.relabels else (task.spec or task.name)]
     if task.name.startswith("labels:") and not task.relabels:
         args += ["--template", task.template]
     return shlex.join(args)

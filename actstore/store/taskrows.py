@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from actstore.errors import InputError
 from actstore.tasks.base import Task
 from actstore.tasks.builtin import FIRST_LETTER_TASK
 
@@ -39,6 +40,13 @@ def task_rows(store, task: Task = FIRST_LETTER_TASK) -> TaskRows:
         return TaskRows(group, None, np.asarray(store.column(group, "label")).astype(np.int64), split)
     labels = [task.label(str(text)) for text in store.column(group, "text")]
     index = np.array([i for i, label in enumerate(labels) if label is not None], dtype=np.int64)
+    found = sorted({labels[i] for i in index})
+    if len(found) < 2:
+        held = ", ".join(task.classes[c] for c in found) or "none"
+        raise InputError(f"task {task.name} labels {len(index)} of the {len(labels)} rows of {store.path}'s group "
+                         f"{group}, in {len(found)} class{'' if len(found) == 1 else 'es'} ({held}); probes and "
+                         f"absorption need rows of at least 2 classes: label tokens the store holds (`actstore "
+                         f"info`), or extract a store whose vocabulary holds yours")
     return TaskRows(group, index, np.array([labels[i] for i in index], dtype=np.int64), split[index])
 
 

@@ -45,6 +45,8 @@ class Task:
     """SAEBench's eval name for this task, when it has one (its JSON output is written only then)."""
     digest: str = ""
     """Content identity of a task defined by a file (labels:FILE): the file's sha256; empty for built-ins."""
+    spec: str = ""
+    """What `--task` takes to rebuild the task when it differs from its name (labels:/abs/path/FILE.csv)."""
 
     def __post_init__(self):
         if not MIN_CLASSES <= len(self.classes) <= MAX_CLASSES:

@@ -35,6 +35,9 @@ def read_labels(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"--task {PREFIX}{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise InputError(f"--task {PREFIX}{path}: the file is empty; expected a CSV (header token,class) or JSONL "
+                         f"(one {{\"token\": ..., \"class\": ...}} per line) labeling at least 2 classes")
     rows: list[tuple[int, dict]] = []
     if path.suffix.lower() == ".jsonl":
         for n, line in enumerate(text.splitlines(), 1):
@@ -81,4 +84,4 @@ def labels_task(path: str | Path, template: str | None = None) -> Task:
                 answers=classes,
                 prompt_task=name if template is not None else FIRST_LETTER,
                 min_evaluated=2, description=f"labels from {path}",
-                digest=hashlib.sha256(path.read_bytes()).hexdigest())
+                digest=hashlib.sha256(path.read_bytes()).hexdigest(), spec=f"{PREFIX}{path.resolve()}")
