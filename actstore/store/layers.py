@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from actstore.store.taskrows import TaskRows, context_labels, task_rows  # noqa: F401 - TaskRows: re-exported
+from actstore.store.taskrows import context_labels, task_rows
 from actstore.tasks.base import Task
 from actstore.tasks.builtin import FIRST_LETTER_TASK
-
 
 
 @dataclass

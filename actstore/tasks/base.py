@@ -76,11 +76,6 @@ class Task:
         """The store group holding this task's vocabulary rows."""
         return vocab_group(self.prompt_task)
 
-    @property
-    def probe_prefix(self) -> str:
-        """Where the store keeps this task's probes: probes/layer_LL (first_letter) or probes/<key>/layer_LL."""
-        return "probes" if self.name == FIRST_LETTER else f"probes/{self.key}"
-
     def example_line(self, word: str, label: int) -> str:
         """One line of the prompt's examples: the query line and the answer ("cat has the first letter: C")."""
         return f"{self.template.format(word=word)} {self.answers[label]}"

@@ -26,13 +26,15 @@ from actstore.tasks.builtin import FIRST_LETTER_TASK
 PREFIX = "labels:"
 
 
-def read_labels(path: Path) -> dict[str, str]:
-    """token text -> class name, from a .csv (header `token,class`) or .jsonl file."""
+def read_labels(path: Path) -> tuple[dict[str, str], str]:
+    """token text -> class name, from a .csv (header `token,class`) or .jsonl file, and the sha256 of the bytes
+    read (one read: the identity is that of the labels used)."""
     if not path.is_file():
         raise InputError(f"--task {PREFIX}{path}: no such file; give a CSV (header token,class) or a JSONL file "
                          f"(one {{\"token\": ..., \"class\": ...}} per line)")
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"--task {PREFIX}{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not text.strip():
@@ -65,13 +67,13 @@ def read_labels(path: Path) -> dict[str, str]:
     classes = set(labels.values())
     if not 2 <= len(classes) <= MAX_CLASSES:
         raise InputError(f"--task {PREFIX}{path}: {len(classes)} distinct classes; a task needs 2 to {MAX_CLASSES}")
-    return labels
+    return labels, hashlib.sha256(data).hexdigest()
 
 
 def labels_task(path: str | Path, template: str | None = None) -> Task:
     """The task of a label file; with `template` it has its own prompt, else it relabels first_letter's rows."""
     path = Path(path).expanduser()
-    table = read_labels(path)
+    table, digest = read_labels(path)
     classes = tuple(sorted(set(table.values())))
     index = {c: i for i, c in enumerate(classes)}
     by_token = {token: index[cls] for token, cls in table.items()}
@@ -84,4 +86,4 @@ def labels_task(path: str | Path, template: str | None = None) -> Task:
                 answers=classes,
                 prompt_task=name if template is not None else FIRST_LETTER,
                 min_evaluated=2, description=f"labels from {path}",
-                digest=hashlib.sha256(path.read_bytes()).hexdigest(), spec=f"{PREFIX}{path.resolve()}")
+                digest=digest, spec=f"{PREFIX}{path.resolve()}")

@@ -21,11 +21,11 @@ def get_task(spec: str | Task, template: str | None = None) -> Task:
         return spec
     if spec.startswith(PREFIX):
         return labels_task(spec[len(PREFIX):], template)
-    if template is not None:
-        raise InputError(f"--template gives a labels:FILE task its prompt; {spec} has its own "
-                         f"({BUILTIN[spec].template!r})" if spec in BUILTIN else f"--task {spec}: unknown")
     if spec not in BUILTIN:
         raise InputError(f"--task {spec!r}: not a task; choose one of {', '.join(task_names())}")
+    if template is not None:
+        raise InputError(f"--template gives a labels:FILE task its prompt; {spec} has its own "
+                         f"({BUILTIN[spec].template!r})")
     return BUILTIN[spec]
 
 
