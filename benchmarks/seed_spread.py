@@ -85,7 +85,7 @@ def main() -> int:
             keep = {k: s[k] for k in ("mean_absorption_fraction_seed_mean", "mean_absorption_fraction_seed_std",
                                       "mean_absorption_fraction_seed_range", "mean_full_absorption_seed_mean",
                                       "mean_full_absorption_seed_std", "mean_full_absorption_seed_range",
-                                      "mean_main_latents_agreement", "letters_evaluated")}
+                                      "mean_main_latents_agreement", "classes_evaluated")}
             result["saes"][name][solver] = keep
             print(f"{name:>18s} {solver:>10s} {keep['mean_absorption_fraction_seed_mean']:10.3f} "
                   f"{keep['mean_absorption_fraction_seed_std']:7.3f} {keep['mean_absorption_fraction_seed_range']:7.3f} "

@@ -111,6 +111,9 @@ def test_results_hold_the_scored_task_and_a_layerless_sae_lens_sae_is_refused(de
     assert set(first.saes["task"]) == {"first_letter"} and set(second.saes["task"]) == {"labels:halves"}
     assert set(second.classes["class"]) <= {"early", "late"} and len(first.classes) > len(second.classes)
     assert first.tasks == second.tasks == ["first_letter", "labels:halves"]
+    # letter-named aliases on first_letter's rows only, as the `letter` column
+    assert (first.saes["letters_evaluated"] == first.saes["classes_evaluated"]).all()
+    assert second.saes["letters_evaluated"].isna().all() and (second.saes["classes_evaluated"] >= 2).all()
     assert len(actstore.load_results(demo_out / "results").saes) == 6
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=64, d_sae=16, dtype="float32", device="cpu"))
     with pytest.raises(actstore.InputError, match=r"its layer is unknown .*pass layer=N to score_saes"):

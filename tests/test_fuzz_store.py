@@ -120,7 +120,7 @@ def test_clean_store_verifies_and_old_markers_read_the_same(clean, store, tmp_pa
         assert run(command("score", path, clean))[0] == 0
         summaries.append(json.loads(next((path.parent / "results" / "parts").glob("*.json")).read_text())["summary"])
         shutil.rmtree(path.parent / "results")
-    assert summaries[0]["status"] == "ok" and summaries[0]["letters_evaluated"] == 26
+    assert summaries[0]["status"] == "ok" and summaries[0]["classes_evaluated"] == 26
     numbers = [{k: v for k, v in s.items() if isinstance(v, float)} for s in summaries]
     assert numbers[0] == numbers[1] and len(numbers[0]) > 10
 

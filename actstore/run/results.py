@@ -77,6 +77,26 @@ def class_row(task: str, row: dict) -> dict:
     return out
 
 
+SUMMARY_ALIASES = {"classes_evaluated": "letters_evaluated",
+                   "classes_main_latents_all_agree": "letters_main_latents_all_agree"}
+"""summary columns -> the names results written before tasks gave them: kept beside them on first_letter's rows
+(as `letter` beside `class`), and read from a part written before tasks"""
+
+
+def sae_row(task: str, row: dict) -> dict:
+    """An SAE's summary row as saes.parquet holds it: the class-named columns, and on first_letter's rows their
+    letter-named aliases too."""
+    out = dict(row)
+    for name, alias in SUMMARY_ALIASES.items():
+        if name not in out and alias in out:  # a part written before tasks
+            out[name] = out[alias]
+        if task == FIRST_LETTER and name in out:
+            out[alias] = out[name]
+        else:
+            out.pop(alias, None)
+    return out
+
+
 def read_saes(out: Path) -> list[dict]:
     """saes.parquet's rows, each with its `task` (first_letter in a folder written before tasks)."""
     import pyarrow.parquet as pq
@@ -191,8 +211,8 @@ def write_tables(out: Path) -> tuple[int, int]:
     read = [(path, read_part(path)) for path in sorted((out / "parts").glob("*.json"))]
     read = [(path, part) for path, part in read if part is not None]  # a torn part is scored again
     parts = [part for _, part in read]
-    saes = [{**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")}, "task": part_task(p),
-             **p["summary"]} for p in parts]
+    saes = [sae_row(part_task(p), {**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")},
+                                   "task": part_task(p), **p["summary"]}) for p in parts]
     classes = [class_row(part_task(p), {"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"],
                                          "layer": p["layer"], **row}) for p in parts for row in part_classes(p)]
 

@@ -43,11 +43,6 @@ from actstore.score.nulls import make_null, null_columns
 from actstore.score.probes import Probe
 from actstore.score.sparse import SparseActs, top_tokens
 
-SUMMARY_ALIASES = {"classes_evaluated": "letters_evaluated",
-                   "classes_main_latents_all_agree": "letters_main_latents_all_agree"}
-"""summary columns -> the names results written before tasks gave them, kept beside them for old readers"""
-
-
 class SAEScore(NamedTuple):
     classes: list[dict]
     """One row per evaluated class ("class": its name, task.classes[c])."""
@@ -159,9 +154,6 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         summary["l0_text"] = text_l0(sae, scale, data, cfg, backend)
     if cfg.nulls:
         summary.update(_null_columns(sae, data, probe, cfg, acts, summary))
-    for name, alias in SUMMARY_ALIASES.items():
-        if name in summary:
-            summary[alias] = summary[name]
     if not cfg.records:
         return SAEScore(rows, summary)
     records = runs[0].records
