@@ -1,5 +1,5 @@
 """The SAEs a score command names, found without reading any weights: folders of params.npz (Gemma Scope's
-layout), params.npz files, saved sae-lens folders, catalog names, @FILE lists; each becomes an SAESource with a
+layout), params.npz files, saved sae-lens folders (one, or a folder of them), catalog names, @FILE lists; each becomes an SAESource with a
 stable key (what RESULTS is keyed by), a content fingerprint and a loader.
 
     select_saes(cfg) -> [SAESource]          --saes, @lists and --release, filtered by --layers / --widths
@@ -71,14 +71,16 @@ def resolve_saes(specs: list[str], layer: int | None = None, notes: list[str] | 
             start = max((i for i, p in enumerate(parts) if p.startswith("layer_")), default=len(parts) - 1)
             found, root = [("/".join(parts[start:]), path)], Path(*parts[:start])
         elif path.is_dir() and (path / "cfg.json").exists():
-            out.append(SAESource(str(path.resolve()), path.resolve().parent.name, path.name,
-                                 lambda d_model, device, dtype, p=path: _checked(saes.load_sae_lens_dir(p, dtype, device), d_model),
-                                 layer, fingerprint(path),
-                                 nbytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file())))
+            out.append(_sae_lens_source(path, layer))
             continue
         elif path.is_dir():
             skipped: list = []
             found, root = saes.local_saes(path, skipped), path
+            try:
+                saved = sorted(p for p in path.iterdir() if p.is_dir() and (p / "cfg.json").is_file())
+            except OSError:  # an unreadable folder: local_saes has noted it
+                saved = []
+            out += [_sae_lens_source(p, layer) for p in saved]  # a folder of saved sae-lens folders, one level
             for where, why, sae_id in skipped:
                 if sae_id is None:
                     notes.append(f"not searched under {spec}: {where} is {why}")
@@ -88,9 +90,13 @@ def resolve_saes(specs: list[str], layer: int | None = None, notes: list[str] | 
                                      lambda d_model, device, dtype, where=where, why=why:
                                      _fail(f"SAE {where}: {why}"),
                                      id_layer if id_layer is not None else layer, "", l0=l0))
-            if not found and not skipped:
-                raise MissingFile(f"{path} holds no params.npz files (expected Gemma Scope's layout: "
-                                  f"layer_12/width_16k/average_l0_82/params.npz)")
+            if not found and not skipped and not saved:
+                bare = " (it has sae_weights.safetensors but no cfg.json: an sae-lens folder needs both)" \
+                    if (path / "sae_weights.safetensors").exists() else ""
+                raise MissingFile(f"{path} holds no params.npz files and no saved sae-lens folders{bare}; expected "
+                                  f"Gemma Scope's layout (layer_12/width_16k/average_l0_82/params.npz) or folders "
+                                  f"written by sae-lens's save_model or save_inference_model (cfg.json and "
+                                  f"sae_weights.safetensors)")
         elif spec.partition("/")[0] not in saes.releases():  # a path that is not there: that SAE fails alone
             def missing(d_model, device, dtype, spec=spec):
                 hint = "" if spec.startswith(("/", ".")) or spec.endswith(".npz") else \
@@ -120,6 +126,15 @@ def resolve_saes(specs: list[str], layer: int | None = None, notes: list[str] | 
                                  npz.stat().st_size, l0))
     unique = {s.key: s for s in reversed(out)}  # the same SAE named twice is scored once, first naming kept
     return [s for s in out if unique.get(s.key) is s]
+
+
+def _sae_lens_source(path: Path, layer: int | None) -> SAESource:
+    """A folder sae-lens saved (save_model or save_inference_model), loaded when scored."""
+    from actstore.saes import loading as saes
+
+    return SAESource(str(path.resolve()), path.resolve().parent.name, path.name,
+                     lambda d_model, device, dtype, p=path: _checked(saes.load_sae_lens_dir(p, dtype, device), d_model),
+                     layer, fingerprint(path), nbytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()))
 
 
 def _fail(message: str):

@@ -4,19 +4,19 @@ Sources:
 - the Gemma Scope catalog, read once from sae-lens's `pretrained_saes.yaml` (`gemma_scope_catalog`);
   an entry loads from a Hugging Face cache's `params.npz` when present, else through sae-lens;
 - a local directory of `params.npz` files laid out like Gemma Scope (`local_saes`);
-- sae-lens SAE objects and saved sae-lens directories (`from_sae_lens`, `load_sae_lens_dir`).
+- sae-lens SAE objects and saved sae-lens directories (`from_sae_lens`, `load_sae_lens_dir`; `saelens.py`): standard
+  ReLU, TopK, BatchTopK, JumpReLU and Matryoshka BatchTopK, inference or training classes.
 
-Architectures come from a registry (`ENCODERS`): JumpReLU, ReLU and TopK. A bad file (missing keys,
-wrong shapes, NaN or inf, a d_model that is not the store's) raises SAEError naming that SAE only.
+Each becomes an `SAEWeights` (`weights.py`), whose encoder comes from a registry (`ENCODERS`): JumpReLU, ReLU and
+TopK (BatchTopK and Matryoshka BatchTopK load as JumpReLU, as sae-lens saves them for inference). A bad file
+(missing keys, wrong shapes, NaN or inf, a d_model that is not the store's) raises SAEError naming that SAE only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,83 +24,10 @@ import numpy as np
 import torch
 
 from actstore.errors import InputError, MissingFile, MissingKey
-from actstore.score.metrics import jumprelu
+from actstore.saes.weights import SAEError, SAEWeights
 
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 WIDTH_SUFFIX = {"k": 1000, "m": 1000 * 1000}
-
-
-class SAEError(InputError):
-    """One SAE cannot be used; the message names it and says what to do. Other SAEs are unaffected."""
-
-
-@dataclass
-class SAEWeights:
-    """One SAE, its weights already in their final dtype and device."""
-
-    id: str
-    w_enc: torch.Tensor
-    """(d_model, width)"""
-    b_enc: torch.Tensor
-    """(width,)"""
-    w_dec: torch.Tensor
-    """(width, d_model)"""
-    b_dec: torch.Tensor
-    """(d_model,)"""
-    architecture: str = "jumprelu"
-    """A key of ENCODERS."""
-    threshold: torch.Tensor | None = None
-    """(width,) JumpReLU thresholds."""
-    k: int | None = None
-    """TopK's k."""
-    layer: int | None = None
-    hook: str = "resid_post"
-    l0: float | None = None
-    """The L0 the release reports (Gemma Scope's average_l0)."""
-    apply_b_dec_to_input: bool = False
-    """Subtract b_dec before encoding (sae-lens's option; Gemma Scope does not)."""
-
-    @property
-    def width(self) -> int:
-        return self.w_enc.shape[1]
-
-    @property
-    def d_model(self) -> int:
-        return self.w_enc.shape[0]
-
-    def latents(self, lo: int, hi: int) -> SAEWeights:
-        """The SAE restricted to latents lo:hi (views, no copy). TopK has no meaning restricted (its k-th
-        largest is over the whole row), so for TopK only the whole range is allowed."""
-        return self if (lo, hi) == (0, self.width) else self._restricted(slice(lo, hi))
-
-    def select(self, latents: torch.Tensor) -> SAEWeights:
-        """The SAE restricted to the given latent ids (copies of those columns only)."""
-        return self._restricted(latents)
-
-    def _restricted(self, which) -> SAEWeights:
-        if self.architecture == "topk":
-            raise ValueError(f"SAE {self.id}: a TopK SAE encodes whole rows; it cannot be restricted to some latents")
-        return dataclasses.replace(self, w_enc=self.w_enc[:, which], b_enc=self.b_enc[which], w_dec=self.w_dec[which],
-                                   threshold=None if self.threshold is None else self.threshold[which])
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, d_model) -> (N, width) latent activations."""
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return ENCODERS[self.architecture](self, x)
-
-
-def _topk(sae: SAEWeights, x: torch.Tensor) -> torch.Tensor:
-    pre = x @ sae.w_enc + sae.b_enc
-    values, indices = pre.topk(sae.k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, indices, values.relu())
-
-
-ENCODERS: dict[str, Callable[[SAEWeights, torch.Tensor], torch.Tensor]] = {
-    "jumprelu": lambda sae, x: jumprelu(x, sae.w_enc, sae.b_enc, sae.threshold),
-    "relu": lambda sae, x: torch.relu(x @ sae.w_enc + sae.b_enc),
-    "topk": _topk,
-}
 
 
 # ---------------------------------------------------------------------------- params.npz (Gemma Scope)
@@ -341,34 +268,14 @@ def layer_and_l0_from_id(sae_id: str) -> tuple[int | None, float | None]:
 
 def from_sae_lens(sae, sae_id: str | None = None, dtype: torch.dtype = torch.float32,
                   device: str = "cpu") -> SAEWeights:
-    """An sae-lens SAE object (JumpReLU, Standard or TopK) as SAEWeights."""
-    kind = type(sae).__name__
-    architecture = {"JumpReLUSAE": "jumprelu", "StandardSAE": "relu", "TopKSAE": "topk"}.get(kind)
-    if architecture is None:
-        raise SAEError(f"SAE {sae_id or kind}: sae-lens class {kind} is not supported; supported: JumpReLUSAE, "
-                       f"StandardSAE, TopKSAE")
-    if architecture == "topk" and getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
-        raise SAEError(f"SAE {sae_id or kind}: TopK with rescale_acts_by_decoder_norm is not supported")
+    """An sae-lens SAE object, inference or training class, as SAEWeights (`actstore.saes.saelens`)."""
+    from actstore.saes import saelens
 
-    def move(t):
-        return None if t is None else t.detach().to(device=device, dtype=dtype)
-
-    metadata = getattr(sae.cfg, "metadata", None)
-    hook = getattr(metadata, "hook_name", None) or ""
-    layer = re.search(r"blocks\.(\d+)\.", hook)
-    return SAEWeights(
-        sae_id or getattr(metadata, "sae_lens_id", None) or kind, move(sae.W_enc), move(sae.b_enc), move(sae.W_dec),
-        move(sae.b_dec), architecture, move(getattr(sae, "threshold", None)) if architecture == "jumprelu" else None,
-        k=getattr(sae.cfg, "k", None) if architecture == "topk" else None,
-        layer=int(layer[1]) if layer else None, apply_b_dec_to_input=bool(sae.cfg.apply_b_dec_to_input))
+    return saelens.from_sae_lens(sae, sae_id, dtype, device)
 
 
 def load_sae_lens_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> SAEWeights:
-    """A directory saved by sae-lens (`sae.save_model(path)`)."""
-    from sae_lens import SAE
+    """A folder saved by sae-lens (`save_model`, `save_inference_model`) as SAEWeights (`actstore.saes.saelens`)."""
+    from actstore.saes import saelens
 
-    try:
-        sae = SAE.load_from_disk(str(path), device=device)
-    except Exception as err:
-        raise SAEError(f"SAE {path}: not a saved sae-lens directory ({type(err).__name__}: {err})") from err
-    return from_sae_lens(sae, Path(path).name, dtype=dtype, device=device)
+    return saelens.load_sae_lens_dir(path, dtype, device)
