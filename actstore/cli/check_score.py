@@ -43,9 +43,10 @@ def score(cfg) -> None:
     _score_against_store(cfg)
 
 
-BOOTSTRAP_BYTES = (16, 72)
-"""bytes per bootstrap replicate, per token of the largest class and per class (measured: score/intervals.py holds
-two (replicates, tokens) arrays of one class at a time and a few (replicates, classes) ones; NOTES.md)"""
+BOOTSTRAP_BYTES = (24, 112)
+"""bytes per bootstrap replicate, per token of the largest class and per class (measured, issue 22:
+score/intervals.py holds one class's token draws and their gathered values at a time, at most 2^22 of them, and
+a dozen (replicates, classes) arrays; an upper bound, NOTES.md)"""
 
 
 def _score_against_store(cfg) -> None:

@@ -96,6 +96,45 @@ def choose_split_k(f1_by_k: list[float], min_gain: float = SPLIT_MIN_F1_GAIN) ->
     return kept
 
 
+class TopK(NamedTuple):
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+def stable_top_k(x: torch.Tensor, k: int, dim: int = -1) -> TopK:
+    """The k largest entries of x along `dim`, largest first, equal values in increasing index order (the
+    lowest index wins a tie): (values, indices) as `torch.topk`'s, each of x's shape with min(k, size) along
+    `dim`.
+
+    `torch.topk` leaves the order of equal values to the implementation, and CPU and CUDA differ (on the CPU
+    the top 5 of a column of zeros but for x[5] = 2 come as [5, 1, 3, 4, 0]); this rule is the same on every
+    device. A full `torch.sort(stable=True)` would give it too, at 40x topk's time on a 131072 x 130 weight
+    matrix; here topk finds the k-th largest value v and the entries above it, a second topk the lowest
+    indices holding v, and only those k are sorted (by index, then stably by value, descending: torch
+    documents `stable` as keeping the order of equal elements, on every device). x must hold no NaN
+    (ValueError)."""
+    moved = x.movedim(dim, -1).contiguous()  # (..., n), rows contiguous: topk and the passes below are faster
+    n = moved.shape[-1]
+    k = min(k, n)
+    if k == 0:
+        empty = moved[..., :0]
+        return TopK(empty.movedim(-1, dim), torch.zeros_like(empty, dtype=torch.int64).movedim(-1, dim))
+    best = moved.topk(k, dim=-1)  # holds every entry above the k-th value, and any NaN (topk ranks it first)
+    if bool(torch.isnan(best.values).any()):
+        raise ValueError("stable_top_k: x holds NaN, which has no place in a ranking")
+    kth = best.values[..., -1:]  # (..., 1)
+    above = best.values > kth  # (..., k) topk's entries above the k-th value: all of them, in some order
+    need = k - above.sum(-1, keepdim=True)  # (..., 1) how many entries equal to the k-th value are taken
+    positions = torch.arange(n, device=x.device).expand_as(moved)
+    tied = torch.where(moved == kth, positions, n).topk(k, dim=-1, largest=False).values  # lowest first
+    index = torch.cat([torch.where(above, best.indices, n),
+                       torch.where(torch.arange(k, device=x.device) < need, tied, n)], dim=-1)  # (..., 2k)
+    index = index.sort(dim=-1).values[..., :k]  # the k taken (n marks the rest), increasing
+    values = moved.gather(-1, index)
+    order = values.sort(dim=-1, descending=True, stable=True).indices
+    return TopK(values.gather(-1, order).movedim(-1, dim), index.gather(-1, order).movedim(-1, dim))
+
+
 class AbsorptionTerms(NamedTuple):
     main: torch.Tensor
     """(N,) sum of proj_i over the main latents."""
@@ -108,8 +147,9 @@ class AbsorptionTerms(NamedTuple):
     main_max_act: torch.Tensor
     """(N,) the largest main-latent activation s_i (-inf without main latents)."""
     top_slots: torch.Tensor
-    """(N, top_k) int64: which columns of `acts` make up T, largest proj_i first; -1 where fewer than top_k
-    latents are eligible (the absorbing latents of each token)."""
+    """(N, top_k) int64: which columns of `acts` make up T, largest proj_i first (equal ones: the lowest column
+    first, `stable_top_k`); -1 where fewer than top_k latents are eligible (the absorbing latents of each
+    token)."""
     best_slot: torch.Tensor
     """(N,) int64: the column of the latent with the largest proj_i (the one `top_proj` and `top_cos` describe)."""
 
@@ -131,7 +171,7 @@ def absorption_terms(acts: torch.Tensor, cos: torch.Tensor, is_main: torch.Tenso
     candidates = torch.where(eligible & (proj > 0), proj, torch.zeros_like(proj))
     k = min(top_k, proj.shape[1])
     n = proj.shape[0]
-    picked = candidates.topk(k, dim=1) if k else None
+    picked = stable_top_k(candidates, k, dim=1) if k else None  # equal proj_i: the lowest column first
     top = picked.values.sum(dim=1) if k else torch.zeros(n, dtype=proj.dtype, device=proj.device)
     slots = torch.full((n, top_k), -1, dtype=torch.int64, device=proj.device)
     if k:  # a slot counts only where its candidate is positive: zeros are not absorbers

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import torch
 
+from actstore.score.metrics import stable_top_k
+
 
 class SparseActs(NamedTuple):
     """Sparse SAE activations in CSR form: row r's active latents are index[offsets[r]:offsets[r + 1]]."""
@@ -90,13 +92,13 @@ def transposed_csr(acts: SparseActs) -> torch.Tensor:
 
 def top_tokens(acts: SparseActs, latents: list[int], n: int, chunk: int = 512) -> dict[int, list[tuple[int, float]]]:
     """For each latent, the n vocabulary rows on which it is most active: [(row, activation), ...] (rows where
-    it is silent left out). `chunk` latents at a time: N x chunk floats of memory however many absorb."""
+    it is silent left out; equal activations: the lowest row first, `metrics.stable_top_k`). `chunk` latents at a
+    time: N x chunk floats of memory however many absorb."""
     out = {}
     for lo in range(0, len(latents), chunk):
         block = latents[lo:lo + chunk]
         dense = acts.dense_columns(torch.tensor(block, device=acts.index.device))  # (N, chunk)
-        best = dense.topk(min(n, dense.shape[0]), dim=0)
+        values, rows = stable_top_k(dense, n, dim=0)  # equal activations: the lowest row first
         for j, latent in enumerate(block):
-            out[latent] = [(int(r), float(v)) for r, v in zip(best.indices[:, j].tolist(), best.values[:, j].tolist())
-                           if v > 0]
+            out[latent] = [(int(r), float(v)) for r, v in zip(rows[:, j].tolist(), values[:, j].tolist()) if v > 0]
     return out
