@@ -81,17 +81,18 @@ def test_report_names_an_sae_that_is_not_there(tmp_path):
         write_report(one, sae="nope")
 
 
-def test_figures_against_l0_draw_each_saes_interval_and_its_null_band():
+def test_figures_against_l0_draw_each_saes_interval_its_null_band_and_its_chance_level():
     from matplotlib.collections import LineCollection, PolyCollection
 
     from actstore.report.pages import panels_figure
 
     rows = [{"layer": 3, "width": 16384, "l0": l0, "l0_source": "release", "mean_absorption_fraction": y,
              "mean_absorption_fraction_ci_low": y - 0.02 * (i + 1), "mean_absorption_fraction_ci_high": y + 0.01,
-             "null_random_decoder_mean_absorption_fraction": 0.05 + i / 100,
-             "null_shuffled_firing_mean_absorption_fraction": 0.01}
+             "chance_random_decoder_mean_absorption_fraction": 0.05 + i / 100,
+             "null_shuffled_firing_mean_absorption_fraction": 0.01 + i / 200, "l1_solver": "converged", "seeds": 1}
             for i, (l0, y) in enumerate(((10.0, 0.3), (40.0, 0.2), (90.0, 0.25)))]
-    rows.append({"layer": 3, "width": 65536, "l0": 20.0, "l0_source": "release", "mean_absorption_fraction": 0.4})  # neither: a plain point
+    rows.append({"layer": 3, "width": 65536, "l0": 20.0, "l0_source": "release", "mean_absorption_fraction": 0.4,
+                 "l1_solver": "converged", "seeds": 1})  # neither: a plain point
     fig = panels_figure(rows, "mean_absorption_fraction", "absorption")
     ax = fig.axes[0]
     bars = [c for c in ax.collections if isinstance(c, LineCollection)]
@@ -101,10 +102,15 @@ def test_figures_against_l0_draw_each_saes_interval_and_its_null_band():
     band = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(band) == 1
     vertices = band[0].get_paths()[0].vertices
-    # the band spans each SAE's lowest to highest null: 0.01 to 0.05, 0.06, 0.07 at L0 10, 40, 90
-    for l0, low, high in ((10.0, 0.01, 0.05), (40.0, 0.01, 0.06), (90.0, 0.01, 0.07)):
+    # the band is the shuffled-firing null alone (0.01, 0.015, 0.02): the chance level is not a null
+    for l0, value in ((10.0, 0.01), (40.0, 0.015), (90.0, 0.02)):
         ys = sorted(y for x, y in vertices if x == l0)
-        assert abs(ys[0] - low) < 1e-12 and abs(ys[-1] - high) < 1e-12, (l0, ys)
+        assert abs(ys[0] - value) < 1e-12 and abs(ys[-1] - value) < 1e-12, (l0, ys)
+    chance = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(chance) == 1
+    assert chance[0].get_xydata().flatten().tolist() == pytest.approx([10, 0.05, 40, 0.06, 90, 0.07])
     labels = fig.legends[0].get_texts()
-    assert [t.get_text() for t in labels] == ["16k", "65k", "95% bootstrap interval", "null SAEs (lowest to highest)"]
+    assert [t.get_text() for t in labels] == ["16k", "65k", "95% bootstrap interval", "null SAE (shuffled firing)",
+                                              "chance level (random decoder)"]
+    assert fig._suptitle.get_text() == "absorption (L1 solver converged)"
     plt.close(fig)

@@ -338,10 +338,11 @@ def test_planted_classes_with_nulls_and_the_converged_solver():
         assert [r["split_latents"] for r in result.classes] == [[c] for c in range(40)]
     summary = nulled.summary
     assert summary["dead_latent_share_minus_null_shuffled_firing"] == 0.0
-    for kind in ("random_decoder", "shuffled_firing"):
-        null = summary[f"null_{kind}_mean_absorption_fraction"]
-        assert 0.0 <= null <= 1.0 and summary[f"mean_absorption_fraction_minus_null_{kind}"] == \
-            summary["mean_absorption_fraction"] - null
+    for prefix in ("chance_random_decoder_", "null_shuffled_firing_"):  # the random decoder is a chance level
+        assert 0.0 <= summary[prefix + "mean_absorption_fraction"] <= 1.0
+    assert summary["mean_absorption_fraction_minus_null_shuffled_firing"] == \
+        summary["mean_absorption_fraction"] - summary["null_shuffled_firing_mean_absorption_fraction"]
+    assert not any("random_decoder" in k and not k.startswith("chance_") for k in summary)  # no SAE minus chance
 
 
 def test_a_probe_of_another_task_is_refused():

@@ -305,7 +305,8 @@ def test_random_decoder_null_matches_width_and_l0(world):
 
 def test_every_metric_has_its_null_and_the_shuffled_null_fires_on_context_rows_where_its_source_does(world):
     """With context rows, each null carries every SAE-dependent metric of the summary (listed here by hand, not
-    read from the code) and the SAE's value minus it. The shuffled-firing null's latent j fires on a context token
+    read from the code), and the shuffled-firing null the SAE's value minus it (the random decoder is a chance
+    level: no difference). The shuffled-firing null's latent j fires on a context token
     where the SAE's latent perm^-1(j) does: its context precision and recall are recomputed here from the SAE's
     own encoding of the context rows; its dead-latent share is the SAE's (a renaming keeps every count)."""
     from actstore.score.metrics import precision_recall_f1
@@ -320,13 +321,18 @@ def test_every_metric_has_its_null_and_the_shuffled_null_fires_on_context_rows_w
                "mean_single_precision", "mean_single_recall", "mean_main_f1", "mean_main_precision",
                "mean_main_recall", "mean_context_single_precision", "mean_context_single_recall",
                "mean_context_main_precision", "mean_context_main_recall", "dead_latent_share"]
-    for kind in ("random_decoder", "shuffled_firing"):
-        nulled = {k[len(f"null_{kind}_"):] for k in scored.summary if k.startswith(f"null_{kind}_")}
-        assert nulled == set(metrics) | {"l0_vocab"}, kind
+    # the random decoder is a chance level (chance_*, with its gate share, no difference); shuffled firing a null
+    for kind, prefix, extra in (("random_decoder", "chance_random_decoder_", {"gate_share"}),
+                                ("shuffled_firing", "null_shuffled_firing_", set())):
+        nulled = {k[len(prefix):] for k in scored.summary if k.startswith(prefix)}
+        assert nulled == set(metrics) | {"l0_vocab"} | extra, kind
         for metric in metrics:
-            null_value = scored.summary[f"null_{kind}_{metric}"]
+            null_value = scored.summary[prefix + metric]
             assert null_value == null_value, (kind, metric)  # a number, not NaN
-            assert scored.summary[f"{metric}_minus_null_{kind}"] == scored.summary[metric] - null_value
+            if kind == "shuffled_firing":
+                assert scored.summary[f"{metric}_minus_null_{kind}"] == scored.summary[metric] - null_value
+    assert not any(k.endswith("_minus_null_random_decoder") or k.startswith("null_random_decoder_")
+                   for k in scored.summary)
     assert scored.summary["dead_latent_share_minus_null_shuffled_firing"] == 0.0
 
     acts = encode_sparse(data.x, sae, decoder_scale(sae))
@@ -380,6 +386,8 @@ def test_min_classes_fails_each_sae_alone_and_outputs_record_version_and_solver(
     assert {r["metric_version"] for r in letters} == {"saebench-0.3"}
     assert len(letters) == 26  # saebench-0.3: every letter with probe true positives, no F1 filter
     report = json.loads(next((out / "saebench").glob("*.json")).read_text())
-    assert set(report["eval_config"]) == SAEBENCH_EVAL_CONFIG
-    assert report["eval_config"]["min_GT_probe_f1"] == 0.6 and report["eval_config"]["min_feats_for_eval"] == 2
+    # saebench-0.3: v0.3.2's AbsorptionEvalConfig, which has no F1 filter and none of v0.6.0's last four fields
+    assert set(report["eval_config"]) == SAEBENCH_EVAL_CONFIG - {
+        "min_GT_probe_f1", "min_feats_for_eval", "eval_k_sparse_probe_batch_size", "precalc_k_sparse_probe_sae_acts"}
+    assert report["eval_result_unstructured"]["actstore"]["min_classes"] == 2
     assert report["eval_result_unstructured"]["actstore"]["metric_version"] == "saebench-0.3"

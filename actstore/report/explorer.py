@@ -183,6 +183,9 @@ def write_explorer(results: str | Path, out: str | Path | None = None) -> dict:
                       "l0": _round(sae["l0"], 1), "l0_source": sae["l0_source"],
                       "absorption": _round(sae["mean_absorption_fraction"]),
                       "full_absorption": _round(sae["mean_full_absorption"]),
+                      "l1_solver": sae.get("l1_solver"), "seeds": sae.get("seeds") or 1,
+                      "absorption_seed_range": _round(sae.get("mean_absorption_fraction_seed_range")),
+                      "absorption_chance": _round(sae.get("chance_random_decoder_mean_absorption_fraction")),
                       "classes": [r["class"] for r in payload["classes"]], "file": file,
                       "neuronpedia": neuronpedia_base(sae["release"], sae["sae_id"], sae["layer"])})
         for name, rows in payload["tokens"].items():

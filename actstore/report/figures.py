@@ -1,8 +1,8 @@
 """The report's figures (`actstore report`, pages.py): one function per figure, each drawing rows of
 saes.parquet (and the per-class table) with matplotlib and saving a PNG. pages.py lays them out with the tables.
 
-    panels_figure(scored, key, label)   a metric against L0: a panel per layer, a line per width, intervals and
-                                        null bands where the rows carry them
+    panels_figure(scored, key, label)   a metric against L0: a panel per layer, a line per width, intervals,
+                                        null bands and chance levels where the rows carry them
     f1_by_layer, absorption_per_class, precision_recall, layer_width_heatmap
                                         the other figures (pages.py names their files)
 """
@@ -77,10 +77,26 @@ def _save(fig, path: Path) -> None:
 
 
 def null_band(row: dict, key: str) -> tuple[float, float] | None:
-    """(lowest, highest) of the row's null values of `key` (`null_<kind>_<key>` columns: random decoder,
-    shuffled firing), or None when it has none."""
+    """(lowest, highest) of the row's null values of `key` (`null_<kind>_<key>` columns: the shuffled-firing
+    null), or None when it has none. A chance level (`chance_<kind>_<key>`, `chance_level`) is not a null."""
     values = [v for k, v in row.items() if k.startswith("null_") and k.endswith(f"_{key}") and finite(v)]
     return (min(values), max(values)) if values else None
+
+
+def chance_level(row: dict, key: str) -> float | None:
+    """The row's chance level of `key` (`chance_random_decoder_<key>`: what random directions of the SAE's width
+    and L0 score by chance; actstore.score.nulls), or None."""
+    value = row.get(f"chance_random_decoder_{key}")
+    return value if finite(value) else None
+
+
+def solver_note(scored: list[dict]) -> str:
+    """Which L1 solver (and how many seeds) produced the rows' numbers: "L1 solver saebench" or
+    "L1 solver saebench, first of 5 seeds"; several, by SAE, when the rows differ."""
+    solvers = sorted({str(r.get("l1_solver") or "not recorded") for r in scored})
+    seeds = max((int(r.get("seeds") or 1) for r in scored), default=1)
+    text = "L1 solver " + (solvers[0] if len(solvers) == 1 else " / ".join(solvers) + " (by SAE)")
+    return text + (f", first of {seeds} seeds" if seeds > 1 else "")
 
 
 def save_panels(scored: list[dict], key: str, label: str, path: Path) -> None:
@@ -89,9 +105,11 @@ def save_panels(scored: list[dict], key: str, label: str, path: Path) -> None:
 
 def panels_figure(scored: list[dict], key: str, label: str):
     """One panel per layer, one line per width; where the rows carry them, each point's 95% bootstrap interval
-    as an error bar (`<key>_ci_low` / `_ci_high`) and the null SAEs' values as a band in the width's colour
-    (at each SAE's L0, its lowest to highest null): a point inside the band is what an SAE that knows
-    nothing of the task's classes also scores."""
+    as an error bar (`<key>_ci_low` / `_ci_high`), the null SAEs' values as a band in the width's colour
+    (at each SAE's L0, its lowest to highest null: shuffled firing), and the chance level (random decoder) as a
+    dotted line of crosses: what random directions of the same width and L0 score by chance, which in small
+    d_model is above zero even for absorption (an SAE's value minus it is not absorption recovered). The title
+    names the L1 solver (and seeds) the numbers come from."""
     plt = _plt()
     layers = sorted({r["layer"] for r in scored}, key=lambda l: (l is None, l or 0))
     cols = min(4, len(layers))
@@ -119,10 +137,14 @@ def panels_figure(scored: list[dict], key: str, label: str):
             band = [(r["l0"], *null_band(r, key)) for r in points if null_band(r, key)]
             if band:
                 x, low, high = zip(*band)
-                extra["null SAEs (lowest to highest)"] = ax.fill_between(x, low, high, color=colors[width], alpha=0.18,
+                extra["null SAE (shuffled firing)"] = ax.fill_between(x, low, high, color=colors[width], alpha=0.18,
                                                                         lw=0)
                 if len(x) == 1:  # one SAE: a band needs two points, so mark its null range as a thick bar
                     ax.vlines(x, low, high, color=colors[width], alpha=0.35, lw=8)
+            chance = [(r["l0"], chance_level(r, key)) for r in points if chance_level(r, key) is not None]
+            if chance:
+                extra["chance level (random decoder)"], = ax.plot(*zip(*chance), ls=":", marker="x", ms=6,
+                                                                 color=colors[width])
         l0_axis(ax, [r["l0"] for r in mine])
         ax.set_title(f"layer {layer}")
         ax.set_xlabel(l0_label(scored))
@@ -131,6 +153,7 @@ def panels_figure(scored: list[dict], key: str, label: str):
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel(label)
+    fig.suptitle(f"{label} ({solver_note(scored)})")
     fig.tight_layout()
     shown = [w for w in widths if w in handles]
     _legend_right(fig, [handles[w] for w in shown] + list(extra.values()),
@@ -160,7 +183,7 @@ def f1_by_layer(scored: list[dict], path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title("F1 against the ground truth by layer: probe, main latents, best single latent\n"
-                 "(small dots: SAEs; large: their mean)")
+                 f"(small dots: SAEs; large: their mean; {solver_note(scored)})")
     _legend_right(fig, *ax.get_legend_handles_labels(), "")
     _save(fig, path)
 
@@ -174,8 +197,10 @@ def absorption_per_class(scored: list[dict], classes: list[dict], chosen: dict, 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.42 * len(names) + 2), 7), sharex=True)
     mine = {r["class"]: r for r in classes if r["sae_key"] == chosen["sae_key"]}
     x = np.arange(len(names))
-    for ax, rows, title in ((top, None, f"{chosen['sae_id']} (layer {chosen['layer']}, L0 {chosen['l0']:.1f})"
-                             if finite(chosen["l0"]) else chosen["sae_id"]), (bottom, classes, f"all {len(scored)} SAEs")):
+    for ax, rows, title in ((top, None, (f"{chosen['sae_id']} (layer {chosen['layer']}, L0 {chosen['l0']:.1f}, "
+                                         if finite(chosen["l0"]) else f"{chosen['sae_id']} (")
+                             + f"{solver_note([chosen])})"),
+                            (bottom, classes, f"all {len(scored)} SAEs ({solver_note(scored)})")):
         for shift, key, name, color in ((-0.2, "mean_absorption_fraction", "absorption fraction", "#c55"),
                                         (0.2, "full_absorption_rate", "full-absorption rate", "#37a")):
             if rows is None:
@@ -214,7 +239,7 @@ def precision_recall(scored: list[dict], path: Path) -> None:
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title("Main latents: precision against recall, one dot per SAE")
+    ax.set_title(f"Main latents: precision against recall, one dot per SAE\n({solver_note(scored)})")
     _save(fig, path)
 
 
@@ -255,7 +280,7 @@ def layer_width_heatmap(scored: list[dict], path: Path) -> list[list]:
                     ax.text(j, i, f"{grid[i, j]:.2f}{l0}", ha="center", va="center", fontsize=7,
                             color="black" if grid[i, j] > vmax * 0.6 else "white")
     fig.colorbar(image, ax=ax, label="mean absorption fraction")
-    ax.set_title(f"Absorption by layer, width and {l0_label(scored)}")
+    ax.set_title(f"Absorption by layer, width and {l0_label(scored)}\n({solver_note(scored)})")
     _save(fig, path)
     cells = defaultdict(list)
     for r in scored:

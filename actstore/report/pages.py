@@ -20,8 +20,13 @@ The figures are drawn by figures.py; this module reads the results and lays the 
 A results folder written before tasks (no `task` column, a `letter` column) is first_letter's and reads as such.
 
 The four figures against L0 draw, when the results carry them, each SAE's 95% bootstrap interval as an error
-bar (absorption, full absorption and single-latent F1; on by default) and its null SAEs' values (`--null`) as
-a band in the width's colour.
+bar (absorption, full absorption and single-latent F1; on by default), its null SAE's values (`--null`,
+shuffled firing) as a band in the width's colour, and its chance level (`--null`, random decoder: what random
+directions of the same width and L0 score by chance; not a zero baseline) as a dotted line.
+
+Every figure and the SAE table name the L1 solver their numbers come from (`--l1-solver`); with `--seeds` > 1
+the plain values are the first seed's, and the SAE table adds each metric's standard deviation and range
+(max - min) over the seeds (saes.parquet's `<metric>_seed_std` / `_seed_range`).
 
 L0 is the one the release reports (Gemma Scope's average_l0) when there is one, else the L0 measured on
 natural text (the store's context tokens), else on the vocabulary prompts; each figure's axis says which.
@@ -38,7 +43,8 @@ from string import Template
 
 from actstore.errors import InputError, MissingFile
 from actstore.report.figures import (FIGURES, absorption_per_class, f1_by_layer, finite, l0_axis,  # noqa: F401
-                                     layer_width_heatmap, panels_figure, precision_recall, save_panels, width_name)
+                                     layer_width_heatmap, panels_figure, precision_recall, save_panels, solver_note,
+                                     width_name)
 # l0_axis and panels_figure: re-exported (the report's figures lived here before figures.py)
 from actstore.run.results import read_classes, read_saes
 from actstore.tasks.base import FIRST_LETTER, task_key
@@ -116,6 +122,57 @@ def agreement_section(scored: list[dict], classes: list[dict], chosen: dict, suf
         + _table(["class", "probe true positives", "full absorption", "causal absorption", "causal candidates",
                   *AGREEMENT_HEADERS], per_class, "agreement_classes" + suffix))
     return html_text, 2
+
+
+SEED_METRICS = (("mean_absorption_fraction", "absorption"), ("mean_full_absorption", "full absorption"),
+                ("mean_num_split_features", "split features"), ("mean_single_f1", "single-latent F1"))
+"""The SAE table's metrics whose spread over seeds it shows (with --seeds > 1), and their headers."""
+BASELINES = (("chance_random_decoder_", "chance level (random decoder)"),
+             ("null_shuffled_firing_", "shuffled-firing null"))
+"""The SAE table's reference columns (`--null`), for absorption and full absorption: prefix and header."""
+SOLVERS = {"saebench": "SAEBench's L1 probe, 50 Adam epochs from a seeded random start: its numbers move with the "
+                       "seed on SAEs with near-duplicate class latents",
+           "converged": "the same L1 objective solved to optimality: no seed, the same numbers for any seed"}
+
+
+def sae_table(scored: list[dict], suffix: str) -> str:
+    """The SAE table: ids, L0s, the L1 solver and seeds, the means; with --seeds > 1 each SEED_METRICS metric's
+    standard deviation and range over seeds; with --null the chance level and the shuffled-firing null of
+    absorption and full absorption; and a note saying what the solver and those columns are."""
+    seeded = any((r.get("seeds") or 1) > 1 for r in scored)
+    baselines = [(prefix, name) for prefix, name in BASELINES
+                 if any(finite(r.get(prefix + "mean_absorption_fraction")) for r in scored)]
+    headers = ["SAE", "layer", "width", "L0 release", "L0 text", "L0 vocab prompts", "L1 solver", "seeds",
+               "absorption", "full absorption", "split features", "probe F1", "main latents F1", "single-latent F1",
+               "classes"]
+    headers += [f"{name} seed {stat}" for _, name in SEED_METRICS for stat in ("sd", "range")] if seeded else []
+    headers += [f"{what}: {name}" for _, name in baselines for what in ("absorption", "full absorption")]
+    rows = []
+    for r in sorted(scored, key=lambda r: (r["layer"], r["width"], r["l0"] or 0)):
+        row = [r["sae_id"], r["layer"], width_name(r["width"]), r.get("l0_reported"), r.get("l0_text"),
+               r.get("l0_vocab"), r.get("l1_solver") or "not recorded", r.get("seeds") or 1,
+               r["mean_absorption_fraction"], r["mean_full_absorption"], r["mean_num_split_features"],
+               r.get("mean_probe_f1"), r.get("mean_main_f1"), r["mean_single_f1"],
+               r.get("classes_evaluated", r.get("letters_evaluated"))]
+        if seeded:
+            row += [r.get(f"{key}_seed_{stat}") for key, _ in SEED_METRICS for stat in ("std", "range")]
+        row += [r.get(prefix + key) for prefix, _ in baselines
+                for key in ("mean_absorption_fraction", "mean_full_absorption")]
+        rows.append(row)
+    solvers = sorted({r.get("l1_solver") for r in scored if r.get("l1_solver")})
+    notes = ["Every number of an SAE comes from the L1 solver in its row (" + "; ".join(
+        f"{name}: {SOLVERS.get(name, name)}" for name in solvers) + ")."]
+    if seeded:
+        notes.append("With several seeds the plain values are the first seed's; the seed columns give the "
+                     "standard deviation and the range (max - min) of each metric over the seeds.")
+    if any(prefix.startswith("chance_") for prefix, _ in baselines):
+        notes.append("Chance level (random decoder): what random unit directions of the SAE's width and L0 score by "
+                     "chance. In small d_model some of them pass absorption's cosine gate, so it is above zero; it is "
+                     "not a zero-absorption baseline, and the SAE's value minus it is not absorption recovered.")
+    if any(prefix.startswith("null_") for prefix, _ in baselines):
+        notes.append("Shuffled-firing null: the SAE's own latents with which latent fires renamed at random; on an "
+                     "SAE whose class latents are clean it reads 0 absorption.")
+    return _table(headers, rows, "saes" + suffix) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
 
 
 SECTION = Path(__file__).parent / "static" / "report_task.html"
@@ -198,11 +255,6 @@ def _task_section(results: Path, out: Path, task: str, scored: list[dict], faile
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         f"<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>" for p in written)
     widths = sorted({r["width"] for r in scored})
-    sae_rows = [[r["sae_id"], r["layer"], width_name(r["width"]), r.get("l0_reported"), r.get("l0_text"),
-                 r.get("l0_vocab"), r["mean_absorption_fraction"], r["mean_full_absorption"],
-                 r["mean_num_split_features"], r.get("mean_probe_f1"), r.get("mean_main_f1"), r["mean_single_f1"],
-                 r.get("classes_evaluated", r.get("letters_evaluated"))]
-                for r in sorted(scored, key=lambda r: (r["layer"], r["width"], r["l0"] or 0))]
     sources = sorted({r["l0_source"] for r in scored})
     flagged_note = f" ({len(flagged)} flagged: their numbers are suspect, see the last table)" if flagged else ""
     agreement, n_agreement = agreement_section(scored, classes, chosen, suffix)
@@ -213,11 +265,9 @@ def _task_section(results: Path, out: Path, task: str, scored: list[dict], faile
         summary=f"{len(scored)} SAEs scored{flagged_note}, {len(failed)} failed; layers "
                 f"{sorted({r['layer'] for r in scored})}; widths {[width_name(w) for w in widths]}. Figures use the "
                 f"L0 of: {', '.join(sources)} (the release's when it reports one, else measured on natural text, else "
-                f"on the vocabulary prompts; the SAE table lists all three).",
+                f"on the vocabulary prompts; the SAE table lists all three). Numbers from the {solver_note(scored)}.",
         heatmap_table=_table(["layer"] + [width_name(w) for w in widths], grid, "heatmap" + suffix),
-        sae_table=_table(["SAE", "layer", "width", "L0 release", "L0 text", "L0 vocab prompts", "absorption",
-                          "full absorption", "split features", "probe F1", "main latents F1", "single-latent F1",
-                          "classes"], sae_rows, "saes" + suffix),
+        sae_table=sae_table(scored, suffix),
         failed_table=failed_table)
     return section, {"figures": written, "scored": len(scored), "flagged": len(flagged), "failed": len(failed),
                      "tables": 3 + n_agreement, "sae": chosen["sae_id"], "l0_sources": sources}

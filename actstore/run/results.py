@@ -26,6 +26,7 @@ invalidates) the first one's. A part records its task's name and, in its provena
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from actstore.saes.loading import SAEWeights
 from actstore.score.config import ScoreConfig
+from actstore.score.nulls import legacy_columns
 from actstore.run.tokens import combine_tokens, tokens_path, write_absorbers, write_tokens
 from actstore.tasks.base import FIRST_LETTER, Task, task_key
 from actstore.tasks.builtin import FIRST_LETTER_TASK
@@ -85,8 +87,8 @@ SUMMARY_ALIASES = {"classes_evaluated": "letters_evaluated",
 
 def sae_row(task: str, row: dict) -> dict:
     """An SAE's summary row as saes.parquet holds it: the class-named columns, and on first_letter's rows their
-    letter-named aliases too."""
-    out = dict(row)
+    letter-named aliases too; a chance level's columns under their name (`legacy_columns`)."""
+    out = legacy_columns(dict(row))
     for name, alias in SUMMARY_ALIASES.items():
         if name not in out and alias in out:  # a part written before tasks
             out[name] = out[alias]
@@ -98,12 +100,14 @@ def sae_row(task: str, row: dict) -> dict:
 
 
 def read_saes(out: Path) -> list[dict]:
-    """saes.parquet's rows, each with its `task` (first_letter in a folder written before tasks)."""
+    """saes.parquet's rows, each with its `task` (first_letter in a folder written before tasks) and a chance
+    level's columns under their name (`legacy_columns`: a folder written before it was named)."""
     import pyarrow.parquet as pq
 
     rows = pq.read_table(Path(out) / "saes.parquet").to_pylist()
     for row in rows:
         row["task"] = row.get("task") or FIRST_LETTER
+        legacy_columns(row)
     return rows
 
 
@@ -148,24 +152,118 @@ def saebench_name(source) -> str:
     return f"{name}_eval_results.json".replace("/", "_").lstrip("_")
 
 
-def saebench_eval_config(cfg: ScoreConfig, spec) -> dict:
-    """SAEBench's AbsorptionEvalConfig (sae_bench/evals/absorption/eval_config.py), its field names, our values.
-    None where actstore has no such value (the query's position from the prompt's end, when the store does not
-    record it; SAEBench's eval batch size, a detail of its own loop)."""
+SAEBENCH_PROMPT_TOKEN_POS = -6
+"""AbsorptionEvalConfig's default prompt_token_pos: the query word's index from the prompt's end when the
+template's tail (" has the first letter:") is 5 tokens, as with Gemma's (and GPT-2's, Llama's, the synthetic
+world's) tokenizer. Written when a store cannot tell (it names no tokenizer that loads here)."""
+SAEBENCH_LLM_BATCH_SIZE = 10
+"""AbsorptionEvalConfig's default llm_batch_size, written when a store does not record its extraction batch size"""
+SAEBENCH_EVAL_PROBE_BATCH_SIZE = 24
+"""AbsorptionEvalConfig's default eval_k_sparse_probe_batch_size: a detail of SAEBench's evaluation loop that does
+not change its numbers (actstore evaluates the k-sparse probes in one pass)"""
+SAE_LENS_ARCHITECTURE = {"relu": "standard"}
+"""actstore's architecture names -> sae-lens's, where they differ"""
+
+
+def prompt_token_pos(spec) -> tuple[int, str]:
+    """The query word's position counted from the prompt's end (SAEBench's prompt_token_pos: -6 for Gemma), and
+    where it came from: `store` (the store records it, extra.prompt_token_pos), `tokenizer` (the store's tokenizer,
+    loaded from local files only, tokenizing the template's tail after the word as extraction does: the query's
+    `position` column counts from the start, and prompts differ in length, so the column alone cannot tell), or
+    `saebench default` (SAEBENCH_PROMPT_TOKEN_POS: no tokenizer named, or none loads here)."""
     extra = getattr(spec, "extra", {}) or {}
-    return {"model_name": spec.model, "random_seed": cfg.sparse_probe.seed, "f1_jump_threshold": cfg.split_min_f1_gain,
-            "max_k_value": cfg.max_k, "prompt_template": spec.prompt_template,
-            "prompt_token_pos": extra.get("prompt_token_pos"), "llm_batch_size": extra.get("batch_size"),
-            "llm_dtype": spec.dtype, "k_sparse_probe_l1_decay": cfg.l1,
-            "k_sparse_probe_batch_size": cfg.sparse_probe.batch_size,
-            "k_sparse_probe_num_epochs": cfg.sparse_probe.epochs, "min_GT_probe_f1": cfg.min_probe_f1,
-            "min_feats_for_eval": cfg.min_classes, "eval_k_sparse_probe_batch_size": None,
-            "precalc_k_sparse_probe_sae_acts": True}
+    if isinstance(extra.get("prompt_token_pos"), int):
+        return extra["prompt_token_pos"], "store"
+    prov = extra.get("provenance") or {}
+    if prov.get("kind") in ("hub", "folder") and prov.get("location") and getattr(spec, "prompt_template", ""):
+        pos = _tail_position(prov["location"], prov.get("revision"), spec.prompt_template,
+                             (extra.get("bos") or {}).get("token_id"))
+        if pos is not None:
+            return pos, "tokenizer"
+    return SAEBENCH_PROMPT_TOKEN_POS, "saebench default"
+
+
+@functools.lru_cache(maxsize=8)
+def _tail_position(location: str, revision: str | None, template: str, bos: int | None) -> int | None:
+    """-(1 + the tokens of the template's text after the word), tokenized as extraction does (actstore.tasks.vocab);
+    None when the tokenizer does not load from local files."""
+    from actstore.tasks.vocab import tokenize
+
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, local_files_only=True)
+    except Exception:  # not cached, gone, gated: the default is written, and says so
+        return None
+    _, after = template.format(word="\x00").split("\x00", 1)
+    prompt = "\n" + template.format(word="cat")
+    full, head = tokenize(tokenizer, [prompt, prompt[:len(prompt) - len(after)]], bos)
+    return len(head) - 1 - len(full)
+
+
+def saebench_eval_config(cfg: ScoreConfig, spec) -> dict:
+    """SAEBench's AbsorptionEvalConfig (sae_bench/evals/absorption/eval_config.py), its field names, our values, every
+    field of the type SAEBench requires. saebench-0.6 writes v0.6.0's fields; saebench-0.3 writes v0.3.2's only
+    (through k_sparse_probe_num_epochs): v0.3.2 has no min_GT_probe_f1 (it evaluates every letter, as that version
+    does here), no min_feats_for_eval (actstore's own floor, --min-classes, is in eval_result_unstructured), and no
+    eval_k_sparse_probe_batch_size or precalc_k_sparse_probe_sae_acts. prompt_token_pos: `prompt_token_pos(spec)`;
+    llm_batch_size: the extraction's batch size (SAEBENCH_LLM_BATCH_SIZE when the store does not record it)."""
+    extra = getattr(spec, "extra", {}) or {}
+    batch = extra.get("batch_size")
+    config = {"model_name": spec.model, "random_seed": cfg.sparse_probe.seed, "f1_jump_threshold": cfg.split_min_f1_gain,
+              "max_k_value": cfg.max_k, "prompt_template": spec.prompt_template,
+              "prompt_token_pos": prompt_token_pos(spec)[0],
+              "llm_batch_size": batch if isinstance(batch, int) else SAEBENCH_LLM_BATCH_SIZE,
+              "llm_dtype": spec.dtype, "k_sparse_probe_l1_decay": cfg.l1,
+              "k_sparse_probe_batch_size": cfg.sparse_probe.batch_size,
+              "k_sparse_probe_num_epochs": cfg.sparse_probe.epochs}
+    if cfg.metric_version != "saebench-0.3":
+        config.update(min_GT_probe_f1=cfg.min_probe_f1, min_feats_for_eval=cfg.min_classes,
+                      eval_k_sparse_probe_batch_size=SAEBENCH_EVAL_PROBE_BATCH_SIZE,
+                      precalc_k_sparse_probe_sae_acts=True)
+    return config
+
+
+def sae_lens_version() -> str | None:
+    """The installed sae-lens's version (package metadata; sae_lens is not imported), None when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:
+        return None
+
+
+def saebench_sae_cfg(sae: SAEWeights, spec) -> dict:
+    """The SAE's config as sae-lens's SAEConfig.to_dict writes it (sae_lens/saes/sae.py: d_in, d_sae, dtype, device,
+    apply_b_dec_to_input, normalize_activations, reshape_activations, metadata, architecture; TopK adds k and
+    rescale_acts_by_decoder_norm), with the hook's layer and name also at the top level, where sae-lens < 6 wrote
+    them. metadata: the installed sae-lens's version, no training version (actstore does not know it), the store's
+    model, the hook, prepend_bos from the store's BOS policy (None when it does not record one), and for an SAE that
+    runs as another architecture than it was trained as (BatchTopK, Matryoshka: jumprelu) its training_architecture,
+    as sae-lens's save_inference_model records it."""
+    hook_name = None if sae.layer is None else f"blocks.{sae.layer}.hook_{sae.hook}"
+    bos = (getattr(spec, "extra", {}) or {}).get("bos")
+    cfg = {"d_in": sae.d_model, "d_sae": sae.width, "dtype": str(sae.w_enc.dtype).removeprefix("torch."),
+           "device": sae.w_enc.device.type, "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
+           "normalize_activations": "none", "reshape_activations": "none",
+           "metadata": {"sae_lens_version": sae_lens_version(), "sae_lens_training_version": None,
+                        "model_name": spec.model, "hook_name": hook_name, "hook_head_index": None,
+                        "prepend_bos": None if not isinstance(bos, dict) else bos.get("token_id") is not None}}
+    trained_as = getattr(sae, "source_architecture", None)
+    if trained_as and trained_as != SAE_LENS_ARCHITECTURE.get(sae.architecture, sae.architecture):
+        cfg["metadata"]["training_architecture"] = trained_as  # a BatchTopK saved for inference: as sae-lens writes it
+    if sae.architecture == "topk":  # the weights as scored: any decoder-norm rescaling is folded in
+        cfg.update(k=sae.k, rescale_acts_by_decoder_norm=False)
+    cfg.update(architecture=SAE_LENS_ARCHITECTURE.get(sae.architecture, sae.architecture), hook_layer=sae.layer,
+               hook_name=hook_name)
+    return cfg
 
 
 def saebench_json(source, sae: SAEWeights, summary: dict, classes: list[dict], cfg: ScoreConfig,
                   spec, eval_type_id: str = EVAL_TYPE_ID) -> dict:
-    """SAEBench's AbsorptionEvalOutput, field for field (sae_bench/evals/absorption/eval_output.py)."""
+    """SAEBench's AbsorptionEvalOutput, field for field (sae_bench/evals/absorption/eval_output.py); valid under its
+    pydantic model (tests/saebench_schema.py, tests/test_saebench_json.py)."""
     import actstore
 
     return {
@@ -191,14 +289,15 @@ def saebench_json(source, sae: SAEWeights, summary: dict, classes: list[dict], c
             **{k: r[k] for k in CAUSAL_CLASS_FIELDS if k in r},
         } for r in classes],
         "eval_result_unstructured": {"actstore": {"metric_version": summary.get("metric_version"),
-                                                  "l1_solver": summary.get("l1_solver"), "summary": summary}},
+                                                  "l1_solver": summary.get("l1_solver"),
+                                                  "min_classes": cfg.min_classes,
+                                                  "prompt_token_pos_source": prompt_token_pos(spec)[1],
+                                                  "summary": summary}},
         "sae_bench_commit_hash": f"actstore {actstore.__version__}",
         "sae_lens_id": source.name,
         "sae_lens_release_id": source.release,
-        "sae_lens_version": None,
-        "sae_cfg_dict": {"architecture": sae.architecture, "d_in": sae.d_model, "d_sae": sae.width,
-                         "hook_layer": sae.layer, "hook_name": f"blocks.{sae.layer}.hook_{sae.hook}", "k": sae.k,
-                         "apply_b_dec_to_input": sae.apply_b_dec_to_input},
+        "sae_lens_version": sae_lens_version(),
+        "sae_cfg_dict": saebench_sae_cfg(sae, spec),
     }
 
 

@@ -131,9 +131,9 @@ class ScoreCommandConfig:
     bootstrap: int = score_option("bootstrap")
     """bootstrap replicates behind the 95 percent intervals (<metric>_ci_low/_ci_high; 0: none)"""
     null: bool = False
-    """also score null SAEs matched to each SAE (--null-kinds) and report every metric beside its null value"""
+    """also score null SAEs matched to each SAE (--null-kinds) and report every metric beside its null value and chance level"""
     null_kinds: list[NullKind] = field(default_factory=lambda: ["random_decoder", "shuffled_firing"])
-    """the nulls --null scores: random_decoder (random unit decoders, same width and L0), shuffled_firing (the SAE's latents, firing renamed by a permutation)"""
+    """the nulls --null scores: random_decoder, a chance level, not a zero baseline (random unit decoders, same width and L0: what random directions score by chance; columns chance_random_decoder_*), shuffled_firing, a null (the SAE's latents, firing renamed by a permutation: 0 absorption on clean class latents; columns null_shuffled_firing_* and *_minus_null_shuffled_firing)"""
     causal: bool = False
     """also compute the paper's causal absorption (integrated-gradient ablation through the store's own model, which must load here): per SAE and class the causal rate, and its agreement with the projection metric"""
     causal_samples: int = causal_option("samples")

@@ -1,26 +1,39 @@
 """Null SAEs matched to a scored SAE (`--null`): what each metric reads on an SAE that knows nothing of the task.
 
     null = make_null(kind, sae, x, acts, directions)       # scored by `score_sae` like the SAE (acts, cosines, source)
-    null_columns(kind, null_summary, summary) -> {"null_<kind>_<metric>": ..., "<metric>_minus_null_<kind>": ...}
+    null_columns(kind, null_summary, summary, null)        # its columns in the SAE's summary (below)
+    legacy_columns(row)                                    # a row written before the chance level was named
 
-Two nulls, each with the SAE's width and its L0 on the vocabulary rows:
+Two nulls, each with the SAE's width and its L0 on the vocabulary rows. They answer different questions:
 
-- `random_decoder`: a JumpReLU SAE with random unit decoder rows (seeded), encoder = decoder transposed, b_enc 0
-  and one threshold for every latent, set so that the mean L0 on a sample of the layer's vocabulary rows equals
-  the SAE's (the rows sampled are at most 2^24 / width, at least 16; the L0 it reaches is reported as
-  `null_random_decoder_l0_vocab`). It asks how much of a score random directions of the same sparsity reach:
-  random unit vectors in d dimensions have cosines of about 1/sqrt(d) with a probe, so absorption's cosine gates
-  pass by chance in small d_model;
-- `shuffled_firing`: the SAE's own encoder and decoder per latent, but each token's active latents renamed by one
-  seeded permutation of the latent ids (same values, so per-token L0 and the activation distribution are exactly
-  the SAE's). It keeps the geometry of the dictionary and breaks the link between what fires and what it
-  decodes to. Nothing is re-encoded: the SAE's sparse activations are permuted.
+- `random_decoder`, a **chance level**, not a zero-absorption baseline: a JumpReLU SAE with random unit decoder
+  rows (seeded), encoder = decoder transposed, b_enc 0 and one threshold for every latent, set so that the mean
+  L0 on a sample of the layer's vocabulary rows equals the SAE's (the rows sampled are at most 2^24 / width, at
+  least 16). It reads what a dictionary of random directions of the same width and sparsity scores by chance.
+  Its latents that fire on a class's tokens are the ones that happen to point along the class's activations,
+  and a random unit vector in d dimensions has cos >= 0.1 (absorption's cosine gate) with a probe direction
+  with probability 0.5 I_{0.99}((d - 1) / 2, 1 / 2): 0.21 at d = 64 (the demo), 0.012 at d = 512, 8e-7 at
+  d = 2304 (Gemma 2 2B). So in small d some random latents pass the gate and absorb: on the demo's planted
+  0% and 10% SAEs this null reads 0.12-0.18, more than the SAEs themselves. An SAE's value minus it is not
+  recovered absorption, and no such column is written. Columns: `chance_random_decoder_<metric>`,
+  `chance_random_decoder_l0_vocab` (the L0 it reaches) and `chance_random_decoder_gate_share` (the share of
+  (latent, class) pairs whose decoder row has cos >= 0.1 with the class's probe direction: the chance above,
+  measured on this null's own latents);
+- `shuffled_firing`, a **null** SAE: the SAE's own encoder and decoder per latent, but each token's active
+  latents renamed by one seeded permutation of the latent ids (same values, so per-token L0 and the activation
+  distribution are exactly the SAE's). It keeps the geometry of the dictionary and breaks the link between what
+  fires and what it decodes to; nothing is re-encoded: the SAE's sparse activations are permuted. On an SAE
+  whose class latents are clean it reads 0 absorption, and the SAE minus it is the SAE's absorption (tested on
+  planted SAEs). Columns: `null_shuffled_firing_<metric>`, `<metric>_minus_null_shuffled_firing` and
+  `null_shuffled_firing_l0_vocab`.
 
-Each null is scored like the SAE, on the same rows (same probe, metric version and L1 solver; one seed, no
+Each is scored like the SAE, on the same rows (same probe, metric version and L1 solver; one seed, no
 intervals, no per-token records or top tokens: ScoreConfig.records off; no L0 on natural text, which a null
-matches by construction or not at all; no causal metric). Columns: every metric of `null_metrics` (each
-SAE-dependent mean of the summary, context precision and recall included, and the dead-latent share) with its
-null value and the SAE's value minus it.
+matches by construction or not at all; no causal metric), for every metric of `null_metrics` (each
+SAE-dependent mean of the summary, context precision and recall included, and the dead-latent share).
+Results written before the chance level was named (`null_random_decoder_<metric>` and
+`<metric>_minus_null_random_decoder`) read through `legacy_columns`: the former as `chance_random_decoder_<metric>`,
+the latter dropped.
 """
 
 from __future__ import annotations
@@ -32,11 +45,14 @@ import torch
 from actstore.errors import InputError
 from actstore.saes.loading import SAEWeights
 from actstore.score.encode import decoder_scale, latent_cosines
+from actstore.score.metrics import ABSORPTION_MIN_COS
 from actstore.score.sparse import SparseActs
 
 NOT_NULLED = ("mean_probe_f1",)
 """summary means that do not depend on the SAE (the ground-truth probe's F1): no null column"""
 NULL_SEED = 0
+CHANCE_LEVELS = ("random_decoder",)
+"""nulls that measure a chance level (columns `chance_<kind>_*`, no difference column), not a zero baseline"""
 
 
 class Null(NamedTuple):
@@ -80,6 +96,15 @@ def random_decoder_null(sae: SAEWeights, x: torch.Tensor, acts, directions: torc
     return Null(null)
 
 
+def gate_share(w_dec: torch.Tensor, directions: torch.Tensor, min_cos: float = ABSORPTION_MIN_COS) -> float:
+    """The share of (latent, class) pairs whose decoder row w_dec (m, d) has cos >= min_cos with the class's
+    probe direction (directions (C, d)): for random unit rows, the chance that a latent passes absorption's
+    cosine gate."""
+    cos = torch.nn.functional.normalize(w_dec.double(), dim=1) @ torch.nn.functional.normalize(
+        directions.double().to(w_dec.device), dim=1).T  # (m, C)
+    return float((cos >= min_cos).double().mean())
+
+
 def shuffled_firing_null(sae: SAEWeights, x: torch.Tensor, acts, directions: torch.Tensor, seed: int = NULL_SEED
                          ) -> Null:
     """The SAE, its activations with latent ids permuted, the SAE's cosines with `directions` (C, d), and the
@@ -111,11 +136,37 @@ def make_null(kind: str, sae: SAEWeights, x: torch.Tensor, acts: SparseActs, dir
     return NULLS[kind](sae, x, acts, directions)
 
 
-def null_columns(kind: str, null_summary: dict, summary: dict) -> dict:
-    """The columns of one null: its L0 on the vocabulary rows, and every metric of `null_metrics` with the null's
-    value (`null_<kind>_<metric>`) and the SAE's value minus it (`<metric>_minus_null_<kind>`)."""
-    out = {f"null_{kind}_l0_vocab": null_summary["l0_vocab"]}
+def column_prefix(kind: str) -> str:
+    """`chance_<kind>_` for a chance level (CHANCE_LEVELS), `null_<kind>_` for a null."""
+    return f"chance_{kind}_" if kind in CHANCE_LEVELS else f"null_{kind}_"
+
+
+def null_columns(kind: str, null_summary: dict, summary: dict, null: Null | None = None,
+                 directions: torch.Tensor | None = None) -> dict:
+    """The columns of one null: its L0 on the vocabulary rows, every metric of `null_metrics` with the null's
+    value (`<prefix><metric>`, prefix `column_prefix(kind)`), and for a null that is not a chance level the
+    SAE's value minus it (`<metric>_minus_null_<kind>`). With the null and the probe directions (C, d), a chance
+    level's `gate_share` too."""
+    prefix = column_prefix(kind)
+    out = {f"{prefix}l0_vocab": null_summary["l0_vocab"]}
+    if kind in CHANCE_LEVELS and null is not None and directions is not None:
+        out[f"{prefix}gate_share"] = gate_share(null.sae.w_dec, directions)
     for metric in null_metrics(null_summary):
-        out[f"null_{kind}_{metric}"] = null_summary[metric]
-        out[f"{metric}_minus_null_{kind}"] = summary[metric] - null_summary[metric]
+        out[prefix + metric] = null_summary[metric]
+        if kind not in CHANCE_LEVELS:
+            out[f"{metric}_minus_null_{kind}"] = summary[metric] - null_summary[metric]
     return out
+
+
+def legacy_columns(row: dict) -> dict:
+    """A summary row (a part's or saes.parquet's) as this version names its columns: a chance level's columns
+    written as a null's (`null_random_decoder_<metric>`, before the chance level was named) renamed
+    `chance_random_decoder_<metric>`, and their differences (`<metric>_minus_null_random_decoder`) dropped.
+    Changes `row` in place and returns it."""
+    for kind in CHANCE_LEVELS:
+        old, new, diff = f"null_{kind}_", f"chance_{kind}_", f"_minus_null_{kind}"
+        for key in [k for k in row if k.startswith(old) or k.endswith(diff)]:
+            value = row.pop(key)
+            if key.startswith(old) and row.get(new + key[len(old):]) is None:
+                row[new + key[len(old):]] = value
+    return row

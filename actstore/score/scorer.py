@@ -6,7 +6,8 @@ For one SAE reading one layer, with C = layer_data.task.n_classes classes (2 and
 probe (C rows):
 1. encode the vocabulary rows into sparse, decoder-norm-folded activations (`actstore.score.encode`);
 2. k-sparse probing: a C-output L1 probe on the sparse train activations (`actstore.score.l1probe`); for each
-   class and k = 1..max_k, a balanced logistic regression on the k latents with the largest signed L1 weight,
+   class and k = 1..max_k, a balanced logistic regression on the k latents with the largest signed L1 weight
+   (equal weights, as the converged solver's exact zeros: the lowest latent id first, `metrics.stable_top_k`),
    F1 on the test split (`actstore.score.ksparse`); `metrics.choose_split_k` picks the main latents;
 3. single latent: the latent with the highest encoder cosine with p_c, fires when its activation > 0;
 4. absorption over the probe's true positives of class c on the test split (`actstore.score.absorption`);
@@ -169,14 +170,17 @@ def _score_seeds(acts: SparseActs, weights: list[torch.Tensor], classes: list[in
                  probe: Probe, labels: torch.Tensor, train: torch.Tensor, tp_all: torch.Tensor, act_all: torch.Tensor,
                  dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig, data: LayerData) -> list[_Run]:
     """k-sparse probing, single latents and absorption of every evaluated class, for each seed's L1-probe
-    weight (m, C). What no seed changes is computed once: the activations of every latent any seed ranks
-    (one dense gather), the single latents' scores, each class's true positives and their active latents; the
-    k-sparse fits of all seeds and classes are solved together per k (`k_sparse`)."""
+    weight (m, C), whose k = max_k largest signed weights per class are its candidates (largest first; equal
+    weights, such as the exact zeros the converged solver leaves, in increasing latent id:
+    `metrics.stable_top_k`, the same order on CPU and GPU, where `torch.topk`'s differs). What no seed
+    changes is computed once: the activations of every latent any seed ranks (one dense gather), the single
+    latents' scores, each class's true positives and their active latents; the k-sparse fits of all seeds and
+    classes are solved together per k (`k_sparse`)."""
     device = acts.value.device
     k = min(cfg.max_k, acts.width)
     candidates = {}
     for s, weight in enumerate(weights):
-        top = weight.topk(k, dim=0).indices.T.tolist()  # (C, k) largest signed weight first
+        top = metrics.stable_top_k(weight, k, dim=0).indices.T.tolist()  # (C, k) largest weight first, ties: lowest id
         candidates.update({(s, c): top[c] for c in classes})
     wanted = sorted({i for ids in candidates.values() for i in ids} | {singles[c] for c in classes})
     column = {latent: j for j, latent in enumerate(wanted)}
@@ -308,7 +312,7 @@ def _null_columns(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConf
     for kind in cfg.nulls:
         null = make_null(kind, sae, data.x, acts, probe.directions())
         result = score_sae(null.sae, data, probe, null_cfg, acts=null.acts, cosines=null.cosines, source=null.source)
-        out.update(null_columns(kind, result.summary, summary))
+        out.update(null_columns(kind, result.summary, summary, null, probe.directions()))
     return out
 
 

@@ -79,7 +79,10 @@ var ACTSTORE = (function () {
     $("sae-summary").textContent = "release " + s.release + "; mean absorption fraction " + fmt(s.absorption) +
       ", full-absorption rate " + fmt(s.full_absorption) + " over " + s.classes.length + " evaluated classes of the task " +
       s.task + "; L0 from the " +
-      s.l0_source + ".";
+      s.l0_source + "; L1 solver " + (s.l1_solver || "not recorded") +
+      (s.seeds > 1 ? " (first of " + s.seeds + " seeds; absorption's range over seeds " + fmt(s.absorption_seed_range) + ")" : "") +
+      (s.absorption_chance === null || s.absorption_chance === undefined ? "" :
+       "; chance level (random decoder, not a zero baseline) " + fmt(s.absorption_chance)) + ".";
     if (cache[n]) { render(); return; }
     $("loading").hidden = false;
     $("class-panel").hidden = true;
