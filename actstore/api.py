@@ -80,7 +80,7 @@ def score_saes(store: str | Path | StoreInfo, saes: Iterable[Any], task: str = "
     unknown = sorted(set(options) - set(known) - {"store", "saes", "out", "task"})
     if unknown:
         raise TypeError(f"score_saes() got unknown options {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
-    the_task = get_task(task)
+    the_task = get_task(task, options.get("template"))
     specs = _sae_specs(saes, out, options.get("layer"))
     if train_probes:
         _train_missing_probes(path, the_task, log or (lambda line: None))

@@ -46,6 +46,24 @@ def _synth_saes(cfg) -> None:
     integer("--seed", cfg.seed, 0)
 
 
+def _synth_world(cfg) -> None:
+    writable_folder("--out", cfg.out)
+    outside_stores("--out", cfg.out)
+    integer("--size", cfg.size, 1, " (1: minutes on 2 CPU cores)")
+    integer("--seed", cfg.seed, 0)
+    integer("--workers", cfg.workers, 1)
+    integer("--bootstrap", cfg.bootstrap, 0)
+    integer("--parents", cfg.parents, 2, " (a task has at least 2 classes)")
+    integer("--children", cfg.children, 2, " (mutually exclusive children need at least 2)")
+    from actstore.world.train import ARCHS
+
+    unknown = [a for a in cfg.archs if a not in ARCHS]
+    if unknown or not cfg.archs:
+        raise BadArgument(f"--archs {' '.join(cfg.archs)}: expected one or more of {', '.join(ARCHS)}")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise BadArgument(f"--device {cfg.device!r}: expected auto, cpu or cuda (cuda:N)")
+
+
 def _report(cfg) -> None:
     results = Path(cfg.results)
     if not results.is_dir() or not ((results / "saes.parquet").is_file() or (results / "parts").is_dir()):
@@ -89,7 +107,7 @@ def _demo(cfg) -> None:
 
 CHECKS = {
     "extract": check_extract.extract, "synth-model": _synth_model, "probe": _probe, "saes": _saes,
-    "synth-saes": _synth_saes, "score": check_score.score, "report": _report, "explore": _report,
+    "synth-saes": _synth_saes, "synth-world": _synth_world, "score": check_score.score, "report": _report, "explore": _report,
     "info": lambda cfg: existing_store("STORE", cfg.store), "verify": lambda cfg: existing_store("STORE", cfg.store),
     "demo": _demo,
 }

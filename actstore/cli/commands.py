@@ -153,6 +153,13 @@ def cmd_synth_saes(cfg: SynthSAEsCommandConfig) -> int:
     return 0
 
 
+def cmd_synth_world(cfg) -> int:
+    from actstore.world.run import synth_world
+
+    synth_world(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
 def cmd_score(cfg: ScoreCommandConfig) -> int:
     from actstore.run.runner import run_score
 

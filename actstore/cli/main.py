@@ -11,6 +11,7 @@ as hidden aliases (a config's ALIASES).
     actstore probe STORE [--layers SPEC] [--task NAME]           ground-truth probes of a task (first_letter)
     actstore saes list [--release R] [--layer L] [--width W]     the SAEs of a release (sae-lens catalog)
     actstore synth-saes --store STORE --layer L --out DIR        synthetic SAEs with planted absorption
+    actstore synth-world --out DIR [--size N]                    a ground-truth world: SAEs trained by sae-lens, measured
     actstore score STORE --saes SPEC... --out RESULTS [--task T] absorption, splits, precision/recall per SAE
     actstore report RESULTS [--out DIR]                          figures and an HTML page of the results
     actstore explore RESULTS [--out DIR]                         a static page to explore absorption token by token
@@ -39,12 +40,13 @@ from pathlib import Path
 
 from actstore.cli.checks import check, failure_line, literal_choices
 from actstore.cli.commands import (cmd_demo, cmd_explore, cmd_extract, cmd_info, cmd_probe, cmd_report, cmd_saes,
-                                   cmd_score, cmd_synth_model, cmd_synth_saes, cmd_verify)
+                                   cmd_score, cmd_synth_model, cmd_synth_saes, cmd_synth_world, cmd_verify)
 from actstore.cli.configs import (DemoConfig, ExploreConfig, InfoConfig, ProbeCommandConfig, ReportConfig, SaesConfig,
                                   SynthModelConfig, SynthSAEsCommandConfig, VerifyConfig)
 from actstore.errors import InputError, RunFailed, import_advice
 from actstore.extract.pipeline import ExtractConfig
 from actstore.run.runner import ScoreCommandConfig
+from actstore.world.run import SynthWorldConfig
 
 POSITIONAL = {"store", "action", "results"}
 HIDDEN = {"worker_env"}  # fault injection for tests, not a CLI option
@@ -110,6 +112,7 @@ COMMANDS = {
     "probe": (ProbeCommandConfig, cmd_probe),
     "saes": (SaesConfig, cmd_saes),
     "synth-saes": (SynthSAEsCommandConfig, cmd_synth_saes),
+    "synth-world": (SynthWorldConfig, cmd_synth_world),
     "score": (ScoreCommandConfig, cmd_score),
     "report": (ReportConfig, cmd_report),
     "explore": (ExploreConfig, cmd_explore),
