@@ -216,6 +216,10 @@ def test_synth_world_end_to_end_on_a_tiny_world(tmp_path, monkeypatch):
     for name in ("groundtruth.json", "groundtruth.csv", "groundtruth.png"):
         assert (tmp_path / "world" / name).stat().st_size > 0
     assert json.loads((tmp_path / "world" / "groundtruth.json").read_text())["saes"] == table["saes"]
+    import pandas as pd
+
+    saes = pd.read_parquet(tmp_path / "world" / "results" / "saes.parquet").set_index("sae_id")
+    assert saes["architecture"].to_dict() == {"topk_k1": "topk", "jumprelu_l0c_0p5": "jumprelu"}  # as sae-lens names it
 
 
 @pytest.mark.parametrize("args, message", [

@@ -311,7 +311,8 @@ def write_tables(out: Path) -> tuple[int, int]:
     read = [(path, part) for path, part in read if part is not None]  # a torn part is scored again
     parts = [part for _, part in read]
     saes = [sae_row(part_task(p), {**{k: p[k] for k in ("sae_key", "release", "sae_id", "layer", "width", "seconds")},
-                                   "task": part_task(p), **p["summary"]}) for p in parts]
+                                   "architecture": p.get("architecture"), "task": part_task(p), **p["summary"]})
+            for p in parts]
     classes = [class_row(part_task(p), {"sae_key": p["sae_key"], "release": p["release"], "sae_id": p["sae_id"],
                                          "layer": p["layer"], **row}) for p in parts for row in part_classes(p)]
 
@@ -349,6 +350,8 @@ def record_result(out: Path, source, sae: SAEWeights, result, cfg: ScoreConfig, 
     if result.tokens is not None:  # before the part: a finished part always has its tokens beside it
         write_tokens(tokens_path(out / "parts" / part_name(source.key, task)), result.tokens)
     return _record(source, task, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
+                   architecture=getattr(sae, "source_architecture", None)
+                   or SAE_LENS_ARCHITECTURE.get(sae.architecture, sae.architecture),
                    classes=classes, summary=result.summary,
                    latent_top_tokens={str(k): v for k, v in (result.latent_top_tokens or {}).items()})
 
