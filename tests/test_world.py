@@ -38,22 +38,45 @@ def test_ground_truth_counts_a_silent_parent_latent_with_an_absorbing_child_as_f
                          [0.0, r2, 0, 0],       # parent + child 1: only the absorbing latent fraction 1, full
                          [1.0, 0, 1, 0],        # parent + child 2: the clean child latent  fraction 0, not full
                          [0.5, r2 / 2, 0, 1]])  # partial: both carry half the parent's direction: 0.5, not full
-    out = ground_truth(acts, w_dec, features, np.zeros(4, dtype=np.int64), [[1, 2]], ["p0"])
+    acts, child = acts.repeat(3, 1), np.tile([-1, 1, 2, 1], 3)  # each row 3 times: MIN_FIRING rows per latent
+    out = ground_truth(acts, w_dec, features, np.zeros(12, dtype=np.int64), child, [[1, 2]], ["p0"])
     # latent 1 adds s * (W_1 . e0) = sqrt2 * (1/sqrt2) = 1 along e0 on row 1; 0.5 on row 3, as latent 0 does
     assert out[0]["gt_full_absorption"] == pytest.approx(1 / 4, abs=1e-7)
     assert out[0]["gt_absorption_fraction"] == pytest.approx((0 + 1 + 0 + 0.5) / 4, abs=1e-7)
     assert out[0]["parent_latent"] == 0 and out[0]["carriers"] == [1]  # latent 2 carries no parent direction
 
 
+def test_the_parent_latent_is_never_a_child_latent_and_may_be_missing():
+    """An SAE with no latent for the parent alone: its child latents (each firing only with its child) hold mostly
+    the parent's direction (cos 0.8), so the literal rule (the best match to the parent, whatever it is) names one
+    of them the parent latent and counts only the other child's rows; the rule used names no parent latent and
+    counts both as full absorption."""
+    features = torch.eye(4)
+    w_dec = torch.stack([0.8 * features[0] + 0.6 * features[1], 0.75 * features[0] + 0.66 * features[2],
+                         features[3]])
+    acts = torch.tensor([[1.0, 0, 0], [0.0, 1.0, 0], [1.0, 0, 0], [0.0, 0, 1.0]]).repeat(3, 1)
+    child, parent = np.tile([1, 2, 1, -1], 3), np.zeros(12, dtype=np.int64)
+    out = ground_truth(acts, w_dec, features, parent, child, [[1, 2]], ["p0"])[0]
+    assert out["parent_latent"] is None and out["carriers"] == [0, 1]
+    assert out["gt_full_absorption"] == pytest.approx(3 / 4) and out["gt_absorption_fraction"] == pytest.approx(3 / 4)
+    assert out["parent_latent_literal"] == 0 and out["parent_latent_is_child"]
+    assert out["gt_full_absorption_literal"] == pytest.approx(1 / 4)  # row 2 only: latent 0 is "the parent" there
+    # with a parent latent of its own (cos 0.9 >= PARENT_MIN) both rules agree on it
+    with_parent = torch.cat([w_dec, torch.nn.functional.normalize(features[0] + 0.1 * features[3], dim=0)[None]])
+    out = ground_truth(torch.cat([acts, torch.zeros(12, 1)], dim=1), with_parent, features, parent, child, [[1, 2]],
+                       ["p0"])[0]
+    assert out["parent_latent"] == 3 and out["gt_full_absorption"] == pytest.approx(3 / 4)
+
+
 def test_ground_truth_gate_and_unmatched_latents():
-    """A child latent whose decoder holds less than GATE of the parent carries nothing; a latent that best matches
-    the background feature never counts, however much parent direction it has."""
+    """A child latent whose decoder holds less than GATE of the parent carries nothing; a latent that fires without
+    a child is no child latent, however much parent direction it has."""
     features = torch.eye(4)
     weak = torch.nn.functional.normalize(features[1] + 0.05 * features[0], dim=0)   # cos with e0 about 0.05 < GATE
     background = torch.nn.functional.normalize(features[3] + 0.9 * features[0], dim=0)  # best match e3
     w_dec = torch.stack([features[0], weak, features[2], background])
-    acts = torch.tensor([[0.0, 1.0, 0, 0], [0.0, 0, 0, 1.0]])
-    out = ground_truth(acts, w_dec, features, np.zeros(2, dtype=np.int64), [[1, 2]], ["p0"])
+    acts = torch.tensor([[0.0, 1.0, 0, 0], [0.0, 0, 0, 1.0]]).repeat(3, 1)
+    out = ground_truth(acts, w_dec, features, np.zeros(6, dtype=np.int64), np.tile([1, -1], 3), [[1, 2]], ["p0"])
     assert float(weak @ features[0]) < GATE
     assert out[0]["gt_full_absorption"] == 0 and out[0]["gt_absorption_fraction"] == 0 and out[0]["carriers"] == []
 
@@ -69,7 +92,7 @@ def test_ground_truth_on_planted_saes_of_a_sampled_world():
     assert torch.allclose(a @ f, rows.x, atol=1e-4)
     a = torch.where(a > 1e-3, a, torch.zeros_like(a))                              # solver noise is not firing
     kids = [world.child_indices(p) for p in range(TINY.parents)]
-    clean = ground_truth(a, f, f, rows.parent, kids, class_names(TINY))
+    clean = ground_truth(a, f, f, rows.parent, rows.child, kids, class_names(TINY))
     assert all(c["gt_full_absorption"] == 0 and c["gt_absorption_fraction"] < 1e-3 for c in clean)
 
     absorbing_dec = f.clone()
@@ -79,7 +102,7 @@ def test_ground_truth_on_planted_saes_of_a_sampled_world():
             absorbing_dec[c] = f[c] + f[p]                                         # child latent = child + parent
             with_child = acts[:, c] > 0
             acts[with_child, p] = 0                                                # the parent latent is silent
-    planted = ground_truth(acts, absorbing_dec, f, rows.parent, kids, class_names(TINY))
+    planted = ground_truth(acts, absorbing_dec, f, rows.parent, rows.child, kids, class_names(TINY))
     for p, c in enumerate(planted):
         mine = rows.parent == p
         expected = float(np.mean(rows.child[mine] >= 0))
@@ -137,6 +160,13 @@ def test_write_world_makes_a_store_the_labels_task_reads(tmp_path):
 
     with pytest.raises(InputError, match="holds another world .*seed.*differ"):
         write_world(tmp_path, replace(TINY, seed=3), log=lambda line: None)
+    # a folder holding another store: refused, the store left as it was
+    other = tmp_path / "other"
+    (other / "store.zarr").mkdir(parents=True)
+    (other / "store.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="is not this world's store"):
+        write_world(other, TINY, log=lambda line: None)
+    assert (other / "store.zarr" / "notes.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------- sae-lens training, scoring, comparison
@@ -149,7 +179,9 @@ def test_every_architecture_trains_saves_loads_and_resumes(tmp_path):
     todo = [Recipe(arch, ARCHS[arch][1][1]) for arch in ARCHS]
     lines: list[str] = []
     records = train_set(tmp_path, TINY, todo, workers=1, progress=False, log=lines.append)
-    assert sorted(records) == sorted(r.name for r in todo) and lines == []
+    assert sorted(records) == sorted(r.name for r in todo)
+    assert sorted(lines) == sorted(f"trained {r.name} in {records[r.name]['train_seconds']:.0f} s" for r in todo)
+    lines.clear()
     kinds = {}
     for recipe in todo:
         sae = load_sae_lens_dir(tmp_path / recipe.name)
@@ -163,7 +195,8 @@ def test_every_architecture_trains_saves_loads_and_resumes(tmp_path):
     # a rerun trains nothing; a half-written folder (killed before its rename) is not an SAE, and is redone
     (tmp_path / "topk_k2").rename(tmp_path / ".topk_k2.partial")
     again = train_set(tmp_path, TINY, todo, workers=1, progress=False, log=lines.append)
-    assert lines == ["4 of 5 SAEs already trained in " + str(tmp_path)] and sorted(again) == sorted(records)
+    assert lines[0] == "4 of 5 SAEs already trained in " + str(tmp_path) and sorted(again) == sorted(records)
+    assert lines[1:] == [f"trained topk_k2 in {again['topk_k2']['train_seconds']:.0f} s"]
     assert not (tmp_path / ".topk_k2.partial").exists() and (tmp_path / "topk_k2" / "cfg.json").exists()
 
 
@@ -234,3 +267,18 @@ def test_synth_world_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, m
     assert main(["synth-world", "--out", str(tmp_path / "w"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and not (tmp_path / "w").exists()
+
+
+def test_child_latents_are_told_by_their_firing():
+    """A latent is a child's when it fires on MIN_FIRING rows or more, at least SELECTIVE of them with that child."""
+    from actstore.world.truth import child_latents
+
+    row_child = torch.tensor([5] * 9 + [6] * 5 + [-1] * 6)                    # 20 rows: child 5, child 6, none
+    fires = torch.zeros(20, 4, dtype=torch.bool)
+    fires[:9, 0] = True                                   # only with child 5: a child latent
+    fires[:10, 1] = True                                  # 9 with child 5, 1 with child 6: 0.9, a child latent
+    fires[:11, 2] = True                                  # 9 of 11 = 0.82: fires with either, not a child latent
+    fires[14:16, 3] = True                                # 2 rows without a child: too few, and no child
+    assert child_latents(fires, row_child, [5, 6]).tolist() == [True, True, False, False]
+    fires[:2, 3] = True                                   # now 2 with child 5 and 2 without: 0.5
+    assert not child_latents(fires, row_child, [5, 6])[3]

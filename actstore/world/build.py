@@ -198,14 +198,17 @@ def write_world(out: str | Path, spec: WorldSpec, log=print) -> Path:
             return store_path
         except Exception:  # noqa: BLE001 - an incomplete or damaged store is made again (seconds)
             pass
+    from actstore.errors import InputError
+
     if meta_path.exists():
         held = json.loads(meta_path.read_text()).get("spec")
         if held != asdict(spec):
-            from actstore.errors import InputError
-
             differ = sorted(k for k in asdict(spec) if (held or {}).get(k) != asdict(spec)[k])
             raise InputError(f"{out} holds another world ({', '.join(differ)} differ); choose another --out, or "
-                             f"give the same --size and --seed")
+                             f"give that world's --size, --seed, --parents and --children")
+    if store_path.exists() and _world_digest(store_path) != spec.digest():
+        raise InputError(f"{store_path} is not this world's store (another store, or another world's); it is left "
+                         f"as it is: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     world = make_world(spec)
     rows = world_rows(world)
@@ -240,6 +243,15 @@ def write_world(out: str | Path, spec: WorldSpec, log=print) -> Path:
     log(f"world {spec.digest()}: {len(rows.x)} rows ({int(rows.split.sum())} test), {spec.n_features} features in "
         f"{spec.d_model} dims -> {store_path}")
     return store_path
+
+
+def _world_digest(store_path: Path) -> str | None:
+    """The world a store at store_path was written for (None: not a world's store, or unreadable)."""
+    try:
+        attrs = json.loads((store_path / "zarr.json").read_text()).get("attributes", {})
+        return ((attrs.get("extra") or {}).get("world") or {}).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _shard_rows(n: int) -> int:

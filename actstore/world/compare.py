@@ -21,6 +21,8 @@ from actstore.world.truth import summarize
 
 PAIRS = (("mean_absorption_fraction", "gt_absorption_fraction"), ("mean_full_absorption", "gt_full_absorption"))
 """(actstore's column, the ground truth's) compared."""
+LITERAL = tuple((measured, f"{truth}_literal") for measured, truth in PAIRS)
+"""The same against the issue's literal parent-latent rule (truth.py)."""
 
 
 def spearman(a, b) -> float | None:
@@ -44,14 +46,14 @@ def _ranks(v: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def agreement(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+def agreement(rows: list[dict], n_boot: int = 1000, seed: int = 0, pairs=PAIRS) -> dict:
     """Spearman and mean absolute error of each measured/true pair over `rows`, and for 5 or more rows a 95%
     percentile interval of the Spearman over SAEs resampled with replacement (resamples where it is undefined,
-    a constant side, are left out)."""
+    a constant side, are left out). Keys are named by the measured column (`pairs` says which truth)."""
     out: dict = {"saes": len(rows)}
     gen = np.random.default_rng(seed)
     draws = gen.integers(0, len(rows), size=(n_boot, len(rows))) if len(rows) >= 5 else None
-    for measured, truth in PAIRS:
+    for measured, truth in pairs:
         m = np.array([r[measured] for r in rows], dtype=float)
         t = np.array([r[truth] for r in rows], dtype=float)
         out[f"{measured}_spearman"] = spearman(m, t)
@@ -86,6 +88,7 @@ def compare(out: str | Path, results: str | Path) -> dict:
         evaluated = classes[(classes["sae_key"] == sae["sae_key"])]["class"].tolist()
         row = {"sae": sae["sae_id"], "arch": training["arch"], "sparsity": training["sparsity"],
                "l0": float(sae["l0_vocab"]), "classes_evaluated": int(sae["classes_evaluated"]),
+               "mean_num_split_features": float(sae["mean_num_split_features"]),
                **summarize(truth["classes"], evaluated)}
         for column in sae.index:
             if column.startswith(("mean_absorption_fraction", "mean_full_absorption", "chance_", "null_")) \
@@ -102,7 +105,7 @@ def compare(out: str | Path, results: str | Path) -> dict:
     by_arch = {arch: agreement([r for r in rows if r["arch"] == arch]) for arch in sorted({r["arch"] for r in rows})}
     return {"world": world["digest"], "task": world["task"], "parents": len(world["parents"]),
             "children": len(world["children"][0]), "probe_parent_cos": probe_cos, "saes": rows,
-            "overall": agreement(rows), "by_arch": by_arch}
+            "overall": agreement(rows), "overall_literal": agreement(rows, pairs=LITERAL), "by_arch": by_arch}
 
 
 def _probe_cosines(out: Path, world: dict) -> dict:
@@ -146,6 +149,7 @@ def plot(table: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = table["saes"]
     archs = sorted({r["arch"] for r in rows})
@@ -177,6 +181,7 @@ def plot(table: dict, path: Path) -> None:
         ax.plot([r["l0"] for r in mine], [r["gt_full_absorption"] for r in mine], "-o", color=colors[arch], label=arch)
         ax.plot([r["l0"] for r in mine], [r["mean_full_absorption"] for r in mine], ":s", color=colors[arch], ms=4)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the minor labels overlap on a short range
     ax.set_xlabel("L0 on the task's rows")
     ax.set_ylabel("full absorption (solid: true, dotted: actstore)")
     ax.legend(fontsize=8)

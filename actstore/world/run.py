@@ -22,7 +22,7 @@ import torch
 
 from actstore.world.build import TEMPLATE, WorldSpec, load_world, write_world
 from actstore.world.train import ARCHS, recipes, train_set
-from actstore.world.truth import GATE, ground_truth
+from actstore.world.truth import GATE, MIN_FIRING, PARENT_MIN, SELECTIVE, VERSION, ground_truth
 
 
 @dataclass
@@ -77,13 +77,14 @@ def synth_world(cfg: SynthWorldConfig, progress: bool = True, log=print) -> dict
 
 
 def write_truths(out: Path, records: dict[str, dict], log=print) -> None:
-    """truth.json beside each trained SAE (kept when present: the SAE and the world have not changed)."""
+    """truth.json beside each trained SAE (kept when present and of this definitions' VERSION: the SAE and the
+    world have not changed)."""
     from actstore.saes.loading import load_sae_lens_dir
     from actstore.store.zarrstore import ActivationStore
     from actstore.tasks.labels import labels_task
 
     info, features = load_world(out)
-    todo = [name for name in records if not (out / "saes" / name / "truth.json").exists()]
+    todo = [name for name in records if _truth_version(out / "saes" / name / "truth.json") != VERSION]
     if not todo:
         return
     with ActivationStore.open(out / "store.zarr") as store:
@@ -92,15 +93,24 @@ def write_truths(out: Path, records: dict[str, dict], log=print) -> None:
         test = np.flatnonzero(split == 1)
         x = store.read(group, 0)[torch.as_tensor(test)].float()                   # (n_test, d_model)
         parent = np.asarray(store.column(group, "label")).astype(np.int64)[test]
+        child = np.asarray(store.column(group, "child")).astype(np.int64)[test]
     for name in todo:
         sae = load_sae_lens_dir(out / "saes" / name)
         with torch.no_grad():
             acts = sae.encode(x)                                                 # (n_test, width)
-        per_class = ground_truth(acts, sae.w_dec, features, parent, info["children"], info["classes"])
-        truth = {"sae": name, "gate": GATE, "test_rows": len(test), "l0_test_rows": float((acts > 0).sum(1).float().mean()),
+        per_class = ground_truth(acts, sae.w_dec, features, parent, child, info["children"], info["classes"])
+        truth = {"sae": name, "version": VERSION, "gate": GATE, "parent_min": PARENT_MIN, "selective": SELECTIVE,
+                 "min_firing": MIN_FIRING, "test_rows": len(test), "l0_test_rows": float((acts > 0).sum(1).float().mean()),
                  "classes": per_class}
         (out / "saes" / name / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
     log(f"ground truth of {len(todo)} SAEs -> {out / 'saes'}/*/truth.json")
+
+
+def _truth_version(path: Path) -> int | None:
+    try:
+        return json.loads(path.read_text()).get("version")
+    except (OSError, ValueError):  # missing, or torn by a kill: computed again
+        return None
 
 
 def score_world(out: Path, store_path: Path, cfg: SynthWorldConfig, progress: bool = True, log=print) -> Path:

@@ -173,6 +173,8 @@ def train_set(out: str | Path, spec: WorldSpec, todo: list[Recipe], workers: int
             log(f"SAE {recipe.name}: training failed ({type(result).__name__}: {detail})")
         else:
             done[recipe.name] = result
+            if not progress:  # the bar is off: a line per SAE says the run is alive
+                log(f"trained {recipe.name} in {result['train_seconds']:.0f} s")
         bar.update(1)
     bar.close()
     return {r.name: done[r.name] for r in todo if r.name in done}
@@ -193,15 +195,22 @@ def _run(todo: list[Recipe], spec: WorldSpec, out: Path, workers: int, device: s
         return
     before = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # workers inherit it: sae-lens's trainer draws a bar per SAE; ours is the set's
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    finished = False
     try:
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(train_one, asdict(spec), tuple(r), str(out), device): r for r in todo}
-            for future in cf.as_completed(futures):
-                try:
-                    yield futures[future], future.result()
-                except Exception as err:  # noqa: BLE001 - reported by the caller
-                    yield futures[future], err
+        futures = {pool.submit(train_one, asdict(spec), tuple(r), str(out), device): r for r in todo}
+        for future in cf.as_completed(futures):
+            try:
+                yield futures[future], future.result()
+            except Exception as err:  # noqa: BLE001 - reported by the caller
+                yield futures[future], err
+        finished = True
     finally:
+        if not finished:  # Ctrl-C, SIGTERM: no queued SAE starts, the running ones stop (their folders are partial)
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True)
         if before is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:
