@@ -207,8 +207,9 @@ def _run(todo: list[Recipe], spec: WorldSpec, out: Path, workers: int, device: s
         finished = True
     finally:
         if not finished:  # Ctrl-C, SIGTERM: no queued SAE starts, the running ones stop (their folders are partial)
+            running = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
             pool.shutdown(wait=False, cancel_futures=True)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
+            for process in running:
                 process.terminate()
         pool.shutdown(wait=True)
         if before is None:
