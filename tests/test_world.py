@@ -223,7 +223,7 @@ def test_spearman_and_agreement_match_scipy():
     assert stats["mean_absorption_fraction_spearman_ci"] == pytest.approx([-1.0, -1.0])
 
 
-def test_synth_world_end_to_end_on_a_tiny_world(tmp_path, monkeypatch):
+def test_synth_world_end_to_end_on_a_tiny_world(tmp_path, monkeypatch, ray_session):
     """The command's steps on a tiny world, two SAEs: ground truth beside each, scored by actstore with nulls and
     intervals, and the comparison written (the full set is benchmarks/groundtruth.py's)."""
     import actstore.world.run as run
