@@ -79,9 +79,9 @@ def solver_spread(out: Path, world: dict, seeds: int) -> dict:
     import pandas as pd
 
     from actstore.api import score_saes
-    from actstore.world.build import TEMPLATE
+    from actstore.world.build import TEMPLATE, task_spec
 
-    common = {"task": f"labels:{out / 'world.csv'}", "template": TEMPLATE, "bootstrap": 0, "progress": False}
+    common = {"task": task_spec(out), "template": TEMPLATE, "bootstrap": 0, "progress": False}
     score_saes(out / "store.zarr", [str(out / "saes")], out=out / f"results_seeds{seeds}", seeds=seeds, **common)
     score_saes(out / "store.zarr", [str(out / "saes")], out=out / "results_converged", l1_solver="converged", **common)
     many = pd.read_parquet(out / f"results_seeds{seeds}" / "saes.parquet").set_index("sae_id")
@@ -111,12 +111,7 @@ def print_table(table: dict) -> None:
             cells.append(f"{r[measured]:8.3f} {ci:>13} {'' if chance is None else f'{chance:6.3f}':>6} {r[truth]:6.3f}")
         split = r.get("carriers_counted_as_splits")
         print(f"{r['sae']:>18} {r['l0']:5.2f} | {cells[0]} | {cells[1]} | {'-' if split is None else f'{split:.2f}':>18}")
-    print()
-    for name, s in [("all", table["overall"]), *table["by_arch"].items()]:
-        fmt = lambda v: "  -  " if v is None else f"{v:5.2f}"  # noqa: E731
-        print(f"{name:>11}: {s['saes']:2d} SAEs | fraction Spearman {fmt(s['mean_absorption_fraction_spearman'])} "
-              f"MAE {fmt(s['mean_absorption_fraction_mae'])} | full Spearman {fmt(s['mean_full_absorption_spearman'])} "
-              f"MAE {fmt(s['mean_full_absorption_mae'])}")
+    # the agreement per architecture: synth_world has logged it (write_comparison)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,17 @@ SAE_LENS_ARCHITECTURE = {"relu": "standard"}
 """actstore's architecture names -> sae-lens's, where they differ"""
 
 
+def sae_lens_architecture(sae: SAEWeights) -> str:
+    """The architecture as sae-lens names the SAE's encoder (standard, topk, jumprelu)."""
+    return SAE_LENS_ARCHITECTURE.get(sae.architecture, sae.architecture)
+
+
+def trained_as(sae: SAEWeights) -> str:
+    """The architecture the SAE was trained as, by sae-lens's name (batchtopk for a BatchTopK saved as JumpReLU),
+    else its encoder's."""
+    return getattr(sae, "source_architecture", None) or sae_lens_architecture(sae)
+
+
 def prompt_token_pos(spec) -> tuple[int, str]:
     """The query word's position counted from the prompt's end (SAEBench's prompt_token_pos: -6 for Gemma), and
     where it came from: `store` (the store records it, extra.prompt_token_pos), `tokenizer` (the store's tokenizer,
@@ -250,12 +261,11 @@ def saebench_sae_cfg(sae: SAEWeights, spec) -> dict:
            "metadata": {"sae_lens_version": sae_lens_version(), "sae_lens_training_version": None,
                         "model_name": spec.model, "hook_name": hook_name, "hook_head_index": None,
                         "prepend_bos": None if not isinstance(bos, dict) else bos.get("token_id") is not None}}
-    trained_as = getattr(sae, "source_architecture", None)
-    if trained_as and trained_as != SAE_LENS_ARCHITECTURE.get(sae.architecture, sae.architecture):
-        cfg["metadata"]["training_architecture"] = trained_as  # a BatchTopK saved for inference: as sae-lens writes it
+    if trained_as(sae) != sae_lens_architecture(sae):
+        cfg["metadata"]["training_architecture"] = trained_as(sae)  # a BatchTopK saved for inference, as sae-lens writes it
     if sae.architecture == "topk":  # the weights as scored: any decoder-norm rescaling is folded in
         cfg.update(k=sae.k, rescale_acts_by_decoder_norm=False)
-    cfg.update(architecture=SAE_LENS_ARCHITECTURE.get(sae.architecture, sae.architecture), hook_layer=sae.layer,
+    cfg.update(architecture=sae_lens_architecture(sae), hook_layer=sae.layer,
                hook_name=hook_name)
     return cfg
 
@@ -350,8 +360,7 @@ def record_result(out: Path, source, sae: SAEWeights, result, cfg: ScoreConfig, 
     if result.tokens is not None:  # before the part: a finished part always has its tokens beside it
         write_tokens(tokens_path(out / "parts" / part_name(source.key, task)), result.tokens)
     return _record(source, task, layer=sae.layer, width=sae.width, l0_reported=source.l0 or sae.l0,
-                   architecture=getattr(sae, "source_architecture", None)
-                   or SAE_LENS_ARCHITECTURE.get(sae.architecture, sae.architecture),
+                   architecture=trained_as(sae),
                    classes=classes, summary=result.summary,
                    latent_top_tokens={str(k): v for k, v in (result.latent_top_tokens or {}).items()})
 

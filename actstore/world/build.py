@@ -27,10 +27,13 @@ import torch
 
 from actstore.store.format import TASK_COLUMNS, StoreSpec
 from actstore.store.zarrstore import ActivationStore
+from actstore.run.results import sae_lens_version
 from actstore.tasks.labels import labels_task
 
 TEMPLATE = "{word} belongs to:"
 """The world task's query line (a label file with a template has its own prompt; no model ever reads it)."""
+LABELS = "world.csv"
+"""The world task's label file in the world's folder."""
 TEST_SHARE = 0.2
 
 
@@ -101,9 +104,6 @@ class World(NamedTuple):
     def features(self) -> torch.Tensor:
         """(F, d_model) unit feature directions."""
         return self.feature_dict.feature_vectors.detach()
-
-    def parent_index(self, p: int) -> int:
-        return p
 
     def child_indices(self, p: int) -> list[int]:
         s = self.spec
@@ -214,9 +214,9 @@ def write_world(out: str | Path, spec: WorldSpec, log=print) -> Path:
     rows = world_rows(world)
     texts = row_texts(spec)
     names = class_names(spec)
-    with open(out / "world.csv", "w") as f:
+    with open(out / LABELS, "w") as f:
         f.write("token,class\n" + "".join(f"{t},{names[p]}\n" for (p, _), t in sorted(texts.items())))
-    task = labels_task(out / "world.csv", TEMPLATE)
+    task = world_task(out)
     np.savez(out / "features.npz", features=world.features.numpy())
     slot = np.where(rows.child >= 0, (rows.child - spec.parents) % max(spec.children, 1), -1)
     row_text = np.array([texts[(p, j)] for p, j in zip(rows.parent.tolist(), slot.tolist())], dtype=object)
@@ -227,7 +227,7 @@ def write_world(out: str | Path, spec: WorldSpec, log=print) -> Path:
     info = {"spec": asdict(spec), "digest": spec.digest(), "classes": names, "task": task.name, "template": TEMPLATE,
             "parents": list(range(spec.parents)), "children": [world.child_indices(p) for p in range(spec.parents)],
             "background": list(range(spec.parents * (1 + spec.children), spec.n_features)),
-            "max_feature_cos": round(float(cos.abs().max()), 6), "sae_lens": _sae_lens_version()}
+            "max_feature_cos": round(float(cos.abs().max()), 6), "sae_lens": sae_lens_version()}
     store = ActivationStore.create(store_path, StoreSpec(
         model=f"sae_lens.synthetic world {spec.digest()}", d_model=spec.d_model, layers=[0], dtype="float32",
         prompt_template=TEMPLATE, shard_rows=_shard_rows(len(rows.x)),
@@ -259,10 +259,14 @@ def _shard_rows(n: int) -> int:
     return 16384 if n >= 16384 else max(1024, -(-n // 1024) * 1024)
 
 
-def _sae_lens_version() -> str:
-    from importlib.metadata import version
+def world_task(out: str | Path):
+    """The world's task: `labels:OUT/world.csv` with its own template (`task_spec(out)` as `--task` takes it)."""
+    return labels_task(Path(out) / LABELS, TEMPLATE)
 
-    return version("sae-lens")
+
+def task_spec(out: str | Path) -> str:
+    """What `--task` (with `--template TEMPLATE`) takes for the world in `out`."""
+    return f"labels:{Path(out) / LABELS}"
 
 
 def load_world(out: str | Path) -> tuple[dict, torch.Tensor]:

@@ -85,22 +85,22 @@ def compare(out: str | Path, results: str | Path) -> dict:
             continue
         training = json.loads((folder / "training.json").read_text())
         truth = json.loads((folder / "truth.json").read_text())
-        evaluated = classes[(classes["sae_key"] == sae["sae_key"])]["class"].tolist()
+        mine = classes[classes["sae_key"] == sae["sae_key"]].set_index("class")["split_latents"]  # evaluated ones
         row = {"sae": sae["sae_id"], "arch": training["arch"], "sparsity": training["sparsity"],
                "l0": float(sae["l0_vocab"]), "classes_evaluated": int(sae["classes_evaluated"]),
                "mean_num_split_features": float(sae["mean_num_split_features"]),
-               **summarize(truth["classes"], evaluated)}
+               **summarize(truth["classes"], list(mine.index))}
         for column in sae.index:
             if column.startswith(("mean_absorption_fraction", "mean_full_absorption", "chance_", "null_")) \
                     and "minus" not in column and ("absorption" in column):
                 row[column] = None if pd.isna(sae[column]) else float(sae[column])
-        mine = classes[classes["sae_key"] == sae["sae_key"]].set_index("class")["split_latents"]
         carriers = {c["class"]: set(c["carriers"]) for c in truth["classes"] if c["class"] in mine.index}
         held = sum(len(latents) for latents in carriers.values())
         row["carriers_counted_as_splits"] = (sum(len(carriers[c] & set(mine[c])) for c in carriers) / held
                                              if held else None)
-        row["gt_absorption_fraction_all"] = summarize(truth["classes"])["gt_absorption_fraction"]
-        row["gt_full_absorption_all"] = summarize(truth["classes"])["gt_full_absorption"]
+        every = summarize(truth["classes"])  # over all parents, evaluated or not
+        row["gt_absorption_fraction_all"] = every["gt_absorption_fraction"]
+        row["gt_full_absorption_all"] = every["gt_full_absorption"]
         rows.append(row)
     by_arch = {arch: agreement([r for r in rows if r["arch"] == arch]) for arch in sorted({r["arch"] for r in rows})}
     return {"world": world["digest"], "task": world["task"], "parents": len(world["parents"]),
@@ -112,13 +112,11 @@ def _probe_cosines(out: Path, world: dict) -> dict:
     """How well the ground-truth probe found each parent: cos(p_c, f_parent), min and mean over classes."""
     from actstore.score.probes import load_probe
     from actstore.store.zarrstore import ActivationStore
-    from actstore.tasks.registry import get_task
-    from actstore.world.build import load_world
+    from actstore.world.build import load_world, world_task
 
     _, features = load_world(out)
-    task = get_task(f"labels:{out / 'world.csv'}", world["template"])
     with ActivationStore.open(out / "store.zarr") as store:
-        directions = load_probe(store, 0, task).directions()                   # (C, d_model)
+        directions = load_probe(store, 0, world_task(out)).directions()                   # (C, d_model)
     cos = (directions * torch.nn.functional.normalize(features[world["parents"]], dim=1)).sum(dim=1)
     return {"min": float(cos.min()), "mean": float(cos.mean())}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actstore.world.build import TEMPLATE, WorldSpec, load_world, write_world
+from actstore.world.build import TEMPLATE, WorldSpec, load_world, task_spec, world_task, write_world
 from actstore.world.train import ARCHS, recipes, train_set
 from actstore.world.truth import GATE, MIN_FIRING, PARENT_MIN, SELECTIVE, VERSION, ground_truth
 
@@ -81,14 +81,13 @@ def write_truths(out: Path, records: dict[str, dict], log=print) -> None:
     world have not changed)."""
     from actstore.saes.loading import load_sae_lens_dir
     from actstore.store.zarrstore import ActivationStore
-    from actstore.tasks.labels import labels_task
 
     info, features = load_world(out)
     todo = [name for name in records if _truth_version(out / "saes" / name / "truth.json") != VERSION]
     if not todo:
         return
     with ActivationStore.open(out / "store.zarr") as store:
-        group = labels_task(out / "world.csv", TEMPLATE).group
+        group = world_task(out).group
         split = np.asarray(store.column(group, "split"))
         test = np.flatnonzero(split == 1)
         x = store.read(group, 0)[torch.as_tensor(test)].float()                   # (n_test, d_model)
@@ -117,9 +116,8 @@ def score_world(out: Path, store_path: Path, cfg: SynthWorldConfig, progress: bo
     """actstore's measurement of every trained SAE, as `actstore score` makes it (probes first)."""
     from actstore.api import score_saes
 
-    info, _ = load_world(out)
     results = out / "results"
-    score_saes(store_path, [str(out / "saes")], task=f"labels:{out / 'world.csv'}", template=TEMPLATE, out=results,
+    score_saes(store_path, [str(out / "saes")], task=task_spec(out), template=TEMPLATE, out=results,
                progress=progress, log=log, bootstrap=cfg.bootstrap, null=not cfg.no_null, seeds=1, device=cfg.device)
-    log(f"scored task {info['task']} -> {results}")
+    log(f"scored task {world_task(out).name} -> {results}")
     return results
