@@ -10,9 +10,26 @@ latents offsets[s]..offsets[s+1] of W_enc (d, M), b_enc, threshold, scale and V)
     idx, val = the active latents (ids local to the SAE, increasing) and f_i * scale_i (folded values),
             the first `capacity` of each token; l0 > capacity marks an overflow, and the launcher runs
             again with room for the largest l0: lists are never silently cut
-    near  = #{i : |pre_i - thr_i| <= flip_tol * max(|pre_i|, |thr_i|) + flip_abs * |x|max |W_enc[:, i]|}, the
+    near  = #{i : |pre_i - thr_i| <= flip_tol * max(|pre_i|, |thr_i|) + flip_abs * |x_n| |W_enc[:, i]|}, the
             firing decisions close enough to the threshold that another order of summation or rounding of pre
-            may take them the other way (|x|max: the largest token norm of the launch)
+            may take them the other way (|x_n|: the token's norm)
+
+Exact decisions from 16-bit operands (RECHECK): the kernel lists CANDIDATES instead, every entry with
+pre >= edge - C ((|x_n| + a)(|w_i| + a) + |b_i|) (edge = max(thr_i, 0)), with its raw pre; the caller
+recomputes each candidate in float64 from the fp32 operands (`actstore.score.encode.encode_group_fused`), so
+every firing decision is exact arithmetic's. The band holds |pre_kernel - pre_exact| for every entry:
+  x and W_enc rounded to the operand dtype, x^_j = x_j + e_j with |e_j| <= u |x_j| + alpha (u = 2^-8 bf16,
+  2^-11 fp16; alpha: half the subnormal spacing, 2^-25 fp16, 2^-134 bf16), products exact in fp32, then d + 1
+  terms (the bias first) summed in fp32 in any order by additions that may truncate (tensor cores align and
+  truncate: u_acc = 2^-23 per term, gamma = (d + 1) u_acc / (1 - (d + 1) u_acc)). With S = sum_j |x_j w_ji| + |b_i|:
+    |pre_kernel - pre_exact| <= c S + A (|x| + |w_i|) + A0,  c = 2u + u^2 + gamma (1 + u)^2,
+    A = alpha (1 + u)(1 + gamma) sqrt(d), A0 = d alpha^2 (1 + gamma)
+  and S <= |x_n| |w_i| + |b_i| (Cauchy-Schwarz). The norms are fp32 sums of d squares and a root, low by at most
+  eta = (d + 2) u_acc / (1 - (d + 2) u_acc); the band and the test pre >= edge - band take 5 fp32 roundings,
+  whose error is below 2^-20 S when pre_exact > edge >= 0 (then edge < S). So C = (c + 2^-20) / ((1 - eta)^2
+  (1 - u_acc)^5) and a = A / c (C a (|x| + |w|) >= A, C a^2 >= A0) (`recheck_band`). d 2304, bf16: c = 8.105e-3,
+  C = 8.110e-3 (a = 3e-37: nothing); fp16: C = 1.254e-3, a = 1.14e-3. fp16 tokens must stay below 65504.
+  With RECHECK, proj is still from the firing in the operand dtype (scoring does not read proj).
 
 proj_c = sum_i f_i (W_dec[i] . p_c) = sum_i s_i cos(W_dec[i], p_c) with s_i = f_i |W_dec[i]|: the projection of
 the SAE's reconstruction (less b_dec) on the probe direction. The (N, m) matrix never exists: a program owns
@@ -38,7 +55,7 @@ What it compiles to on Hopper is checked without a GPU (`benchmarks/kernel_stati
 - offsets: what can pass 2^31 is formed once per program in 64 bits; per-tile offsets stay 32-bit
   (`check_offsets`).
 
-This module is long (about 460 lines) because it holds one fused op whole, as STYLE.md asks of kernels/<op>.py:
+This module is long (about 560 lines) because it holds one fused op whole, as STYLE.md asks of kernels/<op>.py:
 the Triton kernel, its launcher (checks, class blocks, overflow retry, split join) and the fp32 torch reference
 that the tests and benchmarks import beside it.
 
@@ -78,10 +95,17 @@ def _config(bn: int, bm: int, bk: int, warps: int, stages: int) -> triton.Config
 # (`tuned=True`, benchmarks) picks among CONFIGS, each of which compiles for sm_90a and sm_80 and fits both
 # targets' shared memory (`benchmarks/kernel_static.py`). Dropped from the list at main: 128x256 (256 KB of
 # shared memory under Triton 3.9), 256x64 (748 spill instructions in the sm_80 main loop under 3.9) and 64x64
-# (its work is covered by 128x64 and 64x128; each kept config costs a compile in the CI test).
+# (its work is covered by 128x64 and 64x128; each kept config costs a compile in the CI test). 128x64 and 64x128
+# take 8 warps: with 4, ptxas serializes their wgmma chain (warning C7514, wait depth 0 in SASS) and the epilogue
+# spills (tests/test_kernel_static.py fails on both).
 PINNED = _config(64, 64, 64, 4, 1) if INTERPRET else _config(128, 128, 64, 8, 3)
-CONFIGS = [PINNED] if INTERPRET else [PINNED, _config(128, 64, 64, 4, 4), _config(64, 128, 64, 4, 4),
+CONFIGS = [PINNED] if INTERPRET else [PINNED, _config(128, 64, 64, 8, 4), _config(64, 128, 64, 8, 4),
                                       _config(128, 128, 32, 8, 4)]
+PINNED_FP32 = PINNED if INTERPRET else _config(32, 16, 32, 4, 2)
+"""the tiles of fp32 tokens (ieee dots on CUDA cores, no tensor cores: other tiles than PINNED's may fit)"""
+GROUP_N = 8
+"""token blocks per group of the grid order (`grid_order`): with the pinned tiles at d 2304 in bf16 the group's x
+blocks take 8 x 128 x 2304 x 2 bytes = 4.7 MB of L2, and each share's W_enc is read from memory once per group"""
 
 
 @triton.jit
@@ -91,8 +115,8 @@ def _jumprelu_probe_kernel(
     b_ptr,  # (M,) fp32 encoder biases
     thr_ptr,  # (M,) fp32 thresholds
     scale_ptr,  # (M,) fp32 decoder norms (folded values = f * scale)
-    enorm_ptr,  # (M,) fp32 encoder column norms |W_enc[:, i]|
-    xmax_ptr,  # () fp32 the largest token norm of the launch
+    enorm_ptr,  # (M,) fp32 encoder column norms |W_enc[:, i]| (of the unrounded weights)
+    xnorm_ptr,  # (N,) fp32 token norms |x_n| (of the unrounded tokens)
     v_ptr,  # (M, P) fp32 W_dec @ p^T, padded
     off_ptr,  # (S + 1,) int32 latent offsets of the SAEs
     proj_ptr,  # (S * splits, N, P) fp32 out
@@ -101,19 +125,31 @@ def _jumprelu_probe_kernel(
     idx_ptr,  # (S * splits, N, CAP) int32 out
     val_ptr,  # (S * splits, N, CAP) fp32 out
     N, D, CAP, flip_tol, flip_abs,
+    band,  # RECHECK: C of the candidate band C (|x_n| |w_i| + |b_i|) (`recheck_band`)
     splits,  # shares per SAE
     n_key,  # tokens rounded up to a power of two: the autotuner's key, unused here
     stride_xn, stride_xd, stride_wd, stride_wm,
     P: tl.constexpr, IEEE: tl.constexpr,
     ASM_STORES: tl.constexpr,  # list entries stored by inline PTX (a GPU; the interpreter takes tl.store)
     ALIGNED: tl.constexpr,  # every offset is a multiple of 16 (the launcher checks): aligned W_enc loads
+    RECHECK: tl.constexpr,  # list the candidates pre >= edge - band (raw pre) instead of the firing latents
+    UPCAST: tl.constexpr,  # the interpreter: 16-bit operands widened to fp32 before the dot (exact products)
+    GROUP_N: tl.constexpr,  # token blocks of a group in the grid order (`GROUP_N`)
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Offsets: products that can pass 2^31 (token x row stride, latent x W_enc stride, job x N x CAP) are
     # formed once per program in 64 bits, as base pointers; per-tile offsets from those bases stay in 32 bits
     # (BLOCK_N x stride_xn, BLOCK_K x stride_wd, BLOCK_N x CAP, BLOCK_M x P: the launcher checks the bounds).
-    pid_n = tl.program_id(0)
-    job = tl.program_id(1)  # sae * splits + share: a share is a contiguous run of one SAE's latents
+    # Grid order (1D, `grid_order`): GROUP_N token blocks form a group; within it the block runs fastest and
+    # the job (sae * splits + share, a contiguous run of one SAE's latents) next, so the group's x blocks stay
+    # in L2 while each share's W_enc tiles are read once per group by GROUP_N programs side by side.
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_N * (tl.num_programs(0) // blocks)  # the grid is blocks x jobs programs
+    first_block = pid // per_group * GROUP_N
+    in_group = tl.minimum(blocks - first_block, GROUP_N)  # the last group may hold fewer blocks
+    pid_n = first_block + pid % per_group % in_group
+    job = pid % per_group // in_group
     sae = job // splits
     first = tl.load(off_ptr + sae)
     last = tl.load(off_ptr + sae + 1)
@@ -142,7 +178,8 @@ def _jumprelu_probe_kernel(
     else:
         earlier = (ms[:, None] < ms[None, :]).to(tl.float16)  # 0/1 and sums <= BLOCK_M: exact
     widen = 1 / (1 - flip_tol)
-    reach = flip_abs * tl.load(xmax_ptr) * widen  # times |W_enc[:, i]|: the band's absolute part, widened
+    x_norm = tl.load(xnorm_ptr + row0 + rows, mask=row_ok, other=0.0)  # (BLOCK_N,)
+    reach = flip_abs * x_norm * widen  # times |W_enc[:, i]|: the near band's absolute part, widened
     proj = tl.zeros((BLOCK_N, P), dtype=tl.float32)
     count = tl.zeros((BLOCK_N,), dtype=tl.int32)
     near = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -159,47 +196,56 @@ def _jumprelu_probe_kernel(
             k_ok = ks < D - k0
             x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_K)
             w = tl.load(w_ptrs, mask=k_ok[:, None] & lat_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_M)
-            if IEEE:
+            if UPCAST:  # the interpreter's dot multiplies bf16's raw bits; bf16/fp16 products are exact in fp32
+                pre = tl.dot(x.to(tl.float32), w.to(tl.float32), pre, input_precision="ieee")
+            elif IEEE:
                 pre = tl.dot(x, w, pre, input_precision="ieee")
             else:
                 pre = tl.dot(x, w, pre)
             x_ptrs += BLOCK_K * stride_xd
             w_ptrs += BLOCK_K * stride_wd
-        # per latent, then one or two operations per element: JumpReLU fires iff pre > max(threshold, 0), and
-        # |pre - thr| <= flip_tol max(|pre|, |thr|) + a (a = flip_abs |x|max |w_i|) lies within lo <= pre <= hi
-        # (a widened by 1 / (1 - flip_tol), so the interval holds the band); NaN past the share: never near
+        # per latent, then one or two operations per element: JumpReLU fires iff pre > max(threshold, 0)
         thr = tl.load(thr_ptr + lat, mask=lat_ok, other=float("nan"))
         edge = tl.where(lat_ok, tl.maximum(thr, 0.0), float("inf"))
-        spread = reach * tl.load(enorm_ptr + lat, mask=lat_ok, other=0.0)
-        lo = tl.minimum(thr * (1 - flip_tol), thr * widen) - spread
-        hi = tl.maximum(thr * (1 - flip_tol), thr * widen) + spread
+        e_norm = tl.load(enorm_ptr + lat, mask=lat_ok, other=0.0)
         scale = tl.load(scale_ptr + lat, mask=lat_ok, other=0.0)
         fire = pre > edge[None, :]  # (BLOCK_N, BLOCK_M)
-        near += tl.sum(((pre >= lo[None, :]) & (pre <= hi[None, :])).to(tl.int32), axis=1)
-        # each firing latent's place among the tile's firing latents of its token, as one small MMA (exact: 0/1
+        if RECHECK:  # candidates: every entry whose exact pre may pass the edge, evaluated as the bound assumes
+            listed = pre >= edge[None, :] - band * (x_norm[:, None] * e_norm[None, :] + tl.abs(b)[None, :])
+        else:
+            listed = fire
+            # near: |pre - thr| <= flip_tol max(|pre|, |thr|) + a (a = flip_abs |x_n| |w_i|) lies within
+            # lo <= pre <= hi (a widened by 1 / (1 - flip_tol), so the interval holds the band); NaN past the
+            # share: never near
+            spread = reach[:, None] * e_norm[None, :]  # (BLOCK_N, BLOCK_M)
+            lo = tl.minimum(thr * (1 - flip_tol), thr * widen)[None, :] - spread
+            hi = tl.maximum(thr * (1 - flip_tol), thr * widen)[None, :] + spread
+            near += tl.sum(((pre >= lo) & (pre <= hi)).to(tl.int32), axis=1)
+        # each listed latent's place among the tile's listed latents of its token, as one small MMA (exact: 0/1
         # products, sums <= BLOCK_M); the token's list continues at count, in a room of CAP - count slots
         if IEEE:
             proj = tl.dot(tl.where(fire, pre, 0.0), v, proj, input_precision="ieee")  # f, the left operand as computed
-            before = tl.dot(tl.where(fire, 1.0, 0.0), earlier, input_precision="ieee")
+            before = tl.dot(tl.where(listed, 1.0, 0.0), earlier, input_precision="ieee")
         else:  # fp16 operands: tf32's precision (11 bits), and a 16-bit left operand stays in registers
             proj = tl.dot(tl.where(fire, pre, 0.0).to(tl.float16), v.to(tl.float16), proj)
-            before = tl.dot(tl.where(fire, 1.0, 0.0).to(tl.float16), earlier)
+            before = tl.dot(tl.where(listed, 1.0, 0.0).to(tl.float16), earlier)
         room = tl.where(row_ok, CAP - count, 0).to(tl.float32)  # (BLOCK_N,)
-        keep = fire & (before < room[:, None])
+        keep = listed & (before < room[:, None])
         slot = before.to(tl.int32)
         list_start = out + rows * CAP + count  # (BLOCK_N,) 64 bits, per token; slot adds 32 bits per entry
         local = tl.broadcast_to((start - first + m0 + ms)[None, :], (BLOCK_N, BLOCK_M))  # ids within the SAE
+        value = pre if RECHECK else pre * scale[None, :]  # a candidate's raw pre (the recheck recomputes it)
         if ASM_STORES:  # stored from the MMA layout as they are: no layout conversion through shared memory
             tl.inline_asm_elementwise(
                 "{ .reg .pred p; setp.ne.b32 p, $5, 0; @p st.global.b32 [$1], $3; @p st.global.b32 [$2], $4; "
                 "mov.b32 $0, 0; }", "=r,l,l,r,r,r",
                 [((idx_ptr + list_start)[:, None] + slot).to(tl.int64),  # addresses as integers ("l")
                  ((val_ptr + list_start)[:, None] + slot).to(tl.int64),
-                 local, pre * scale[None, :], keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                 local, value, keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
         else:
             tl.store((idx_ptr + list_start)[:, None] + slot, local, mask=keep)
-            tl.store((val_ptr + list_start)[:, None] + slot, pre * scale[None, :], mask=keep)
-        count += tl.sum(fire.to(tl.int32), axis=1)
+            tl.store((val_ptr + list_start)[:, None] + slot, value, mask=keep)
+        count += tl.sum(listed.to(tl.int32), axis=1)
 
     per_token = job.to(tl.int64) * N + row0
     tl.store(proj_ptr + per_token * P + rows[:, None] * P + cols[None, :], proj, mask=row_ok[:, None])
@@ -207,10 +253,21 @@ def _jumprelu_probe_kernel(
     tl.store(near_ptr + per_token + rows, near, mask=row_ok)
 
 
-_jumprelu_probe_tuned = triton.autotune(configs=CONFIGS, key=["n_key", "D", "splits", "ALIGNED", "IEEE", "P"])(
+_jumprelu_probe_tuned = triton.autotune(configs=CONFIGS, key=["n_key", "D", "splits", "ALIGNED", "IEEE", "P",
+                                                                "RECHECK"])(
     _jumprelu_probe_kernel)
 """The same kernel, autotuned: the key is what changes the best tiles (token count to a power of two, d_model,
-shares per SAE, alignment, dtype, class block), not the list capacity or a partial block's exact size."""
+shares per SAE, alignment, dtype, class block, recheck), not the list capacity or a partial block's exact size."""
+
+
+def grid_order(pid: int, blocks: int, jobs: int, group_n: int = GROUP_N) -> tuple[int, int]:
+    """(token block, job) of program `pid` of the kernel's 1D grid of blocks x jobs programs, as the kernel
+    computes it: GROUP_N token blocks form a group (the last may hold fewer); within a group the block runs
+    fastest, then the job. A plain-Python copy of the kernel's first lines, for the tests."""
+    per_group = group_n * jobs
+    first_block = pid // per_group * group_n
+    in_group = min(blocks - first_block, group_n)
+    return first_block + pid % per_group % in_group, pid % per_group // in_group
 
 
 class Group(NamedTuple):
@@ -250,7 +307,7 @@ class Fused(NamedTuple):
     value: torch.Tensor
     """(S, N, capacity) fp32 folded activations f * scale, same slots"""
     near: torch.Tensor
-    """(S, N) int32 firing decisions within flip_tol of the threshold"""
+    """(S, N) int32 firing decisions within flip_tol of the threshold (0 with recheck: the recheck decides)"""
     retries: int
     """launches repeated because some token had more than `capacity` active latents"""
     nnz: tuple = ()
@@ -281,7 +338,7 @@ def pack_group(saes: list, directions: torch.Tensor, dtype: torch.dtype, w_enc: 
     widths = [s.w_enc.shape[1] for s in saes]
     offsets = torch.tensor([0] + widths, device=device).cumsum(0).to(torch.int32)
     norms = torch.cat([s.w_dec.float().norm(dim=1) for s in saes])
-    enc_norm = torch.cat([torch.linalg.vector_norm(s.w_enc, dim=0, dtype=torch.float32) for s in saes])
+    enc_norm = torch.cat([s.enc_norm for s in saes])  # computed once per SAE (SAEWeights.enc_norm)
     classes = directions.shape[0]
     block = class_block(classes)
     blocks = max(1, triton.cdiv(classes, block))
@@ -309,14 +366,47 @@ sum_j |x_j w_ji| (<= |x| |w_i|), not to |pre|; with summands of random sign its 
 the rounding: an H200 run found fp32 decisions flipped outside it (benchmarks/NOTES.md)."""
 
 
-def default_splits(n: int, s: int, width: int, device: torch.device) -> int:
-    """Latent splits per SAE so that the launch has about 4 programs per SM (few tokens, few SAEs would
-    otherwise leave most of the GPU idle); each split keeps at least 4096 latents."""
-    if device.type != "cuda":
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 0.0}
+"""u of rounding an fp32 value to the kernel's operand dtype (fp32 tokens are not rounded)"""
+SUBNORMAL_ERROR = {torch.bfloat16: 2.0 ** -134, torch.float16: 2.0 ** -25, torch.float32: 0.0}
+"""the absolute rounding error of a value in the dtype's subnormal range (half its smallest spacing)"""
+
+
+def recheck_band(d: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(C, a) of the candidate band C ((|x_n| + a)(|w_i| + a) + |b_i|) of d_model d and operand `dtype`
+    (the module docstring derives it); the launcher adds a to the fp32 norms it passes."""
+    u, alpha, acc = UNIT_ROUNDOFF[dtype], SUBNORMAL_ERROR[dtype], 2.0 ** -23
+    gamma = (d + 1) * acc / (1 - (d + 1) * acc)
+    c = 2 * u + u * u + gamma * (1 + u) ** 2
+    eta = (d + 2) * acc / (1 - (d + 2) * acc)  # an fp32 norm's relative error, from below
+    big = (c + 2.0 ** -20) / ((1 - eta) ** 2 * (1 - acc) ** 5)
+    return big, alpha * (1 + u) * (1 + gamma) * math.sqrt(d) / c
+
+
+MIN_SHARE = 1024
+"""the fewest latents a split share keeps (`default_splits`)"""
+
+
+def default_splits(n: int, s: int, width: int, sm_count: int, block_n: int = 128) -> int:
+    """Latent splits per SAE so that the launch fills whole waves of the GPU.
+
+    A launch runs ceil(n / block_n) x s x splits programs; with the pinned tiles one program fills an SM (128
+    KB of shared memory), so they run in waves = ceil(programs / sm_count) and the last wave leaves
+    waves x sm_count - programs SMs idle. Of splits in 1..max(1, width // MIN_SHARE) (each share keeps at
+    least MIN_SHARE latents), the one with the best wave efficiency programs / (waves x sm_count), the fewest
+    splits among equals (each split reads the token block again). Example: 132 SMs, 4096 tokens (32 blocks),
+    one SAE of 16k: 1 split is 32/132 = 0.24, 4 splits 128/132 = 0.97 (8 splits: 256/264, the same, so 4).
+    block_n: the launch's BLOCK_N (128 for the pinned GPU tiles)."""
+    blocks = -(-n // block_n) * s
+    if blocks == 0:
         return 1
-    programs = triton.cdiv(n, 128) * s
-    want = triton.cdiv(4 * torch.cuda.get_device_properties(device).multi_processor_count, programs)
-    return max(1, min(want, width // 4096))
+    best, best_programs, best_slots = 1, blocks, -(-blocks // sm_count) * sm_count
+    for splits in range(2, max(1, width // MIN_SHARE) + 1):
+        programs = blocks * splits
+        slots = -(-programs // sm_count) * sm_count
+        if programs * best_slots > best_programs * slots:  # a strictly better fraction, in integers
+            best, best_programs, best_slots = splits, programs, slots
+    return best
 
 
 _room = {"capacity": 64}
@@ -341,16 +431,22 @@ def check_offsets(n: int, stride_xn: int, stride_wd: int, latents: int, capacity
 
 
 def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, flip_tol: float | None = None,
-                   splits: int | None = None, tuned: bool = False) -> Fused:
+                   splits: int | None = None, tuned: bool = False, recheck: bool = False,
+                   x_norm: torch.Tensor | None = None) -> Fused:
     """Launch the fused kernel on tokens x (N, d); grows `capacity` and relaunches until every list fits.
 
     capacity: list room per token; None: the room the last launch needed (64 at first). One host
     synchronisation per launch reads the largest L0 (and the entries per SAE); nothing else waits for the GPU.
     With splits > 1 each SAE's latents are cut into that many contiguous shares (starting on 16-latent
-    boundaries), each its own program column (more parallelism for few tokens); the shares' projections and
-    counts are summed and their lists joined in order, on the device. Default: `default_splits`.
-    tuned: autotune the tiles (benchmarks); scoring uses the one PINNED config, so which latents fire never
-    depends on which config won a timing.
+    boundaries), each its own job (more parallelism for few tokens); the shares' projections and
+    counts are summed and their lists joined in order, on the device. Default: `default_splits` (1 off CUDA).
+    tuned: autotune the tiles (benchmarks); scoring uses the one PINNED config (PINNED_FP32 for fp32 tokens), so
+    which latents fire never depends on which config won a timing.
+    recheck: list the candidates instead of the firing latents (module docstring): the lists hold every entry
+    whose exact pre may pass the edge, each with its raw pre as value; l0 and nnz count candidates, near is 0,
+    proj is still that of the firing in x's dtype. x_norm: (N,) fp32 norms of the tokens x was rounded from
+    (None: x's own, bounded up by 1 / (1 - u) when x is 16-bit); the group's enc_norm must be those of the
+    unrounded encoders (pack_group's), else they are computed from W_enc and bounded the same way.
     Classes: one launch per block of group.v (B = 1 up to MAX_CLASS_BLOCK classes). With B > 1 the first block's
     launch settles the lists (and any retry); each later block runs the same kernel again on the same tokens
     for its projection columns, rewriting the same lists (the pinned tiles are deterministic), so every class
@@ -369,11 +465,17 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
     s = len(widths)
     capacity = capacity or _room["capacity"]
     tol = FLIP_TOL[x.dtype] if flip_tol is None else flip_tol
+    loose = 1 / (1 - UNIT_ROUNDOFF[x.dtype])  # |v| <= |rounded v| / (1 - u)
     enc_norm = group.enc_norm if group.enc_norm is not None else \
-        torch.linalg.vector_norm(group.w_enc, dim=0, dtype=torch.float32)
-    x_max = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).amax() if n else \
-        torch.zeros((), device=x.device)
-    k = splits or default_splits(n, s, min(widths), x.device)
+        torch.linalg.vector_norm(group.w_enc, dim=0, dtype=torch.float32) * loose
+    if x_norm is None:
+        x_norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32) * loose
+    band, reach = recheck_band(d, x.dtype) if recheck else (0.0, 0.0)
+    if reach:  # 16-bit subnormals: (|x| + a)(|w| + a) holds their absolute rounding
+        x_norm, enc_norm = x_norm + reach, enc_norm + reach
+    pinned = PINNED_FP32 if x.dtype == torch.float32 else PINNED
+    sm_count = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0
+    k = splits or (default_splits(n, s, min(widths), sm_count, pinned.kwargs["BLOCK_N"]) if sm_count else 1)
     aligned = all(w % ALIGN == 0 for w in widths)  # offsets are partial sums of the widths
     if group.v.dim() != 3 or group.v.shape[1] != group.w_enc.shape[1]:
         raise ValueError(f"group.v must be (blocks, {group.w_enc.shape[1]}, P); got {tuple(group.v.shape)} "
@@ -383,23 +485,23 @@ def jumprelu_probe(x: torch.Tensor, group: Group, capacity: int | None = None, f
     l0 = torch.empty(s * k, n, device=x.device, dtype=torch.int32)
     near = torch.empty_like(l0)
     retries = 0
+    flags = dict(P=block, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET, RECHECK=recheck,
+                 UPCAST=INTERPRET and x.dtype != torch.float32, GROUP_N=GROUP_N)
 
     def launch(b: int, index: torch.Tensor, value: torch.Tensor) -> None:
-        args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, enc_norm, x_max, group.v[b],
-                group.offsets, proj[b], l0, near, index, value, n, d, index.shape[2], tol, FLIP_ABS, k,
+        args = (x, group.w_enc, group.b_enc, group.threshold, group.scale, enc_norm, x_norm, group.v[b],
+                group.offsets, proj[b], l0, near, index, value, n, d, index.shape[2], tol, FLIP_ABS, band, k,
                 triton.next_power_of_2(max(n, 1)), x.stride(0), x.stride(1), group.w_enc.stride(0),
                 group.w_enc.stride(1))
         if tuned:
-            _jumprelu_probe_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), s * k)](
-                *args, P=block, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET)
+            _jumprelu_probe_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * s * k,)](*args, **flags)
         else:
-            _jumprelu_probe_kernel[(triton.cdiv(n, PINNED.kwargs["BLOCK_N"]), s * k)](
-                *args, P=block, IEEE=x.dtype == torch.float32, ALIGNED=aligned, ASM_STORES=not INTERPRET,
-                num_warps=PINNED.num_warps, num_stages=PINNED.num_stages, **PINNED.kwargs)
+            _jumprelu_probe_kernel[(triton.cdiv(n, pinned.kwargs["BLOCK_N"]) * s * k,)](
+                *args, **flags, num_warps=pinned.num_warps, num_stages=pinned.num_stages, **pinned.kwargs)
 
     while True:
         check_offsets(n, x.stride(0), group.w_enc.stride(0), group.v.shape[1], capacity,
-                      CONFIGS if tuned else [PINNED], block)
+                      CONFIGS if tuned else [pinned], block)
         index = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.int32)
         value = torch.empty(s * k, n, capacity, device=x.device, dtype=torch.float32)
         launch(0, index, value)

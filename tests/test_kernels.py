@@ -1,8 +1,9 @@
 """The fused JumpReLU + probe-projection kernel against its fp32 torch reference and the scorer's encoder.
 
-On a CPU machine these run in Triton's interpreter (conftest sets TRITON_INTERPRET=1): fp32, small shapes
-(the interpreter gets bf16 wrong and runs every program in numpy). On a GPU the same tests run the compiled
-kernel on CUDA tensors (DEVICE). Tests marked gpu need CUDA.
+On a CPU machine these run in Triton's interpreter (conftest sets TRITON_INTERPRET=1) at small shapes (it runs
+every program in numpy; 16-bit operands are widened to fp32 before each dot, so products stay exact). On a GPU
+the same tests run the compiled kernel on CUDA tensors (DEVICE). Tests marked gpu need CUDA. The bf16 encode
+with its exact recheck: tests/test_recheck.py.
 """
 
 from __future__ import annotations
@@ -179,15 +180,15 @@ def test_decisions_at_the_threshold_are_counted_as_near():
     group = pack_group([sae], torch.zeros(0, d, device=DEVICE), torch.float32)
     out = jumprelu_probe(x, group)
     assert int(out.near[0, 7]) >= 2
-    # the band: |pre - thr| <= 1e-5 max(|pre|, |thr|) + 1e-6 |x|max |w_i| (FLIP_ABS), held by the interval the
+    # the band: |pre - thr| <= 1e-5 max(|pre|, |thr|) + 1e-6 |x_n| |w_i| (FLIP_ABS), held by the interval the
     # kernel tests, lo <= pre <= hi (its absolute part widened by 1 / (1 - 1e-5))
     thr, widen = sae.threshold.double(), 1 / (1 - 1e-5)
-    reach = 1e-6 * float(x.double().norm(dim=1).max()) * sae.w_enc.double().norm(dim=0) * widen  # (m,)
+    reach = 1e-6 * x.double().norm(dim=1)[:, None] * sae.w_enc.double().norm(dim=0)[None, :] * widen  # (20, m)
     lo = torch.minimum(thr * (1 - 1e-5), thr * widen) - reach
     hi = torch.maximum(thr * (1 - 1e-5), thr * widen) + reach
     expected = ((pre >= lo) & (pre <= hi)).sum(dim=1)  # (20,)
     assert int(out.near.sum()) - int(out.near[0, 7]) == int(expected.sum() - expected[7])
-    assert bool(lo[small] <= pre[3, small] <= hi[small]) and int(out.near[0, 3]) >= 1
+    assert bool(lo[3, small] <= pre[3, small] <= hi[3, small]) and int(out.near[0, 3]) >= 1
     proj, l0, _ = jumprelu_probe_reference(x, group)
     differs = (out.l0 != l0)[0]
     assert not differs[[n for n in range(20) if n != 7]].any()  # flips only where a decision was near
@@ -195,11 +196,12 @@ def test_decisions_at_the_threshold_are_counted_as_near():
 
 @needs_kernel
 @pytest.mark.parametrize("architecture", ["jumprelu", "relu"])
-def test_the_scorers_two_encoders_agree(architecture):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])  # with the exact recheck; the fp32 kernel alone
+def test_the_scorers_two_encoders_agree(architecture, dtype):
     sae = make_sae(24, 150, 7, architecture)
     x = torch.randn(130, 24, generator=torch.Generator().manual_seed(8)).to(DEVICE)
     ref = encode_sparse(x, sae, decoder_scale(sae))
-    fused = encode_sparse_fused(x, sae, decoder_scale(sae), token_chunk=50)  # 3 launches, the last partial
+    fused = encode_sparse_fused(x, sae, decoder_scale(sae), token_chunk=50, dtype=dtype)  # 3 launches
     assert torch.equal(fused.offsets, ref.offsets) and torch.equal(fused.index, ref.index)
     torch.testing.assert_close(fused.value, ref.value, rtol=0, atol=2e-5)
     assert fused.near == 0 and fused.width == 150
@@ -229,22 +231,26 @@ def test_score_with_either_backend_gives_the_same_rows():
 
 
 @pytest.mark.slow
-def test_the_benchmark_runs_its_smoke_shapes(tmp_path):
-    """benchmarks/kernel_bench.py --smoke: every method at tiny fp32 shapes, agreement checked, JSON written."""
+def test_the_benchmark_dry_run(tmp_path):
+    """benchmarks/kernel_bench.py --dry-run: every method at tiny shapes in the interpreter, the fp32 path's and the
+    recheck's firing decisions equal to the fp32 torch reference, JSON written."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_bench.py"
-    done = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path / "k.json")],
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path / "k.json")],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "k.json").read_text())
-    assert len(result["rows"]) == 4 and result["smoke"] is True
+    assert result["dry_run"] is True and "partial" not in result
+    assert [(r["m"], r["saes"], r["tokens"]) for r in result["rows"]] == [(160, 1, 48), (320, 2, 40)]
     for row in result["rows"]:
-        assert set(row["ratios"]) == {"fused_vs_gemm_floor", "fused_vs_torch"}
-        assert row["proj_max_rel_diff_vs_torch"] < 1e-5  # fp32: the fused and torch paths agree
+        for method in ("kernel", "kernel_recheck", "launcher", "recheck", "fp32", "torch", "cublas"):
+            assert row[method]["median_ms"] > 0, method
+        assert row["agreement"]["fp32_l0_diff_vs_reference_first_256"] == 0
+        assert row["agreement"]["recheck_l0_diff_vs_reference_first_256"] == 0
 
 
 def test_clear_errors():
@@ -258,6 +264,8 @@ def test_clear_errors():
     topk.k = 3
     with pytest.raises(ValueError, match="encodes JumpReLU and ReLU SAEs, not topk; use --backend torch"):
         encode_sparse_fused(torch.zeros(4, 16), topk, decoder_scale(topk))
+    with pytest.raises(ValueError, match=r"encode dtype 'int8': choose one of \('bfloat16', 'float16', 'float32'\)"):
+        encode_sparse_fused(torch.zeros(4, 16), sae, decoder_scale(sae), dtype="int8")
     with pytest.raises(ValueError, match="unknown backend 'cuda'; choose auto or one of"):
         score_sae(sae, LayerData(torch.zeros(30, 16), torch.arange(30) % 26, torch.zeros(30, dtype=torch.long)),
                   Probe(torch.eye(26, 16), torch.zeros(26), {"test": {"f1": [1.0] * 26}}), ScoreConfig(backend="cuda"))

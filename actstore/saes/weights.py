@@ -46,6 +46,15 @@ class SAEWeights:
     source_architecture: str | None = None
     """The architecture sae-lens trained it as (standard, topk, batchtopk, jumprelu, matryoshka_batchtopk); None
     for Gemma Scope's params.npz. `architecture` is the encoder it runs as: a batchtopk SAE encodes as jumprelu."""
+    _enc_norm: torch.Tensor | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def enc_norm(self) -> torch.Tensor:
+        """(width,) float32 encoder column norms |W_enc[:, i]|, computed once and kept (the scorer's reader thread
+        computes them while the previous SAE is scored; restricted SAEs compute their own)."""
+        if self._enc_norm is None:
+            self._enc_norm = self.w_enc.float().norm(dim=0)
+        return self._enc_norm
 
     @property
     def width(self) -> int:

@@ -37,6 +37,10 @@ class ScoreConfig:
     """latents encoded at once; token_chunk x latent_chunk fp32 values is the encoder's working memory"""
     backend: str = "auto"
     """encoder: torch (the reference), triton (the fused kernel), or auto (triton on CUDA for JumpReLU/ReLU)"""
+    encode_dtype: str = "bfloat16"
+    """the fused kernel's operands (triton backend): bfloat16 or float16 on tensor cores, each followed by an exact
+    fp32 recheck of the candidates near or past the threshold (every firing decision and value is fp32's), or
+    float32 (the fp32 kernel alone, no tensor cores); the torch backend computes in the SAE's dtype"""
     l1_solver: str = "saebench"
     """the L1 probe: saebench (50 Adam epochs from a seeded random start, as SAEBench) or converged (the same
     objective solved to its KKT conditions, no seed: actstore.score.l1solver)"""
