@@ -3,6 +3,7 @@ code without a GPU", as one importable place for `benchmarks/kernel_static.py` a
 
     kernel = compile_for(fn, args, "sm_90a", num_warps=8, num_stages=3)     # args: the launch's values by name
     figures = analyse(kernel, "sm_90a", operands={"x": lines_of(fn, "x = tl.load("), ...})
+    report = ptxas_report(kernel, "sm_90a")      # what ptxas says of the same PTX: stack, spills, C7514
 
 `compile_for` specializes exactly as a launch would (Triton's own argument binder: 16-byte aligned pointers,
 integers divisible by 16 marked so, integers equal to 1 folded), then `triton.compile`s for the target
@@ -16,7 +17,12 @@ the triton wheel's `nvdisasm`) and resource usage (`cuobjdump`):
   LDGSTS (cp.async) or LDG (a plain load, then a shared-memory store) with its width in bytes, or UTMALDG
   (TMA);
 - spills are local-memory instructions (STL/LDL); Triton kernels have no local arrays, so the stack frame
-  is all spill.
+  is all spill;
+- the wgmma pipeline depth is read from the SASS, not from Triton's IR: the `WARPGROUP.DEPBAR.LE gsb0, N`
+  waits in the main loop (N >= 1: the next k-step's MMAs are issued before this one's are waited on). ptxas
+  may serialize what the IR pipelined (a wait of 0 after every wgmma) and says so only in its own log,
+  advisory C7514, which `ptxas_report` reads by running Triton's ptxas on the kernel's PTX with Triton's
+  flags, together with the stack frame and spill bytes of `ptxas -v`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _LINE = re.compile(r'//## File "(.*)", line (\d+)')
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _BRANCH = re.compile(r"\bBRA\b.*\(\s*(\.L_x_\d+)\s*\)")
+_DEPBAR = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0\s*,\s*(0x[0-9a-f]+|\d+)")
+_ADVISORY = re.compile(r"\((C\d{4})\)\s*(.*)")
+_PROPERTIES = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def _tool(name: str) -> str:
@@ -118,14 +127,14 @@ def sass(cubin: bytes) -> tuple[list[tuple[str, int]], dict[str, int]]:
 
 
 def resources(cubin: bytes) -> dict:
-    """Registers per thread, stack (spill) bytes per thread and static shared bytes, from cuobjdump."""
+    """Registers and stack (spill) bytes per thread, from cuobjdump."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         out = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
                              check=True).stdout
     found = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out))
-    return {"registers": int(found["REG"]), "spill_bytes": int(found["STACK"]) + int(found["LOCAL"])}
+    return {"registers": int(found["REG"]), "stack_bytes": int(found["STACK"]) + int(found["LOCAL"])}
 
 
 def loops(instructions: list[tuple[str, int]], labels: dict[str, int]) -> list[tuple[int, int]]:
@@ -156,12 +165,17 @@ def _opcode(text: str) -> str:
     return parts[1] if parts[0].startswith("@") else parts[0]
 
 
-def analyse(kernel, target: str, operands: dict[str, list[int]], ttgir_waits: bool = True) -> dict:
+def analyse(kernel, target: str, operands: dict[str, list[int]], mma: str | None = None) -> dict:
     """The static figures of a compiled kernel (see the module docstring). `operands`: name -> source
-    lines of the statement that loads that GEMM operand (`lines_of`)."""
+    lines of the statement that loads that GEMM operand (`lines_of`). mma: the main loop's multiply
+    instruction, by default the target's tensor-core MMA (HGMMA on sm_90a, HMMA on sm_80); "FFMA" for an
+    fp32 IEEE dot, which runs on the CUDA cores. wgmma_waits_per_k_step: the depth N of
+    every `WARPGROUP.DEPBAR.LE gsb0, N` in the main loop (sm_90a; empty for mma.sync, which has no async
+    wait); wgmma_wait_depth: the smallest of them (0: some wgmma of the k-step is waited on before the next
+    is issued; None without a wait)."""
     cubin = kernel.asm["cubin"]
     instructions, labels = sass(cubin)
-    mma = "HGMMA" if target == "sm_90a" else "HMMA"
+    mma = mma or ("HGMMA" if target == "sm_90a" else "HMMA")
     found = sorted(loops(instructions, labels), key=lambda span: span[1] - span[0])
     operand_lines = {line for lines in operands.values() for line in lines}
 
@@ -205,7 +219,42 @@ def analyse(kernel, target: str, operands: dict[str, list[int]], ttgir_waits: bo
                            ("barriers", lambda op: op.startswith("BAR")),
                            ("global_stores", lambda op: op.startswith("STG"))):
             figures[f"epilogue_{name}_per_tile"] = count(tile, pred) - count(main, pred)
-    if ttgir_waits:
-        figures["dot_wait_pendings"] = [int(p) for p in
-                                        re.findall(r"warp_group_dot_wait[^{]*\{pendings = (\d+)", kernel.asm["ttgir"])]
+    waits = [int(m.group(1), 0) for t, _ in body if (m := _DEPBAR.search(t))]
+    figures["wgmma_waits_per_k_step"] = waits
+    figures["wgmma_wait_depth"] = min(waits, default=None)
+    figures["wgmma_arrives_per_k_step"] = count(main, lambda op: op.startswith("WARPGROUP.ARRIVE"))
     return figures
+
+
+def ptxas_report(kernel, target: str) -> dict:
+    """What ptxas says of the kernel's PTX, run as Triton runs it for `target` (its ptxas binary, line info,
+    register allocation level, fp fusion and ptx options, `-v`) plus --warn-on-spills: registers, stack
+    frame and spill store/load bytes per thread, and the advisories by code, e.g. C7514 ("wgmma.mma_async
+    instructions are serialized ..."), which appears nowhere in the cubin or the IR. `serialized` is whether
+    C7514 was given. The binary is Triton's choice for the target: for sm_90a Triton 3.9 runs its
+    `ptxas-blackwell` (CUDA 13.4); its `ptxas` (12.9) rejects the PTX's version."""
+    from triton import knobs
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(CAPABILITY[target]).path
+    options = kernel.metadata
+    flags = ["-lineinfo"] if not knobs.compilation.disable_line_info else ["-lineinfo", "-suppress-debug-info"]
+    flags += [] if options.enable_fp_fusion else ["--fmad=false"]
+    flags += ["-v", "--warn-on-spills", "--regAllocOptLevel=2", *(options.ptx_options or "").split()]
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "kernel.ptx"
+        ptx.write_text(kernel.asm["ptx"])
+        done = subprocess.run([ptxas, *flags, f"--gpu-name={target}", str(ptx), "-o", str(Path(tmp) / "k.cubin")],
+                              capture_output=True, text=True)
+    log = done.stderr + done.stdout
+    if done.returncode != 0:
+        raise RuntimeError(f"ptxas failed on the kernel's PTX ({target}), rc {done.returncode}:\n{log[-2000:]}")
+    properties = _PROPERTIES.search(log)
+    registers = re.search(r"Used (\d+) registers", log)
+    if properties is None or registers is None:
+        raise ValueError(f"ptxas -v printed no function properties; its log:\n{log[-2000:]}")
+    advisories = sorted({m.group(1) for line in log.splitlines() if (m := _ADVISORY.search(line))})
+    stack, stores, loads = map(int, properties.groups())
+    return {"registers": int(registers.group(1)), "stack_bytes": stack, "spill_store_bytes": stores,
+            "spill_load_bytes": loads, "advisories": advisories, "serialized": "C7514" in advisories,
+            "ptxas": Path(ptxas).name}
