@@ -216,16 +216,25 @@ def test_tables_hold_every_column_whatever_row_comes_first(tmp_path):
     assert [r["context_p"] for r in letters] == [None, 0.3]
 
 
-def test_weights_load_in_the_asked_dtype(planted_store, planted_saes, tmp_path):
+def test_dtype_is_the_kernels_encode_dtype_and_changes_no_number_on_the_torch_path(planted_store, planted_saes,
+                                                                                     tmp_path):
+    """--dtype (default bfloat16) is the fused kernel's encode dtype: the weights stay float32 and the torch backend
+    computes in float32 whatever it says, so every number equals a --dtype float32 run's."""
     sae = resolve_saes([str(planted_saes[1] / "params.npz")])[0].load(64, "cpu", torch.bfloat16)
-    assert sae.w_enc.dtype == sae.threshold.dtype == torch.bfloat16
-    out = tmp_path / "bf16"
-    run_score(ScoreCommandConfig(str(planted_store), str(out), [str(planted_saes[1] / "params.npz")], local=True,
-                                 dtype="bfloat16", backend="torch"), log=lambda _: None)
-    (row,) = pq.read_table(out / "saes.parquet").to_pylist()
-    assert row["status"] == "ok" and row["backend"] == "torch" and row["letters_evaluated"] > 5
+    assert sae.w_enc.dtype == sae.threshold.dtype == torch.bfloat16  # a loader converts to what it is asked
+    assert ScoreCommandConfig("s", "o").dtype == "bfloat16" == ScoreCommandConfig("s", "o").score_config().encode_dtype
+    rows = {}
+    for dtype in ("bfloat16", "float32"):
+        out = tmp_path / dtype
+        run_score(ScoreCommandConfig(str(planted_store), str(out), [str(planted_saes[1] / "params.npz")], local=True,
+                                     dtype=dtype, backend="torch", bootstrap=0), log=lambda _: None)
+        (rows[dtype],) = pq.read_table(out / "saes.parquet").to_pylist()
+    assert rows["bfloat16"]["status"] == "ok" and rows["bfloat16"]["letters_evaluated"] > 5
+    varying = {"seconds", "scored_at", "sae_key", "out"}  # when and how long, not what
+    assert {k: v for k, v in rows["bfloat16"].items() if k not in varying} == \
+        {k: v for k, v in rows["float32"].items() if k not in varying}
     with pytest.raises(ValueError, match="--dtype 'int8': expected one of bfloat16, float16, float32"):
-        run_score(ScoreCommandConfig(str(planted_store), str(out), [str(planted_saes[1])], dtype="int8"))
+        run_score(ScoreCommandConfig(str(planted_store), str(tmp_path / "x"), [str(planted_saes[1])], dtype="int8"))
 
 
 @pytest.mark.slow

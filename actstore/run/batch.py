@@ -1,22 +1,28 @@
 """The batch runner behind `actstore score`: SAEs grouped by layer, scored by workers that load a layer's
-rows once, in kernel-sized groups, with the next group's weights read on a background thread.
+rows once, in kernel-sized groups, with the SAEs read ahead on reader threads and the results written behind.
 
     plan_jobs(sources, ...) -> [Job(layer, [[SAE, ...] group, ...])]     no weights read
-    LayerScorer(cfg, device).run(job)                                     in this process, or as a Ray actor
+    LayerScorer(cfg, device).run(jobs)                                    in this process, or as a Ray actor
 
 Every job scores one task (`ScoreCommandConfig.task`): its rows (store.layers.load_layer), its probe
 (score.probes.load_probe) and its part files (results.part_name).
 
 With Ray (the default) there is one `LayerScorer` actor per GPU, or one CPU worker without a GPU; each
-actor takes whole layers. A crashed actor is restarted and its job retried once (Ray's max_restarts and
-max_task_retries); SAEs already written to RESULTS/parts are skipped, so the retry and any rerun after a
-kill compute only what is missing, and identically.
+actor is given its whole list of layers in one call, so it reads ahead across them. A crashed actor is
+restarted and its call retried once (Ray's max_restarts and max_task_retries); SAEs already written to
+RESULTS/parts are skipped, so the retry and any rerun after a kill compute only what is missing, and
+identically.
 
-Memory: a group holds at most `group_size` SAEs and half the budget of weights (the other half is the next
-group, loading); an SAE larger than that is a group by itself. Weights are converted once, on loading, to
-their final dtype and device. When a group shares kernel launches (CUDA, fused backend), each encoder is
-copied into its slice of one (d, M) buffer as it is read and its own copy dropped, so a group's encoders
-exist once (plus one SAE's in passing).
+The pipeline of a worker (`stream.py`): reader threads load the next SAEs of all its layers (file into a
+pinned host buffer, CRC, asynchronous copy to the device on a stream of their own, finiteness checked there)
+while the scorer computes; the scorer's records go to a writer thread. The read is the only stage that waits.
+
+Memory: a group holds at most `group_size` SAEs and half the budget of weights; the reader threads hold at most
+max(group_size, 2) SAEs and the other half beyond what the scorer has taken; an SAE larger than that is read
+alone. Weights are float32 on the device (the kernel's exact recheck and the torch path read them). When a
+group shares kernel launches (CUDA, fused backend), its encoders are also copied, converted on the device to
+the encode dtype (--dtype), into one (d, M) buffer; with --dtype float32 each SAE's encoder becomes its slice of
+it, so a group's encoders exist once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import json
 import os
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +39,11 @@ import torch
 from actstore.errors import InputError, NotScorable, RunFailed
 from actstore.run.provenance import Provenance, part_done
 from actstore.run.results import part_name, record_failure, record_result, write_atomic
+from actstore.run.stream import READERS, PartWriter, read_ahead
 from actstore.saes.loading import SAEError, SAEWeights, degeneracies
 from actstore.score.probes import load_probe
 from actstore.score.encode import encode_group_fused, pick_backend
-from actstore.score.scorer import score_sae
+from actstore.score.scorer import encoded_rows, score_sae
 from actstore.store.layers import load_layer
 from actstore.tasks.base import FIRST_LETTER
 from actstore.tasks.registry import get_task
@@ -93,7 +99,8 @@ class LayerScorer:
 
         if threads:
             torch.set_num_threads(threads)
-        self.cfg, self.device, self.dtype = cfg, device, getattr(torch, cfg.dtype)
+        self.cfg, self.device, self.encode_dtype = cfg, device, getattr(torch, cfg.dtype)
+        self.budget = memory_budget(device, cfg.memory_gb)
         self.score_cfg = cfg.score_config()
         self.task = get_task(cfg.task, cfg.template)
         self.store = ActivationStore.open(cfg.store, require_complete=True)
@@ -111,66 +118,91 @@ class LayerScorer:
             self.causal = CausalRunner.from_store(self.store, self.device, self.task, self.score_cfg.causal)
         return self.causal
 
-    def run(self, job: Job, on_done=None) -> int:
-        """Score a job's groups; each SAE's record is written to RESULTS/parts as it finishes (and passed to
-        on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk.
+    def run(self, jobs: list[Job] | Job, on_done=None) -> int:
+        """Score jobs' groups, in order; each SAE's record is written to RESULTS/parts as it finishes (and passed
+        to on_done). Returns how many SAEs were scored or failed: the records themselves stay on disk. The SAEs
+        of all the jobs are read ahead as one stream, across layers (`stream.read_ahead`).
 
-        A failure of the input, the disk or the code ends the job: input errors (the store's among them) and OSError
-        as they are (they pickle), anything else as a WorkerError of one line with its traceback."""
+        A failure of the input, the disk or the code ends the call: input errors (the store's among them) and
+        OSError as they are (they pickle), anything else as a WorkerError of one line with its traceback."""
+        jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
+        self.job_layer = jobs[0].layer if jobs else None
         try:
-            return self._run(job, on_done)
+            return self._run(jobs, on_done)
         except (InputError, OSError, RunFailed):  # bad input, the disk, a worker: as they are (they pickle)
             raise
         except Exception as err:  # noqa: BLE001 - the type may not cross Ray; its message and traceback do
             detail = str(err).splitlines()[0] if str(err) else ""
-            raise WorkerError(f"scoring layer {job.layer} failed: internal error (a bug in actstore): "
+            raise WorkerError(f"scoring layer {self.job_layer} failed: internal error (a bug in actstore): "
                               f"{type(err).__name__}: {detail}", "".join(traceback.format_exception(err))) from None
 
-    def _run(self, job: Job, on_done=None) -> int:
+    def _run(self, jobs: list[Job], on_done=None) -> int:
         count = 0
-        groups = [[s for s in g if not part_done(self.out, s, self.provenance, self.task)] for g in job.groups]  # a retried job resumes
-        groups = [g for g in groups if g]
-        with ThreadPoolExecutor(1, thread_name_prefix="actstore-prefetch") as pool:
-            loading = pool.submit(self._load_group, groups[0]) if groups else None
-            for i, group in enumerate(groups):
-                loaded, shared = loading.result()
-                if i + 1 < len(groups):  # the next group's weights are read while this one computes
-                    loading = pool.submit(self._load_group, groups[i + 1])
-                for record in self._score_group(loaded, shared):
+        groups = [(job.layer, [s for s in g if not part_done(self.out, s, self.provenance, self.task)])
+                  for job in jobs for g in job.groups]  # a retried call resumes
+        groups = [(layer, g) for layer, g in groups if g]
+        saes = read_ahead([s for _, g in groups for s in g], self._load, lambda s: s.nbytes,
+                          max(self.cfg.group_size, READERS), self.budget / 2)
+        self.writer = PartWriter()
+        try:
+            for layer, group in groups:
+                self.job_layer = layer
+                loaded = [next(saes) for _ in group]
+                for record in self._score_group(loaded, self._shared_encoders(loaded)):
                     count += 1
                     if on_done is not None:
                         on_done(record)
-                del loaded, shared
+                del loaded
+        except BaseException:
+            self.writer.close(check=False)  # what is computed is written, whatever ends the run
+            raise
+        finally:
+            saes.close()
+        self.writer.close()
         return count
 
-    def _load_group(self, group: list) -> tuple[list[tuple], torch.Tensor | None]:
-        """(source, SAEWeights or the error, seconds to load) for each SAE, weights in their final dtype and
-        device. When the group will share kernel launches, each encoder is copied into its slice of one
-        (d, M) buffer as soon as it is read and its own copy dropped, so a group's encoders exist once."""
-        shared = None
-        widths = [s.width for s in group]
-        if len(group) > 1 and self.device.startswith("cuda") and self.cfg.backend in ("auto", "triton") \
-                and all(w is not None for w in widths):
-            shared = torch.empty(self.store.spec.d_model, sum(widths), dtype=self.dtype, device=self.device)
-        loaded, at = [], 0
-        for source, width in zip(group, widths):
-            t = time.perf_counter()
-            try:
-                sae = source.load(self.store.spec.d_model, self.device, self.dtype)
-                if shared is not None and sae.width == width and sae.architecture in ("jumprelu", "relu"):
-                    shared[:, at:at + width].copy_(sae.w_enc)
-                    sae.w_enc = shared[:, at:at + width]  # the SAE's own copy is freed here
-                else:
-                    shared = None
-                loaded.append((source, sae, time.perf_counter() - t))
-            except Exception as err:  # noqa: BLE001 - whatever is wrong with one SAE's file fails that SAE alone
-                if not isinstance(err, SAEError):
-                    detail = str(err).splitlines()[0] if str(err) else ""
-                    err = SAEError(f"SAE {source.name}: cannot be loaded ({type(err).__name__}: {detail})")
-                loaded.append((source, err, time.perf_counter() - t))
-                shared = None
-            at += width or 0
-        return loaded, shared
+    def _load(self, source) -> SAEWeights:
+        """One SAE's weights in float32 on the device (a reader thread). On CUDA the copies run on a stream of
+        their own, so they overlap the scorer's kernels; the tensors are then marked as used by the scorer's
+        stream, so their memory is not reused before its kernels are done with them."""
+        side = torch.cuda.Stream(torch.device(self.device)) if self.device.startswith("cuda") else None
+        try:
+            with torch.cuda.stream(side):  # None: no stream to set (CPU)
+                sae = source.load(self.store.spec.d_model, self.device, torch.float32)
+                if isinstance(sae, SAEWeights):
+                    sae.enc_norm  # noqa: B018 - computed here, off the scorer's critical path, and kept
+            if side is None:
+                return sae
+            side.synchronize()
+        except SAEError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever is wrong with one SAE's file fails that SAE alone
+            detail = str(err).splitlines()[0] if str(err) else ""
+            raise SAEError(f"SAE {source.name}: cannot be loaded ({type(err).__name__}: {detail})") from err
+        scorer_stream = torch.cuda.default_stream(torch.device(self.device))
+        for t in vars(sae).values():
+            if isinstance(t, torch.Tensor) and t.is_cuda:
+                t.record_stream(scorer_stream)
+        return sae
+
+    def _shared_encoders(self, loaded: list[tuple]) -> torch.Tensor | None:
+        """When a group will share kernel launches (CUDA, fused backend, JumpReLU or ReLU, all loaded): one (d, M)
+        buffer of the encoders side by side in the kernel's encode dtype (--dtype), converted on the device from
+        each SAE's float32 W_enc. The SAEs keep their float32 encoders (the exact recheck reads them) unless the
+        buffer is float32 too, when each SAE's encoder becomes its slice and its own copy is freed."""
+        saes = [sae for _, sae, _ in loaded]
+        if len(saes) < 2 or not self.device.startswith("cuda") or self.cfg.backend not in ("auto", "triton") \
+                or not all(isinstance(sae, SAEWeights) and sae.architecture in ("jumprelu", "relu") for sae in saes):
+            return None
+        shared = torch.empty(self.store.spec.d_model, sum(sae.width for sae in saes), dtype=self.encode_dtype,
+                             device=self.device)
+        at = 0
+        for sae in saes:
+            shared[:, at:at + sae.width].copy_(sae.w_enc)
+            if shared.dtype == sae.w_enc.dtype:
+                sae.w_enc = shared[:, at:at + sae.width]
+            at += sae.width
+        return shared
 
     def _layer_data(self, layer: int):
         """The layer's rows and probe, read once per layer."""
@@ -229,11 +261,12 @@ class LayerScorer:
             layers = {self._layer_of(source, sae) for source, sae in ok}
             if len(layers) != 1:
                 return {}
-            rows = self._layer_data(layers.pop())[0].x
+            data = self._layer_data(layers.pop())[0]
         except NotScorable:
             return {}
         group = pack_group(saes, torch.zeros(0, saes[0].d_model, device=shared.device), shared.dtype, w_enc=shared)
-        acts = encode_group_fused(rows, saes, self.score_cfg.token_chunk, group=group)
+        acts = encode_group_fused(encoded_rows(data, self.score_cfg), saes, self.score_cfg.token_chunk, group=group,
+                                  dtype=self.score_cfg.encode_dtype)
         return {source.key: a for (source, _), a in zip(ok, acts)}
 
     def _layer_of(self, source, sae: SAEWeights) -> int:
@@ -247,6 +280,10 @@ class LayerScorer:
         return layer
 
     def _write(self, source, record: dict) -> None:
+        """Queue the part file (written on the writer thread; `stream.PartWriter`)."""
+        self.writer.put(self._write_part, source, record)
+
+    def _write_part(self, source, record: dict) -> None:
         write_atomic(self.out / "parts" / part_name(source.key, self.task), json.dumps(record))
 
     def close(self) -> None:

@@ -44,7 +44,10 @@ class Provenance:
             score_cfg.pop(field)
         if score_cfg.get("causal") is None:  # parts scored before --causal existed stay valid
             score_cfg.pop("causal", None)
-        options = {"dtype": cfg.dtype, "device": device.split(":")[0], "score": score_cfg,
+        dtype = score_cfg.pop("encode_dtype")  # recorded once, as options' dtype
+        if device.split(":")[0] != "cuda" or score_cfg["backend"] == "torch":
+            dtype = "float32"  # the torch backend computes in fp32 whatever --dtype says: parts stay valid across it
+        options = {"dtype": dtype, "device": device.split(":")[0], "score": score_cfg,
                    "actstore_version": actstore.__version__}
         self.options = json.loads(json.dumps(options))  # as a part stores them: tuples become lists
         self._layers: dict = {}

@@ -14,7 +14,8 @@ write the parts are in batch.py; the SAEs a command names are found in sources.p
 
 A rerun skips every SAE with a finished part (for a local file: the same size and modification time) and
 retries failed ones; the tables are rebuilt from the parts, so a run killed at any point loses at most the
-SAE it was computing.
+SAEs it was computing and the few whose part files were still queued for writing (Ctrl-C and SIGTERM write
+those first).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ class ScoreCommandConfig:
     """classes whose probe test F1 is below this are not evaluated (SAEBench)"""
     backend: Backend = score_option("backend")
     """encoder: torch (reference), triton (fused kernel), or auto (triton on CUDA for JumpReLU/ReLU SAEs)"""
-    dtype: DType = "float32"
-    """dtype the SAE weights are loaded in and encoded with (float32, bfloat16 or float16); accumulation is fp32"""
+    dtype: DType = "bfloat16"
+    """the fused kernel's encode dtype (CUDA): bfloat16 or float16 on tensor cores, every firing decision and value then rechecked exactly in float32, or float32 (the fp32-only kernel); SAE weights are always float32, and the torch backend (CPU) always computes in float32"""
     workers: int = 0
     """Ray workers (0: one per GPU, or one CPU worker without a GPU); each takes whole layers"""
     local: bool = False
@@ -149,7 +150,8 @@ class ScoreCommandConfig:
         chosen = {f.metadata["score"]: getattr(self, f.name) for f in dataclasses.fields(self) if "score" in f.metadata}
         causal = CausalConfig(**{f.metadata["causal"]: getattr(self, f.name) for f in dataclasses.fields(self)
                                  if "causal" in f.metadata}) if self.causal else None
-        return ScoreConfig(**chosen, nulls=tuple(self.null_kinds) if self.null else (), causal=causal)
+        return ScoreConfig(**chosen, encode_dtype=self.dtype, nulls=tuple(self.null_kinds) if self.null else (),
+                           causal=causal)
 
 
 def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dict:
@@ -203,8 +205,7 @@ def run_score(cfg: ScoreCommandConfig, progress: bool = False, log=print) -> dic
     try:
         if jobs and cfg.local:
             scorer = LayerScorer(cfg, device)
-            for job in jobs:
-                scorer.run(job, on_done=done)
+            scorer.run(jobs, on_done=done)  # one call: the SAEs are read ahead across layers
             scorer.close()
         elif jobs:
             _run_ray(cfg, device, jobs, todo, out, done, provenance, task)
@@ -234,8 +235,8 @@ def _count_flagged(out: Path) -> int:
 
 def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: Path, done, provenance,
              task) -> None:
-    """One LayerScorer actor per GPU (or one CPU worker), whole layers each; progress from the parts they
-    write. A crashed actor is restarted and its job retried once."""
+    """One LayerScorer actor per GPU (or one CPU worker), whole layers each, all of an actor's layers in one call;
+    progress from the parts they write. A crashed actor is restarted and its call retried once."""
     import ray
 
     from actstore.cluster import get, init_ray, kill, start, worker_pool
@@ -245,7 +246,8 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
         init_ray(cfg.address)
     pool = worker_pool(device, cfg.workers, cfg.worker_env, check=True)
     actors = start(LayerScorer, pool.workers, pool.options, "score worker", cfg, device, pool.worker_threads)
-    pending = [actors[i % pool.workers].run.remote(job) for i, job in enumerate(jobs)]  # actors run calls in order
+    pending = [actors[w].run.remote(jobs[w::pool.workers]) for w in range(min(pool.workers, len(jobs)))]  # a
+    # worker's whole list of layers in one call, so that it reads ahead across them
     expected = {out / "parts" / part_name(s.key, task): s for s in todo}
     before = {path: path.stat().st_mtime_ns if path.exists() else 0 for path in expected}
     try:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from actstore.errors import InputError, MissingFile, MissingKey
+from actstore.saes.reader import EXPECT, GEMMA_SCOPE_KEYS, read_host_arrays
 from actstore.saes.weights import SAEError, SAEWeights
 
-GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 WIDTH_SUFFIX = {"k": 1000, "m": 1000 * 1000}
 
 
@@ -38,13 +38,18 @@ def load_params_npz(path: str | Path, sae_id: str, layer: int | None = None, l0:
                     device: str = "cpu") -> SAEWeights:
     """A Gemma Scope `params.npz`, checked, each array converted once into `dtype` on `device`.
 
-    Every way the file can be bad (not a zip, truncated, a CRC error, missing keys, pickled objects, a dtype
-    that is not floating point, width 0, NaN or inf, inconsistent shapes, another model's d_model) raises
-    SAEError saying what is wrong and what was expected."""
-    arrays = read_npz(path, sae_id)
-    d, m = arrays["W_enc"].shape if arrays["W_enc"].ndim == 2 else (None, None)
+    The file's bytes go straight into host buffers (`reader.read_host_arrays`: pinned when CUDA is available,
+    CRC-checked), then to the device asynchronously; finiteness is checked there (one host sync per SAE) and the
+    dtype converted there. Every way the file can be bad (not a zip, truncated, a CRC error, missing keys,
+    pickled objects, a dtype that is not floating point, width 0, NaN or inf, inconsistent shapes, another
+    model's d_model) raises SAEError saying what is wrong and what was expected."""
+    cuda = torch.device(device).type == "cuda"
+    host = read_host_arrays(path, sae_id, pin=cuda)
+    if host is None:  # compressed members, Fortran order, another byte order: numpy reads them
+        host = {k: torch.from_numpy(a) for k, a in read_npz(path, sae_id).items()}
+    d, m = host["W_enc"].shape if host["W_enc"].ndim == 2 else (None, None)
     expected = {"W_enc": (d, m), "W_dec": (m, d), "b_enc": (m,), "b_dec": (d,), "threshold": (m,)}
-    wrong = {k: a.shape for k, a in arrays.items() if d is None or a.shape != expected[k]}
+    wrong = {k: tuple(a.shape) for k, a in host.items() if d is None or tuple(a.shape) != expected[k]}
     if wrong:
         raise SAEError(f"SAE {sae_id}: inconsistent shapes in {path}: {wrong}; expected W_enc (d, m), W_dec (m, d), "
                        f"b_enc (m,), b_dec (d,), threshold (m,)")
@@ -53,17 +58,21 @@ def load_params_npz(path: str | Path, sae_id: str, layer: int | None = None, l0:
                        f"input dimension")
     if d_model is not None and d != d_model:
         raise SAEError(f"SAE {sae_id}: reads d_model {d}, the store holds d_model {d_model}: it belongs to another model")
-    bad = [k for k, a in arrays.items() if not np.isfinite(a).all()]
+    t = {k: a.to(device, non_blocking=cuda) for k, a in host.items()}  # from pinned memory: asynchronous
+    extremes = torch.stack([torch.stack(torch.aminmax(a)).float() for a in t.values()])  # (5, 2); NaN propagates
+    finite = torch.isfinite(extremes).all(dim=1).tolist()  # the one sync; a pass without a (d, m) bool temporary
+    bad = [k for k, ok in zip(t, finite) if not ok]
     if bad:
         raise SAEError(f"SAE {sae_id}: {path} has NaN or inf in {bad}; expected finite weights")
-    t = {k: torch.from_numpy(a).to(device=device, dtype=dtype) for k, a in arrays.items()}
+    t = {k: a.to(dtype) for k, a in t.items()}
     return SAEWeights(sae_id, t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], "jumprelu", t["threshold"],
                       layer=layer, l0=l0)
 
 
 def read_npz(path: str | Path, sae_id: str) -> dict[str, np.ndarray]:
-    """The five arrays of a params.npz, each a floating-point numpy array; SAEError for anything else."""
-    expect = f"expected Gemma Scope's params.npz (a zip of float arrays {', '.join(GEMMA_SCOPE_KEYS)})"
+    """The five arrays of a params.npz through numpy, each a floating-point numpy array; SAEError for anything
+    else. `load_params_npz` reads stored members itself (`reader.py`) and comes here for compressed ones."""
+    expect = EXPECT
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
