@@ -7,10 +7,12 @@ around every phase so that each phase's time is its own.
 The rows and SAEs are seed_bench.py's (d_model 2304, planted letter directions, a random JumpReLU SAE with about
 60 active latents per token), scored with the command's defaults (1 seed, 1000 bootstrap replicates, records
 on). The SAE is written once as a Gemma Scope `params.npz` (fp32) and timed as `load`: read, checked and
-converted onto the device (`load_params_npz`), as the scorer's workers do. Each phase is one of the functions
-`score_sae` calls, wrapped here (the scorer is not changed): the encoding, latent cosines, the L1 probe, the
-per-seed work (k-sparse probing, absorption, per-token records), context precision and recall, the bootstrap,
-the L0 on text, top tokens, the summary; `other` is what is left of `score_sae`'s time. The first run of each
+converted onto the device (`load_params_npz`), as the scorer's workers do. The phases are score_sae's own
+(`actstore.score.phases.PhaseClock`, the device synchronized around each): the encode pass (vocabulary rows and
+the L0-on-text rows together), latent cosines, the L1 probe, the per-seed work (k-sparse probing, absorption),
+context precision and recall, the bootstrap, the per-token records and top tokens, the summary; `other` is what
+is left of `score_sae`'s time. A scorer from before the clock (no `clock` argument) is timed by wrapping the
+functions it calls (`Timer`), its second encode of the context rows as `text_l0`. The first run of each
 width warms up (on a GPU: compiles the kernel); reported: the best of --repeat runs after it, per phase.
 Writes benchmarks/results/score_profile.json (score_profile_<device>.json off the CPU).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import sys
 import tempfile
 import time
@@ -34,18 +37,22 @@ from store_bench import environment, print_table, write_result  # noqa: E402
 
 from actstore.score import intervals as uncertainty  # noqa: E402
 
-from actstore.score import scorer as scoring
+from actstore.score import scorer as scoring  # noqa: E402
 from actstore.saes.loading import load_params_npz, parse_width  # noqa: E402
 
-PHASES = {  # phase name -> (module, attribute) of a function score_sae calls
+CLOCKED = "clock" in inspect.signature(scoring.score_sae).parameters
+"""score_sae times its own phases (actstore.score.phases); else `Timer` wraps the functions it calls"""
+NAMES = ["encode", "cosines", "l1_probe", "seeds", "context", "bootstrap", "records", "summary", "text_l0"]
+"""the table's phases: score_sae's (`phases.PHASES`) and, for a scorer before the clock, its second encode"""
+OLD_PHASES = {  # a scorer before the clock: phase name -> (module, attribute) of a function score_sae calls
     "cosines": (scoring, "latent_cosines"),
     "l1_probe": (scoring, "l1_weights"),
-    "seeds: k-sparse, absorption, records": (scoring, "_score_seeds"),
-    "context precision/recall": (scoring, "_in_context"),
+    "seeds": (scoring, "_score_seeds"),  # k-sparse, absorption and records
+    "context": (scoring, "_in_context"),
     "summary": (scoring, "_summary"),
     "bootstrap": (uncertainty, "bootstrap_intervals"),
-    "text L0": (scoring, "text_l0"),
-    "top tokens": (scoring, "top_tokens"),
+    "text_l0": (scoring, "text_l0"),
+    "records": (scoring, "top_tokens"),
 }
 
 
@@ -78,7 +85,7 @@ class Timer:
         return timed
 
     def __enter__(self):
-        for name, (module, attr) in PHASES.items():
+        for name, (module, attr) in OLD_PHASES.items():
             self.saved.append((module, attr, getattr(module, attr)))
             setattr(module, attr, self.wrap(name, getattr(module, attr)))
         self.backends = dict(scoring.BACKENDS)
@@ -108,12 +115,21 @@ def profile_width(m: int, data, probe, device: str, repeat: int, scratch: Path) 
         loaded = load_params_npz(path, f"random-{m}", layer=0, device=device)
         sync(device)
         load = time.perf_counter() - t
-        with Timer(device) as timer:
+        if CLOCKED:
+            from actstore.score.phases import PhaseClock
+
+            timer = PhaseClock(sync=device.startswith("cuda"))
             t = time.perf_counter()
-            scoring.score_sae(loaded, data, probe, scoring.ScoreConfig())
+            scoring.score_sae(loaded, data, probe, scoring.ScoreConfig(), clock=timer)
             sync(device)
             total = time.perf_counter() - t
-        phases = {"load": load, **{name: timer.seconds.get(name, 0.0) for name in ["encode", *PHASES]}}
+        else:
+            with Timer(device) as timer:
+                t = time.perf_counter()
+                scoring.score_sae(loaded, data, probe, scoring.ScoreConfig())
+                sync(device)
+                total = time.perf_counter() - t
+        phases = {"load": load, **{name: timer.seconds.get(name, 0.0) for name in NAMES}}
         phases["other"] = total - sum(v for k, v in phases.items() if k != "load")
         runs.append({"score_seconds": total, "phases": phases})
         del loaded
@@ -137,7 +153,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="score_profile_", dir=HERE) as scratch:
         for m in [parse_width(w) for w in args.widths.split(",")]:
             result["widths"][str(m)] = profile_width(m, data, probe, args.device, args.repeat, Path(scratch))
-    names = ["load", "encode", *PHASES, "other"]
+    names = ["load", *NAMES, "other"]
     header = ["phase"] + [f"{int(m) // 1024}k s" for m in result["widths"]] + [f"{int(m) // 1024}k share" for m in result["widths"]]
     table = []
     for name in names:

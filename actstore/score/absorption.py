@@ -1,7 +1,8 @@
 """Absorption of one class's tokens, per token, and the per-token records that show it (tokens.parquet).
 
     fraction, full, terms = absorption_per_token(value, cos, is_main, act, version)   # (R,) each
-    columns = token_records(tp, index, value, cos, terms, act, fraction, full, missed, main_acts, data)
+    columns = token_records(rows, names, index, value, cos, terms, act, fraction, full, missed, main_acts, n_main,
+                            data)                                          # every class's records at once
     absorbed(record), token_absorbers(record)                                         # one record's verdict, absorbers
 
 The rules themselves are `actstore.score.metrics` (absorption_terms, absorption_fraction, full_absorption); this
@@ -71,38 +72,53 @@ def record_rows(columns: dict[str, list]):
     return (dict(zip(names, values)) for values in zip(*columns.values()))
 
 
-def token_records(tp: torch.Tensor, index: torch.Tensor, value: torch.Tensor, cos: torch.Tensor,
+def token_records(rows: torch.Tensor, names: list[str], index: torch.Tensor, value: torch.Tensor, cos: torch.Tensor,
                   terms: metrics.AbsorptionTerms, act: torch.Tensor, fraction: torch.Tensor, full: torch.Tensor,
-                  missed: torch.Tensor, main_acts: torch.Tensor, data: LayerData) -> dict[str, list]:
-    """One class's per-token records, as columns (every TOKEN_COLUMNS name but `class`), from the very
-    tensors its means are taken from: row r of `index, value, cos` (R, L) lists the active latents of the
-    r-th true positive (tp, (N,) bool); terms/act/fraction/full are `absorption_terms`, a . p_c and the rules'
-    outcomes (R,); missed (R,) bool; main_acts (R, k) the main latents' activations in the class's order.
+                  missed: torch.Tensor, main_acts: torch.Tensor, n_main: torch.Tensor, data: LayerData
+                  ) -> dict[str, list]:
+    """The per-token records of every evaluated class at once, as columns (TOKEN_COLUMNS), from the very tensors
+    its means are taken from: record r is the true positive rows[r] (R,) of class names[r]; row r of `index,
+    value, cos` (R, L) lists its active latents (padded: `SparseActs.padded`); terms/act/fraction/full are
+    `absorption_terms`, a . p_c and the rules' outcomes (R,); missed (R,) bool; main_acts (R, K) the main latents'
+    activations in the class's order, the first n_main[r] of them its class's.
 
     The absorbing latents are the (at most top_k) non-main latents of T; the top latent is the
-    largest-projection latent overall, with its projection / act (0 where act <= 0).
+    largest-projection latent overall, with its projection / act (0 where act <= 0). The device tensors come to
+    the host in two transfers (integers, floats widened to float64: exactly the values `.tolist()` of each gives);
+    the lists are built there.
     """
-    rows = tp.nonzero()[:, 0].cpu()
     proj = value * cos  # (R, L)
     slots = terms.top_slots  # (R, top_k), -1 where empty
     safe = slots.clamp(min=0)
-    present = slots >= 0
     ratio = torch.where(act > 0, terms.top_proj / torch.where(act > 0, act, torch.ones_like(act)),
                         torch.zeros_like(act))
+    top_k, k = slots.shape[1], main_acts.shape[1]
+    ints = torch.cat([rows[:, None], index.gather(1, safe), index.gather(1, terms.best_slot[:, None]),
+                      (slots >= 0).long(), full[:, None].long(), missed[:, None].long(), n_main[:, None]], 1).cpu()
+    floats = torch.cat([value.gather(1, safe), cos.gather(1, safe), proj.gather(1, safe)], 1).double()
+    floats = torch.cat([floats, torch.stack([act.double(), terms.main.double(), terms.top_cos.double(),
+                                             ratio.double(), fraction.double()], 1), main_acts.double()], 1).cpu()
+    row, absorbers, top_latent, present, rest = ints.split([1, top_k, 1, top_k, 3], dim=1)
+    absorber_acts, absorber_cos, absorber_proj, scalars, mains = floats.split([top_k, top_k, top_k, 5, k], dim=1)
+    keep = present.bool().tolist()
+    row_ids, row = row[:, 0], row[:, 0].tolist()
 
     def listed(t: torch.Tensor) -> list[list]:
-        return [[x for x, ok in zip(r, keep) if ok] for r, keep in zip(t.tolist(), present.tolist())]
+        return [[x for x, ok in zip(r, use) if ok] for r, use in zip(t.tolist(), keep)]
 
-    token_id = data.token_id[rows].tolist() if data.token_id is not None else [-1] * len(rows)
+    full, missed, n_main = rest.T.tolist()
+    act, main, top_cos, ratio, fraction = scalars.T.tolist()
+    token_id = data.token_id[row_ids].tolist() if data.token_id is not None else [-1] * len(row)
     return {
-        "row": rows.tolist(), "token_id": token_id,
-        "text": [data.text[r] for r in rows.tolist()] if data.text is not None else [""] * len(rows),
-        "probe_projection": act.tolist(), "main_projection": terms.main.tolist(), "main_acts": main_acts.tolist(),
-        "absorber_latents": listed(index.gather(1, safe)), "absorber_acts": listed(value.gather(1, safe)),
-        "absorber_cos": listed(cos.gather(1, safe)), "absorber_projections": listed(proj.gather(1, safe)),
-        "top_latent": index.gather(1, terms.best_slot[:, None])[:, 0].tolist(), "top_cos": terms.top_cos.tolist(),
-        "top_projection_ratio": ratio.tolist(), "absorption_fraction": fraction.tolist(),
-        "full_absorption": full.tolist(), "k_sparse_miss": missed.tolist(),
+        "class": names, "row": row, "token_id": token_id,
+        "text": [data.text[r] for r in row] if data.text is not None else [""] * len(row),
+        "probe_projection": act, "main_projection": main,
+        "main_acts": [values[:n] for values, n in zip(mains.tolist(), n_main)],
+        "absorber_latents": listed(absorbers), "absorber_acts": listed(absorber_acts),
+        "absorber_cos": listed(absorber_cos), "absorber_projections": listed(absorber_proj),
+        "top_latent": top_latent[:, 0].tolist(), "top_cos": top_cos, "top_projection_ratio": ratio,
+        "absorption_fraction": fraction, "full_absorption": [bool(f) for f in full],
+        "k_sparse_miss": [bool(m) for m in missed],
     }
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from actstore.score import metrics
-from actstore.score.metrics import precision_recall_f1
+from actstore.score.metrics import confusion_counts, prf
 
 
 def fit_balanced_logistic(x: torch.Tensor, y: torch.Tensor, c: float = 1.0, max_iter: int = 100
@@ -101,7 +101,8 @@ def k_sparse(dense: torch.Tensor, column: dict[int, int], candidates: dict[tuple
              ) -> dict[tuple[int, int], Probing]:
     """k-sparse probing of every (seed, class) of `candidates` (its latents, largest L1 weight first): the
     balanced probe on the top k, k = 1, 2, ... until `choose_split_k` (with `min_gain`) stops. The fits of one
-    k are solved together (`fit_balanced_logistics`, at most about 2^22 values a block), and a (class, latents)
+    k are solved together (`fit_balanced_logistics`, at most about 2^22 values a block; their F1s read in one transfer
+    per block, as choose_split_k decides on the host), and a (class, latents)
     pair that several seeds rank first is fitted once. dense (N, U): the activations of the latents `column`
     names; labels (N,) class ids; train (N,) bool."""
     x_train, x_test = dense[train], dense[~train]  # (N_train, U), (N_test, U)
@@ -118,9 +119,10 @@ def k_sparse(dense: torch.Tensor, column: dict[int, int], candidates: dict[tuple
             truth = torch.stack([labels == c for c, _ in problems])  # (P, N)
             w, b = fit_balanced_logistics(x_train[:, cols].transpose(0, 1), truth[:, train])  # (P, k), (P,)
             logits = (x_test[:, cols].transpose(0, 1).double() @ w[:, :, None])[:, :, 0] + b[:, None]  # (P, N_test)
+            fires = logits > 0
+            counts = confusion_counts(fires, truth[:, ~train]).tolist()  # one transfer for the block's problems
             for j, problem in enumerate(problems):
-                fires = logits[j] > 0
-                fits[problem] = (precision_recall_f1(fires, truth[j, ~train]).f1, fires)
+                fits[problem] = (prf(*counts[j][:3]).f1, fires[j])
         for s, c in active:
             f1s[(s, c)].append(fits[(c, tuple(candidates[(s, c)][:k]))][0])
             kept = metrics.choose_split_k(f1s[(s, c)], min_gain)

@@ -36,12 +36,23 @@ def precision_recall_f1(predicted: torch.Tensor, truth: torch.Tensor) -> PRF:
 
     predicted, truth: (N,) bool.
     """
-    predicted, truth = predicted.bool(), truth.bool()
-    tp = int((predicted & truth).sum())
-    fp = int((predicted & ~truth).sum())
-    fn = int((~predicted & truth).sum())
+    tp, fp, fn, _ = confusion_counts(predicted, truth).tolist()
+    return prf(tp, fp, fn)
+
+
+def prf(tp: int, fp: int, fn: int) -> PRF:
+    """`precision_recall_f1` from the counts (Python numbers: the scorer reads the counts of every class in one
+    transfer and takes the ratios here, in the same float arithmetic)."""
     return PRF(tp / (tp + fp) if tp + fp else 0.0, tp / (tp + fn) if tp + fn else 0.0,
                2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+
+
+def confusion_counts(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(..., 4) int64 counts (tp, fp, fn, tn) over the last dim of predicted and truth (..., N), bool: on the
+    device, for any number of problems at once."""
+    predicted, truth = predicted.bool(), truth.bool()
+    return torch.stack([(predicted & truth).sum(-1), (predicted & ~truth).sum(-1), (~predicted & truth).sum(-1),
+                        (~predicted & ~truth).sum(-1)], dim=-1)
 
 
 def jumprelu(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -113,6 +124,11 @@ def stable_top_k(x: torch.Tensor, k: int, dim: int = -1) -> TopK:
     indices holding v, and only those k are sorted (by index, then stably by value, descending: torch
     documents `stable` as keeping the order of equal elements, on every device). x must hold no NaN
     (ValueError)."""
+    return _stable_top_k(x, k, dim, check_nan=True)
+
+
+def _stable_top_k(x: torch.Tensor, k: int, dim: int, check_nan: bool) -> TopK:
+    """`stable_top_k`; without `check_nan` (a host sync) for callers whose x cannot hold NaN."""
     moved = x.movedim(dim, -1).contiguous()  # (..., n), rows contiguous: topk and the passes below are faster
     n = moved.shape[-1]
     k = min(k, n)
@@ -120,7 +136,7 @@ def stable_top_k(x: torch.Tensor, k: int, dim: int = -1) -> TopK:
         empty = moved[..., :0]
         return TopK(empty.movedim(-1, dim), torch.zeros_like(empty, dtype=torch.int64).movedim(-1, dim))
     best = moved.topk(k, dim=-1)  # holds every entry above the k-th value, and any NaN (topk ranks it first)
-    if bool(torch.isnan(best.values).any()):
+    if check_nan and bool(torch.isnan(best.values).any()):
         raise ValueError("stable_top_k: x holds NaN, which has no place in a ranking")
     kth = best.values[..., -1:]  # (..., 1)
     above = best.values > kth  # (..., k) topk's entries above the k-th value: all of them, in some order
@@ -171,7 +187,8 @@ def absorption_terms(acts: torch.Tensor, cos: torch.Tensor, is_main: torch.Tenso
     candidates = torch.where(eligible & (proj > 0), proj, torch.zeros_like(proj))
     k = min(top_k, proj.shape[1])
     n = proj.shape[0]
-    picked = stable_top_k(candidates, k, dim=1) if k else None  # equal proj_i: the lowest column first
+    # equal proj_i: the lowest column first; candidates hold no NaN (NaN > 0 is False), so no check (a host sync)
+    picked = _stable_top_k(candidates, k, 1, check_nan=False) if k else None
     top = picked.values.sum(dim=1) if k else torch.zeros(n, dtype=proj.dtype, device=proj.device)
     slots = torch.full((n, top_k), -1, dtype=torch.int64, device=proj.device)
     if k:  # a slot counts only where its candidate is positive: zeros are not absorbers

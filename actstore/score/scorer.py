@@ -19,7 +19,14 @@ writes a row saying so). Steps 2-4 depend on the L1 probe's seed: with `seeds` >
 the one encoding, batched (one L1 probe with C x seeds outputs, the k-sparse fits of all seeds solved together,
 the seed-free parts once; `l1_solver` converged has no seed). Formulas live in `actstore.score.metrics`, intervals
 and seed spreads in `actstore.score.intervals`, null SAEs in `actstore.score.nulls`.
-Everything runs on the device the SAE's weights are on; the layer's rows move there a tile at a time.
+Everything runs on the device the SAE's weights are on; the layer's rows move there a tile at a time. One
+encode pass covers the vocabulary rows and the rows of the L0 on natural text (`encoded_rows`). The per-class
+numbers stay on the device until one transfer per SAE; `score_sae(..., clock=PhaseClock())` times the phases
+(`actstore.score.phases`).
+
+This module is long (about 450 lines): score_sae's steps share their intermediate tensors (the true positives'
+layout, each seed's absorption terms, the dense columns of the ranked latents), which the class rows, the
+bootstrap inputs and the records are all read from in one place so they come to the host together.
 """
 
 from __future__ import annotations
@@ -33,14 +40,13 @@ import torch
 from actstore.errors import InputError, NotScorable
 from actstore.saes.loading import SAEWeights
 from actstore.score import intervals, metrics
-from actstore.score.absorption import (TOKEN_COLUMNS, absorbed, absorption_per_token, record_rows, token_absorbers,
-                                       token_records)
+from actstore.score.absorption import absorbed, absorption_per_token, record_rows, token_absorbers, token_records
 from actstore.score.config import LayerData, ScoreConfig
 from actstore.score.encode import BACKENDS, decoder_scale, dense_latents, latent_cosines, pick_backend
 from actstore.score.ksparse import Probing, k_sparse
 from actstore.score.l1probe import l1_weights
-from actstore.score.metrics import precision_recall_f1
 from actstore.score.nulls import make_null, null_columns
+from actstore.score.phases import PhaseClock, no_clock
 from actstore.score.probes import Probe
 from actstore.score.sparse import SparseActs, top_tokens
 
@@ -63,21 +69,28 @@ class SAEScore(NamedTuple):
 
 
 class _Run(NamedTuple):
-    """One seed's class rows, main latents per class, per-token values (for the bootstrap) and per-token
-    records (columns, `token_records`; the first seed's only, empty for the others and when not asked for)."""
+    """One seed's class rows, main latents per class, per-token values (for the bootstrap) and the device
+    tensors its per-token records are built from (`_records`, for the first seed only, when asked for)."""
 
     rows: list[dict]
     mains: dict[int, list[int]]
     tokens: list[intervals.ClassTokens]
-    records: dict[str, list]
+    records: dict
 
 
-class _ClassRows(NamedTuple):
-    """What absorption needs of one class that no seed changes: its probe true positives on the test split and
-    their active latents (`SparseActs.padded`)."""
+class _TruePositives(NamedTuple):
+    """What absorption needs of the evaluated classes that no seed changes: the probe's true positives of each
+    on the test split, class after class (a row is a true positive of its own class only), and their active
+    latents (`SparseActs.padded`, to the longest row of all; class j's block is rows spans[j] and its first
+    widths[j] columns: the padding `padded` gives that class's rows alone, so its sums add the same terms in
+    the same order)."""
 
-    tp: torch.Tensor
-    """(N,) bool"""
+    rows: torch.Tensor
+    """(R,) row ids"""
+    owner: torch.Tensor
+    """(R,) position in `classes` of each row's class"""
+    spans: list[tuple[int, int]]
+    widths: list[int]
     index: torch.Tensor
     """(R, L) latent ids"""
     value: torch.Tensor
@@ -89,6 +102,11 @@ class _ClassRows(NamedTuple):
     act: torch.Tensor
     """(R,) a . p_c"""
 
+    def block(self, j: int, t: torch.Tensor) -> torch.Tensor:
+        """Class j's rows of a (R, L) tensor, cut to its own padding width."""
+        (lo, hi), width = self.spans[j], self.widths[j]
+        return t[lo:hi, :width].contiguous()
+
 
 def evaluated_classes(probe: Probe, tp_test_counts: list[int], cfg: ScoreConfig) -> list[int]:
     """The classes a metric version evaluates: saebench-0.6 those whose probe test F1 is > cfg.min_probe_f1
@@ -98,17 +116,42 @@ def evaluated_classes(probe: Probe, tp_test_counts: list[int], cfg: ScoreConfig)
     return probe.evaluated_classes(cfg.min_probe_f1)
 
 
+def _text_rows(data: LayerData, cfg: ScoreConfig) -> torch.Tensor | None:
+    """The context rows the L0 on natural text is measured on: the first cfg.text_l0_rows labeled ones (never
+    BOS or other special tokens, which the store labels -1, as it does tokens the task does not label); None
+    when the store has no context rows or the L0 on text is off."""
+    if data.context_x is None or not len(data.context_x) or cfg.text_l0_rows <= 0:
+        return None
+    return data.context_x[data.context_labels >= 0][:cfg.text_l0_rows]
+
+
+def encoded_rows(data: LayerData, cfg: ScoreConfig) -> torch.Tensor:
+    """The rows one SAE's encode pass covers: the vocabulary rows data.x, then the rows of the L0 on natural
+    text (up to cfg.text_l0_rows labeled context rows), so one encoder call serves both. score_sae's `acts`,
+    when given, are these rows' activations."""
+    text = _text_rows(data, cfg)
+    if text is None or not len(text):
+        return data.x
+    dtype = torch.promote_types(data.x.dtype, text.dtype)
+    return torch.cat([data.x.to(dtype), text.to(data.x.device, dtype)])
+
+
 def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig = ScoreConfig(),
               progress=None, acts: SparseActs | None = None, cosines: tuple | None = None,
-              source: torch.Tensor | None = None) -> SAEScore:
+              source: torch.Tensor | None = None, clock: PhaseClock | None = None) -> SAEScore:
     """Every metric of one SAE against one layer's probe for the task of `data` (C = data.task.n_classes; the
-    probe has C rows). `progress(rows)` is called as rows are encoded; `acts`: the vocabulary rows' sparse
-    activations when already encoded (a group launch of the kernel); `cosines`: (dec_cos, enc_cos), each (m, C),
-    when the caller knows them (a null SAE, `actstore.score.nulls`); `source` (m,): latent j fires where `sae`'s
-    latent source[j] does (the shuffled-firing null), on context rows.
+    probe has C rows). `progress(rows)` is called as rows are encoded; `acts`: the activations of
+    `encoded_rows(data, cfg)` when already encoded (a group launch of the kernel; its vocabulary rows and text
+    rows are split here); `cosines`: (dec_cos, enc_cos), each (m, C), when the caller knows them (a null SAE,
+    `actstore.score.nulls`); `source` (m,): latent j fires where `sae`'s latent source[j] does (the
+    shuffled-firing null), on context rows; `clock`: a `PhaseClock` that times each phase (None: nothing timed).
 
     The seed-dependent steps (L1 probe, k-sparse probing, absorption) run once per seed of cfg.seeds over the
-    one encoding; the class rows and the summary's plain columns are the first seed's."""
+    one encoding; the class rows and the summary's plain columns are the first seed's. The numbers come to the
+    host once per SAE (the per-class rows and the bootstrap's inputs in one transfer), besides the few reads
+    that decide shapes: the evaluated classes, the candidate and single latents, the true positives' layout,
+    k-sparse probing's F1s per k."""
+    clock = clock or no_clock
     if cfg.metric_version not in metrics.METRIC_VERSIONS:
         raise InputError(f"unknown metric version {cfg.metric_version!r}; "
                          f"choose one of {sorted(metrics.METRIC_VERSIONS)}")
@@ -119,55 +162,93 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
     device = sae.w_enc.device
     x, labels, split = data.x, data.labels.to(device).long(), data.split.to(device).long()
     train = split == 0
+    directions = probe.directions()
     with torch.no_grad():
         probe_fires = (x.float() @ probe.weight.T.float() + probe.bias.float()).to(device) > 0  # (N, C)
-        act_all = (x.float() @ probe.directions().T.float()).to(device)  # (N, C) a . p_c
+        act_all = (x.float() @ directions.T.float()).to(device)  # (N, C) a . p_c
     tp_all = (~train)[:, None] & (labels[:, None] == torch.arange(n_classes, device=device)) & probe_fires  # (N, C)
-    classes = evaluated_classes(probe, tp_all.sum(0).tolist(), cfg)
+    tp_counts = tp_all.sum(0).tolist()
+    classes = evaluated_classes(probe, tp_counts, cfg)
     if len(classes) < cfg.min_classes:
         rule = "have probe true positives" if cfg.metric_version == "saebench-0.3" else \
             f"have a probe test F1 > {cfg.min_probe_f1}"
         raise NotScorable(f"only {len(classes)} classes of task {data.task.name} {rule} at layer {sae.layer} (needs "
                           f"{cfg.min_classes}, --min-classes); nothing to measure this SAE against")
     scale = decoder_scale(sae)
-    dec_cos, enc_cos = cosines if cosines is not None else latent_cosines(sae, probe.directions(), scale)  # (m, C)
-
     backend = pick_backend(cfg.backend, sae)
-    if acts is None:
-        acts = BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress)
+    rows = encoded_rows(data, cfg)
+    with clock("encode"):
+        if acts is None:
+            acts = BACKENDS[backend](rows, sae, scale, cfg.token_chunk, cfg.latent_chunk, progress,
+                                     dtype=cfg.encode_dtype)
+    if len(acts.offsets) - 1 != len(rows):
+        raise InputError(f"score_sae got activations of {len(acts.offsets) - 1} rows; it expects those of "
+                         f"encoded_rows(data, cfg), {len(x)} vocabulary rows and {len(rows) - len(x)} context "
+                         f"rows for the L0 on text: encode encoded_rows(data, cfg)")
+    acts, text_acts = acts.split(len(x))
+    with clock("cosines"):
+        dec_cos, enc_cos = cosines if cosines is not None else latent_cosines(sae, directions, scale)  # (m, C)
     seeds = [cfg.sparse_probe.seed + i for i in range(max(1, cfg.seeds))]
-    weights, solver_info = l1_weights(acts.rows(train), labels[train], n_classes, cfg, seeds)
-    singles = enc_cos.argmax(dim=0).tolist()  # (C,)
-    runs = _score_seeds(acts, weights, classes, singles, probe, labels, train, tp_all, act_all, dec_cos, enc_cos, cfg,
-                        data)
+    with clock("l1_probe"):
+        weights, solver_info = l1_weights(acts.rows(train), labels[train], n_classes, cfg, seeds)
+    with clock("seeds"):
+        singles = enc_cos.argmax(dim=0).tolist()  # (C,)
+        positives = _true_positives(acts, classes, tp_all, tp_counts, act_all, dec_cos)
+        runs = _score_seeds(acts, weights, classes, singles, positives, probe, labels, train, dec_cos, enc_cos, cfg,
+                            data)
     if data.context_x is not None and len(data.context_x):
-        _in_context(runs, classes, singles, sae, scale, data, cfg, source)
-    rows = runs[0].rows
-    summary = _summary(rows, acts)
-    summary.update(backend=backend, near_threshold_decisions=acts.near, metric_version=cfg.metric_version,
-                   l1_solver=cfg.l1_solver, seeds=len(seeds), **solver_info)
-    summary.update(intervals.bootstrap_intervals(runs[0].tokens, cfg.bootstrap, cfg.bootstrap_seed))
-    for row in rows:
-        row.update(metric_version=cfg.metric_version, l1_solver=cfg.l1_solver)
-    if len(runs) > 1:
-        _seed_columns(runs, acts, summary)
-    if data.context_x is not None and len(data.context_x) and cfg.text_l0_rows > 0:
-        summary["l0_text"] = text_l0(sae, scale, data, cfg, backend)
+        with clock("context"):
+            _in_context(runs, classes, singles, sae, scale, data, cfg, source)
+    with clock("summary"):
+        stats = torch.stack([acts.l0.float().mean().double(),
+                             (torch.bincount(acts.index, minlength=acts.width) == 0).float().mean().double(),
+                             text_acts.l0.float().mean().double() if len(text_acts.l0) else
+                             torch.tensor(float("nan"), dtype=torch.float64, device=device)]).tolist()
+        rows = runs[0].rows
+        summary = _summary(rows, stats)
+        summary.update(backend=backend, near_threshold_decisions=acts.near, metric_version=cfg.metric_version,
+                       l1_solver=cfg.l1_solver, seeds=len(seeds), **solver_info)
+        if _text_rows(data, cfg) is not None:
+            summary.update(l0_text=stats[2], l0_text_rows=len(text_acts.l0))
+        for row in rows:
+            row.update(metric_version=cfg.metric_version, l1_solver=cfg.l1_solver)
+        if len(runs) > 1:
+            _seed_columns(runs, stats, summary)
+    with clock("bootstrap"):
+        summary.update(intervals.bootstrap_intervals(runs[0].tokens, cfg.bootstrap, cfg.bootstrap_seed))
     if cfg.nulls:
         summary.update(_null_columns(sae, data, probe, cfg, acts, summary))
     if not cfg.records:
         return SAEScore(rows, summary)
-    records = runs[0].records
-    absorbing = sorted({latent for record in record_rows(records) if absorbed(record)
-                        for latent, _, _ in token_absorbers(record)})
-    text = data.text or [""] * len(labels)
-    tops = {latent: [[row, text[row], value] for row, value in best]
-            for latent, best in top_tokens(acts, absorbing, cfg.top_tokens).items()}
+    with clock("records"):
+        records = _records(runs[0], positives, classes, data)
+        absorbing = sorted({latent for record in record_rows(records) if absorbed(record)
+                            for latent, _, _ in token_absorbers(record)})
+        text = data.text or [""] * len(labels)
+        tops = {latent: [[row, text[row], value] for row, value in best]
+                for latent, best in top_tokens(acts, absorbing, cfg.top_tokens).items()}
     return SAEScore(rows, summary, records, tops)
 
 
+def _true_positives(acts: SparseActs, classes: list[int], tp_all: torch.Tensor, tp_counts: list[int],
+                    act_all: torch.Tensor, dec_cos: torch.Tensor) -> _TruePositives:
+    """The evaluated classes' true positives and their active latents (`_TruePositives`): two host reads, the
+    entries' count and each class's longest row."""
+    device = acts.value.device
+    chosen = torch.tensor(classes, device=device)
+    owner, rows = tp_all[:, chosen].T.nonzero(as_tuple=True)  # class by class, rows increasing within a class
+    index, value, valid = acts.rows(rows).padded()  # (R, L)
+    cos = torch.where(valid, dec_cos[index, chosen[owner][:, None]], torch.zeros_like(value))
+    longest = torch.zeros(len(classes), dtype=torch.int64, device=device).scatter_reduce(
+        0, owner, valid.sum(1), "amax")
+    widths = [max(1, w) for w in longest.tolist()]
+    ends = torch.tensor([tp_counts[c] for c in classes]).cumsum(0).tolist()
+    spans = [(end - tp_counts[c], end) for end, c in zip(ends, classes)]
+    return _TruePositives(rows, owner, spans, widths, index, value, cos, valid, act_all[rows, chosen[owner]])
+
+
 def _score_seeds(acts: SparseActs, weights: list[torch.Tensor], classes: list[int], singles: list[int],
-                 probe: Probe, labels: torch.Tensor, train: torch.Tensor, tp_all: torch.Tensor, act_all: torch.Tensor,
+                 positives: _TruePositives, probe: Probe, labels: torch.Tensor, train: torch.Tensor,
                  dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig, data: LayerData) -> list[_Run]:
     """k-sparse probing, single latents and absorption of every evaluated class, for each seed's L1-probe
     weight (m, C), whose k = max_k largest signed weights per class are its candidates (largest first; equal
@@ -175,97 +256,127 @@ def _score_seeds(acts: SparseActs, weights: list[torch.Tensor], classes: list[in
     `metrics.stable_top_k`, the same order on CPU and GPU, where `torch.topk`'s differs). What no seed
     changes is computed once: the activations of every latent any seed ranks (one dense gather), the single
     latents' scores, each class's true positives and their active latents; the k-sparse fits of all seeds and
-    classes are solved together per k (`k_sparse`)."""
-    device = acts.value.device
+    classes are solved together per k (`k_sparse`). Every seed's per-class numbers stay on the device until
+    one transfer for all of them (`_class_rows`)."""
     k = min(cfg.max_k, acts.width)
-    candidates = {}
-    for s, weight in enumerate(weights):
-        top = metrics.stable_top_k(weight, k, dim=0).indices.T.tolist()  # (C, k) largest weight first, ties: lowest id
-        candidates.update({(s, c): top[c] for c in classes})
+    ranked = torch.stack([metrics.stable_top_k(weight, k, dim=0).indices.T for weight in weights]).tolist()
+    candidates = {(s, c): ranked[s][c] for s in range(len(weights)) for c in classes}  # largest weight first
     wanted = sorted({i for ids in candidates.values() for i in ids} | {singles[c] for c in classes})
     column = {latent: j for j, latent in enumerate(wanted)}
-    dense = acts.dense_columns(torch.tensor(wanted, device=device))  # (N, U)
+    dense = acts.dense_columns(torch.tensor(wanted, device=acts.value.device))  # (N, U)
     probing = k_sparse(dense, column, candidates, labels, train, cfg.split_min_f1_gain)
-    shared = {}
-    for c in classes:
-        tp = tp_all[:, c]  # the probe's true positives on the test split
-        index, value, valid = acts.rows(tp).padded()  # (R, L)
-        cos = torch.where(valid, dec_cos[index, c], torch.zeros_like(value))
-        shared[c] = _ClassRows(tp, index, value, cos, valid, act_all[tp, c])
-    return [_score_classes(s, probing, shared, dense, column, classes, singles, probe, labels, train, dec_cos,
-                           enc_cos, cfg, data, records=cfg.records and s == 0) for s in range(len(weights))]
+    return _class_rows(probing, positives, dense, column, classes, singles, probe, labels, train, dec_cos, enc_cos,
+                       cfg, data, len(weights))
 
 
-def _score_classes(seed: int, probing: dict[tuple[int, int], Probing], shared: dict[int, _ClassRows],
-                   dense: torch.Tensor, column: dict[int, int], classes: list[int], singles: list[int], probe: Probe,
-                   labels: torch.Tensor, train: torch.Tensor, dec_cos: torch.Tensor, enc_cos: torch.Tensor,
-                   cfg: ScoreConfig, data: LayerData, records: bool) -> _Run:
-    """One seed's class rows, from its k-sparse probing and the classes' shared rows (`_score_seeds`);
-    per-token records only when `records`."""
-    device = dense.device
+def _class_rows(probing: dict[tuple[int, int], Probing], positives: _TruePositives, dense: torch.Tensor,
+                column: dict[int, int], classes: list[int], singles: list[int], probe: Probe, labels: torch.Tensor,
+                train: torch.Tensor, dec_cos: torch.Tensor, enc_cos: torch.Tensor, cfg: ScoreConfig,
+                data: LayerData, n_seeds: int) -> list[_Run]:
+    """Every seed's class rows and bootstrap inputs. The per-class work runs on the device: counts of all
+    classes at once; absorption class by class (each on its own padding width: the float sums then add the
+    same terms in the same order as a class alone, which a single padded batch would not); then every number
+    comes to the host in one float64 transfer (counts and float32 values are exact in it)."""
+    device, n = dense.device, len(classes)
+    chosen = torch.tensor(classes, device=device)
+    test = ~train
+    truth_test = labels[test][None, :] == chosen[:, None]  # (C', N_test)
+    single_fires = (dense[test][:, [column[singles[c]] for c in classes]] > 0).T  # (C', N_test)
+    single_counts = metrics.confusion_counts(single_fires, truth_test)  # (C', 4)
+    single_cos = enc_cos[torch.tensor([singles[c] for c in classes], device=device), chosen]  # (C',)
+    parts, spans, runs = [single_counts.double().flatten(), single_cos.double()], [], []
+    for s in range(n_seeds):
+        mains = [probing[(s, c)].main for c in classes]
+        width = max(map(len, mains))
+        padded = torch.tensor([main + [-1] * (width - len(main)) for main in mains], device=device)  # (C', K)
+        main_counts = metrics.confusion_counts(torch.stack([probing[(s, c)].fires for c in classes]), truth_test)
+        split_cos = dec_cos[padded.clamp(min=0), chosen[:, None]].double()  # (C', K), read where padded >= 0
+        fractions, fulls, terms, means = [], [], [], []
+        for j in range(n):
+            value, cos, index = (positives.block(j, t) for t in (positives.value, positives.cos, positives.index))
+            is_main = (index[:, :, None] == padded[j]).any(2) & positives.block(j, positives.valid)
+            lo, hi = positives.spans[j]
+            fraction, full, term = absorption_per_token(value, cos, is_main, positives.act[lo:hi], cfg.metric_version)
+            fractions.append(fraction)
+            fulls.append(full)
+            terms.append(term)
+            means.append(torch.stack([fraction.mean(), full.double().mean(), full.sum().double()]))
+        fraction, full = torch.cat(fractions), torch.cat(fulls)
+        parts += [main_counts.double().flatten(), split_cos.flatten(), torch.stack(means).flatten(), fraction,
+                  full.double()]
+        runs.append((mains, padded, fraction, full, terms))
+        spans.append(len(fraction))
+    host = torch.cat(parts).cpu()  # the one transfer of every class's numbers
+    head = host[:5 * n].tolist()
+    single_counts, single_cos, out, at = head[:4 * n], head[4 * n:], [], 5 * n
     names = data.task.classes
-    rows, mains, tokens = [], {}, []
-    columns: dict[str, list] = {name: [] for name in TOKEN_COLUMNS}
-    for c in classes:
-        truth = labels == c
-        truth_test = truth[~train]
-        f1s, main, main_fires = probing[(seed, c)]
-        mains[c] = main
-        main_prf = precision_recall_f1(main_fires, truth_test)
-        single = singles[c]
-        single_fires = dense[~train, column[single]] > 0
-        single_prf = precision_recall_f1(single_fires, truth_test)
-
-        tp, index, value, cos, valid, act = shared[c]
-        is_main = torch.isin(index, torch.tensor(main, device=device)) & valid
-        fraction, full, terms = absorption_per_token(value, cos, is_main, act, cfg.metric_version)
-        if records:
-            missed = torch.zeros(len(labels), dtype=torch.bool, device=device)
-            missed[~train] = ~main_fires.to(device)  # the k-sparse probe on the main latents says "not c"
-            class_records = token_records(tp, index, value, cos, terms, act, fraction, full, missed[tp],
-                                          dense[tp][:, [column[i] for i in main]], data)
-            for name, values in class_records.items():
-                columns[name] += values
-            columns["class"] += [names[c]] * len(class_records["row"])
-        n_tp = int(tp.sum())
-        tokens.append(intervals.ClassTokens(fraction, full.double(), (
-            int((single_fires & truth_test).sum()), int((single_fires & ~truth_test).sum()),
-            int((~single_fires & truth_test).sum()), int((~single_fires & ~truth_test).sum()))))
-        rows.append({
-            "class": names[c], "probe_test_f1": float(probe.metrics["test"]["f1"][c]),
-            "probe_test_precision": float(probe.metrics["test"]["precision"][c]),
-            "probe_test_recall": float(probe.metrics["test"]["recall"][c]),
-            "num_probe_true_positives": n_tp,
-            "mean_absorption_fraction": float(fraction.mean()) if n_tp else 0.0,
-            "full_absorption_rate": float(full.double().mean()) if n_tp else 0.0,
-            "num_full_absorption": int(full.sum()),
-            "num_split_features": len(main), "split_latents": main, "k_sparse_f1": f1s,
-            "split_cos_dec": [float(dec_cos[i, c]) for i in main],
-            "main_precision": main_prf.precision, "main_recall": main_prf.recall, "main_f1": main_prf.f1,
-            "single_latent": single, "single_latent_enc_cos": float(enc_cos[single, c]),
-            "single_precision": single_prf.precision, "single_recall": single_prf.recall,
-            "single_f1": single_prf.f1,
-        })
-    return _Run(rows, mains, tokens, columns if records else {})
+    for s, (mains, padded, fraction, full, terms) in enumerate(runs):
+        width = padded.shape[1]
+        main_counts = host[at:at + 4 * n].tolist()
+        split_cos = host[at + 4 * n:at + (4 + width) * n].tolist()
+        means = host[at + (4 + width) * n:at + (7 + width) * n].tolist()
+        at += (7 + width) * n
+        fraction_host, full_host = host[at:at + spans[s]], host[at + spans[s]:at + 2 * spans[s]]
+        at += 2 * spans[s]
+        rows, tokens = [], []
+        for j, c in enumerate(classes):
+            lo, hi = positives.spans[j]
+            counts = [int(v) for v in single_counts[4 * j:4 * j + 4]]
+            main_prf = metrics.prf(*[int(v) for v in main_counts[4 * j:4 * j + 3]])
+            single_prf = metrics.prf(*counts[:3])
+            n_tp = hi - lo
+            tokens.append(intervals.ClassTokens(fraction_host[lo:hi], full_host[lo:hi], tuple(counts)))
+            rows.append({
+                "class": names[c], "probe_test_f1": float(probe.metrics["test"]["f1"][c]),
+                "probe_test_precision": float(probe.metrics["test"]["precision"][c]),
+                "probe_test_recall": float(probe.metrics["test"]["recall"][c]),
+                "num_probe_true_positives": n_tp,
+                "mean_absorption_fraction": means[3 * j] if n_tp else 0.0,
+                "full_absorption_rate": means[3 * j + 1] if n_tp else 0.0,
+                "num_full_absorption": int(means[3 * j + 2]),
+                "num_split_features": len(mains[j]), "split_latents": mains[j],
+                "k_sparse_f1": probing[(s, c)].f1s, "split_cos_dec": split_cos[width * j:width * j + len(mains[j])],
+                "main_precision": main_prf.precision, "main_recall": main_prf.recall, "main_f1": main_prf.f1,
+                "single_latent": singles[c], "single_latent_enc_cos": single_cos[j],
+                "single_precision": single_prf.precision, "single_recall": single_prf.recall,
+                "single_f1": single_prf.f1,
+            })
+        missed = torch.stack([~probing[(s, c)].fires for c in classes])  # (C', N_test)
+        out.append(_Run(rows, dict(zip(classes, mains)), tokens,
+                        {"fraction": fraction, "full": full, "terms": terms, "missed": missed, "padded": padded,
+                         "dense": dense, "column": column, "test": test}))
+    return out
 
 
-def text_l0(sae: SAEWeights, scale: torch.Tensor, data: LayerData, cfg: ScoreConfig, backend: str) -> float:
-    """Mean L0 on natural text: over the first `text_l0_rows` labeled context tokens (never BOS or other
-    special tokens, which the store labels -1, as it does tokens the task does not label)."""
-    x = data.context_x[data.context_labels >= 0][:cfg.text_l0_rows].float()
-    if not len(x):
-        return float("nan")
-    return float(BACKENDS[backend](x, sae, scale, cfg.token_chunk, cfg.latent_chunk).l0.float().mean())
+def _records(run: _Run, positives: _TruePositives, classes: list[int], data: LayerData) -> dict[str, list]:
+    """A seed's per-token records (`token_records`) of every evaluated class at once, from the device tensors
+    its class rows were computed from (`_class_rows`)."""
+    state = run.records
+    dense, column, padded = state["dense"], state["column"], state["padded"]
+    device = dense.device
+    lookup = torch.full((max(column) + 2,), -1, dtype=torch.int64)  # latent id -> dense column; -1 -> -1
+    lookup[torch.tensor(list(column))] = torch.tensor(list(column.values()))
+    cols = lookup.to(device)[padded]  # (C', K) each class's main latents' dense columns, -1 past its own
+    owner, rows = positives.owner, positives.rows
+    picked = cols[owner]  # (R, K)
+    main_acts = dense[rows[:, None], picked.clamp(min=0)] * (picked >= 0)
+    test_position = state["test"].long().cumsum(0) - 1  # (N,) a test row's place among the test rows
+    missed = state["missed"][owner, test_position[rows]]
+    terms = metrics.AbsorptionTerms(*(torch.cat(field) for field in zip(*state["terms"])))
+    names = [data.task.classes[c] for j, c in enumerate(classes)
+             for _ in range(positives.spans[j][1] - positives.spans[j][0])]
+    return token_records(rows, names, positives.index, positives.value, positives.cos, terms, positives.act,
+                         state["fraction"], state["full"], missed, main_acts, (picked >= 0).sum(1), data)
 
 
 SEED_PER_CLASS = ("mean_absorption_fraction", "full_absorption_rate", "num_split_features")
 """class-row metrics that also get a `<metric>_by_seed` list"""
 
 
-def _seed_columns(runs: list[_Run], acts: SparseActs, summary: dict) -> None:
+def _seed_columns(runs: list[_Run], stats: list[float], summary: dict) -> None:
     """Per SAE: the mean, standard deviation and range across seeds of every summary metric, and how often the
     main latents agree; per class: each seed's values and main latents, and their agreement."""
-    per_seed = [_summary(run.rows, acts) for run in runs]
+    per_seed = [_summary(run.rows, stats) for run in runs]
     keys = [k for k in per_seed[0] if k.startswith("mean_")]
     summary.update(intervals.seed_spread(per_seed, keys))
     agreements = []
@@ -284,21 +395,29 @@ def _in_context(runs: list[_Run], classes: list[int], singles: list[int], sae: S
                 data: LayerData, cfg: ScoreConfig, source: torch.Tensor | None = None) -> None:
     """Adds each class's single-latent and main-latent precision/recall on the labeled context tokens to every
     run's rows; the context rows are encoded once, for the union of the runs' latents (latent j as `sae`'s
-    latent source[j] when a source is given: only whether it fires is read)."""
+    latent source[j] when a source is given: only whether it fires is read). The counts of every class and run
+    are taken together on the device and read in one transfer."""
+    device = sae.w_enc.device
     labeled = data.context_labels >= 0
-    x, labels = data.context_x[labeled], data.context_labels[labeled].to(sae.w_enc.device).long()
+    x, labels = data.context_x[labeled], data.context_labels[labeled].to(device).long()
     wanted = sorted({singles[c] for c in classes} | {i for run in runs for c in classes for i in run.mains[c]})
     column = {latent: j for j, latent in enumerate(wanted)}
-    encoded = torch.tensor(wanted, device=sae.w_enc.device)
+    encoded = torch.tensor(wanted, device=device)
     if source is not None:
         encoded = source.to(encoded.device)[encoded]
-    dense = dense_latents(x, sae, scale, encoded, cfg.token_chunk, cfg.latent_chunk)  # (M', U)
-    for run in runs:
-        for row, c in zip(run.rows, classes):
-            truth = labels == c
-            single = precision_recall_f1(dense[:, column[singles[c]]] > 0, truth)
-            main = precision_recall_f1((dense[:, [column[i] for i in run.mains[c]]] > 0).any(dim=1), truth)
-            row.update(context_tokens=len(labels), context_positives=int(truth.sum()),
+    fires = dense_latents(x, sae, scale, encoded, cfg.token_chunk, cfg.latent_chunk) > 0  # (M', U)
+    truth = (labels[None, :] == torch.tensor(classes, device=device)[:, None])  # (C', M')
+    predicted = [fires[:, [column[singles[c]] for c in classes]].T]  # (C', M') the single latents
+    for run in runs:  # a class's main latents fire when any of them does: a 0/1 product counts them exactly
+        member = torch.zeros(len(wanted), len(classes), device=device)
+        for j, c in enumerate(classes):
+            member[[column[i] for i in run.mains[c]], j] = 1
+        predicted.append((fires.float() @ member > 0).T)
+    counts = metrics.confusion_counts(torch.stack(predicted), truth[None]).tolist()  # (1 + runs, C', 4)
+    for r, run in enumerate(runs):
+        for j, row in enumerate(run.rows):
+            single, main = metrics.prf(*counts[0][j][:3]), metrics.prf(*counts[1 + r][j][:3])
+            row.update(context_tokens=len(labels), context_positives=counts[0][j][0] + counts[0][j][2],
                        context_single_precision=single.precision, context_single_recall=single.recall,
                        context_main_precision=main.precision, context_main_recall=main.recall)
 
@@ -320,9 +439,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _summary(rows: list[dict], acts: SparseActs) -> dict:
-    summary = {"status": "ok", "reason": "", "classes_evaluated": len(rows), "l0_vocab": float(acts.l0.float().mean()),
-               "dead_latent_share": float((torch.bincount(acts.index, minlength=acts.width) == 0).float().mean())}
+def _summary(rows: list[dict], stats: list[float]) -> dict:
+    """The SAE's row from its class rows and stats = [L0 on the vocabulary rows, dead-latent share, ...]."""
+    summary = {"status": "ok", "reason": "", "classes_evaluated": len(rows), "l0_vocab": stats[0],
+               "dead_latent_share": stats[1]}
     for key, name in (("mean_absorption_fraction", "absorption_fraction"), ("full_absorption_rate", "full_absorption"),
                       ("num_split_features", "num_split_features"), ("single_f1", "single_f1"),
                       ("single_precision", "single_precision"), ("single_recall", "single_recall"),

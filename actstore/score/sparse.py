@@ -1,7 +1,7 @@
 """Sparse SAE activations: the CSR rows every scoring stage reads.
 
     acts = SparseActs(offsets, index, value, width)   # row r: latents index[offsets[r]:offsets[r + 1]]
-    acts.rows(mask) / acts.dense_columns(latents) / acts.padded()
+    acts.rows(mask) / acts.split(n) / acts.dense_columns(latents) / acts.padded()
     transposed_csr(acts) -> (m, N) torch sparse CSR        top_tokens(acts, latents, n) -> each latent's top rows
 
 `actstore.score.encode` produces them; the L1 probe, k-sparse probing and absorption read them.
@@ -48,6 +48,13 @@ class SparseActs(NamedTuple):
         owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
         take = starts[owner] + torch.arange(int(offsets[-1]), device=rows.device) - offsets[owner]
         return SparseActs(offsets, self.index[take], self.value[take], self.width, self.near)
+
+    def split(self, n: int) -> tuple[SparseActs, SparseActs]:
+        """The first n rows and the rest, as two SparseActs (views of this one's entries: no copy; one host
+        read, where row n's entries start). `near` stays with the first: the count is not kept per row."""
+        end = int(self.offsets[n])
+        return (SparseActs(self.offsets[:n + 1], self.index[:end], self.value[:end], self.width, self.near),
+                SparseActs(self.offsets[n:] - end, self.index[end:], self.value[end:], self.width))
 
     def dense_columns(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, len(latents)) activations of the given latents (distinct ids)."""
