@@ -96,7 +96,9 @@ bench: setup
 	$(BIN)/python benchmarks/score_bench.py
 
 # What benchmarks/gpu_check.sh carries to a lent GPU (git-ignored): .whl, the cp312 wheels of the packages its
-# image lacks, at the versions installed here; .gpu, sae-lens's catalog file (sae-lens itself is not there).
+# image lacks, at the versions installed here; .gpu, sae-lens's catalog file (sae-lens itself is not there) and
+# .gpu/baseline, the source tree of score_bench's "before" commit (the device's copy has no .git to make a worktree).
+SCORE_BASELINE ?= d38bcc4
 CARRIED = zarr numcodecs donfig google-crc32c
 gpu-carry: setup
 	grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.gpu/\n' >> .git/info/exclude
@@ -104,6 +106,7 @@ gpu-carry: setup
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$($(BIN)/python -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in '$(CARRIED)'.split()))")
 	mkdir -p .gpu && cp "$$($(BIN)/python -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('sae_lens').submodule_search_locations[0]) / 'pretrained_saes.yaml')")" .gpu/
+	rm -rf .gpu/baseline && mkdir -p .gpu/baseline && git archive $(SCORE_BASELINE) | tar -x -C .gpu/baseline
 
 clean:
 	rm -rf $(VENV) .venv-upgrade $(DEMO) $(REAL_OUT) benchmarks/scratch
