@@ -19,7 +19,8 @@ while the scorer computes; the scorer's records go to a writer thread. The read 
 
 Memory: a group holds at most `group_size` SAEs and half the budget of weights; the reader threads hold at most
 max(group_size, 2) SAEs and the other half beyond what the scorer has taken; an SAE larger than that is read
-alone. Weights are float32 on the device (the kernel's exact recheck and the torch path read them). When a
+alone. Groups matter only where they share kernel launches (CUDA, fused backend); elsewhere (the CPU) each SAE
+is scored as soon as it is read, and the readers hold at most 2 beyond it. Weights are float32 on the device (the kernel's exact recheck and the torch path read them). When a
 group shares kernel launches (CUDA, fused backend), its encoders are also copied, converted on the device to
 the encode dtype (--dtype), into one (d, M) buffer; with --dtype float32 each SAE's encoder becomes its slice of
 it, so a group's encoders exist once.
@@ -141,18 +142,22 @@ class LayerScorer:
         groups = [(job.layer, [s for s in g if not part_done(self.out, s, self.provenance, self.task)])
                   for job in jobs for g in job.groups]  # a retried call resumes
         groups = [(layer, g) for layer, g in groups if g]
+        # A group shares kernel launches only on CUDA with the fused kernel; elsewhere each SAE is scored as soon as
+        # it is read, and reading further ahead than the reader threads would only front-load the same CPU work.
+        shares = self.device.startswith("cuda") and self.cfg.backend in ("auto", "triton")
         saes = read_ahead([s for _, g in groups for s in g], self._load, lambda s: s.nbytes,
-                          max(self.cfg.group_size, READERS), self.budget / 2)
+                          max(self.cfg.group_size, READERS) if shares else READERS, self.budget / 2)
         self.writer = PartWriter()
         try:
             for layer, group in groups:
                 self.job_layer = layer
-                loaded = [next(saes) for _ in group]
-                for record in self._score_group(loaded, self._shared_encoders(loaded)):
-                    count += 1
-                    if on_done is not None:
-                        on_done(record)
-                del loaded
+                for batch in [group] if shares else [[s] for s in group]:
+                    loaded = [next(saes) for _ in batch]
+                    for record in self._score_group(loaded, self._shared_encoders(loaded)):
+                        count += 1
+                        if on_done is not None:
+                            on_done(record)
+                    del loaded
         except BaseException:
             self.writer.close(check=False)  # what is computed is written, whatever ends the run
             raise
