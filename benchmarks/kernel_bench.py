@@ -201,7 +201,8 @@ def bench_shape(d: int, m: int, s: int, n: int, device: str, samples: int) -> di
     flops = 2 * n * d * s * m
     limit_ms = flops / PEAK_FLOPS * 1e3
     row = {"d": d, "m": m, "saes": s, "tokens": n, "samples": samples,
-           "launches": {name: [str(grid) for grid, _, _ in recorded] for name, recorded in launches.items()}, "limit_ms": limit_ms, "agreement": agreement,
+           "launches": {name: [str(grid) for grid, _, _ in recorded] for name, recorded in launches.items()},
+           "limit_ms": limit_ms, "agreement": agreement,
            "recheck_status": "timed" if takes_dtype else "encode_group_fused takes no dtype (code before the recheck)"}
     for name, ms in times.items():
         median = statistics.median(ms)

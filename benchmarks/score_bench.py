@@ -318,7 +318,8 @@ def main() -> int:
                   f"{files[0].stat().st_size / 1e9:.2f} GB each")
             print_table(header, [[name, f"{d['first_sae_s']:.2f}", f"{d['steady_median_s']:.2f}",
                                   f"{d['steady_mean_s']:.2f}", f"{read_s:.2f}", f"{d['per_sae_vs_read']:.2f}",
-                                  f"{d['main_encode_steady_s_per_sae']:.2f}", f"{d['other_encode_steady_s_per_sae']:.2f}",
+                                  f"{d['main_encode_steady_s_per_sae']:.2f}",
+                                  f"{d['other_encode_steady_s_per_sae']:.2f}",
                                   f"{d['share_outside_main_encode']:.1%}", f"{d['share_outside_any_encode']:.1%}"]
                                  for name, d in digests.items()])
             if "baseline" in digests:
@@ -327,7 +328,8 @@ def main() -> int:
                     "steady_per_sae": b["steady_median_s"] / c["steady_median_s"],
                     "share_outside_main_encode": b["share_outside_main_encode"] / c["share_outside_main_encode"],
                     "share_outside_any_encode": b["share_outside_any_encode"] / c["share_outside_any_encode"]}
-                print("  before/after: " + ", ".join(f"{k} {v:.2f}x" for k, v in per_width[m]["before_vs_after"].items()))
+                ratios = per_width[m]["before_vs_after"]
+                print("  before/after: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
             print_phases(m, digests)
             write_result(out, {"benchmark": "score_bench", "environment": env, "partial": True,  # kept if stopped
                                "widths": {str(k): w for k, w in per_width.items()}})

@@ -104,7 +104,8 @@ class OldPhases:
     """The pre-clock scorer's phases, its functions wrapped (score_profile.py's approach)."""
 
     def __init__(self, sync: bool):
-        self.sync, self.seconds, self.depth, self.saved = sync and torch.cuda.is_available(), collections.Counter(), 0, []
+        self.sync = sync and torch.cuda.is_available()
+        self.seconds, self.depth, self.saved = collections.Counter(), 0, []
 
     def wrap(self, name: str, fn):
         def timed(*args, **kwargs):

@@ -16,8 +16,8 @@ Asserted per row (`problems`):
   loop has N >= 1, and ptxas gave no advisory C7514 (wgmma serialized). Triton's IR can say depth 1 while
   ptxas serializes every wgmma: the IR is not read;
 - fp32: the dot is FFMA (no tensor cores) and the kernel uses no stack at all;
-- stack: no stack beyond the spill slots (spill store bytes, the frame rounded to 16), and at most STACK_BOUND bytes per thread (0 for every tile that
-  measures 0: the tuned 8-warp tiles and the fp32 tiles);
+- stack: no stack beyond the spill slots (spill store bytes, the frame rounded to 16), and at most STACK_BOUND
+  bytes per thread (0 for every tile that measures 0: the tuned 8-warp tiles and the fp32 tiles);
 - epilogue: at most EPILOGUE_SPILL_BOUND spill instructions per latent tile and the instructions per tile
   under EPILOGUE_BOUND; two global stores per list entry a thread holds (index and value, inline PTX).
 

@@ -42,6 +42,20 @@ def test_compressed_members_are_read_through_numpy_with_the_same_result(tmp_path
     assert torch.equal(sae.w_dec, torch.from_numpy(arrays["W_dec"]))
 
 
+def test_big_endian_arrays_load_as_the_little_endian_ones_and_float128_fails_clearly(tmp_path):
+    arrays = gemma_scope_arrays(6, 11)
+    np.savez(tmp_path / "le.npz", **arrays)
+    np.savez(tmp_path / "be.npz", **{k: a.astype(">f4") for k, a in arrays.items()})
+    assert read_host_arrays(tmp_path / "be.npz", "sae", pin=False) is None  # numpy reads these
+    little, big = load_params_npz(tmp_path / "le.npz", "le"), load_params_npz(tmp_path / "be.npz", "be")
+    for field in ("w_enc", "b_enc", "w_dec", "b_dec", "threshold"):
+        assert torch.equal(getattr(big, field), getattr(little, field)), field
+    if np.dtype(np.longdouble).itemsize > 8:  # x86: 80-bit extended precision stored in 16 bytes
+        np.savez(tmp_path / "f128.npz", **{k: a.astype(np.longdouble) for k, a in arrays.items()})
+        with pytest.raises(SAEError, match=r"SAE f128: .*'W_enc': 'float128'.*expected float16, float32 or float64"):
+            load_params_npz(tmp_path / "f128.npz", "f128")
+
+
 def data_offset(path, member: str) -> int:
     """Where a stored member's .npy bytes begin in the file."""
     with zipfile.ZipFile(path) as archive:
@@ -85,4 +99,5 @@ def test_a_non_finite_array_fails_on_the_device_check_naming_it(tmp_path, key, v
     np.savez(tmp_path / "params.npz", **arrays)
     with pytest.raises(SAEError) as caught:
         load_params_npz(tmp_path / "params.npz", "sae", device="cpu")
-    assert str(caught.value) == f"SAE sae: {tmp_path / 'params.npz'} has NaN or inf in ['{key}']; expected finite weights"
+    assert str(caught.value) == \
+        f"SAE sae: {tmp_path / 'params.npz'} has NaN or inf in ['{key}']; expected finite weights"

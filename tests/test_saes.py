@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from actstore.cli.main import main
-from actstore.saes.loading import (SAEError, from_sae_lens, gemma_scope_catalog, layer_and_l0_from_id, load_params_npz,
-                           load_sae_lens_dir, local_saes, parse_width)
+from actstore.saes.loading import (SAEError, SAEWeights, from_sae_lens, gemma_scope_catalog, layer_and_l0_from_id,
+                                   load_params_npz, load_sae_lens_dir, local_saes, parse_width)
 
 
 def test_gemma_scope_catalog_matches_the_release():
@@ -153,3 +153,23 @@ def test_a_catalog_sae_in_the_hugging_face_cache_loads_from_params_npz(tmp_path,
                         else None)
     sae = saes.load_catalog_entry(entry)
     assert (sae.id, sae.layer, sae.l0, sae.width) == (entry.id, 0, entry.l0, 10)
+
+
+def test_encoder_norms_are_kept_and_never_stale():
+    """SAEWeights.enc_norm (the kernel's candidate band rests on it) equals float64 column norms, is computed
+    once, and follows W_enc when it is replaced, edited in place, restricted or copied with other weights."""
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 16, generator=gen)
+    sae = SAEWeights("s", w.clone(), torch.zeros(16), torch.randn(16, 8, generator=gen), torch.zeros(8),
+                     threshold=torch.zeros(16))
+    exact = w.double().norm(dim=0)
+    assert torch.allclose(sae.enc_norm.double(), exact, rtol=1e-6, atol=0)
+    assert sae.enc_norm is sae.enc_norm  # kept
+    sae.w_enc.mul_(2)
+    assert torch.allclose(sae.enc_norm.double(), 2 * exact, rtol=1e-6, atol=0)
+    sae.w_enc = w * 3
+    assert torch.allclose(sae.enc_norm.double(), 3 * exact, rtol=1e-6, atol=0)
+    assert torch.allclose(sae.latents(2, 5).enc_norm.double(), 3 * exact[2:5], rtol=1e-6, atol=0)
+    assert torch.allclose(dataclasses.replace(sae, w_enc=w).enc_norm.double(), exact, rtol=1e-6, atol=0)

@@ -20,10 +20,10 @@ while the scorer computes; the scorer's records go to a writer thread. The read 
 Memory: a group holds at most `group_size` SAEs and half the budget of weights; the reader threads hold at most
 max(group_size, 2) SAEs and the other half beyond what the scorer has taken; an SAE larger than that is read
 alone. Groups matter only where they share kernel launches (CUDA, fused backend); elsewhere (the CPU) each SAE
-is scored as soon as it is read, and the readers hold at most 2 beyond it. Weights are float32 on the device (the kernel's exact recheck and the torch path read them). When a
-group shares kernel launches (CUDA, fused backend), its encoders are also copied, converted on the device to
-the encode dtype (--dtype), into one (d, M) buffer; with --dtype float32 each SAE's encoder becomes its slice of
-it, so a group's encoders exist once.
+is scored as soon as it is read, and the readers hold at most 2 beyond it. Weights are float32 on the device
+(the kernel's exact recheck and the torch path read them). When a group shares kernel launches, its encoders
+are also copied, converted on the device to the encode dtype (--dtype), into one (d, M) buffer; with --dtype
+float32 each SAE's encoder becomes its slice of it, so a group's encoders exist once.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def memory_budget(device: str, memory_gb: float | None) -> float:
     if device.startswith("cuda"):
         return 0.5 * torch.cuda.get_device_properties(torch.device(device)).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 3
+
+
+FAILURES = (SAEError, NotScorable, FileNotFoundError)
+"""what fails one SAE alone: recorded as its part, the run goes on"""
 
 
 class LayerScorer:
@@ -228,30 +232,39 @@ class LayerScorer:
         for source, sae, load_seconds in loaded:
             t = time.perf_counter()
             layer = None
-            try:
-                if not isinstance(sae, SAEWeights):
-                    raise sae
-                layer = self._layer_of(source, sae)
-                flags = degeneracies(sae)  # an SAE that cannot be measured raises SAEError here
-                result = score_sae(sae, *self._layer_data(layer), self.score_cfg, acts=encoded.get(source.key))
-                if self.score_cfg.causal is not None:
-                    from actstore.score.causal import add_causal
-
-                    add_causal(result, sae, layer, self.probe, self._causal_runner())
-                dead = result.summary.get("dead_latent_share", 0.0)
-                if dead > self.cfg.max_dead_share:
-                    flags.append(f"{dead:.1%} of its latents never fire on the vocabulary task (more than "
-                                 f"--max-dead-share {self.cfg.max_dead_share:g})")
-                if flags:
-                    result.summary.update(status="flagged", reason="; ".join(flags))
-                record = record_result(self.out, source, sae, result, self.score_cfg, self.store.spec, self.task)
-            except (SAEError, NotScorable, FileNotFoundError) as err:
-                record = record_failure(self.out, source, err, self.task)
+            if isinstance(sae, SAEWeights):
+                try:
+                    layer = self._layer_of(source, sae)
+                    record = self._score_one(source, sae, layer, encoded.get(source.key))
+                except FAILURES as err:
+                    record = record_failure(self.out, source, err, self.task)
+            # Its read failed: recorded, not raised here (a raise would tie the traceback, this frame and the
+            # group's weights in a cycle that only the garbage collector frees).
+            elif isinstance(sae, FAILURES):
+                record = record_failure(self.out, source, sae, self.task)
+            else:
+                raise sae
             record["seconds"] = time.perf_counter() - t + load_seconds
             record["provenance"] = self.provenance.of(layer if layer is not None else source.layer)
             self._write(source, record)
             self.scored += 1
             yield record
+
+    def _score_one(self, source, sae: SAEWeights, layer: int, acts) -> dict:
+        """One loaded SAE's record (`acts`: its share of a group launch, or None)."""
+        flags = degeneracies(sae)  # an SAE that cannot be measured raises SAEError here
+        result = score_sae(sae, *self._layer_data(layer), self.score_cfg, acts=acts)
+        if self.score_cfg.causal is not None:
+            from actstore.score.causal import add_causal
+
+            add_causal(result, sae, layer, self.probe, self._causal_runner())
+        dead = result.summary.get("dead_latent_share", 0.0)
+        if dead > self.cfg.max_dead_share:
+            flags.append(f"{dead:.1%} of its latents never fire on the vocabulary task (more than "
+                         f"--max-dead-share {self.cfg.max_dead_share:g})")
+        if flags:
+            result.summary.update(status="flagged", reason="; ".join(flags))
+        return record_result(self.out, source, sae, result, self.score_cfg, self.store.spec, self.task)
 
     def _encode_together(self, ok: list[tuple], shared: torch.Tensor | None) -> dict:
         """With the fused kernel and the group's encoders in one buffer, one launch per token chunk serves

@@ -14,8 +14,8 @@ write the parts are in batch.py; the SAEs a command names are found in sources.p
 
 A rerun skips every SAE with a finished part (for a local file: the same size and modification time) and
 retries failed ones; the tables are rebuilt from the parts, so a run killed at any point loses at most the
-SAEs it was computing and the few whose part files were still queued for writing (Ctrl-C and SIGTERM write
-those first).
+SAEs it was computing and the few whose part files were still queued for writing (with --local, Ctrl-C and
+SIGTERM write those first; Ray workers are ended at once, and a rerun computes those again).
 """
 
 from __future__ import annotations

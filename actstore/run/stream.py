@@ -8,7 +8,8 @@ so the first SAE of the next layer is read while the last of this one is scored)
 `budget` bytes beyond what the scorer has taken; the read is the only stage that waits for the disk. The
 `PartWriter` writes each finished SAE's part file on one thread, in order, so the scorer goes on at once; its
 queue is bounded, its first error is raised in the scorer's thread, and closing it writes whatever is queued
-(also on Ctrl-C: nothing computed is lost).
+(also on Ctrl-C in the process that scores; a worker killed from outside loses its queue, at most 16 parts,
+which a rerun computes again: each part is written under a temporary name and renamed, never half).
 """
 
 from __future__ import annotations

@@ -62,8 +62,10 @@ def load_params_npz(path: str | Path, sae_id: str, layer: int | None = None, l0:
     extremes = torch.stack([torch.stack(torch.aminmax(a)).float() for a in t.values()])  # (5, 2); NaN propagates
     finite = torch.isfinite(extremes).all(dim=1).tolist()  # the one sync; a pass without a (d, m) bool temporary
     bad = [k for k, ok in zip(t, finite) if not ok]
-    if bad:
-        raise SAEError(f"SAE {sae_id}: {path} has NaN or inf in {bad}; expected finite weights")
+    if bad:  # float64 values past float32's range are inf once checked (and once converted)
+        what = "NaN, inf or values beyond float32's range" if any(t[k].dtype == torch.float64 for k in bad) else \
+            "NaN or inf"
+        raise SAEError(f"SAE {sae_id}: {path} has {what} in {bad}; expected finite weights")
     t = {k: a.to(dtype) for k, a in t.items()}
     return SAEWeights(sae_id, t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], "jumprelu", t["threshold"],
                       layer=layer, l0=l0)
@@ -97,11 +99,11 @@ def read_npz(path: str | Path, sae_id: str) -> dict[str, np.ndarray]:
         detail = str(err).splitlines()[0] if str(err) else ""
         raise SAEError(f"SAE {sae_id}: {path} is damaged or truncated ({type(err).__name__}: {detail}); {expect}; "
                        f"fetch it again") from err
-    not_float = {k: str(a.dtype) for k, a in arrays.items() if a.dtype.kind != "f"}
+    not_float = {k: str(a.dtype) for k, a in arrays.items() if a.dtype.kind != "f" or a.dtype.itemsize > 8}
     if not_float:
-        raise SAEError(f"SAE {sae_id}: {path} has arrays of dtype {not_float}; expected floating point "
-                       f"(Gemma Scope: float32)")
-    return arrays
+        raise SAEError(f"SAE {sae_id}: {path} has arrays of dtype {not_float}; expected float16, float32 or "
+                       f"float64 (Gemma Scope: float32)")
+    return {k: a.astype(a.dtype.newbyteorder("="), copy=False) for k, a in arrays.items()}  # torch: native order
 
 
 def degeneracies(sae: SAEWeights) -> list[str]:

@@ -46,15 +46,22 @@ class SAEWeights:
     source_architecture: str | None = None
     """The architecture sae-lens trained it as (standard, topk, batchtopk, jumprelu, matryoshka_batchtopk); None
     for Gemma Scope's params.npz. `architecture` is the encoder it runs as: a batchtopk SAE encodes as jumprelu."""
-    _enc_norm: torch.Tensor | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _enc_norm: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "w_enc":  # a new encoder: its norms are computed again when asked for
+            object.__setattr__(self, "_enc_norm", None)
+        object.__setattr__(self, name, value)
 
     @property
     def enc_norm(self) -> torch.Tensor:
-        """(width,) float32 encoder column norms |W_enc[:, i]|, computed once and kept (the scorer's reader thread
-        computes them while the previous SAE is scored; restricted SAEs compute their own)."""
-        if self._enc_norm is None:
-            self._enc_norm = self.w_enc.float().norm(dim=0)
-        return self._enc_norm
+        """(width,) float32 encoder column norms |W_enc[:, i]|, computed once and kept while W_enc is neither
+        replaced nor edited in place (the scorer's reader thread computes them while the previous SAE is scored;
+        restricted SAEs compute their own). The kernel's candidate band rests on them, so they are never stale."""
+        version = self.w_enc._version
+        if self._enc_norm is None or self._enc_norm[0] != version:
+            self._enc_norm = (version, self.w_enc.float().norm(dim=0))
+        return self._enc_norm[1]
 
     @property
     def width(self) -> int:
