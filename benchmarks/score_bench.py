@@ -22,7 +22,9 @@ time (main encode: each SAE's first encoder call or its share of a group launch;
 old code's second encode for the L0 on text), the non-encode share of the steady per-SAE time (a) outside the
 main encode, (b) outside any encoder call, the baseline/current ratio of each (issue 23's CPU target: >= 5),
 and the per-phase profile of both versions (today's via score_sae's clock, the baseline's via wrapped phase
-functions; see score_driver.py). On CPU the timers need no sync; on a GPU --encode-timer synchronizes the
+functions; see score_driver.py), and whether the two versions' results agree: every number of every part
+(summary and class rows) compared, the count that differ and the largest difference. On CPU the timers need no
+sync; on a GPU --encode-timer synchronizes the
 device around every timed block (otherwise encode and phase times are host wall times). Also an extrapolation
 to the 316 SAEs of gemma-scope-2b-pt-res at the current code's steady rate per byte of the nearest width.
 Writes benchmarks/results/score_bench.json (score_bench_<gpu>.json on a GPU).
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -219,6 +222,19 @@ def digest(run: dict, read_s: float) -> dict:
     }
 
 
+def agreement(before: dict, after: dict) -> dict:
+    """The numbers both versions report for the same SAEs (score_driver's `numbers`): how many, how many differ
+    at all, the largest absolute difference, and the first few that differ."""
+    saes = sorted(set(before) & set(after))
+    shared = [(sae, key) for sae in saes for key in sorted(set(before[sae]) & set(after[sae]))]
+    differ = [(sae, key, before[sae][key], after[sae][key]) for sae, key in shared
+              if before[sae][key] != after[sae][key]
+              and not (math.isnan(before[sae][key]) and math.isnan(after[sae][key]))]
+    return {"saes": len(saes), "numbers_compared": len(shared), "numbers_differing": len(differ),
+            "max_abs_diff": max((abs(b - a) for _, _, a, b in differ), default=0.0),
+            "first_differing": [list(d) for d in differ[:5]]}
+
+
 def print_phases(width: int, digests: dict[str, dict]) -> None:
     names = []
     for d in digests.values():
@@ -330,6 +346,11 @@ def main() -> int:
                     "share_outside_any_encode": b["share_outside_any_encode"] / c["share_outside_any_encode"]}
                 ratios = per_width[m]["before_vs_after"]
                 print("  before/after: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+                agree = per_width[m]["agreement"] = agreement(best["baseline"].get("numbers", {}),
+                                                              best["current"].get("numbers", {}))
+                print(f"  results: {agree['numbers_differing']} of {agree['numbers_compared']} numbers of "
+                      f"{agree['saes']} SAEs differ between the versions (largest difference "
+                      f"{agree['max_abs_diff']:.3g})")
             print_phases(m, digests)
             write_result(out, {"benchmark": "score_bench", "environment": env, "partial": True,  # kept if stopped
                                "widths": {str(k): w for k, w in per_width.items()}})

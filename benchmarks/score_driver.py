@@ -139,6 +139,15 @@ class OldPhases:
             scorer.BACKENDS[key] = self.wrap("encode", fn)
 
 
+def numbers(part: dict) -> dict:
+    """A part's numeric results, flat: summary.<key> and classes.<i>.<key> (floats and ints, not bools, not the
+    timing), for comparing two versions' parts of the same SAE."""
+    flat = {f"summary.{k}": v for k, v in part["summary"].items()}
+    flat.update({f"classes.{i}.{k}": v for i, row in enumerate(part["classes"]) for k, v in row.items()})
+    return {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not k.endswith("seconds")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("store")
@@ -195,6 +204,7 @@ def main() -> int:
         "mean_l0": sum(p["summary"]["l0_vocab"] for p in parts) / max(1, len(parts)),
         "backend": parts[0]["summary"]["backend"] if parts else None,
         "dtype": config.dtype, "device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
+        "numbers": {p["sae_key"]: numbers(p) for p in parts},
     }
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
