@@ -101,3 +101,27 @@ def test_a_non_finite_array_fails_on_the_device_check_naming_it(tmp_path, key, v
         load_params_npz(tmp_path / "params.npz", "sae", device="cpu")
     assert str(caught.value) == \
         f"SAE sae: {tmp_path / 'params.npz'} has NaN or inf in ['{key}']; expected finite weights"
+
+
+def test_only_members_up_to_the_pin_limit_ask_for_pinned_memory_and_a_refusal_falls_back(tmp_path, monkeypatch):
+    """torch's pinned allocator rounds blocks up to a power of two and keeps them: members above PIN_LIMIT are read
+    into pageable memory; where pinned memory is refused (no CUDA here), the read goes on in pageable memory."""
+    from actstore.saes import reader
+
+    arrays = gemma_scope_arrays(16, 40)  # W_enc and W_dec 2,560 bytes, b_enc and threshold 160, b_dec 64
+    np.savez(tmp_path / "params.npz", **arrays)
+    asked = []
+    empty = torch.empty
+
+    def refusing_empty(*shape, pin_memory=False, **kwargs):
+        asked.append((tuple(shape[0]), pin_memory))
+        if pin_memory:
+            raise RuntimeError("cannot pin: no CUDA")
+        return empty(*shape, **kwargs)
+
+    monkeypatch.setattr(reader, "PIN_LIMIT", 200)
+    monkeypatch.setattr(reader.torch, "empty", refusing_empty)
+    host = read_host_arrays(tmp_path / "params.npz", "sae", pin=True)
+    assert sorted(asked) == [((16,), True), ((40,), True), ((40,), True)]  # the two big members never asked
+    for key, array in arrays.items():
+        assert np.array_equal(host[key].numpy(), array), key

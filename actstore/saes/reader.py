@@ -2,9 +2,9 @@
 
 `np.savez` writes a zip whose members (W_enc.npy, ...) are stored, not compressed: an .npy header, then the
 array's raw bytes. `read_host_arrays` reads each member's bytes with one `readinto` into a preallocated torch
-buffer (pinned when CUDA is available, so the copy to the GPU is asynchronous, and plain otherwise), verifies
-the member's zip CRC-32 (`zlib.crc32` releases the GIL, so several readers run in parallel) and takes dtype and
-shape from the .npy header. Nothing is checked on the host beyond that: finiteness and the dtype conversion
+buffer (pinned when CUDA is available and the member is at most PIN_LIMIT bytes, so the copy to the GPU is
+asynchronous; plain otherwise), verifies the member's zip CRC-32 (`zlib.crc32` releases the GIL, so several
+readers run in parallel) and takes dtype and shape from the .npy header. Nothing is checked on the host beyond that: finiteness and the dtype conversion
 happen on the device (`loading.load_params_npz`). A member that is compressed, in Fortran order or of
 another byte order is read through numpy instead (`loading.read_npz`).
 
@@ -33,6 +33,10 @@ LOCAL_HEADER = struct.Struct("<4s22xHH")
 """a zip member's local header (30 bytes): signature, then after 22 bytes the name and extra-field lengths"""
 CHUNK = 64 * 2**20
 """bytes read and checksummed per step"""
+PIN_LIMIT = 2**30
+"""the largest member read into pinned memory. torch's pinned allocator rounds each block up to a power of two and
+keeps it for reuse, so a 1M-latent W_enc (9.7 GB) would lock 16 GB of RAM per reader; larger members go to
+pageable memory, whose copy to the GPU the driver stages (slower, but the disk read dominates at those sizes)"""
 
 
 class NotPlain(Exception):
@@ -99,10 +103,7 @@ def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Ten
     if len(preamble) + header_len + nbytes != info.file_size:
         raise zipfile.BadZipFile(f"{info.filename} holds {info.file_size} bytes; its header says "
                                  f"{len(preamble) + header_len + nbytes}")
-    if pin:
-        array = torch.empty(shape, dtype=TORCH_DTYPES[dtype], pin_memory=True)
-    else:  # numpy asks the kernel for 2 MB pages: far fewer page faults than torch's allocation
-        array = torch.from_numpy(np.empty(shape, dtype))
+    array = _host_buffer(shape, dtype, pin and nbytes <= PIN_LIMIT)
     view = memoryview(array.numpy().reshape(-1).view(np.uint8))
     crc = zlib.crc32(text, zlib.crc32(preamble))
     for start in range(0, nbytes, CHUNK):
@@ -117,6 +118,15 @@ def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Ten
     if crc != info.CRC:
         raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
     return array
+
+
+def _host_buffer(shape: tuple, dtype: np.dtype, pin: bool) -> torch.Tensor:
+    if pin:
+        try:
+            return torch.empty(shape, dtype=TORCH_DTYPES[dtype], pin_memory=True)
+        except RuntimeError:  # no pinned memory to be had: the copy to the device is only slower
+            pass
+    return torch.from_numpy(np.empty(shape, dtype))  # numpy asks for 2 MB pages: fewer faults than torch's
 
 
 def _exact(f, n: int, info: zipfile.ZipInfo) -> bytes:
