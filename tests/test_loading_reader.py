@@ -78,6 +78,17 @@ def test_a_flipped_byte_fails_with_the_file_and_the_array_named(tmp_path):
                               f"'W_dec.npy')") and "fetch it again" in message
 
 
+def test_a_flipped_byte_in_a_header_that_reads_as_another_dtype_is_damage_not_a_dtype(tmp_path):
+    path = tmp_path / "params.npz"
+    np.savez(path, **gemma_scope_arrays(8, 16))
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"'<f4'", data_offset(path, "W_enc.npy"))  # the .npy header's descr, inside W_enc.npy
+    raw[at + 2] = ord("i")  # '<f4' -> '<i4': a valid header of an integer array, the CRC no longer matches
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SAEError, match=r"is damaged or truncated \(BadZipFile: Bad CRC-32 for file 'W_enc.npy'\)"):
+        load_params_npz(path, "sae")
+
+
 def test_a_truncated_member_and_an_integer_array_fail_saying_so(tmp_path):
     path = tmp_path / "params.npz"
     np.savez(path, **gemma_scope_arrays(8, 16))

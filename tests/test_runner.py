@@ -233,6 +233,10 @@ def test_dtype_is_the_kernels_encode_dtype_and_changes_no_number_on_the_torch_pa
     varying = {"seconds", "scored_at", "sae_key", "out"}  # when and how long, not what
     assert {k: v for k, v in rows["bfloat16"].items() if k not in varying} == \
         {k: v for k, v in rows["float32"].items() if k not in varying}
+    lines = []  # so on CPU a rerun with another --dtype or --backend auto (torch here) computes nothing again
+    run_score(ScoreCommandConfig(str(planted_store), str(tmp_path / "float32"), [str(planted_saes[1] / "params.npz")],
+                                 local=True, dtype="float16", backend="auto", bootstrap=0), log=lines.append)
+    assert any("1 SAEs named, 1 already in" in line and "0 to score" in line for line in lines), lines
     with pytest.raises(ValueError, match="--dtype 'int8': expected one of bfloat16, float16, float32"):
         run_score(ScoreCommandConfig(str(planted_store), str(tmp_path / "x"), [str(planted_saes[1])], dtype="int8"))
 

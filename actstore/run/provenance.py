@@ -47,6 +47,8 @@ class Provenance:
         dtype = score_cfg.pop("encode_dtype")  # recorded once, as options' dtype
         if device.split(":")[0] != "cuda" or score_cfg["backend"] == "torch":
             dtype = "float32"  # the torch backend computes in fp32 whatever --dtype says: parts stay valid across it
+        if device.split(":")[0] != "cuda" and score_cfg["backend"] == "torch":
+            score_cfg["backend"] = "auto"  # off CUDA, auto is the torch backend: the same numbers
         options = {"dtype": dtype, "device": device.split(":")[0], "score": score_cfg,
                    "actstore_version": actstore.__version__}
         self.options = json.loads(json.dumps(options))  # as a part stores them: tuples become lists

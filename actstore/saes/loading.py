@@ -51,8 +51,10 @@ def load_params_npz(path: str | Path, sae_id: str, layer: int | None = None, l0:
     expected = {"W_enc": (d, m), "W_dec": (m, d), "b_enc": (m,), "b_dec": (d,), "threshold": (m,)}
     wrong = {k: tuple(a.shape) for k, a in host.items() if d is None or tuple(a.shape) != expected[k]}
     if wrong:
-        raise SAEError(f"SAE {sae_id}: inconsistent shapes in {path}: {wrong}; expected W_enc (d, m), W_dec (m, d), "
-                       f"b_enc (m,), b_dec (d,), threshold (m,)")
+        taken = f"W_enc {tuple(host['W_enc'].shape)} read as d {d}, m {m}" if d is not None else \
+            f"W_enc {tuple(host['W_enc'].shape)} is not 2-D"
+        raise SAEError(f"SAE {sae_id}: inconsistent shapes in {path}: {wrong} ({taken}); expected W_enc (d, m), "
+                       f"W_dec (m, d), b_enc (m,), b_dec (d,), threshold (m,)")
     if m == 0 or d == 0:
         raise SAEError(f"SAE {sae_id}: {path} has width {m} and d_model {d}; expected at least one latent and one "
                        f"input dimension")

@@ -92,6 +92,8 @@ def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Ten
     text = _exact(f, header_len, info)
     header = ast.literal_eval(text.decode("latin1"))
     dtype, shape = np.dtype(header["descr"]), tuple(header["shape"])
+    if dtype.hasobject or dtype.kind != "f":  # a damaged header reads as another dtype: the CRC tells them apart
+        _check_rest(f, info, zlib.crc32(text, zlib.crc32(preamble)), info.file_size - len(preamble) - header_len)
     if dtype.hasobject:
         raise SAEError(f"SAE {sae_id}: {path} holds pickled Python objects; {EXPECT}")
     if dtype.kind != "f":
@@ -118,6 +120,17 @@ def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Ten
     if crc != info.CRC:
         raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
     return array
+
+
+def _check_rest(f, info: zipfile.ZipInfo, crc: int, left: int) -> None:
+    """The CRC-32 of the member's remaining `left` bytes, read in CHUNK pieces, against the zip's."""
+    while left > 0:
+        piece = f.read(min(CHUNK, left))
+        if not piece:
+            raise zipfile.BadZipFile(f"{info.filename} is truncated")
+        crc, left = zlib.crc32(piece, crc), left - len(piece)
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
 
 
 def _host_buffer(shape: tuple, dtype: np.dtype, pin: bool) -> torch.Tensor:
