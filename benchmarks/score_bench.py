@@ -352,6 +352,8 @@ def main() -> int:
                       f"{agree['saes']} SAEs differ between the versions (largest difference "
                       f"{agree['max_abs_diff']:.3g})")
             print_phases(m, digests)
+            for run in (r for rs in runs.values() for r in rs):
+                run.pop("numbers", None)  # compared above; thousands of values per run, not kept in the JSON
             write_result(out, {"benchmark": "score_bench", "environment": env, "partial": True,  # kept if stopped
                                "widths": {str(k): w for k, w in per_width.items()}})
     finally:

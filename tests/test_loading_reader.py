@@ -52,7 +52,8 @@ def test_big_endian_arrays_load_as_the_little_endian_ones_and_float128_fails_cle
         assert torch.equal(getattr(big, field), getattr(little, field)), field
     if np.dtype(np.longdouble).itemsize > 8:  # x86: 80-bit extended precision stored in 16 bytes
         np.savez(tmp_path / "f128.npz", **{k: a.astype(np.longdouble) for k, a in arrays.items()})
-        with pytest.raises(SAEError, match=r"SAE f128: .*'W_enc': 'float128'.*expected float16, float32 or float64"):
+        with pytest.raises(SAEError, match=r"SAE f128: .*'W_enc': 'float128'.*expected floating point: float16, "
+                                           r"float32 or float64"):
             load_params_npz(tmp_path / "f128.npz", "f128")
 
 

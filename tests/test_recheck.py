@@ -64,7 +64,8 @@ def test_the_band_constant():
 def test_16_bit_operands_with_the_recheck_decide_as_exact_arithmetic(dtype, splits, monkeypatch):
     """Two SAEs of ragged widths, 45 tokens in chunks of 30: the 16-bit kernel's candidates rechecked in float64
     give exactly the firing of exact arithmetic, the fp32 reference's except where counted near; values
-    float32(pre64) x scale (2e-6 relative: one fp32 rounding of pre and one of the product), and within fp32
+    float32(pre64) x scale (2.5e-7 relative: the two float64 sums may round to neighbouring fp32 values, 2^-23,
+    and the product once more), and within fp32
     summation (1e-5 relative) of the fp32 reference's where the decisions agree."""
     import actstore.kernels.jumprelu_probe as kernel_module
 
@@ -82,7 +83,7 @@ def test_16_bit_operands_with_the_recheck_decide_as_exact_arithmetic(dtype, spli
         assert torch.equal(acts.l0, fires.sum(dim=1))
         assert torch.equal(acts.index, fires.nonzero()[:, 1])
         expected = pre[fires].float() * decoder_scale(sae)[acts.index]
-        torch.testing.assert_close(acts.value, expected, rtol=2e-6, atol=0)
+        torch.testing.assert_close(acts.value, expected, rtol=2.5e-7, atol=0)
         assert int((acts.l0 - l0_32[s]).abs().sum()) <= acts.near
         values32 = torch.cat([v for _, v in lists32[s]])
         if torch.equal(acts.l0, l0_32[s].long()):

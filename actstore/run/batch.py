@@ -106,6 +106,8 @@ class LayerScorer:
             torch.set_num_threads(threads)
         self.cfg, self.device, self.encode_dtype = cfg, device, getattr(torch, cfg.dtype)
         self.budget = memory_budget(device, cfg.memory_gb)
+        self.shares = device.startswith("cuda") and cfg.backend in ("auto", "triton")
+        """whether a group may share kernel launches (CUDA, fused backend); elsewhere groups share nothing"""
         self.score_cfg = cfg.score_config()
         self.task = get_task(cfg.task, cfg.template)
         self.store = ActivationStore.open(cfg.store, require_complete=True)
@@ -146,16 +148,15 @@ class LayerScorer:
         groups = [(job.layer, [s for s in g if not part_done(self.out, s, self.provenance, self.task)])
                   for job in jobs for g in job.groups]  # a retried call resumes
         groups = [(layer, g) for layer, g in groups if g]
-        # A group shares kernel launches only on CUDA with the fused kernel; elsewhere each SAE is scored as soon as
-        # it is read, and reading further ahead than the reader threads would only front-load the same CPU work.
-        shares = self.device.startswith("cuda") and self.cfg.backend in ("auto", "triton")
+        # Where groups share no launches each SAE is scored as soon as it is read: reading further ahead than the
+        # reader threads would only front-load the same work.
         saes = read_ahead([s for _, g in groups for s in g], self._load, lambda s: s.nbytes,
-                          max(self.cfg.group_size, READERS) if shares else READERS, self.budget / 2)
+                          max(self.cfg.group_size, READERS) if self.shares else READERS, self.budget / 2)
         self.writer = PartWriter()
         try:
             for layer, group in groups:
                 self.job_layer = layer
-                for batch in [group] if shares else [[s] for s in group]:
+                for batch in [group] if self.shares else [[s] for s in group]:
                     loaded = [next(saes) for _ in batch]
                     for record in self._score_group(loaded, self._shared_encoders(loaded)):
                         count += 1
@@ -200,8 +201,8 @@ class LayerScorer:
         each SAE's float32 W_enc. The SAEs keep their float32 encoders (the exact recheck reads them) unless the
         buffer is float32 too, when each SAE's encoder becomes its slice and its own copy is freed."""
         saes = [sae for _, sae, _ in loaded]
-        if len(saes) < 2 or not self.device.startswith("cuda") or self.cfg.backend not in ("auto", "triton") \
-                or not all(isinstance(sae, SAEWeights) and sae.architecture in ("jumprelu", "relu") for sae in saes):
+        if len(saes) < 2 or not self.shares or \
+                not all(isinstance(sae, SAEWeights) and sae.architecture in ("jumprelu", "relu") for sae in saes):
             return None
         shared = torch.empty(self.store.spec.d_model, sum(sae.width for sae in saes), dtype=self.encode_dtype,
                              device=self.device)

@@ -44,12 +44,13 @@ class Provenance:
             score_cfg.pop(field)
         if score_cfg.get("causal") is None:  # parts scored before --causal existed stay valid
             score_cfg.pop("causal", None)
-        dtype = score_cfg.pop("encode_dtype")  # recorded once, as options' dtype
-        if device.split(":")[0] != "cuda" or score_cfg["backend"] == "torch":
-            dtype = "float32"  # the torch backend computes in fp32 whatever --dtype says: parts stay valid across it
-        if device.split(":")[0] != "cuda" and score_cfg["backend"] == "torch":
+        kind = device.split(":")[0]
+        if kind != "cuda" and score_cfg["backend"] == "torch":
             score_cfg["backend"] = "auto"  # off CUDA, auto is the torch backend: the same numbers
-        options = {"dtype": dtype, "device": device.split(":")[0], "score": score_cfg,
+        dtype = score_cfg.pop("encode_dtype")  # recorded once, as options' dtype; the torch backend computes in
+        if kind != "cuda" or score_cfg["backend"] == "torch":  # fp32 whatever --dtype says: parts stay valid
+            dtype = "float32"
+        options = {"dtype": dtype, "device": kind, "score": score_cfg,
                    "actstore_version": actstore.__version__}
         self.options = json.loads(json.dumps(options))  # as a part stores them: tuples become lists
         self._layers: dict = {}

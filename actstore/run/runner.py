@@ -246,8 +246,8 @@ def _run_ray(cfg: ScoreCommandConfig, device: str, jobs: list, todo: list, out: 
         init_ray(cfg.address)
     pool = worker_pool(device, cfg.workers, cfg.worker_env, check=True)
     actors = start(LayerScorer, pool.workers, pool.options, "score worker", cfg, device, pool.worker_threads)
-    pending = [actors[w].run.remote(jobs[w::pool.workers]) for w in range(min(pool.workers, len(jobs)))]  # a
-    # worker's whole list of layers in one call, so that it reads ahead across them
+    # each worker's whole list of layers in one call, so that it reads ahead across them
+    pending = [actors[w].run.remote(jobs[w::pool.workers]) for w in range(min(pool.workers, len(jobs)))]
     expected = {out / "parts" / part_name(s.key, task): s for s in todo}
     before = {path: path.stat().st_mtime_ns if path.exists() else 0 for path in expected}
     try:

@@ -46,8 +46,9 @@ def read_ahead(items: Iterable, load: Callable, size: Callable, ahead: int, budg
     def fill() -> None:
         while (item := state["next"]) is not pending and (
                 not pending or (len(pending) < ahead and state["held"] + size(item) <= budget)):
-            pending.append((item, pool.submit(timed, item), size(item)))
-            state["held"] += size(item)
+            nbytes = size(item)
+            pending.append((item, pool.submit(timed, item), nbytes))
+            state["held"] += nbytes
             state["next"] = next(items, pending)
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="actstore-read")

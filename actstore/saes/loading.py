@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from actstore.errors import InputError, MissingFile, MissingKey
-from actstore.saes.reader import EXPECT, GEMMA_SCOPE_KEYS, read_host_arrays
+from actstore.saes.reader import EXPECT, GEMMA_SCOPE_KEYS, damaged, dtype_error, read_host_arrays
 from actstore.saes.weights import SAEError, SAEWeights
 
 WIDTH_SUFFIX = {"k": 1000, "m": 1000 * 1000}
@@ -74,37 +74,20 @@ def load_params_npz(path: str | Path, sae_id: str, layer: int | None = None, l0:
 
 
 def read_npz(path: str | Path, sae_id: str) -> dict[str, np.ndarray]:
-    """The five arrays of a params.npz through numpy, each a floating-point numpy array; SAEError for anything
-    else. `load_params_npz` reads stored members itself (`reader.py`) and comes here for compressed ones."""
-    expect = EXPECT
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as err:
-        raise SAEError(f"SAE {sae_id}: cannot open {path}: {err.strerror or err}") from err
-    if magic == b"\x93NUMPY":
-        raise SAEError(f"SAE {sae_id}: {path} is a single .npy array, not an .npz archive; {expect}")
-    if not magic.startswith(b"PK"):
-        raise SAEError(f"SAE {sae_id}: {path} is not a zip archive ({len(magic)} first bytes {magic!r}); {expect}")
+    """The five arrays of a params.npz through numpy, in native byte order: `load_params_npz`'s way to the members
+    `reader.read_host_arrays` does not take apart (compressed, Fortran order, another byte order or float width),
+    once the reader has found the file a zip with every key. SAEError for anything else, as the reader's."""
     try:
         with np.load(path, allow_pickle=False) as params:
-            missing = [k for k in GEMMA_SCOPE_KEYS if k not in params.files]
-            if missing:
-                raise SAEError(f"SAE {sae_id}: {path} lacks {missing} (it has {params.files}); {expect}")
             arrays = {k: params[k] for k in GEMMA_SCOPE_KEYS}
-    except SAEError:
-        raise
     except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
         what = "holds pickled Python objects" if "allow_pickle" in str(err) else f"cannot be read ({err})"
-        raise SAEError(f"SAE {sae_id}: {path} {what}; {expect}") from err
+        raise SAEError(f"SAE {sae_id}: {path} {what}; {EXPECT}") from err
     except Exception as err:  # noqa: BLE001 - BadZipFile (CRC, truncated), EOFError, zlib.error, OSError, ...
-        detail = str(err).splitlines()[0] if str(err) else ""
-        raise SAEError(f"SAE {sae_id}: {path} is damaged or truncated ({type(err).__name__}: {detail}); {expect}; "
-                       f"fetch it again") from err
+        raise damaged(path, sae_id, err) from err
     not_float = {k: str(a.dtype) for k, a in arrays.items() if a.dtype.kind != "f" or a.dtype.itemsize > 8}
     if not_float:
-        raise SAEError(f"SAE {sae_id}: {path} has arrays of dtype {not_float}; expected float16, float32 or "
-                       f"float64 (Gemma Scope: float32)")
+        raise dtype_error(path, sae_id, not_float)
     return {k: a.astype(a.dtype.newbyteorder("="), copy=False) for k, a in arrays.items()}  # torch: native order
 
 

@@ -4,9 +4,10 @@
 array's raw bytes. `read_host_arrays` reads each member's bytes with one `readinto` into a preallocated torch
 buffer (pinned when CUDA is available and the member is at most PIN_LIMIT bytes, so the copy to the GPU is
 asynchronous; plain otherwise), verifies the member's zip CRC-32 (`zlib.crc32` releases the GIL, so several
-readers run in parallel) and takes dtype and shape from the .npy header. Nothing is checked on the host beyond that: finiteness and the dtype conversion
-happen on the device (`loading.load_params_npz`). A member that is compressed, in Fortran order or of
-another byte order is read through numpy instead (`loading.read_npz`).
+readers run in parallel) and takes dtype and shape from the .npy header. Nothing is checked on the host beyond
+that: finiteness and the dtype conversion happen on the device (`loading.load_params_npz`). A member that is
+compressed, in Fortran order, of another byte order or another float width is read through numpy instead
+(`loading.read_npz`); both raise the same errors (`damaged`, `dtype_error`).
 
     read_host_arrays(path, sae_id, pin) -> {"W_enc": (d, m), "W_dec": (m, d), "b_enc": (m,), ...} host tensors
 """
@@ -69,7 +70,7 @@ def read_host_arrays(path: str | Path, sae_id: str, pin: bool) -> dict[str, torc
     except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
         raise SAEError(f"SAE {sae_id}: cannot open {path}: {err.strerror or err}") from err
     except Exception as err:  # noqa: BLE001 - BadZipFile (truncated, CRC), OSError, a garbled .npy header, ...
-        raise _damaged(path, sae_id, err) from err
+        raise damaged(path, sae_id, err) from err
 
 
 def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Tensor:
@@ -92,13 +93,12 @@ def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Ten
     text = _exact(f, header_len, info)
     header = ast.literal_eval(text.decode("latin1"))
     dtype, shape = np.dtype(header["descr"]), tuple(header["shape"])
+    crc = zlib.crc32(text, zlib.crc32(preamble))
     if dtype.hasobject or dtype.kind != "f":  # a damaged header reads as another dtype: the CRC tells them apart
-        _check_rest(f, info, zlib.crc32(text, zlib.crc32(preamble)), info.file_size - len(preamble) - header_len)
-    if dtype.hasobject:
-        raise SAEError(f"SAE {sae_id}: {path} holds pickled Python objects; {EXPECT}")
-    if dtype.kind != "f":
-        raise SAEError(f"SAE {sae_id}: {path} has arrays of dtype {{{info.filename[:-4]!r}: {str(dtype)!r}}}; "
-                       f"expected floating point (Gemma Scope: float32)")
+        _check_rest(f, info, crc, info.file_size - len(preamble) - header_len)
+        if dtype.hasobject:
+            raise SAEError(f"SAE {sae_id}: {path} holds pickled Python objects; {EXPECT}")
+        raise dtype_error(path, sae_id, {info.filename[:-4]: str(dtype)})
     if header["fortran_order"] or dtype not in TORCH_DTYPES:
         raise NotPlain(info.filename)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -107,7 +107,6 @@ def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Ten
                                  f"{len(preamble) + header_len + nbytes}")
     array = _host_buffer(shape, dtype, pin and nbytes <= PIN_LIMIT)
     view = memoryview(array.numpy().reshape(-1).view(np.uint8))
-    crc = zlib.crc32(text, zlib.crc32(preamble))
     for start in range(0, nbytes, CHUNK):
         part = view[start:start + CHUNK]
         got = f.readinto(part)
@@ -117,8 +116,7 @@ def _member(f, info: zipfile.ZipInfo, path, sae_id: str, pin: bool) -> torch.Ten
                 raise zipfile.BadZipFile(f"{info.filename} is truncated")
             got += more
         crc = zlib.crc32(part, crc)
-    if crc != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+    _compare(crc, info)
     return array
 
 
@@ -129,6 +127,10 @@ def _check_rest(f, info: zipfile.ZipInfo, crc: int, left: int) -> None:
         if not piece:
             raise zipfile.BadZipFile(f"{info.filename} is truncated")
         crc, left = zlib.crc32(piece, crc), left - len(piece)
+    _compare(crc, info)
+
+
+def _compare(crc: int, info: zipfile.ZipInfo) -> None:
     if crc != info.CRC:
         raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
 
@@ -149,7 +151,14 @@ def _exact(f, n: int, info: zipfile.ZipInfo) -> bytes:
     return data
 
 
-def _damaged(path, sae_id: str, err: Exception) -> SAEError:
+def damaged(path, sae_id: str, err: Exception) -> SAEError:
+    """The error of a file that cannot be read as a zip of .npy arrays (BadZipFile, CRC, truncation, ...)."""
     detail = str(err).splitlines()[0] if str(err) else ""
     return SAEError(f"SAE {sae_id}: {path} is damaged or truncated ({type(err).__name__}: {detail}); {EXPECT}; "
                     f"fetch it again")
+
+
+def dtype_error(path, sae_id: str, dtypes: dict[str, str]) -> SAEError:
+    """The error of arrays whose dtype is not a float torch takes ({name: dtype})."""
+    return SAEError(f"SAE {sae_id}: {path} has arrays of dtype {dtypes}; expected floating point: float16, "
+                    f"float32 or float64 (Gemma Scope: float32)")

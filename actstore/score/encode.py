@@ -86,13 +86,16 @@ def encode_group_fused(x: torch.Tensor, saes: list[SAEWeights], token_chunk: int
                               f"{sae.architecture}; use --backend torch")
         if sae.apply_b_dec_to_input and len(saes) > 1:
             raise ValueError(f"SAE {sae.id} subtracts b_dec from its input: encode it alone")
-    if (dtype or "bfloat16") not in ENCODE_DTYPES:
+    dtype = dtype or "bfloat16"
+    if dtype not in ENCODE_DTYPES:
         raise InputError(f"encode dtype {dtype!r}: choose one of {ENCODE_DTYPES}")
     device = saes[0].w_enc.device
-    group = group or pack_group(saes, torch.zeros(0, saes[0].d_model, device=device),
-                                getattr(torch, dtype or "bfloat16"))
+    group = group or pack_group(saes, torch.zeros(0, saes[0].d_model, device=device), getattr(torch, dtype))
     operand = group.w_enc.dtype
     recheck = operand != torch.float32
+    starts = [0]  # each SAE's first latent in the group
+    for sae in saes[:-1]:
+        starts.append(starts[-1] + sae.width)
     parts = [[] for _ in saes]  # per SAE, per launch: (l0 (n,), ids, values, kept or None)
     near = torch.zeros(len(saes), dtype=torch.int64, device=device)
     for start in range(0, len(x), token_chunk):
@@ -104,8 +107,7 @@ def encode_group_fused(x: torch.Tensor, saes: list[SAEWeights], token_chunk: int
         for i, sae in enumerate(saes):
             ids, vals = out.csr(i)  # the SAE's lists joined on the device, sized by that sync
             if recheck:
-                lo = sum(other.width for other in saes[:i])  # the SAE's first latent in the group
-                l0, vals, kept, close = _recheck(xb, x_norm, sae, group, lo, out.l0[i], ids, out.nnz[i],
+                l0, vals, kept, close = _recheck(xb, x_norm, sae, group, starts[i], out.l0[i], ids, out.nnz[i],
                                                  FLIP_TOL[torch.float32], FLIP_ABS)
                 near[i] += close
                 parts[i].append((l0, ids, vals, kept))
@@ -135,10 +137,10 @@ def _recheck(xb: torch.Tensor, x_norm: torch.Tensor, sae: SAEWeights, group, lo:
     for c in range(0, nnz, RECHECK_CHUNK):
         t, i = tokens[c:c + RECHECK_CHUNK], ids[c:c + RECHECK_CHUNK]
         pre[c:c + RECHECK_CHUNK] = (xb[t].double() * w_t[i].double()).sum(dim=1) + sae.b_enc[i].double()
-    kept = pre > edge[ids]
-    band = flip_tol * torch.maximum(pre.abs(), edge[ids]) + \
-        flip_abs * x_norm[tokens].double() * enc_norm[ids].double()
-    close = ((pre - edge[ids]).abs() <= band).sum()
+    edge = edge[ids]  # (nnz,)
+    kept = pre > edge
+    band = flip_tol * torch.maximum(pre.abs(), edge) + flip_abs * x_norm[tokens].double() * enc_norm[ids].double()
+    close = ((pre - edge).abs() <= band).sum()
     per_token = torch.zeros(len(l0), dtype=torch.int64, device=l0.device).index_add_(0, tokens, kept.long())
     return per_token, pre.float() * scale[ids], kept, close
 

@@ -101,9 +101,9 @@ def k_sparse(dense: torch.Tensor, column: dict[int, int], candidates: dict[tuple
              ) -> dict[tuple[int, int], Probing]:
     """k-sparse probing of every (seed, class) of `candidates` (its latents, largest L1 weight first): the
     balanced probe on the top k, k = 1, 2, ... until `choose_split_k` (with `min_gain`) stops. The fits of one
-    k are solved together (`fit_balanced_logistics`, at most about 2^22 values a block; their F1s read in one transfer
-    per block, as choose_split_k decides on the host), and a (class, latents)
-    pair that several seeds rank first is fitted once. dense (N, U): the activations of the latents `column`
+    k are solved together (`fit_balanced_logistics`, at most about 2^22 values a block; their F1s read in one
+    transfer per block, as choose_split_k decides on the host), and a (class, latents) pair that several seeds
+    rank first is fitted once. dense (N, U): the activations of the latents `column`
     names; labels (N,) class ids; train (N,) bool."""
     x_train, x_test = dense[train], dense[~train]  # (N_train, U), (N_test, U)
     fits: dict[tuple[int, tuple[int, ...]], tuple[float, torch.Tensor]] = {}

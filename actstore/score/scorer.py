@@ -116,11 +116,16 @@ def evaluated_classes(probe: Probe, tp_test_counts: list[int], cfg: ScoreConfig)
     return probe.evaluated_classes(cfg.min_probe_f1)
 
 
+def _measures_text(data: LayerData, cfg: ScoreConfig) -> bool:
+    """Whether the L0 on natural text is measured: the store has context rows and it is not turned off."""
+    return data.context_x is not None and len(data.context_x) > 0 and cfg.text_l0_rows > 0
+
+
 def _text_rows(data: LayerData, cfg: ScoreConfig) -> torch.Tensor | None:
     """The context rows the L0 on natural text is measured on: the first cfg.text_l0_rows labeled ones (never
     BOS or other special tokens, which the store labels -1, as it does tokens the task does not label); None
-    when the store has no context rows or the L0 on text is off."""
-    if data.context_x is None or not len(data.context_x) or cfg.text_l0_rows <= 0:
+    when it is not measured (`_measures_text`)."""
+    if not _measures_text(data, cfg):
         return None
     return data.context_x[data.context_labels >= 0][:cfg.text_l0_rows]
 
@@ -208,7 +213,7 @@ def score_sae(sae: SAEWeights, data: LayerData, probe: Probe, cfg: ScoreConfig =
         summary = _summary(rows, stats)
         summary.update(backend=backend, near_threshold_decisions=acts.near, metric_version=cfg.metric_version,
                        l1_solver=cfg.l1_solver, seeds=len(seeds), **solver_info)
-        if _text_rows(data, cfg) is not None:
+        if _measures_text(data, cfg):  # (not _text_rows: that copies the rows)
             summary.update(l0_text=stats[2], l0_text_rows=len(text_acts.l0))
         for row in rows:
             row.update(metric_version=cfg.metric_version, l1_solver=cfg.l1_solver)
